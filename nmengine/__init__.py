@@ -1,0 +1,44 @@
+"""nmengine: whole neural networks as GEMM + piecewise-linear table lookups (NeuralMatrix).
+
+The public API (contracts other modules and users rely on)::
+
+    import nmengine as nm
+    nm.gemm(a, b, bias=..., residual=..., epilogue="relu" | nm.PWLTable | None)
+    nm.gemm_batched(a, b, epilogue=...)
+    nm.PWLTable(breakpoints, slopes, intercepts)
+    nm.approx.fit("gelu", segments=32)
+    program = nm.compile(spec, calibration=inputs); program.run(inputs)
+    nm.save(program, "model.nmb"); nm.load("model.nmb")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .pwl import PWLTable
+from .spec import InputSpec, Layer, ModelSpec, SpecError
+
+__version__ = "0.1.0"
+
+_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli"}
+_LAZY_ATTRS: dict[str, tuple[str, str]] = {
+    "gemm": ("kernels", "gemm"),
+    "gemm_batched": ("kernels", "gemm_batched"),
+    "set_num_threads": ("kernels", "set_num_threads"),
+    "get_num_threads": ("kernels", "get_num_threads"),
+    "kernel_info": ("kernels", "kernel_info"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Subpackages and the compiled core load on first use, so `import nmengine` stays cheap.
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_ATTRS:
+        mod, attr = _LAZY_ATTRS[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(f"module 'nmengine' has no attribute {name!r}")
+
+
+__all__ = ["PWLTable", "ModelSpec", "Layer", "InputSpec", "SpecError", *_LAZY_ATTRS, *_LAZY_SUBMODULES]
