@@ -1,0 +1,80 @@
+"""The NeuralMatrix compiler: ModelSpec -> Program of GEMM + PWL ops.
+
+``nm.compile(spec, calibration=inputs, segments=32)`` runs, in order:
+
+1. graph folding on a copy of the spec (BatchNorm into convs, LayerNorm affine into linears),
+   see :mod:`.passes`;
+2. lowering of every layer to GEMM-family ops and data movement, see :mod:`.lower` for the rules;
+3. epilogue fusion (residual adds and activations into the GEMM that produces their input);
+4. calibration: the exact program runs on ``calibration`` and records every PWL input, see
+   :mod:`.calibrate`; without calibration data the catalog's default ranges are used;
+5. PWL fitting with :func:`nmengine.approx.fit` (horizontal size optimization) and vertical bias
+   correction folded into the next linear layer's bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..program import Program
+from ..spec import ModelSpec
+from .calibrate import correct_biases, fit_tables, record_activations
+from .lower import MASK_BIAS, lower
+from .passes import fold_batchnorm, fold_layernorm_affine, fuse
+
+__all__ = ["compile", "lower", "MASK_BIAS"]
+
+
+def compile(  # noqa: A001 - the contract name is nm.compile
+    spec: ModelSpec,
+    calibration: Any = None,
+    *,
+    segments: int | None = 32,
+    method: str = "optimized",
+    max_error: float | None = None,
+    functions: Mapping[str, Mapping[str, Any]] | None = None,
+    bias_correction: bool = True,
+    max_calibration_rows: int = 65536,
+    progress: bool = False,
+) -> Program:
+    """Matrixize ``spec`` into a :class:`~nmengine.program.Program`.
+
+    Parameters
+    ----------
+    spec:
+        The network (see :mod:`nmengine.spec`).
+    calibration:
+        Sample inputs (an array, a dict name -> array, or a list of either for several batches).  The
+        exact model runs on them to place every PWL table's range where the data is.
+    segments, method, max_error:
+        Table options passed to :func:`nmengine.approx.fit` for every function.
+    functions:
+        Per-function overrides, e.g. ``{"exp": {"segments": 64}, "rsqrt": {"max_error": 1e-3}}``.
+    bias_correction:
+        Fold each table's mean error on the calibration data into the next linear layer's bias.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"compile expects a ModelSpec, got {type(spec).__name__}")
+    spec.validate()
+    folded = fold_layernorm_affine(fold_batchnorm(spec))
+    ops, constants, requests = lower(folded)
+    ops = fuse(ops, list(folded.outputs), set(constants))
+    options: dict[str, Any] = {"method": method}
+    if max_error is not None:
+        options["max_error"] = max_error
+    else:
+        options["segments"] = segments
+    meta = {"producer": "nmengine.compile", "source": spec.name,
+            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
+    # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
+    tables = fit_tables(requests, None, options, functions)
+    program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
+    if calibration is None or not requests:
+        return program
+    acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
+    tables = fit_tables(requests, acts, options, functions, progress=progress)
+    constants = dict(program.constants)
+    corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
+    meta["calibrated"] = True
+    meta["bias_corrections"] = corrections
+    return Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)

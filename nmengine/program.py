@@ -1,0 +1,314 @@
+"""Program: the matrixized IR, a flat list of GEMM-family ops and data movement over named buffers.
+
+Every op of a Program is one of three families (``Op.family``):
+
+``gemm``  (what the GEMM array computes, with its fused epilogue)
+    ``gemm``          ``out = ep(A @ B + bias + bias_row + res)``; a buffer operand ``A`` of rank > 2 is
+                      viewed as rows ``(-1, K)`` and the output keeps its leading dims; ``B`` may be a
+                      constant ``(K, N)``.  Attributes ``trans_a``/``trans_b`` read an operand transposed.
+    ``gemm_batched``  ``out[p1, p2] = ep(A[p1, p2] @ B[p1, p2] + bias + bias_row + res)`` with numpy batch
+                      broadcasting (a constant operand is shared by every batch); operands are read
+                      through zero-copy *views* (``reshape``/``select``/``perm``, see :func:`apply_view`),
+                      and ``out_perm`` stores the result permuted (e.g. attention context straight into
+                      ``[B, T, H, d]``).
+    ``scale``         a diagonal GEMM: ``out = ep(alpha * x * mul * row_scale * col_scale + beta + bias +
+                      bias_row + res_beta * res)``, each factor optional; ``row_scale``/``bias_row`` are
+                      ``[..., 1]`` columns broadcast along the last axis, ``col_scale``/``bias`` vectors over
+                      it.  Elementwise products, row/column scaling, residual adds and standalone PWL
+                      lookups are all this one op.
+    ``pairwise_max``  max over the last axis as a tree of steps ``b + relu(a - b)``: an exact PWL (relu)
+                      plus additions, so max pooling and the softmax row bound stay GEMM + PWL.
+
+``move``  (pure data movement: no arithmetic, counted separately by ``coverage()`` and the cost model)
+    ``reshape`` (a view), ``transpose`` (a copy), ``im2col``, ``pool_windows``, ``patchify``, ``gather``
+    (embedding rows), ``slice_rows``.
+
+The epilogue ``ep`` of a GEMM-family op is ``{"act": "none" | "relu" | "pwl", "fn": name, "table": key}``:
+``relu`` is exact; ``pwl`` evaluates ``program.tables[key]`` in matrixized mode and the exact catalog
+function ``fn`` (in float32) in exact mode.  That is the only difference between the two modes, so exact
+mode is the reference every accuracy figure compares against.
+
+Each op also carries ``layer`` (the name of the network layer it came from) and ``what`` (a short
+description), used by reports, profiles and the cost model.  Shapes follow from the input shapes by
+:meth:`Program.infer_shapes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .pwl import PWLTable
+from .spec import InputSpec
+
+__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "apply_view", "view_shape"]
+
+GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
+MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows")
+ACTS = ("none", "relu", "pwl")
+
+#: Operand roles each op kind accepts: (required, optional).
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "gemm": (("a", "b"), ("bias", "bias_row", "res")),
+    "gemm_batched": (("a", "b"), ("bias", "bias_row", "res")),
+    "scale": (("x",), ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")),
+    "pairwise_max": (("x",), ()),
+    "reshape": (("x",), ()),
+    "transpose": (("x",), ()),
+    "im2col": (("x",), ()),
+    "pool_windows": (("x",), ()),
+    "patchify": (("x",), ()),
+    "gather": (("table", "ids"), ()),
+    "slice_rows": (("x",), ("like",)),
+}
+
+
+class ProgramError(ValueError):
+    """A Program that is inconsistent, or inputs that do not fit it."""
+
+
+@dataclass
+class Op:
+    """One op: ``out = kind(args...; attrs)``, tagged with the network layer it implements."""
+
+    kind: str
+    out: str
+    args: dict[str, str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    layer: str = ""
+    what: str = ""
+
+    @property
+    def family(self) -> str:
+        return "gemm" if self.kind in GEMM_KINDS else "move"
+
+    @property
+    def epilogue(self) -> dict[str, Any]:
+        return self.attrs.get("epilogue") or {"act": "none"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "out": self.out, "args": dict(self.args), "attrs": _jsonable(self.attrs),
+                "layer": self.layer, "what": self.what}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Op":
+        return cls(kind=d["kind"], out=d["out"], args=dict(d["args"]), attrs=dict(d.get("attrs", {})),
+                   layer=d.get("layer", ""), what=d.get("what", ""))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: zero-copy reinterpretations of a buffer for gemm_batched operands
+# ---------------------------------------------------------------------------------------------
+def _resolve_reshape(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
+    """ONNX-style reshape: 0 copies the input dim at that position, -1 is inferred."""
+    dims = [int(shape[i]) if d == 0 else int(d) for i, d in enumerate(spec)]
+    if dims.count(-1) > 1:
+        raise ProgramError(f"reshape spec {list(spec)} has more than one -1")
+    total = int(np.prod(shape, dtype=np.int64))
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        if known == 0 or total % known:
+            raise ProgramError(f"cannot reshape {tuple(shape)} to {list(spec)}")
+        dims[dims.index(-1)] = total // known
+    if int(np.prod(dims, dtype=np.int64)) != total:
+        raise ProgramError(f"cannot reshape {tuple(shape)} to {list(spec)}")
+    return tuple(dims)
+
+
+def view_shape(shape: Sequence[int], view: Mapping[str, Any] | None) -> tuple[int, ...]:
+    """Shape of :func:`apply_view` without touching data."""
+    shape = tuple(shape)
+    if not view:
+        return shape
+    if "reshape" in view:
+        shape = _resolve_reshape(shape, view["reshape"])
+    if "select" in view:
+        axis, _ = view["select"]
+        shape = shape[:axis] + shape[axis + 1:]
+    if "perm" in view:
+        shape = tuple(shape[i] for i in view["perm"])
+    return shape
+
+
+def apply_view(x: np.ndarray, view: Mapping[str, Any] | None) -> np.ndarray:
+    """Apply ``{"reshape": dims, "select": [axis, index], "perm": axes}`` (each optional, in that order)."""
+    if not view:
+        return x
+    if "reshape" in view:
+        x = x.reshape(_resolve_reshape(x.shape, view["reshape"]))
+    if "select" in view:
+        axis, idx = view["select"]
+        x = np.take(x, idx, axis=axis) if not x.flags.c_contiguous else x[(slice(None),) * axis + (idx,)]
+    if "perm" in view:
+        x = x.transpose(view["perm"])
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Program
+# ---------------------------------------------------------------------------------------------
+class Program:
+    """A matrixized network: ops over named buffers, constant tensors and PWL tables.
+
+    Build one with :func:`nmengine.compile`; run it with :meth:`run`; save it with :func:`nmengine.save`.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, InputSpec],
+        outputs: Sequence[str],
+        ops: Iterable[Op],
+        constants: Mapping[str, np.ndarray],
+        tables: Mapping[str, PWLTable],
+        *,
+        name: str = "program",
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.inputs: dict[str, InputSpec] = dict(inputs)
+        self.outputs: list[str] = list(outputs)
+        self.ops: list[Op] = list(ops)
+        self.constants: dict[str, np.ndarray] = {}
+        for k, v in constants.items():
+            arr = np.ascontiguousarray(v)
+            if arr.dtype not in (np.float32, np.int64):
+                arr = arr.astype(np.float32)
+            arr.setflags(write=False)
+            self.constants[k] = arr
+        self.tables: dict[str, PWLTable] = dict(tables)
+        self.name = name
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.validate()
+        self._runtime = None
+
+    # -- structure ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check that every op is known and reads only inputs, constants or earlier outputs."""
+        defined = set(self.inputs) | set(self.constants)
+        clash = set(self.inputs) & set(self.constants)
+        if clash:
+            raise ProgramError(f"names used both as input and constant: {sorted(clash)}")
+        for i, op in enumerate(self.ops):
+            where = f"op {i} ({op.kind} -> {op.out!r}, layer {op.layer!r})"
+            if op.kind not in ROLES:
+                raise ProgramError(f"{where}: unknown op kind; expected one of {sorted(ROLES)}")
+            req, opt = ROLES[op.kind]
+            missing = [r for r in req if r not in op.args]
+            extra = [r for r in op.args if r not in req + opt]
+            if missing or extra:
+                raise ProgramError(f"{where}: operands {sorted(op.args)}; required {list(req)}, optional {list(opt)}")
+            for role, name in op.args.items():
+                if name not in defined:
+                    raise ProgramError(f"{where}: operand {role}={name!r} is not an input, constant or earlier output")
+            ep = op.epilogue
+            if ep.get("act", "none") not in ACTS:
+                raise ProgramError(f"{where}: epilogue act {ep.get('act')!r} not in {ACTS}")
+            if ep.get("act") == "pwl":
+                if ep.get("table") not in self.tables:
+                    raise ProgramError(f"{where}: PWL table {ep.get('table')!r} is missing")
+                if not ep.get("fn"):
+                    raise ProgramError(f"{where}: PWL epilogue needs the exact function name 'fn'")
+            if op.out in self.inputs or op.out in self.constants:
+                raise ProgramError(f"{where}: output overwrites an input or constant")
+            defined.add(op.out)
+        for out in self.outputs:
+            if out not in defined:
+                raise ProgramError(f"program output {out!r} is never produced")
+
+    def layers(self) -> list[str]:
+        """Names of the original network layers, in program order."""
+        seen: dict[str, None] = {}
+        for op in self.ops:
+            seen.setdefault(op.layer, None)
+        return list(seen)
+
+    def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+        """Shape of every buffer (inputs, constants and op outputs) for the given input shapes."""
+        from .runtime import infer_shapes  # the shape rules live beside the executors they mirror
+
+        return infer_shapes(self, input_shapes)
+
+    # -- execution ----------------------------------------------------------------------------
+    @property
+    def runtime(self):
+        if self._runtime is None:
+            from .runtime import Runtime
+
+            self._runtime = Runtime(self)
+        return self._runtime
+
+    def run(self, inputs: Any, mode: str = "matrixized") -> Any:
+        """Run the program; ``mode`` is ``"matrixized"`` (PWL tables) or ``"exact"`` (true functions).
+
+        ``inputs`` is a dict name -> array, or one array when the program has one input.  Returns one
+        array when the program has one output, else a dict name -> array.  Safe to call from many
+        threads at once.
+        """
+        return self.runtime.run(inputs, mode=mode)
+
+    def profile(self, inputs: Any, mode: str = "matrixized", repeat: int = 1) -> list[dict[str, Any]]:
+        """Per-op wall time (seconds, best of ``repeat``) with the op's kind, layer and description."""
+        return self.runtime.profile(inputs, mode=mode, repeat=repeat)
+
+    def coverage(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+        """Share of ops (and, given input shapes, of FLOPs) that run as GEMM + PWL.
+
+        Every arithmetic op of a Program is a GEMM-family op by construction, so the GEMM+PWL share of
+        arithmetic is 100%; data-movement ops are listed separately (they do no arithmetic).
+        """
+        from .runtime import op_flops
+
+        n_gemm = sum(op.family == "gemm" for op in self.ops)
+        moves: dict[str, int] = {}
+        for op in self.ops:
+            if op.family == "move":
+                moves[op.kind] = moves.get(op.kind, 0) + 1
+        out: dict[str, Any] = {
+            "ops": len(self.ops),
+            "gemm_pwl_ops": n_gemm,
+            "movement_ops": sum(moves.values()),
+            "movement_by_kind": moves,
+            "arithmetic_ops_as_gemm_pwl": 1.0,
+            "pwl_epilogues": sum(op.epilogue.get("act") == "pwl" for op in self.ops),
+        }
+        if input_shapes is not None:
+            shapes = self.infer_shapes(input_shapes)
+            flops = [op_flops(op, shapes) for op in self.ops]
+            total = sum(flops)
+            gemm_flops = sum(f for f, op in zip(flops, self.ops) if op.family == "gemm")
+            out["flops"] = total
+            out["gemm_pwl_flop_share"] = 1.0 if total == 0 else gemm_flops / total
+        return out
+
+    def cost(self, config: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None):
+        """Accelerator cost report (see :mod:`nmengine.cost`)."""
+        from .cost import cost_report
+
+        return cost_report(self, config, input_shapes)
+
+    def summary(self) -> str:
+        """A one-line-per-op listing."""
+        lines = [f"Program {self.name!r}: {len(self.ops)} ops, {len(self.constants)} constants, "
+                 f"{len(self.tables)} PWL tables; inputs {list(self.inputs)} -> outputs {self.outputs}"]
+        for i, op in enumerate(self.ops):
+            ep = op.epilogue
+            act = "" if ep.get("act", "none") == "none" else f" +{ep['act']}" + (f"({ep['fn']})" if ep.get("fn") else "")
+            args = ", ".join(f"{k}={v}" for k, v in op.args.items())
+            lines.append(f"{i:4d} {op.kind:<13s} {op.out:<28s} <- {args}{act}   [{op.layer}] {op.what}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        n_move = sum(op.family == "move" for op in self.ops)
+        return (f"Program({self.name!r}, {len(self.ops)} ops ({len(self.ops) - n_move} GEMM+PWL, {n_move} movement), "
+                f"{len(self.tables)} PWL tables, inputs={list(self.inputs)}, outputs={self.outputs})")

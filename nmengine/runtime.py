@@ -1,0 +1,466 @@
+"""The runtime: executes a :class:`~nmengine.program.Program` on the GEMM core.
+
+``mode="matrixized"`` runs every nonlinearity through its PWL table in the GEMM epilogue (what the
+accelerator does); ``mode="exact"`` runs the same ops with the true function in float32 in place of
+each table, which is the reference for every accuracy figure.
+
+Concurrency: a :class:`Runtime` holds no per-call state.  Each call borrows an :class:`Arena` (the
+scratch buffers of one execution, reused across calls when shapes repeat) from a lock-free pool and
+returns it afterwards, so any number of threads may call :meth:`Runtime.run` on one Program at once.
+Program outputs are always fresh arrays, never arena memory.
+
+This module also holds the shape rules of every op (:func:`infer_shapes`) and their arithmetic counts
+(:func:`op_flops`), next to the executors they mirror.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import kernels
+from .program import Op, Program, ProgramError, _resolve_reshape, apply_view, view_shape
+
+__all__ = ["Runtime", "Arena", "infer_shapes", "op_flops", "MODES"]
+
+MODES = ("matrixized", "exact")
+
+Recorder = Callable[[Op, np.ndarray], None]
+
+
+class Arena:
+    """Scratch buffers of one execution, keyed by op index, reused while shapes stay the same."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, np.ndarray] = {}
+
+    def get(self, key: int, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self.buffers[key] = buf
+        return buf
+
+
+def _exact(fn: str, x: np.ndarray) -> np.ndarray:
+    from .approx.catalog import exact_float32
+
+    return exact_float32(fn, x)
+
+
+class Runtime:
+    """Executes one Program; create it once (``program.runtime``) and call it from any thread."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self._pool: queue.SimpleQueue[Arena] = queue.SimpleQueue()
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _bind_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
+        prog = self.program
+        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
+            if len(prog.inputs) != 1:
+                raise ProgramError(f"program has inputs {list(prog.inputs)}: pass a dict name -> array")
+            inputs = {next(iter(prog.inputs)): inputs}
+        missing = [k for k in prog.inputs if k not in inputs]
+        extra = [k for k in inputs if k not in prog.inputs]
+        if missing or extra:
+            raise ProgramError(f"program inputs are {list(prog.inputs)}; missing {missing}, unexpected {extra}")
+        env: dict[str, np.ndarray] = {}
+        for name, spec in prog.inputs.items():
+            arr = np.asarray(inputs[name])
+            if spec.dtype == "int64":
+                if arr.dtype.kind not in "iub":
+                    raise TypeError(f"input {name!r} must be integers, got dtype {arr.dtype}")
+                arr = arr.astype(np.int64, copy=False)
+            else:
+                if arr.dtype.kind not in "fiub":
+                    raise TypeError(f"input {name!r} must be real numbers, got dtype {arr.dtype}")
+                arr = np.ascontiguousarray(arr, dtype=np.float32)
+            if arr.ndim != len(spec.shape) or any(
+                want is not None and want != got for want, got in zip(spec.shape, arr.shape)
+            ):
+                want = tuple("?" if d is None else d for d in spec.shape)
+                raise ProgramError(f"input {name!r} must have shape {want}, got {arr.shape}")
+            env[name] = arr
+        env.update(prog.constants)
+        return env
+
+    # -- execution ----------------------------------------------------------------------------
+    def run(self, inputs: Any, mode: str = "matrixized", *, record: Recorder | None = None) -> Any:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        env = self._bind_inputs(inputs)
+        arena = self._take_arena()
+        try:
+            for i, op in enumerate(self.program.ops):
+                env[op.out] = self._exec(i, op, env, arena, mode, record)
+            outs = {name: np.array(env[name], dtype=env[name].dtype, copy=True) for name in self.program.outputs}
+        finally:
+            self._pool.put(arena)
+        return outs[self.program.outputs[0]] if len(outs) == 1 else outs
+
+    def profile(self, inputs: Any, mode: str = "matrixized", repeat: int = 1) -> list[dict[str, Any]]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        best = [float("inf")] * len(self.program.ops)
+        arena = self._take_arena()
+        try:
+            for _ in range(repeat):
+                env = self._bind_inputs(inputs)
+                for i, op in enumerate(self.program.ops):
+                    t0 = time.perf_counter()
+                    env[op.out] = self._exec(i, op, env, arena, mode, None)
+                    best[i] = min(best[i], time.perf_counter() - t0)
+        finally:
+            self._pool.put(arena)
+        return [
+            {"index": i, "kind": op.kind, "family": op.family, "layer": op.layer, "what": op.what, "seconds": t}
+            for i, (op, t) in enumerate(zip(self.program.ops, best))
+        ]
+
+    def _take_arena(self) -> Arena:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return Arena()
+
+    def _out(self, i: int, op: Op, arena: Arena, shape: tuple[int, ...]) -> np.ndarray:
+        # Results live in the arena; run() copies the program outputs out before the arena is reused.
+        return arena.get(i, tuple(int(s) for s in shape))
+
+    def _epilogue(self, op: Op, mode: str, record: Recorder | None):
+        """(kernel epilogue, post-function) for this op in this mode."""
+        ep = op.epilogue
+        act = ep.get("act", "none")
+        if act == "none":
+            return None, None
+        if act == "relu":
+            return "relu", None
+        table = self.program.tables[ep["table"]]
+        if mode == "matrixized" and record is None:
+            return table, None
+        fn = ep["fn"]
+
+        def post(y: np.ndarray) -> None:
+            if record is not None:
+                record(op, y)
+            if mode == "matrixized":
+                kernels.pwl_apply(table, y, out=y)
+            else:
+                y[...] = _exact(fn, y)
+
+        return None, post
+
+    def _exec(self, i: int, op: Op, env: dict[str, np.ndarray], arena: Arena, mode: str,
+              record: Recorder | None) -> np.ndarray:
+        kind, args, attrs = op.kind, op.args, op.attrs
+        if kind == "gemm":
+            return self._gemm(i, op, env, arena, mode, record)
+        if kind == "gemm_batched":
+            return self._gemm_batched(i, op, env, arena, mode, record)
+        if kind == "scale":
+            return self._scale(i, op, env, arena, mode, record)
+        x = env[args["x"]] if "x" in args else None
+        if kind == "pairwise_max":
+            return _pairwise_max(x, exact=(mode == "exact"))
+        if kind == "reshape":
+            return x.reshape(_resolve_reshape(x.shape, attrs["shape"]))
+        if kind == "transpose":
+            y = x.transpose(attrs["perm"])
+            out = self._out(i, op, arena, y.shape)
+            np.copyto(out, y)
+            return out
+        if kind == "im2col":
+            return _im2col(x, attrs, self._out(i, op, arena, _im2col_shape(x.shape, attrs)))
+        if kind == "pool_windows":
+            return _pool_windows(x, attrs)
+        if kind == "patchify":
+            return _patchify(x, attrs["patch"])
+        if kind == "gather":
+            table, ids = env[args["table"]], env[args["ids"]]
+            if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+                raise ValueError(
+                    f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
+            return table[ids]
+        if kind == "slice_rows":
+            n = env[args["like"]].shape[attrs["axis"]] if "like" in args else attrs["rows"]
+            if n > x.shape[0]:
+                raise ValueError(f"{op.layer}: needs {n} rows of {args['x']!r}, which has only {x.shape[0]}")
+            return x[:n]
+        raise ProgramError(f"unknown op kind {kind!r}")  # pragma: no cover (validated at construction)
+
+    def _gemm(self, i, op, env, arena, mode, record):
+        args, attrs = op.args, op.attrs
+        a, b = env[args["a"]], env[args["b"]]
+        if attrs.get("trans_a"):
+            a = a.T
+        if attrs.get("trans_b"):
+            b = b.T
+        lead = a.shape[:-1]
+        a2 = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+        m, n = a2.shape[0], b.shape[-1]
+        out = self._out(i, op, arena, (m, n))
+        bias = env[args["bias"]] if "bias" in args else None
+        bias_row = env[args["bias_row"]].reshape(-1) if "bias_row" in args else None
+        res = env[args["res"]].reshape(m, n) if "res" in args else None
+        epi, post = self._epilogue(op, mode, record)
+        kernels.gemm(a2, b, bias=bias, bias_row=bias_row, residual=res, epilogue=epi, out=out)
+        if post is not None:
+            post(out)
+        return out.reshape(lead + (n,))
+
+    def _gemm_batched(self, i, op, env, arena, mode, record):
+        args, attrs = op.args, op.attrs
+        a = apply_view(env[args["a"]], attrs.get("a_view"))
+        b = apply_view(env[args["b"]], attrs.get("b_view"))
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        shape = batch + (a.shape[-2], b.shape[-1])
+        perm = attrs.get("out_perm")
+        if perm is None:
+            out = self._out(i, op, arena, shape)
+            target = out
+        else:
+            out = self._out(i, op, arena, tuple(shape[p] for p in perm))
+            target = out.transpose(np.argsort(perm))
+        res = None
+        if "res" in args:
+            res = np.broadcast_to(apply_view(env[args["res"]], attrs.get("res_view")), shape)
+        bias = env[args["bias"]] if "bias" in args else None
+        bias_row = env[args["bias_row"]].reshape(-1) if "bias_row" in args else None
+        epi, post = self._epilogue(op, mode, record)
+        kernels.gemm_batched(a, b, bias=bias, bias_row=bias_row, residual=res, epilogue=epi, out=target)
+        if post is not None:
+            post(out)
+        return out
+
+    def _scale(self, i, op, env, arena, mode, record):
+        args, attrs = op.args, op.attrs
+        x = env[args["x"]]
+        operands = [env[args[r]] for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res") if r in args]
+        shape = np.broadcast_shapes(x.shape, *(o.shape for o in operands))
+        y = self._out(i, op, arena, shape)
+        alpha = attrs.get("alpha", 1.0)
+        if alpha != 1.0:
+            np.multiply(x, np.float32(alpha), out=y, casting="unsafe")
+        else:
+            np.copyto(y, np.broadcast_to(x, shape), casting="unsafe")
+        for role in ("mul", "row_scale", "col_scale"):
+            if role in args:
+                np.multiply(y, env[args[role]], out=y, casting="unsafe")
+        beta = attrs.get("beta", 0.0)
+        if beta != 0.0:
+            np.add(y, np.float32(beta), out=y)
+        for role in ("bias", "bias_row"):
+            if role in args:
+                np.add(y, env[args[role]], out=y, casting="unsafe")
+        if "res" in args:
+            res_beta = attrs.get("res_beta", 1.0)
+            if res_beta == 1.0:
+                np.add(y, env[args["res"]], out=y, casting="unsafe")
+            elif res_beta == -1.0:
+                np.subtract(y, env[args["res"]], out=y, casting="unsafe")
+            else:
+                np.add(y, np.float32(res_beta) * env[args["res"]], out=y, casting="unsafe")
+        act = op.epilogue.get("act", "none")
+        if act == "relu":
+            np.maximum(y, np.float32(0), out=y)
+        elif act == "pwl":
+            if record is not None:
+                record(op, y)
+            if mode == "matrixized":
+                kernels.pwl_apply(self.program.tables[op.epilogue["table"]], y, out=y)
+            else:
+                y[...] = _exact(op.epilogue["fn"], y)
+        return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Data movement and reductions
+# ---------------------------------------------------------------------------------------------
+def _pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
+    """Max over the last axis (keepdims).  Matrixized: a halving tree of ``b + relu(a - b)`` steps."""
+    if x.shape[-1] == 0:
+        raise ValueError("pairwise_max over an empty axis")
+    if exact:
+        return np.max(x, axis=-1, keepdims=True).astype(np.float32, copy=False)
+    y = np.asarray(x, dtype=np.float32)
+    while y.shape[-1] > 1:
+        n = y.shape[-1]
+        h = n // 2
+        a, b = y[..., :h], y[..., h:2 * h]
+        d = a - b
+        np.maximum(d, np.float32(0), out=d)  # relu: the exact 2-segment PWL
+        d += b
+        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h:]], axis=-1)
+    return y
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def conv_out_hw(h: int, w: int, kernel: Any, stride: Any, padding: Any) -> tuple[int, int]:
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ProgramError(f"window {kh}x{kw} (stride {sh}x{sw}, padding {ph}x{pw}) does not fit a {h}x{w} input")
+    return ho, wo
+
+
+def _im2col_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    kh, kw = _pair(attrs["kernel"])
+    ho, wo = conv_out_hw(h, w, attrs["kernel"], attrs.get("stride", 1), attrs.get("padding", 0))
+    return (n, c * kh * kw, ho * wo)
+
+
+def _im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarray:
+    """NCHW -> [N, C*kh*kw, Ho*Wo], rows in (c, i, j) order to match a (Co, Ci, kh, kw) kernel."""
+    n, c, h, w = x.shape
+    kh, kw = _pair(attrs["kernel"])
+    sh, sw = _pair(attrs.get("stride", 1))
+    ph, pw = _pair(attrs.get("padding", 0))
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+    o = out.reshape(n, c, kh, kw, ho, wo)
+    for i in range(kh):
+        for j in range(kw):
+            o[:, :, i, j] = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return out
+
+
+def _pool_windows_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    kh, kw = _pair(attrs["kernel"])
+    ho, wo = conv_out_hw(h, w, (kh, kw), attrs.get("stride", attrs["kernel"]), attrs.get("padding", 0))
+    return (n, c, ho, wo, kh * kw)
+
+
+def _pool_windows(x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """NCHW -> [N, C, Ho, Wo, kh*kw] windows; padding is zeros (avg) or replicated edges (max)."""
+    kh, kw = _pair(attrs["kernel"])
+    sh, sw = _pair(attrs.get("stride", attrs["kernel"]))
+    ph, pw = _pair(attrs.get("padding", 0))
+    n, c, h, w = x.shape
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    if ph or pw:
+        mode = "edge" if attrs.get("pad", "zero") == "edge" else "constant"
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode=mode)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    return np.ascontiguousarray(win).reshape(n, c, ho, wo, kh * kw)
+
+
+def _patchify(x: np.ndarray, p: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    if h % p or w % p:
+        raise ValueError(f"patchify: image {h}x{w} is not divisible by patch {p}")
+    y = x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(y).reshape(n, (h // p) * (w // p), c * p * p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and arithmetic counts
+# ---------------------------------------------------------------------------------------------
+def infer_shapes(program: Program, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Shape of every buffer for the given input shapes (no data touched)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, spec in program.inputs.items():
+        if name not in input_shapes:
+            raise ProgramError(f"input_shapes is missing {name!r}; program inputs are {list(program.inputs)}")
+        shp = tuple(int(d) for d in input_shapes[name])
+        if len(shp) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, shp)):
+            raise ProgramError(f"input {name!r} must have shape {spec.shape} (None = any), got {shp}")
+        shapes[name] = shp
+    for name, arr in program.constants.items():
+        shapes[name] = tuple(arr.shape)
+    for op in program.ops:
+        shapes[op.out] = _op_shape(op, shapes)
+    return shapes
+
+
+def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    a = op.args
+    k, at = op.kind, op.attrs
+    if k == "gemm":
+        sa, sb = shapes[a["a"]], shapes[a["b"]]
+        if at.get("trans_a"):
+            sa = sa[::-1]
+        if at.get("trans_b"):
+            sb = sb[::-1]
+        if sa[-1] != sb[0]:
+            raise ProgramError(f"op {op.out!r}: inner dims {sa} @ {sb} do not match")
+        return tuple(sa[:-1]) + (sb[-1],)
+    if k == "gemm_batched":
+        sa = view_shape(shapes[a["a"]], at.get("a_view"))
+        sb = view_shape(shapes[a["b"]], at.get("b_view"))
+        shape = tuple(np.broadcast_shapes(sa[:-2], sb[:-2])) + (sa[-2], sb[-1])
+        perm = at.get("out_perm")
+        return tuple(shape[p] for p in perm) if perm else shape
+    if k == "scale":
+        return tuple(np.broadcast_shapes(*(shapes[v] for v in a.values())))
+    if k == "pairwise_max":
+        return shapes[a["x"]][:-1] + (1,)
+    if k == "reshape":
+        return _resolve_reshape(shapes[a["x"]], at["shape"])
+    if k == "transpose":
+        return tuple(shapes[a["x"]][p] for p in at["perm"])
+    if k == "im2col":
+        return _im2col_shape(shapes[a["x"]], at)
+    if k == "pool_windows":
+        return _pool_windows_shape(shapes[a["x"]], at)
+    if k == "patchify":
+        n, c, h, w = shapes[a["x"]]
+        p = at["patch"]
+        return (n, (h // p) * (w // p), c * p * p)
+    if k == "gather":
+        return shapes[a["ids"]] + shapes[a["table"]][1:]
+    if k == "slice_rows":
+        n = shapes[a["like"]][at["axis"]] if "like" in a else at["rows"]
+        return (n,) + shapes[a["x"]][1:]
+    raise ProgramError(f"unknown op kind {k!r}")
+
+
+def gemm_dims(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int, int]:
+    """(batch, M, N, K) of a gemm / gemm_batched op."""
+    a = op.args
+    if op.kind == "gemm":
+        sa, sb = shapes[a["a"]], shapes[a["b"]]
+        if op.attrs.get("trans_a"):
+            sa = sa[::-1]
+        if op.attrs.get("trans_b"):
+            sb = sb[::-1]
+        return 1, int(np.prod(sa[:-1], dtype=np.int64)), int(sb[-1]), int(sa[-1])
+    if op.kind == "gemm_batched":
+        sa = view_shape(shapes[a["a"]], op.attrs.get("a_view"))
+        sb = view_shape(shapes[a["b"]], op.attrs.get("b_view"))
+        batch = int(np.prod(np.broadcast_shapes(sa[:-2], sb[:-2]), dtype=np.int64))
+        return batch, int(sa[-2]), int(sb[-1]), int(sa[-1])
+    raise ValueError(f"{op.kind} is not a GEMM")
+
+
+def op_flops(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Arithmetic operations of an op (a MAC counts 2); data movement does none."""
+    if op.kind in ("gemm", "gemm_batched"):
+        p, m, n, k = gemm_dims(op, shapes)
+        return 2 * p * m * n * k
+    if op.kind == "scale":
+        size = int(np.prod(shapes[op.out], dtype=np.int64))
+        factors = sum(r in op.args for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res"))
+        factors += (op.attrs.get("alpha", 1.0) != 1.0) + (op.attrs.get("beta", 0.0) != 0.0)
+        return size * max(factors, 1)
+    if op.kind == "pairwise_max":
+        x = shapes[op.args["x"]]
+        return 3 * int(np.prod(x[:-1], dtype=np.int64)) * (x[-1] - 1)
+    return 0
