@@ -21,12 +21,15 @@ Every op of a Program is one of three families (``Op.family``):
 
 ``move``  (pure data movement: no arithmetic, counted separately by ``coverage()`` and the cost model)
     ``reshape`` (a view), ``transpose`` (a copy), ``im2col``, ``pool_windows``, ``patchify``, ``gather``
-    (embedding rows), ``slice_rows``.
+    (embedding rows), ``slice_rows``; and token packing: ``pack`` (``x[B, T, ...]`` -> the rows where
+    ``mask`` is nonzero, ``[Ntok, ...]``), ``unpack`` (the inverse, zeros at padding) and ``positions``
+    (the slot index of every real token).  Shape inference assumes every token is real (``Ntok = B*T``).
 
 The epilogue ``ep`` of a GEMM-family op is ``{"act": "none" | "relu" | "pwl", "fn": name, "table": key}``:
 ``relu`` is exact; ``pwl`` evaluates ``program.tables[key]`` in matrixized mode and the exact catalog
-function ``fn`` (in float32) in exact mode.  That is the only difference between the two modes, so exact
-mode is the reference every accuracy figure compares against.
+function ``fn`` (in float32) in exact mode.  The other difference: a ``gemm`` whose bias was
+vertically corrected for the PWL error before it keeps its original bias as ``bias_exact``, which exact
+mode uses.  So exact mode is the original network, the reference every accuracy figure compares against.
 
 Each op also carries ``layer`` (the name of the network layer it came from) and ``what`` (a short
 description), used by reports, profiles and the cost model.  Shapes follow from the input shapes by
@@ -46,12 +49,13 @@ from .spec import InputSpec
 __all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "apply_view", "view_shape"]
 
 GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
-MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows")
+MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
+              "pack", "unpack", "positions")
 ACTS = ("none", "relu", "pwl")
 
 #: Operand roles each op kind accepts: (required, optional).
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "gemm": (("a", "b"), ("bias", "bias_row", "res")),
+    "gemm": (("a", "b"), ("bias", "bias_row", "res", "bias_exact")),
     "gemm_batched": (("a", "b"), ("bias", "bias_row", "res")),
     "scale": (("x",), ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")),
     "pairwise_max": (("x",), ()),
@@ -62,6 +66,9 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "patchify": (("x",), ()),
     "gather": (("table", "ids"), ()),
     "slice_rows": (("x",), ("like",)),
+    "pack": (("x", "mask"), ()),
+    "unpack": (("x", "mask"), ()),
+    "positions": (("mask",), ()),
 }
 
 

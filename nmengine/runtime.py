@@ -190,6 +190,18 @@ class Runtime:
                 raise ValueError(
                     f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
             return table[ids]
+        if kind == "pack":
+            return x[_mask_bool(env[args["mask"]], x.shape)]
+        if kind == "unpack":
+            m = _mask_bool(env[args["mask"]], None)
+            if int(m.sum()) != x.shape[0]:
+                raise ValueError(f"{op.layer}: {x.shape[0]} packed rows for a mask with {int(m.sum())} tokens")
+            out = self._out(i, op, arena, m.shape + x.shape[1:])
+            out.fill(0)
+            out[m] = x
+            return out
+        if kind == "positions":
+            return np.nonzero(_mask_bool(env[args["mask"]], None))[1].astype(np.int64)
         if kind == "slice_rows":
             n = env[args["like"]].shape[attrs["axis"]] if "like" in args else attrs["rows"]
             if n > x.shape[0]:
@@ -208,7 +220,8 @@ class Runtime:
         a2 = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
         m, n = a2.shape[0], b.shape[-1]
         out = self._out(i, op, arena, (m, n))
-        bias = env[args["bias"]] if "bias" in args else None
+        bias_role = "bias_exact" if mode == "exact" and "bias_exact" in args else "bias"
+        bias = env[args[bias_role]] if bias_role in args else None
         bias_row = env[args["bias_row"]].reshape(-1) if "bias_row" in args else None
         res = env[args["res"]].reshape(m, n) if "res" in args else None
         epi, post = self._epilogue(op, mode, record)
@@ -301,6 +314,12 @@ def _pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
         d += b
         y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h:]], axis=-1)
     return y
+
+
+def _mask_bool(mask: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:
+    if mask.ndim != 2 or (like is not None and tuple(like[:2]) != mask.shape):
+        raise ValueError(f"token mask of shape {mask.shape} does not fit values of shape {like}")
+    return mask != 0
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -429,6 +448,14 @@ def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     if k == "slice_rows":
         n = shapes[a["like"]][at["axis"]] if "like" in a else at["rows"]
         return (n,) + shapes[a["x"]][1:]
+    if k == "pack":
+        x = shapes[a["x"]]
+        return (x[0] * x[1],) + x[2:]
+    if k == "unpack":
+        return shapes[a["mask"]] + shapes[a["x"]][1:]
+    if k == "positions":
+        m = shapes[a["mask"]]
+        return (m[0] * m[1],)
     raise ProgramError(f"unknown op kind {k!r}")
 
 

@@ -35,6 +35,7 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     functions: Mapping[str, Mapping[str, Any]] | None = None,
     bias_correction: bool = True,
     max_calibration_rows: int = 65536,
+    pack_tokens: bool = True,
     progress: bool = False,
 ) -> Program:
     """Matrixize ``spec`` into a :class:`~nmengine.program.Program`.
@@ -52,19 +53,22 @@ def compile(  # noqa: A001 - the contract name is nm.compile
         Per-function overrides, e.g. ``{"exp": {"segments": 64}, "rsqrt": {"max_error": 1e-3}}``.
     bias_correction:
         Fold each table's mean error on the calibration data into the next linear layer's bias.
+    pack_tokens:
+        For transformers with a key mask, compute token-wise layers on the real tokens only
+        (see :func:`.lower.lower`); padding then costs nothing in the linear layers.
     """
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"compile expects a ModelSpec, got {type(spec).__name__}")
     spec.validate()
     folded = fold_layernorm_affine(fold_batchnorm(spec))
-    ops, constants, requests = lower(folded)
+    ops, constants, requests = lower(folded, pack_tokens=pack_tokens)
     ops = fuse(ops, list(folded.outputs), set(constants))
     options: dict[str, Any] = {"method": method}
     if max_error is not None:
         options["max_error"] = max_error
     else:
         options["segments"] = segments
-    meta = {"producer": "nmengine.compile", "source": spec.name,
+    meta = {"producer": "nmengine.compile", "source": spec.name, "pack_tokens": pack_tokens,
             "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
     tables = fit_tables(requests, None, options, functions)

@@ -73,6 +73,7 @@ def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray
     from .. import approx
 
     tables: dict[str, PWLTable] = {}
+    uncalibrated: dict[tuple, PWLTable] = {}  # one fit per function when no data tells them apart
     items = list(requests.items())
     if progress:
         from tqdm.auto import tqdm
@@ -84,7 +85,14 @@ def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray
             data = _informative(req.fn, activations[key].ravel())
             if data.size:
                 opts.setdefault("calibration", data)
-        table = approx.fit(req.fn, **opts)
+        if "calibration" in opts:
+            table = approx.fit(req.fn, **opts)
+        else:
+            memo = (req.fn, repr(sorted(opts.items())))
+            if memo not in uncalibrated:
+                uncalibrated[memo] = approx.fit(req.fn, **opts)
+            base = uncalibrated[memo]
+            table = PWLTable(base.breakpoints, base.slopes, base.intercepts, meta=dict(base.meta))
         table.name = req.fn
         table.meta.update({"layer": req.layer, "role": req.role})
         tables[key] = table
@@ -120,7 +128,13 @@ def correct_biases(ops: list[Op], constants: dict[str, np.ndarray], tables: Mapp
                 continue
             delta = bias_correction(tables[ep["table"]], ep["fn"], acts, w)
             name = f"{u.out}#bias_corrected"
-            old = constants[u.args["bias"]].astype(np.float64) if "bias" in u.args else 0.0
+            if "bias" in u.args:
+                u.args.setdefault("bias_exact", u.args["bias"])
+                old = constants[u.args["bias_exact"]].astype(np.float64)
+            else:
+                u.args["bias_exact"] = f"{u.out}#bias_zero"
+                constants[u.args["bias_exact"]] = np.zeros(w.shape[1], dtype=np.float32)
+                old = 0.0
             constants[name] = (old + delta).astype(np.float32)
             u.args["bias"] = name
             u.attrs["bias_correction"] = ep["table"]

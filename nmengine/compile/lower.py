@@ -66,7 +66,8 @@ class TableRequest:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len  # longest dynamic row a ones column must cover
         self.ops: list[Op] = []
         self.constants: dict[str, np.ndarray] = {}
         self.tables: dict[str, TableRequest] = {}
@@ -94,7 +95,7 @@ class _Builder:
         return name
 
     def row_sum(self, x: str, n: int | None, layer: Layer, out: str, what: str, *, scale: float = 1.0,
-                bias: float | None = None, epilogue: dict | None = None, max_len: int) -> str:
+                bias: float | None = None, epilogue: dict | None = None) -> str:
         """``x @ (scale * ones[n, 1])`` over the last axis (a sliced ones column when n is dynamic)."""
         if n is not None and scale != 1.0:
             b = self.const(f"{out}#w", np.full((n, 1), scale, dtype=np.float32))
@@ -103,7 +104,7 @@ class _Builder:
         else:
             if scale != 1.0:
                 raise SpecError(f"layer {layer.name!r}: a scaled row sum needs a static length")
-            b = self.op("slice_rows", f"{out}#ones", {"x": self.ones(max_len), "like": x}, layer,
+            b = self.op("slice_rows", f"{out}#ones", {"x": self.ones(self.max_len), "like": x}, layer,
                         "ones column for a row sum", axis=-1)
         args = {"a": x, "b": b}
         if bias is not None:
@@ -178,7 +179,7 @@ def _need_rank(lyr: Layer, x: Shape, r: int) -> Shape:
 # ---------------------------------------------------------------------------------------------
 # The rules
 # ---------------------------------------------------------------------------------------------
-def _linear(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _linear(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     w = lyr.weights["weight"]
     args = {"a": ins[0], "b": b.const(f"{lyr.name}.weight", w.T)}
     if "bias" in lyr.weights:
@@ -186,7 +187,7 @@ def _linear(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape],
     b.op("gemm", out, args, lyr, f"linear {w.shape[1]}->{w.shape[0]}", linear=True)
 
 
-def _conv2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _conv2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     w = lyr.weights["weight"]
     co, ci, kh, kw = w.shape
     p = lyr.params
@@ -203,7 +204,7 @@ def _conv2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape],
     b.op("reshape", out, {"x": g}, lyr, "view as NCHW", shape=[0, co, ho, wo], inverse=[0, 0, -1])
 
 
-def _batchnorm2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _batchnorm2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     wt = {k: v.astype(np.float64) for k, v in lyr.weights.items()}
     g = wt["weight"] / np.sqrt(wt["running_var"] + float(lyr.params.get("eps", 1e-5)))
     shift = wt["bias"] - wt["running_mean"] * g
@@ -212,12 +213,12 @@ def _batchnorm2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Sh
          lyr, "batchnorm as a per-channel diagonal GEMM")
 
 
-def _activation(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _activation(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     ep = {"act": "relu"} if lyr.op == "relu" else b.pwl(lyr, lyr.op, lyr.op)
     b.op("scale", out, {"x": ins[0]}, lyr, lyr.op, epilogue=ep)
 
 
-def _pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     p = lyr.params
     n, c, ho, wo = _spec_shape(lyr, shp)
     k = p["kernel"]
@@ -229,61 +230,59 @@ def _pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], m
     if is_max:
         red = b.op("pairwise_max", f"{out}#max", {"x": win}, lyr, "max as b + relu(a - b) tree")
     else:
-        red = b.row_sum(win, kh * kw, lyr, f"{out}#avg", "window mean by GEMM", scale=1.0 / (kh * kw), max_len=max_len)
+        red = b.row_sum(win, kh * kw, lyr, f"{out}#avg", "window mean by GEMM", scale=1.0 / (kh * kw))
     b.op("reshape", out, {"x": red}, lyr, "view as NCHW", shape=[0, c, ho, wo])
 
 
-def _global_avgpool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _global_avgpool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     n, c, h, w = shp[0]
     flat = b.op("reshape", f"{out}#flat", {"x": ins[0]}, lyr, "view as [N, C, H*W]", shape=[0, 0, -1])
-    s = b.row_sum(flat, h * w, lyr, f"{out}#mean", "spatial mean by GEMM", scale=1.0 / (h * w), max_len=max_len)
+    s = b.row_sum(flat, h * w, lyr, f"{out}#mean", "spatial mean by GEMM", scale=1.0 / (h * w))
     b.op("reshape", out, {"x": s}, lyr, "view as [N, C]", shape=[0, -1])
 
 
-def _flatten(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _flatten(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     b.op("reshape", out, {"x": ins[0]}, lyr, "flatten", shape=[0, -1])
 
 
-def _patchify(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _patchify(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     b.op("patchify", out, {"x": ins[0]}, lyr, f"{lyr.params['patch']}x{lyr.params['patch']} patches",
          patch=int(lyr.params["patch"]))
 
 
-def _add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     b.op("scale", out, {"x": ins[0], "res": ins[1]}, lyr, "residual add", add=True)
 
 
-def _position_add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _position_add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     rows = b.op("slice_rows", f"{out}#pos", {"x": b.const(f"{lyr.name}.weight", lyr.weights["weight"]),
                                               "like": ins[0]}, lyr, "position rows", axis=1)
     b.op("scale", out, {"x": ins[0], "res": rows}, lyr, "add position embeddings")
 
 
-def _softmax_rows(b: _Builder, lyr: Layer, x: str, n: int | None, prefix: str, max_len: int,
-                  res: str | None = None) -> str:
+def _softmax_rows(b: _Builder, lyr: Layer, x: str, n: int | None, prefix: str) -> str:
     """Masked-free softmax over the last axis of ``x``; returns the probabilities' buffer name."""
     m = b.op("pairwise_max", f"{prefix}#max", {"x": x}, lyr, "row bound: max as b + relu(a - b) tree")
     e = b.op("scale", f"{prefix}#exp", {"x": x, "res": m}, lyr, "exp(x - max)", res_beta=-1.0,
              epilogue=b.pwl(lyr, "exp", "exp"))
-    r = b.row_sum(e, n, lyr, f"{prefix}#recip", "1 / row sum", epilogue=b.pwl(lyr, "reciprocal", "reciprocal"),
-                  max_len=max_len)
+    r = b.row_sum(e, n, lyr, f"{prefix}#recip", "1 / row sum", epilogue=b.pwl(lyr, "reciprocal", "reciprocal"))
     return b.op("scale", f"{prefix}#prob", {"x": e, "row_scale": r}, lyr, "normalise rows")
 
 
-def _softmax(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
-    p = _softmax_rows(b, lyr, ins[0], shp[0][-1], out, max_len)
+def _softmax(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
+    p = _softmax_rows(b, lyr, ins[0], shp[0][-1], out)
     b.op("reshape", out, {"x": p}, lyr, "softmax result", shape=[0] * len(shp[0]))
 
 
-def _layernorm(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _layernorm(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     d = lyr.weights["weight"].shape[0]
     eps = float(lyr.params.get("eps", 1e-5))
     x = ins[0]
-    mean = b.row_sum(x, d, lyr, f"{out}#mean", "mean by GEMM", scale=1.0 / d, max_len=max_len)
+    mean = b.row_sum(x, d, lyr, f"{out}#mean", "mean by GEMM", scale=1.0 / d)
     c = b.op("scale", f"{out}#centred", {"x": x, "res": mean}, lyr, "centre", res_beta=-1.0)
     sq = b.op("scale", f"{out}#sq", {"x": c, "mul": c}, lyr, "square (elementwise product)")
     r = b.row_sum(sq, d, lyr, f"{out}#rstd", "rsqrt(variance + eps)", scale=1.0 / d, bias=eps,
-                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"), max_len=max_len)
+                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"))
     gamma, beta = lyr.weights["weight"], lyr.weights["bias"]
     args = {"x": c, "row_scale": r}
     what = "normalise"
@@ -298,7 +297,7 @@ def _layernorm(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
     b.op("scale", out, args, lyr, what)
 
 
-def _embedding(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _embedding(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     w = lyr.weights
     e = b.op("gather", f"{out}#word", {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ins[0]},
              lyr, "word embedding rows")
@@ -317,7 +316,8 @@ def _embedding(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
     b.op("scale", out, args, lyr, "sum of embeddings")
 
 
-def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], *,
+          packed_mask: str | None = None) -> None:
     w = {k: v.astype(np.float64) for k, v in lyr.weights.items()}
     d = w["q_weight"].shape[0]
     h = int(lyr.params["heads"])
@@ -328,6 +328,9 @@ def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], m
     qkv = b.op("gemm", f"{out}#qkv", {"a": ins[0], "b": b.const(f"{lyr.name}.qkv_weight", wqkv.T),
                                        "bias": b.const(f"{lyr.name}.qkv_bias", bqkv)},
                lyr, f"QKV projection {d}->{3 * d} (1/sqrt({hd}) folded into Q)", linear=True)
+    if packed_mask is not None:
+        qkv = b.op("unpack", f"{out}#qkv_seq", {"x": qkv, "mask": packed_mask}, lyr,
+                   "scatter packed Q/K/V to [B, T, 3D]")
     heads = [0, 0, 3, h, hd]
     qv = {"reshape": heads, "select": [2, 0], "perm": [0, 2, 1, 3]}
     kv = {"reshape": heads, "select": [2, 1], "perm": [0, 2, 3, 1]}
@@ -340,22 +343,24 @@ def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], m
         args["res"] = mb
         attrs["res_view"] = {"reshape": [0, 1, 1, -1]}
     scores = b.op("gemm_batched", f"{out}#scores", args, lyr, "Q K^T per (sequence, head)", **attrs)
-    p = _softmax_rows(b, lyr, scores, shp[0][1], f"{out}#attn", max_len)
+    p = _softmax_rows(b, lyr, scores, shp[0][1], f"{out}#attn")
     ctx = b.op("gemm_batched", f"{out}#ctx", {"a": p, "b": qkv}, lyr, "P V per (sequence, head)",
                b_view=vv, out_perm=[0, 2, 1, 3])
     ctx2 = b.op("reshape", f"{out}#merged", {"x": ctx}, lyr, "merge heads", shape=[0, 0, -1])
+    if packed_mask is not None:
+        ctx2 = b.op("pack", f"{out}#ctx_tokens", {"x": ctx2, "mask": packed_mask}, lyr, "gather real tokens")
     b.op("gemm", out, {"a": ctx2, "b": b.const(f"{lyr.name}.o_weight", w["o_weight"].T),
                        "bias": b.const(f"{lyr.name}.o_bias", w["o_bias"])}, lyr, f"output projection {d}->{d}",
          linear=True)
 
 
-def _mean_pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _mean_pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     x = ins[0]
     t = shp[0][1]
     if len(ins) > 1:
         mask = ins[1]
         rc = b.row_sum(mask, t, lyr, f"{out}#count", "1 / token count",
-                       epilogue=b.pwl(lyr, "reciprocal", "reciprocal"), max_len=max_len)
+                       epilogue=b.pwl(lyr, "reciprocal", "reciprocal"))
         s = b.op("gemm_batched", f"{out}#sum", {"a": mask, "b": x}, lyr, "masked token sum by GEMM",
                  a_view={"reshape": [0, 1, -1]})
         flat = b.op("reshape", f"{out}#flat", {"x": s}, lyr, "view as [N, D]", shape=[0, -1])
@@ -368,13 +373,13 @@ def _mean_pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
         b.op("reshape", out, {"x": s}, lyr, "view as [N, D]", shape=[0, -1])
 
 
-def _l2_normalize(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], max_len: int) -> None:
+def _l2_normalize(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     x = ins[0]
     eps = float(lyr.params.get("eps", 1e-12))
     d = shp[0][-1]
     sq = b.op("scale", f"{out}#sq", {"x": x, "mul": x}, lyr, "squares")
     r = b.row_sum(sq, d, lyr, f"{out}#rnorm", "rsqrt(sum of squares + eps^2)", bias=eps * eps,
-                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"), max_len=max_len)
+                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"))
     b.op("scale", out, {"x": x, "row_scale": r}, lyr, "divide by the norm")
 
 
@@ -399,17 +404,86 @@ RULES: dict[str, Callable[..., None]] = {
 }
 
 
-def lower(spec: ModelSpec) -> tuple[list[Op], dict[str, np.ndarray], dict[str, TableRequest]]:
-    """Lower a (folded) ModelSpec to ops, constants and the PWL tables they need."""
-    b = _Builder()
-    shapes: dict[str, Shape] = {k: tuple(v.shape) for k, v in spec.inputs.items()}
+#: Layers that act on each token (row) independently: they run unchanged on packed tokens.
+ROWWISE = {"linear", "layernorm", "add", "softmax", "l2_normalize", *ELEMENTWISE_OPS}
+
+
+def _pack_mask(spec: ModelSpec) -> str | None:
+    """The key-mask input shared by every attention layer, when token packing applies."""
+    masks = {lyr.inputs[1] for lyr in spec.layers if lyr.op == "mhsa" and len(lyr.inputs) > 1}
+    unmasked = any(lyr.op == "mhsa" and len(lyr.inputs) == 1 for lyr in spec.layers)
+    has_embedding = any(lyr.op == "embedding" for lyr in spec.layers)
+    if len(masks) != 1 or unmasked or not has_embedding:
+        return None
+    mask = masks.pop()
+    return mask if mask in spec.inputs and len(spec.inputs[mask].shape) == 2 else None
+
+
+def _embedding_packed(b: _Builder, lyr: Layer, ins: list[str], out: str, mask: str) -> None:
+    """Embeddings of the real tokens only: ``[Ntok, D]`` rows, ordered sequence by sequence."""
+    w = lyr.weights
+    ids = b.op("pack", f"{out}#ids", {"x": ins[0], "mask": mask}, lyr, "real tokens' ids")
+    e = b.op("gather", f"{out}#word", {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ids},
+             lyr, "word embedding rows")
+    args: dict[str, str] = {"x": e}
+    if "position" in w:
+        pos = b.op("positions", f"{out}#posids", {"mask": mask}, lyr, "real tokens' positions")
+        args["res"] = b.op("gather", f"{out}#pos", {"table": b.const(f"{lyr.name}.position", w["position"]),
+                                                     "ids": pos}, lyr, "position rows")
+    if "token_type" in w and len(ins) > 1:
+        tids = b.op("pack", f"{out}#typeids", {"x": ins[1], "mask": mask}, lyr, "real tokens' types")
+        tt = b.op("gather", f"{out}#type", {"table": b.const(f"{lyr.name}.token_type", w["token_type"]),
+                                             "ids": tids}, lyr, "token-type rows")
+        if "res" in args:
+            args["x"] = b.op("scale", f"{out}#sum", dict(args), lyr, "word + position")
+        args["res"] = tt
+    elif "token_type" in w:
+        args["bias"] = b.const(f"{lyr.name}.token_type0", w["token_type"][0])
+    b.op("scale", out, args, lyr, "sum of embeddings")
+
+
+def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[str, np.ndarray], dict[str, TableRequest]]:
+    """Lower a (folded) ModelSpec to ops, constants and the PWL tables they need.
+
+    With ``pack_tokens`` (and a transformer whose attention layers share one key mask), the real tokens
+    of a padded batch are packed into the rows of every token-wise GEMM: embeddings, projections,
+    LayerNorms and feed-forward layers compute ``Ntok`` rows instead of ``B * T``.  Attention unpacks
+    Q/K/V to ``[B, T, ...]`` per sequence and packs its context back; other layers see unpacked values.
+    """
     max_len = int(spec.meta.get("max_len", 512))
     for lyr in spec.layers:
         if lyr.op == "embedding" and "position" in lyr.weights:
             max_len = max(max_len, lyr.weights["position"].shape[0])
+    b = _Builder(max_len)
+    shapes: dict[str, Shape] = {k: tuple(v.shape) for k, v in spec.inputs.items()}
+    mask = _pack_mask(spec) if pack_tokens else None
+    packed: set[str] = set()
+    unpacked: dict[str, str] = {}
+
+    def unpack(name: str, lyr: Layer) -> str:
+        if name not in unpacked:
+            unpacked[name] = b.op("unpack", f"{name}#unpacked", {"x": name, "mask": mask}, lyr,
+                                  "scatter real tokens back to [B, T, ...]")
+        return unpacked[name]
+
     for lyr in spec.layers:
         in_shapes = [shapes[x] for x in lyr.inputs]
         out_shape = _spec_shape(lyr, in_shapes)
-        RULES[lyr.op](b, lyr, list(lyr.inputs), lyr.output, in_shapes, max_len)
         shapes[lyr.output] = out_shape
+        ins = list(lyr.inputs)
+        keep_packed = lyr.output not in spec.outputs
+        if mask and keep_packed and lyr.op == "embedding" and len(in_shapes[0]) == 2:
+            _embedding_packed(b, lyr, ins, lyr.output, mask)
+            packed.add(lyr.output)
+            continue
+        if mask and keep_packed and lyr.op in ROWWISE and all(x in packed for x in ins):
+            RULES[lyr.op](b, lyr, ins, lyr.output, in_shapes)
+            packed.add(lyr.output)
+            continue
+        if mask and keep_packed and lyr.op == "mhsa" and ins[0] in packed:
+            _mhsa(b, lyr, ins, lyr.output, in_shapes, packed_mask=mask)
+            packed.add(lyr.output)
+            continue
+        ins = [unpack(x, lyr) if x in packed else x for x in ins]
+        RULES[lyr.op](b, lyr, ins, lyr.output, in_shapes)
     return b.ops, b.constants, b.tables
