@@ -240,6 +240,14 @@ class Program:
             seen.setdefault(op.layer, None)
         return list(seen)
 
+    def tables_by_layer(self) -> dict[str, dict[str, PWLTable]]:
+        """``{layer: {role: table}}`` for the approximation-aware trainer (keys are ``"layer:role"``)."""
+        out: dict[str, dict[str, PWLTable]] = {}
+        for key, table in self.tables.items():
+            layer, _, role = key.rpartition(":")
+            out.setdefault(layer, {})[role] = table
+        return out
+
     def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Shape of every buffer (inputs, constants and op outputs) for the given input shapes."""
         from .runtime import infer_shapes  # the shape rules live beside the executors they mirror

@@ -1,0 +1,92 @@
+"""The ``nmengine`` command line.
+
+Subcommands (each imports what it needs only when it runs)::
+
+    nmengine demo                      train a CNN on digits, AAT, compile, export, report (the main job)
+    nmengine train --model cnn|vit ... train, fine-tune with the PWL tables, write a bundle
+    nmengine eval model.nmb            exact vs matrixized accuracy of a bundle on the digits test split
+    nmengine approx gelu --segments 32 PWL error table (and --plot)
+    nmengine report model.nmb          accelerator cost report (--measure adds CPU wall time)
+    nmengine inspect model.nmb         bundle header summary
+    nmengine embed --model DIR         sentence embeddings of stdin lines
+    nmengine hf-report --model DIR     cost report of an imported BERT
+    nmengine kernel-info               the GEMM core in use
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _kernel_info(args: argparse.Namespace) -> int:
+    from . import kernels
+
+    if args.threads:
+        kernels.set_num_threads(args.threads)
+    print(json.dumps(kernels.kernel_info(), indent=2))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .bundle import inspect
+
+    print(json.dumps(inspect(args.bundle), indent=2, default=str))
+    return 0
+
+
+def _add_workflow(sub: argparse._SubParsersAction) -> None:
+    from . import workflow
+
+    workflow.add_parsers(sub)
+
+
+def _add_optional(sub: argparse._SubParsersAction, module: str, adders: Sequence[str]) -> None:
+    """Register subcommands a module provides; a module that fails to import hides its commands."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f".{module}", __package__)
+    except ImportError:  # pragma: no cover - only when an optional dependency is missing
+        return
+    for name in adders:
+        adder: Callable | None = getattr(mod, name, None)
+        if adder is not None:
+            adder(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nmengine", description="NeuralMatrix: networks as GEMM + PWL tables.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_workflow(sub)
+    _add_optional(sub, "approx.cli", ["add_parser"])
+    _add_optional(sub, "cost", ["add_report_parser"])
+    _add_optional(sub, "hf", ["add_embed_parser", "add_hf_report_parser"])
+    p = sub.add_parser("inspect", help="summarise a bundle's header without loading its tensors")
+    p.add_argument("bundle")
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser("kernel-info", help="show the GEMM kernel path, blocking and threads")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_kernel_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"nmengine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The user's flow on real data: train exact -> calibrate -> fine-tune with PWL (AAT) -> compile -> export.
+
+:func:`run_flow` is what ``nmengine demo`` and ``nmengine train`` run; accuracy is reported at each stage
+(exact model, matrixized before AAT, matrixized after AAT) on the fixed digits test split.  This module
+is a frontend: it drives the trainer, the compiler and the bundle writer, and nothing imports it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .program import Program
+
+__all__ = ["FlowResult", "run_flow", "program_accuracy", "add_parsers", "DEMO_SETTINGS"]
+
+#: What ``nmengine demo`` runs: the CNN with the settings below, well under 2 minutes on 2 cores.
+DEMO_SETTINGS: dict[str, Any] = {"model": "cnn", "epochs": 8, "aat_epochs": 2, "segments": 16}
+
+
+@dataclass
+class FlowResult:
+    """Accuracies (fractions in [0, 1]) at every stage, the final program and timings in seconds."""
+
+    model: str
+    exact_accuracy: float
+    matrixized_before_aat: float
+    matrixized_after_aat: float
+    exact_after_aat: float
+    program: Program
+    path: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rows = [
+            ("exact model", self.exact_accuracy),
+            ("matrixized, before AAT", self.matrixized_before_aat),
+            ("matrixized, after AAT", self.matrixized_after_aat),
+        ]
+        lines = [f"{self.model}: accuracy on the digits test split (360 images)"]
+        lines += [f"  {name:<26s} {100 * acc:6.2f}%" for name, acc in rows]
+        gap = 100 * (self.exact_accuracy - self.matrixized_after_aat)
+        lines.append(f"  {'gap after AAT':<26s} {gap:+6.2f} points")
+        if self.path is not None:
+            lines.append(f"  bundle: {self.path}")
+        lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def program_accuracy(program: Program, x: np.ndarray, y: np.ndarray, *, mode: str = "matrixized",
+                     batch_size: int = 512) -> float:
+    """Top-1 accuracy of a classifier program on ``(x, y)``."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = program.run(x[i:i + batch_size], mode=mode)
+        correct += int(np.sum(np.argmax(logits, axis=1) == y[i:i + batch_size]))
+    return correct / max(len(x), 1)
+
+
+def run_flow(
+    model: str = "cnn",
+    *,
+    epochs: int | None = None,
+    aat_epochs: int = 2,
+    segments: int = 16,
+    method: str = "optimized",
+    out: str | Path | None = None,
+    seed: int = 0,
+    calibration_size: int = 256,
+    progress: bool = True,
+    model_options: dict[str, Any] | None = None,
+) -> FlowResult:
+    """Train ``model`` ("cnn" or "vit") on digits, fine-tune it with the engine's PWL tables, compile it.
+
+    ``segments``/``method`` are the PWL options of every table; the same tables drive AAT and the
+    exported program.  Returns the accuracies of every stage; writes a bundle when ``out`` is given.
+    """
+    from . import train as nt
+    from .compile import compile
+
+    if aat_epochs < 0:
+        raise ValueError(f"aat_epochs must be >= 0, got {aat_epochs}")
+    timings: dict[str, float] = {}
+    data = nt.load_digits_split(seed=seed)
+    config = nt.default_config(model)
+    if epochs is not None:
+        config["epochs"] = epochs
+    net = nt.create_model(model, seed=seed, **(model_options or {}))
+
+    t0 = time.perf_counter()
+    nt.train(net, data, seed=seed, progress=progress, desc=f"train {model}", **config)
+    timings["train"] = time.perf_counter() - t0
+    exact_acc = nt.evaluate(net, data.x_test, data.y_test)
+
+    rng = np.random.default_rng(seed)
+    calib = data.x_train[rng.choice(len(data.x_train), min(calibration_size, len(data.x_train)), replace=False)]
+    pwl = {"segments": segments, "method": method}
+
+    t0 = time.perf_counter()
+    program = compile(net.to_spec(), calibration=calib, **pwl)
+    timings["compile"] = time.perf_counter() - t0
+    before = program_accuracy(program, data.x_test, data.y_test)
+
+    if aat_epochs > 0 and program.tables:
+        t0 = time.perf_counter()
+        aat_config = dict(config, epochs=aat_epochs, lr=config["lr"] * 0.1, warmup_epochs=0.0)
+        with nt.approximate(net, program.tables_by_layer()):
+            nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT {model}", **aat_config)
+        timings["aat"] = time.perf_counter() - t0
+        program = compile(net.to_spec(), calibration=calib, **pwl)
+    after = program_accuracy(program, data.x_test, data.y_test)
+    exact_after = program_accuracy(program, data.x_test, data.y_test, mode="exact")
+    program.meta.update({"dataset": "sklearn digits (fixed stratified split, 1437/360)", "model": model,
+                         "accuracy": {"exact": exact_acc, "matrixized_before_aat": before,
+                                      "matrixized_after_aat": after, "exact_after_aat": exact_after}})
+    path = None
+    if out is not None:
+        from .bundle import save
+
+        path = save(program, out)
+    return FlowResult(model, exact_acc, before, after, exact_after, program, path, timings)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def _cost_table(program: Program) -> str | None:
+    try:
+        return program.cost(None, {name: tuple(1 if d is None else d for d in spec.shape)
+                                   for name, spec in program.inputs.items()}).table()
+    except ImportError:  # pragma: no cover - cost model not installed
+        return None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    s = DEMO_SETTINGS
+    result = run_flow(s["model"], epochs=s["epochs"], aat_epochs=s["aat_epochs"], segments=s["segments"],
+                      out=args.out, seed=args.seed, progress=not args.quiet)
+    print(result.summary())
+    print()
+    print(result.program)
+    cov = result.program.coverage({"x": (1, 1, 8, 8)})
+    print(f"GEMM+PWL share of arithmetic: {100 * cov['gemm_pwl_flop_share']:.0f}% "
+          f"({cov['gemm_pwl_ops']} GEMM-family ops, {cov['movement_ops']} data-movement ops)")
+    table = _cost_table(result.program)
+    if table:
+        print()
+        print("Per-layer accelerator report (batch 1):")
+        print(table)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    result = run_flow(args.model, epochs=args.epochs, aat_epochs=args.aat_epochs, segments=args.segments,
+                      method=args.method, out=args.out, seed=args.seed, progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import train as nt
+    from .bundle import load
+
+    program = load(args.bundle)
+    data = nt.load_digits_split(seed=args.seed)
+    exact = program_accuracy(program, data.x_test, data.y_test, mode="exact")
+    mat = program_accuracy(program, data.x_test, data.y_test)
+    print(f"{args.bundle}: digits test split ({len(data.y_test)} images)")
+    print(f"  exact       {100 * exact:6.2f}%")
+    print(f"  matrixized  {100 * mat:6.2f}%")
+    print(f"  gap         {100 * (exact - mat):+6.2f} points")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train a CNN on digits, fine-tune with PWL tables, compile, report")
+    p.add_argument("--out", default=None, help="also write the bundle here (.nmb)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train exact -> AAT -> compile -> export a bundle")
+    p.add_argument("--model", choices=("cnn", "vit"), default="cnn")
+    p.add_argument("--epochs", type=int, default=None, help="exact training epochs (default: the model's config)")
+    p.add_argument("--aat-epochs", type=int, default=2, help="approximation-aware fine-tuning epochs")
+    p.add_argument("--segments", type=int, default=16, help="PWL segments per table")
+    p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
+    p.add_argument("--out", default="model.nmb", help="bundle to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="exact vs matrixized accuracy of a bundle on the digits test split")
+    p.add_argument("bundle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    p.set_defaults(func=_eval)
