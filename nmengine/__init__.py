@@ -21,13 +21,20 @@ from .spec import InputSpec, Layer, ModelSpec, SpecError
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli"}
+_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli", "workflow", "corpus"}
 _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "gemm": ("kernels", "gemm"),
     "gemm_batched": ("kernels", "gemm_batched"),
     "set_num_threads": ("kernels", "set_num_threads"),
     "get_num_threads": ("kernels", "get_num_threads"),
     "kernel_info": ("kernels", "kernel_info"),
+    "pwl_apply": ("kernels", "pwl_apply"),
+    "compile": ("compile", "compile"),
+    "Program": ("program", "Program"),
+    "save": ("bundle", "save"),
+    "load": ("bundle", "load"),
+    "BundleError": ("bundle", "BundleError"),
+    "AcceleratorConfig": ("cost", "AcceleratorConfig"),
 }
 
 

@@ -33,9 +33,10 @@ def _kernel_info(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .bundle import inspect
+    from .bundle import format_inspect, inspect
 
-    print(json.dumps(inspect(args.bundle), indent=2, default=str))
+    info = inspect(args.bundle)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_inspect(info, tensors=args.tensors))
     return 0
 
 
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional(sub, "hf", ["add_embed_parser", "add_hf_report_parser"])
     p = sub.add_parser("inspect", help="summarise a bundle's header without loading its tensors")
     p.add_argument("bundle")
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--json", action="store_true", help="print the raw header summary as JSON")
     p.set_defaults(func=_inspect)
     p = sub.add_parser("kernel-info", help="show the GEMM kernel path, blocking and threads")
     p.add_argument("--threads", type=int, default=None)

@@ -188,7 +188,7 @@ class Program:
         self.ops: list[Op] = list(ops)
         self.constants: dict[str, np.ndarray] = {}
         for k, v in constants.items():
-            arr = np.ascontiguousarray(v)
+            arr = np.require(v, requirements="C")
             if arr.dtype not in (np.float32, np.int64):
                 arr = arr.astype(np.float32)
             arr.setflags(write=False)
