@@ -35,6 +35,7 @@ _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "load": ("bundle", "load"),
     "BundleError": ("bundle", "BundleError"),
     "AcceleratorConfig": ("cost", "AcceleratorConfig"),
+    "cost_report": ("cost", "cost_report"),
 }
 
 
