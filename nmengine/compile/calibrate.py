@@ -18,6 +18,11 @@ from ..pwl import PWLTable
 
 __all__ = ["record_activations", "fit_tables", "correct_biases", "iter_batches"]
 
+#: Relative (wide dynamic range) functions get their calibrated range widened by this factor on
+#: each side: geometric segments make the extra octaves cheap, and unseen inputs (a shorter sequence's
+#: softmax sum, a flatter token's variance) then stay on the table instead of an extrapolated end.
+RELATIVE_RANGE_FACTOR = 8.0
+
 #: Inputs below this are dropped from exp calibration: float32 exp underflows there, so they carry
 #: no information about the useful range (masked attention scores sit near -1e4).
 EXP_UNDERFLOW = -87.0
@@ -85,6 +90,12 @@ def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray
             data = _informative(req.fn, activations[key].ravel())
             if data.size:
                 opts.setdefault("calibration", data)
+                func = approx.get_function(req.fn)
+                if func.relative and "lo" not in opts and "hi" not in opts:
+                    lo, hi = float(data.min()), float(data.max())
+                    lo = max(lo, func.domain[0], np.finfo(np.float32).tiny) / RELATIVE_RANGE_FACTOR
+                    hi = max(hi, lo * RELATIVE_RANGE_FACTOR) * RELATIVE_RANGE_FACTOR
+                    opts["lo"], opts["hi"] = lo, hi
         if "calibration" in opts:
             table = approx.fit(req.fn, **opts)
         else:
