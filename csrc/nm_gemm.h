@@ -37,7 +37,13 @@ typedef struct nm_epilogue {
     const nm_pwl *pwl;     /* when act == NM_ACT_PWL */
 } nm_epilogue;
 
-/* C[M,N] = epilogue(A[M,K] @ B[K,N]). ep may be NULL. K == 0 gives epilogue(0). */
+/* C[M,N] = epilogue(A[M,K] @ B[K,N]). ep may be NULL. K == 0 gives epilogue(0); M or N == 0 is a
+ * no-op.  C must not overlap A, B or the epilogue operands.  Returns NM_EINVAL for negative sizes,
+ * an unknown kernel/activation or act == NM_ACT_PWL without a table, NM_ENOMEM when the pack
+ * buffers (sized to the problem, freed before returning) cannot be allocated.
+ * Reduction order: K is cut into ceil(K / kc) equal blocks (kc of nm_get_blocking); within a block
+ * each element is a chain of FMAs (avx2) or multiply-adds (scalar) in ascending k; blocks are
+ * summed into C in order.  Threads never split K, so any nthreads gives the same bits. */
 int nm_sgemm(int64_t M, int64_t N, int64_t K,
              const float *A, ptrdiff_t rsa, ptrdiff_t csa,
              const float *B, ptrdiff_t rsb, ptrdiff_t csb,
@@ -55,14 +61,23 @@ int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
                      float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
                      const nm_epilogue *ep, int nthreads, int kernel);
 
-/* y[i] = pwl(x[i]) for a contiguous vector (x == y allowed): the standalone table unit. */
+/* y[i] = pwl(x[i]) for a contiguous vector (x == y allowed): the standalone table unit.
+ * Same vector code and bits as the fused epilogue.  Invalid arguments (n < 0, NULL table, unknown
+ * kernel) make it a no-op. */
 void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel);
 
 /* 1 when this CPU and OS support AVX2 + FMA (cpuid + xgetbv), else 0. */
 int nm_cpu_has_avx2_fma(void);
 
-/* The kernel actually used for a request (NM_KERNEL_AUTO resolves by cpuid). */
+/* The kernel actually used for a request (NM_KERNEL_AUTO resolves by cpuid).  Returns NM_EINVAL
+ * for an unknown kernel, or for NM_KERNEL_AVX2 in a build without the x86 code.
+ * Note: nm_sgemm & co. trust an explicit NM_KERNEL_AVX2 (no cpuid per call, which is a VM exit under
+ * a hypervisor); callers must only pass it when nm_cpu_has_avx2_fma() (nmengine/kernels.py checks). */
 int nm_resolve_kernel(int kernel);
+
+/* 1 when the library was built with OpenMP (nthreads > 1 can run in parallel), else 0.
+ * (Added with the implementation; not part of the original contract.) */
+int nm_has_openmp(void);
 
 /* Cache blocking and register tile of the GEMM (for kernel_info()). */
 typedef struct nm_blocking { int mr, nr, mc, kc, nc; } nm_blocking;

@@ -1,0 +1,118 @@
+/* The fused GEMM epilogue: per-tile context and the scalar (portable) element operations.
+ *
+ *   x = acc;  if load_c: x = C_prev + x          (C holds the sum of the earlier K blocks)
+ *   if last:  x = x + bias_col[j];  x = x + bias_row[i];  x = x + res[i, j];  x = act(x)
+ *
+ * every step one IEEE float32 operation, identical in the scalar and the vector (nm_pwl_avx2.h)
+ * code, so a tile gives the same bits whichever path finishes it.
+ *
+ * NaN conventions (chosen to match numpy, see nmengine/pwl.py):
+ *   relu(x)         = (0 > x) ? 0 : x         relu(NaN) = NaN   (== _mm256_max_ps(0, x))
+ *   PWL key clamp   = fmax/fmin style          NaN key -> bin 0
+ *   PWL input clamp = maximum/minimum style    NaN propagates   (== _mm256_max_ps(xmin, x), ...)
+ */
+#ifndef NM_EPILOGUE_H
+#define NM_EPILOGUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "nm_gemm.h"
+#include "nm_pwl.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define NM_X86 1
+#else
+#define NM_X86 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define NM_AVX2 __attribute__((target("avx2,fma")))
+#define NM_INLINE static inline __attribute__((always_inline))
+#else
+#define NM_AVX2
+#define NM_INLINE static inline
+#endif
+
+/* Largest register tile any kernel uses (the finisher's scratch row). */
+#define NM_MAX_MR 8
+#define NM_MAX_NR 16
+
+/* Epilogue state of one output tile; pointers are already offset to the tile's (i0, j0). */
+typedef struct nm_tile_ctx {
+    int load_c;            /* C holds a partial sum of earlier K blocks: x = C + acc */
+    int last;              /* last K block: apply bias/residual/activation */
+    int act;               /* NM_ACT_* */
+    const float *bias_col; /* bias_col[j], or NULL */
+    const float *bias_row; /* bias_row[i], or NULL */
+    const float *res;      /* res[i * res_rs + j * res_cs], or NULL */
+    ptrdiff_t res_rs, res_cs;
+    const nm_pwl *pwl;
+    const float *rows;     /* derived PWL lookup rows (nm_pwl_rows_build) or NULL */
+} nm_tile_ctx;
+
+/* y[0..n) = act(x[0..n)) (x == y allowed): a kernel's vectorized activation (nm_act_scalar,
+ * nm_act_avx2).  Both produce the same bits.  rows: optional derived lookup rows (may be NULL). */
+typedef void (*nm_act_fn)(int act, const nm_pwl *pwl, const float *rows, const float *x, float *y,
+                          int64_t n);
+
+/* Derived lookup rows for the vector PWL (a per-call cache built from the table, never global).
+ * Valid when steps <= 1: row k (8 floats, 32-byte aligned) of bin k holds
+ *     { e0, s0, c0, s1, c1, 0, 0, 0 }   with seg0 = hint[k], e0 = edges[seg0] (NaN when steps == 0),
+ *     (s0, c0) = segment seg0, (s1, c1) = segment min(seg0 + 1, n - 1),
+ * so seg = seg0 + (x >= e0) and (slope, intercept) = x >= e0 ? (s1, c1) : (s0, c0): the same
+ * entries the hint walk reads, fetched with one row load per lane instead of four gathers.
+ * nm_pwl_rows_floats() is the size in floats (0 when the rows do not apply). */
+#define NM_PWL_ROW 8
+int64_t nm_pwl_rows_floats(const nm_pwl *p);
+void nm_pwl_rows_build(const nm_pwl *p, float *rows);
+
+/* ---- scalar element operations ------------------------------------------------------------- */
+
+NM_INLINE float nm_relu_s(float x) { return (0.0f > x) ? 0.0f : x; }
+
+NM_INLINE int32_t nm_pwl_key_s(const nm_pwl *p, float x)
+{
+    if (p->key_mode == NM_PWL_KEY_LINEAR) {
+        const float nh1 = (float)(p->nhint - 1);
+        float v = (x - p->origin) * p->scale;
+        v = (v > 0.0f) ? v : 0.0f; /* NaN -> 0 (np.fmax) */
+        v = (v < nh1) ? v : nh1;   /* np.fmin */
+        return (int32_t)v;         /* v in [0, nhint-1]: truncation == floor */
+    } else {
+        int32_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        int32_t k = (bits >> p->shift) - p->base; /* arithmetic shift, like numpy int32 >> */
+        if (k < 0) k = 0;
+        if (k > p->nhint - 1) k = p->nhint - 1;
+        return k;
+    }
+}
+
+NM_INLINE float nm_pwl_s(const nm_pwl *p, float x)
+{
+    int32_t seg = p->hint[nm_pwl_key_s(p, x)];
+    for (int32_t s = 0; s < p->steps; s++) seg += (x >= p->edges[seg]);
+    float xc = (p->xmin > x) ? p->xmin : x; /* np.maximum: NaN propagates */
+    xc = (p->xmax < xc) ? p->xmax : xc;     /* np.minimum */
+    float y = p->slopes[seg] * xc;          /* two roundings: -ffp-contract=off */
+    return y + p->intercepts[seg];
+}
+
+NM_INLINE float nm_act_s(int act, const nm_pwl *p, float x)
+{
+    if (act == NM_ACT_RELU) return nm_relu_s(x);
+    if (act == NM_ACT_PWL) return nm_pwl_s(p, x);
+    return x;
+}
+
+/* Portable activation over a vector (the scalar kernel's nm_act_fn). */
+void nm_act_scalar(int act, const nm_pwl *pwl, const float *rows, const float *x, float *y, int64_t n);
+
+/* Finish an m x n tile (n <= NM_MAX_NR) whose K-block sums are in
+ * acc[i * ldacc + j]: combine with C, apply the epilogue when t->last, store the valid part. */
+void nm_tile_finish(const float *acc, int ldacc, int m, int n, float *c, ptrdiff_t rsc, ptrdiff_t csc,
+                    const nm_tile_ctx *t, nm_act_fn act);
+
+#endif

@@ -1,0 +1,410 @@
+/* The GEMM driver: five-loop blocking, threads, batches, and the standalone PWL unit.
+ *
+ *   for jc in N step NC                     B block columns (shared by the team)
+ *     for pc in K step kcb                  kcb = ceil(K / ceil(K / KC)): equal K blocks
+ *       pack B[pc:pc+kc, jc:jc+nc]          NR-column micro-panels, split among the team
+ *       barrier
+ *       for ic in (my M rows) step MC       A block, private to the thread
+ *         pack A[ic:ic+mc, pc:pc+kc]        MR-row micro-panels
+ *         for jr in (my NR panels)          B micro-panel stays in L1
+ *           for ir in MR panels             A micro-panel streams from L2
+ *             microkernel (+ epilogue on the last K block)
+ *       barrier
+ *
+ * Cache blocking for the AVX2 6x16 kernel on Zen 2/3/4 (L1d 32 KiB, L2 512 KiB-1 MiB, L3 16-32 MiB):
+ *   KC = 384: a B micro-panel is KC*NR*4 = 24 KiB and an A micro-panel 9 KiB.  Together they slightly
+ *             exceed L1d, but the kernel streams B at only ~11 B/cycle (2 loads per 12 FMAs), well
+ *             under the L2 bandwidth, while fewer K blocks mean fewer C read-modify-write passes
+ *             (transformer K = 384 becomes one block).  Measured on Zen 4: KC 384 beat 256 by 5-25%
+ *             single-threaded on the bench shapes (BLIS uses 256 for the same tile).
+ *   MC = 144 (24 micro-panels): the packed A block is 216 KiB, inside the 1 MiB L2 with room for the
+ *             B micro-panels in flight; each B micro-panel loaded into L1 is reused 24 times.
+ *   NC = 4080 (255 micro-panels): the packed B block is <= 6 MiB, which stays in the shared L3.
+ * K blocks are equalized (K = 513 -> 2 x 257 rather than 384 + 129) so no block is short.
+ *
+ * Threads (OpenMP): a team packs each B block cooperatively, then takes (row block x column range)
+ * units (~4 per thread) from a dynamic schedule.  Batched
+ * calls with enough products give each thread whole products instead.  K is never split, so every
+ * output element's float operations are the same for any thread count or partition.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nm_cpu.h"
+#include "nm_gemm.h"
+#include "nm_pack.h"
+#include "nm_pwl_avx2.h"
+#include "nm_threads.h"
+#include "nm_ukernel.h"
+
+typedef struct nm_kdesc {
+    nm_blocking bk;
+    nm_ukr_fn ukr;
+    nm_act_fn act;
+} nm_kdesc;
+
+static nm_kdesc nm_kdesc_for(int kernel)
+{
+    nm_kdesc d;
+#if NM_X86
+    if (kernel == NM_KERNEL_AVX2) {
+        d.bk.mr = NM_AVX2_MR;
+        d.bk.nr = NM_AVX2_NR;
+        d.bk.mc = 144;
+        d.bk.kc = 384;
+        d.bk.nc = 4080;
+        d.ukr = nm_ukr_avx2;
+        d.act = nm_act_avx2;
+        return d;
+    }
+#endif
+    (void)kernel;
+    d.bk.mr = NM_SCALAR_MR;
+    d.bk.nr = NM_SCALAR_NR;
+    d.bk.mc = 128;
+    d.bk.kc = 256;
+    d.bk.nc = 4096;
+    d.ukr = nm_ukr_scalar;
+    d.act = nm_act_scalar;
+    return d;
+}
+
+int nm_resolve_kernel(int kernel)
+{
+    switch (kernel) {
+    case NM_KERNEL_AUTO: return nm_cpu_has_avx2_fma() ? NM_KERNEL_AVX2 : NM_KERNEL_SCALAR;
+    case NM_KERNEL_SCALAR: return NM_KERNEL_SCALAR;
+    case NM_KERNEL_AVX2: return NM_X86 ? NM_KERNEL_AVX2 : NM_EINVAL;
+    default: return NM_EINVAL;
+    }
+}
+
+nm_blocking nm_get_blocking(int kernel)
+{
+    int k = nm_resolve_kernel(kernel);
+    return nm_kdesc_for(k < 0 ? NM_KERNEL_SCALAR : k).bk;
+}
+
+int nm_has_openmp(void) { return NM_HAVE_OPENMP; }
+
+/* ---- aligned scratch ---------------------------------------------------------------------- */
+
+#define NM_ALIGN 64
+
+static float *nm_alloc_floats(size_t n, void **raw)
+{
+    if (n > (SIZE_MAX - NM_ALIGN) / sizeof(float)) return NULL;
+    *raw = malloc(n * sizeof(float) + NM_ALIGN);
+    if (!*raw) return NULL;
+    uintptr_t p = ((uintptr_t)*raw + NM_ALIGN - 1) & ~(uintptr_t)(NM_ALIGN - 1);
+    return (float *)p;
+}
+
+static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Floats of derived PWL rows worth building for `elems` outputs (0: use the table directly). */
+static int64_t nm_pwl_rows_wanted(const nm_kdesc *kd, int act, const nm_pwl *pwl, int64_t elems)
+{
+    if (act != NM_ACT_PWL || kd->act == nm_act_scalar) return 0;
+    const int64_t f = nm_pwl_rows_floats(pwl);
+    /* building costs ~1 row store per bin: only when there are several outputs per bin */
+    return (f > 0 && elems >= 4 * (int64_t)pwl->nhint) ? f : 0;
+}
+
+/* ---- one product ------------------------------------------------------------------------- */
+
+typedef struct nm_prob {
+    int64_t M, N, K;
+    const float *A;
+    ptrdiff_t rsa, csa;
+    const float *B;
+    ptrdiff_t rsb, csb;
+    float *C;
+    ptrdiff_t rsc, csc;
+    const float *bias_col, *bias_row, *res;
+    ptrdiff_t res_rs, res_cs;
+    int act;
+    const nm_pwl *pwl;
+    const float *rows; /* derived PWL rows (avx2) or NULL */
+} nm_prob;
+
+/* Depth of the K blocks: ceil(K / KC) blocks of equal size (the last may be shorter by < nblocks). */
+static int64_t nm_kc_block(int64_t K, int kc)
+{
+    if (K <= 0) return 0;
+    const int64_t nkb = ceil_div(K, kc);
+    return ceil_div(K, nkb);
+}
+
+static void nm_tile_ctx_at(const nm_prob *p, int64_t i0, int64_t j0, int load_c, int last, nm_tile_ctx *t)
+{
+    t->load_c = load_c;
+    t->last = last;
+    t->act = p->act;
+    t->pwl = p->pwl;
+    t->rows = p->rows;
+    t->bias_col = p->bias_col ? p->bias_col + j0 : NULL;
+    t->bias_row = p->bias_row ? p->bias_row + i0 : NULL;
+    t->res = p->res ? p->res + i0 * p->res_rs + j0 * p->res_cs : NULL;
+    t->res_rs = p->res_rs;
+    t->res_cs = p->res_cs;
+}
+
+/* K == 0: C = epilogue(0). */
+static void nm_run_k0(const nm_prob *p, const nm_kdesc *kd)
+{
+    const float zeros[NM_MAX_MR * NM_MAX_NR] = {0};
+    const int mr = NM_MAX_MR, nr = NM_MAX_NR;
+    nm_tile_ctx t;
+    for (int64_t i0 = 0; i0 < p->M; i0 += mr) {
+        for (int64_t j0 = 0; j0 < p->N; j0 += nr) {
+            nm_tile_ctx_at(p, i0, j0, 0, 1, &t);
+            nm_tile_finish(zeros, nr, (int)min64(mr, p->M - i0), (int)min64(nr, p->N - j0),
+                           p->C + i0 * p->rsc + j0 * p->csc, p->rsc, p->csc, &t, kd->act);
+        }
+    }
+}
+
+/* One work unit: rows [i0, i1) (within one K block) against NR panels [jp0, jp1) of the packed B. */
+static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const float *bbuf, int64_t jc,
+                    int64_t pc, int64_t kcur, int load_c, int last, int64_t i0, int64_t i1, int64_t jp0,
+                    int64_t jp1)
+{
+    const int mr = kd->bk.mr, nr = kd->bk.nr, mc = kd->bk.mc;
+    nm_tile_ctx t;
+    for (int64_t ic = i0; ic < i1; ic += mc) {
+        const int64_t mcur = min64(mc, i1 - ic);
+        nm_pack_a(mr, mcur, kcur, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, abuf);
+        for (int64_t jp = jp0; jp < jp1; jp++) {
+            const int64_t j0 = jc + jp * nr;
+            const int n = (int)min64(nr, p->N - j0);
+            const float *bp = bbuf + jp * nr * kcur;
+            for (int64_t ip = 0; ip * mr < mcur; ip++) {
+                const int64_t r0 = ic + ip * mr;
+                const int m = (int)min64(mr, ic + mcur - r0);
+                nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
+                kd->ukr(kcur, abuf + ip * mr * kcur, bp, p->C + r0 * p->rsc + j0 * p->csc, p->rsc, p->csc,
+                        m, n, &t);
+            }
+        }
+    }
+}
+
+/* The five loops for thread tid of a team of nt working on the same product (nt == 1: alone).
+ * abuf is private, bbuf shared by the team.  In a team, B panels are packed with a static split,
+ * then (row block x column range) units are handed out dynamically (an OpenMP dynamic loop), so a
+ * thread that is descheduled by the OS delays the team by at most one unit.  Which thread computes
+ * a unit never changes its arithmetic. */
+static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbuf, int tid, int nt)
+{
+    const int mr = kd->bk.mr, nr = kd->bk.nr, mc = kd->bk.mc, nc = kd->bk.nc;
+    const int64_t M = p->M, N = p->N, K = p->K;
+    if (K == 0) {
+        if (tid == 0) nm_run_k0(p, kd);
+        return;
+    }
+    const int64_t kcb = nm_kc_block(K, kd->bk.kc);
+    const int64_t nkb = ceil_div(K, kcb);
+    /* units: rows in blocks of mu (<= MC, a multiple of MR) x ns column ranges, ~4 per thread */
+    const int64_t want = nt > 1 ? 4 * (int64_t)nt : 1;
+    const int64_t mp = ceil_div(M, mr);
+    int64_t mu = nt > 1 ? ceil_div(mp, want) * mr : mc;
+    if (mu > mc) mu = mc;
+    const int64_t nmu = ceil_div(M, mu);
+
+    for (int64_t jc = 0; jc < N; jc += nc) {
+        const int64_t ncur = min64(nc, N - jc);
+        const int64_t np = ceil_div(ncur, nr);
+        int64_t ns = nmu >= want ? 1 : ceil_div(want, nmu);
+        if (ns > np) ns = np;
+        const int64_t units = nmu * ns;
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            const int64_t pc = kb * kcb;
+            const int64_t kcur = min64(kcb, K - pc);
+            const int load_c = kb > 0, last = kb == nkb - 1;
+            nm_pack_b(nr, kcur, ncur, np * tid / nt, np * (tid + 1) / nt,
+                      p->B + pc * p->rsb + jc * p->csb, p->rsb, p->csb, bbuf);
+#ifdef _OPENMP
+            if (nt > 1) {
+                NM_BARRIER();
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t u = 0; u < units; u++) {
+                    const int64_t mi = u / ns, ni = u % ns;
+                    nm_unit(p, kd, abuf, bbuf, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
+                            np * ni / ns, np * (ni + 1) / ns);
+                } /* implicit barrier: B may be repacked */
+                continue;
+            }
+#endif
+            for (int64_t u = 0; u < units; u++) {
+                const int64_t mi = u / ns, ni = u % ns;
+                nm_unit(p, kd, abuf, bbuf, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
+                        np * ni / ns, np * (ni + 1) / ns);
+            }
+        }
+    }
+}
+
+static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
+                       const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a,
+                       const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b,
+                       float *C, ptrdiff_t ps1c, ptrdiff_t ps2c,
+                       const float *res, ptrdiff_t ps1r, ptrdiff_t ps2r)
+{
+    const int64_t p1 = q / P2, p2 = q % P2;
+    *p = *base;
+    p->A = A + p1 * ps1a + p2 * ps2a;
+    p->B = B + p1 * ps1b + p2 * ps2b;
+    p->C = C + p1 * ps1c + p2 * ps2c;
+    p->res = res ? res + p1 * ps1r + p2 * ps2r : NULL;
+}
+
+int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
+                     const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a, ptrdiff_t rsa, ptrdiff_t csa,
+                     const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b, ptrdiff_t rsb, ptrdiff_t csb,
+                     float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
+                     const nm_epilogue *ep, int nthreads, int kernel)
+{
+    if (P1 < 0 || P2 < 0 || M < 0 || N < 0 || K < 0) return NM_EINVAL;
+    const int act = ep ? ep->act : NM_ACT_NONE;
+    if (act != NM_ACT_NONE && act != NM_ACT_RELU && act != NM_ACT_PWL) return NM_EINVAL;
+    if (act == NM_ACT_PWL && (!ep->pwl || ep->pwl->n < 1 || ep->pwl->nhint < 1)) return NM_EINVAL;
+    const int kres = nm_resolve_kernel(kernel);
+    if (kres < 0) return NM_EINVAL;
+    if (P1 == 0 || P2 == 0 || M == 0 || N == 0) return NM_OK;
+    const nm_kdesc kd = nm_kdesc_for(kres);
+
+    nm_prob base;
+    memset(&base, 0, sizeof base);
+    base.M = M;
+    base.N = N;
+    base.K = K;
+    base.rsa = rsa;
+    base.csa = csa;
+    base.rsb = rsb;
+    base.csb = csb;
+    base.rsc = rsc;
+    base.csc = csc;
+    base.act = act;
+    if (ep) {
+        base.bias_col = ep->bias_col;
+        base.bias_row = ep->bias_row;
+        base.res_rs = ep->res_rs;
+        base.res_cs = ep->res_cs;
+        base.pwl = ep->pwl;
+    }
+    const float *res = ep ? ep->res : NULL;
+    const ptrdiff_t ps1r = ep ? ep->res_ps1 : 0, ps2r = ep ? ep->res_ps2 : 0;
+    const int64_t P = P1 * P2;
+    nm_prob p;
+
+    if (K == 0) {
+        for (int64_t q = 0; q < P; q++) {
+            nm_prob_at(&p, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+            nm_run_k0(&p, &kd);
+        }
+        return NM_OK;
+    }
+
+    /* threads: none for tiny work; whole products per thread when the batch is large enough */
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (!NM_HAVE_OPENMP) nt = 1;
+    const double work = (double)M * (double)N * (double)K * (double)P;
+    if (work < 64.0 * 64.0 * 64.0) nt = 1;
+    const int batch_split = nt > 1 && P >= nt && (P % nt == 0 || P >= 4 * (int64_t)nt);
+    if (!batch_split && nt > 1) {
+        /* no more threads than tiles */
+        const int64_t tiles = ceil_div(M, kd.bk.mr) * ceil_div(min64(N, kd.bk.nc), kd.bk.nr);
+        if (tiles < nt) nt = (int)tiles;
+    }
+
+    /* pack buffers sized to the problem */
+    const int64_t kcb = nm_kc_block(K, kd.bk.kc);
+    const size_t asz = round_up((size_t)min64(kd.bk.mc, round_up((size_t)M, kd.bk.mr)) * (size_t)kcb, 16);
+    const size_t bsz = round_up((size_t)min64(kd.bk.nc, round_up((size_t)N, kd.bk.nr)) * (size_t)kcb, 16);
+    const size_t nbuf_b = batch_split ? (size_t)nt : 1;
+    const size_t rsz = round_up((size_t)nm_pwl_rows_wanted(&kd, act, base.pwl, M * N * P), 16);
+    void *raw = NULL;
+    float *buf = nm_alloc_floats(asz * (size_t)nt + bsz * nbuf_b + rsz, &raw);
+    if (!buf) return NM_ENOMEM;
+    float *bbufs = buf + asz * (size_t)nt;
+    if (rsz) {
+        float *rows = bbufs + bsz * nbuf_b;
+        nm_pwl_rows_build(base.pwl, rows);
+        base.rows = rows;
+    }
+
+    if (nt == 1) {
+        for (int64_t q = 0; q < P; q++) {
+            nm_prob_at(&p, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+            nm_run(&p, &kd, buf, bbufs, 0, 1);
+        }
+    }
+#ifdef _OPENMP
+    else if (batch_split) {
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            nm_prob pq;
+            for (int64_t q = P * tid / team; q < P * (tid + 1) / team; q++) {
+                nm_prob_at(&pq, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs + bsz * (size_t)tid, 0, 1);
+            }
+        }
+    } else {
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            nm_prob pq;
+            for (int64_t q = 0; q < P; q++) {
+                nm_prob_at(&pq, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs, tid, team);
+            }
+        }
+    }
+#endif
+    free(raw);
+    return NM_OK;
+}
+
+int nm_sgemm(int64_t M, int64_t N, int64_t K,
+             const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+             const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+             float *C, ptrdiff_t rsc, ptrdiff_t csc,
+             const nm_epilogue *ep, int nthreads, int kernel)
+{
+    return nm_sgemm_batched(1, 1, M, N, K, A, 0, 0, rsa, csa, B, 0, 0, rsb, csb, C, 0, 0, rsc, csc,
+                            ep, nthreads, kernel);
+}
+
+void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (!pwl || n <= 0 || k < 0 || pwl->n < 1 || pwl->nhint < 1) return;
+    const nm_kdesc kd = nm_kdesc_for(k);
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (!NM_HAVE_OPENMP || n < 65536) nt = 1;
+    /* derived rows when there are enough elements; without memory, the plain table path */
+    const int64_t rf = nm_pwl_rows_wanted(&kd, NM_ACT_PWL, pwl, n);
+    void *raw = NULL;
+    float *rows = rf ? nm_alloc_floats((size_t)rf, &raw) : NULL;
+    if (rows) nm_pwl_rows_build(pwl, rows);
+    if (nt == 1) {
+        kd.act(NM_ACT_PWL, pwl, rows, x, y, n);
+    }
+#ifdef _OPENMP
+    else {
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t chunks = ceil_div(n, 64);
+            const int64_t c0 = chunks * tid / team * 64, c1 = min64(n, chunks * (tid + 1) / team * 64);
+            if (c1 > c0) kd.act(NM_ACT_PWL, pwl, rows, x + c0, y + c0, c1 - c0);
+        }
+    }
+#endif
+    free(raw);
+}

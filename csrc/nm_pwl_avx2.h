@@ -1,0 +1,159 @@
+/* Vector (AVX2) PWL lookup and activation: 8 lanes of exactly the scalar nm_pwl_s() arithmetic.
+ *
+ *   key  linear: v = (x - origin) * scale; v = max(v, 0) [NaN -> 0]; v = min(v, nhint-1); cvtt
+ *        log2:   k = (bits(x) >>a shift) - base, clamped to [0, nhint-1] with integer min/max
+ *   seg  = gather(hint, key); steps x { seg += (x >= gather(edges, seg)) }
+ *   y    = gather(slopes, seg) * clamp(x) + gather(intercepts, seg)     (mul, then add: no FMA)
+ *
+ * Faster equivalents that read the same table entries (so give the same bits):
+ *  - rows (nm_pwl_rows_build, steps <= 1): one 32-byte row load per lane + an 8x8 transpose
+ *    replaces the four gathers (gathers cost ~10 cycles per 8 lanes each on Zen 4);
+ *  - small tables (n <= 8 segments, nhint <= 8 bins): in-register permutes (vpermps).
+ * Everything here is x86-only and compiled for avx2+fma through function attributes.
+ */
+#ifndef NM_PWL_AVX2_H
+#define NM_PWL_AVX2_H
+
+#include "nm_epilogue.h"
+
+#if NM_X86
+#include <immintrin.h>
+
+typedef struct nm_pwl_v {
+    __m256 origin, scale, nh1f, xmin, xmax;
+    __m256 edges8, slopes8, icpt8; /* small tables: entries 0..7 (padded) */
+    __m256i nh1i, base, hint8;
+    __m128i shift;
+    int mode, steps, small_tab, small_hint;
+    const int32_t *hint;
+    const float *edges, *slopes, *icpt;
+    const float *rows; /* nm_pwl_rows_build() rows, or NULL */
+} nm_pwl_v;
+
+NM_AVX2 NM_INLINE void nm_pwl_v_init(nm_pwl_v *v, const nm_pwl *p, const float *rows)
+{
+    v->origin = _mm256_set1_ps(p->origin);
+    v->scale = _mm256_set1_ps(p->scale);
+    v->nh1f = _mm256_set1_ps((float)(p->nhint - 1));
+    v->xmin = _mm256_set1_ps(p->xmin);
+    v->xmax = _mm256_set1_ps(p->xmax);
+    v->nh1i = _mm256_set1_epi32(p->nhint - 1);
+    v->base = _mm256_set1_epi32(p->base);
+    v->shift = _mm_cvtsi32_si128(p->shift);
+    v->mode = p->key_mode;
+    v->steps = p->steps;
+    v->hint = p->hint;
+    v->edges = p->edges;
+    v->slopes = p->slopes;
+    v->icpt = p->intercepts;
+    v->small_tab = p->n <= 8;
+    v->small_hint = p->nhint <= 8;
+    /* small tables (permutes + at most a hint gather) beat the rows; rows beat gathers */
+    v->rows = v->small_tab ? NULL : rows;
+    v->edges8 = v->slopes8 = v->icpt8 = _mm256_setzero_ps();
+    v->hint8 = _mm256_setzero_si256();
+    if (v->small_tab) {
+        float e[8] = {0}, s[8] = {0}, c[8] = {0};
+        for (int i = 0; i < p->n; i++) {
+            e[i] = p->edges[i];
+            s[i] = p->slopes[i];
+            c[i] = p->intercepts[i];
+        }
+        v->edges8 = _mm256_loadu_ps(e);
+        v->slopes8 = _mm256_loadu_ps(s);
+        v->icpt8 = _mm256_loadu_ps(c);
+    }
+    if (v->small_hint) {
+        int32_t h[8] = {0};
+        for (int i = 0; i < p->nhint; i++) h[i] = p->hint[i];
+        v->hint8 = _mm256_loadu_si256((const __m256i *)h);
+    }
+}
+
+/* The hint-grid bin of every lane (the key). */
+NM_AVX2 NM_INLINE __m256i nm_pwl_v_key(const nm_pwl_v *v, __m256 x)
+{
+    if (v->mode == NM_PWL_KEY_LINEAR) {
+        __m256 t = _mm256_mul_ps(_mm256_sub_ps(x, v->origin), v->scale);
+        t = _mm256_max_ps(t, _mm256_setzero_ps()); /* t > 0 ? t : 0  (NaN -> 0) */
+        t = _mm256_min_ps(t, v->nh1f);             /* t < nh1 ? t : nh1 */
+        return _mm256_cvttps_epi32(t);
+    } else {
+        __m256i k = _mm256_sub_epi32(_mm256_sra_epi32(_mm256_castps_si256(x), v->shift), v->base);
+        k = _mm256_max_epi32(k, _mm256_setzero_si256());
+        return _mm256_min_epi32(k, v->nh1i);
+    }
+}
+
+NM_AVX2 NM_INLINE __m256 nm_pwl_v_eval(const nm_pwl_v *v, __m256 x)
+{
+    const __m256i key = nm_pwl_v_key(v, x);
+    __m256 s, c;
+    if (v->rows) {
+        /* one 32-byte row per lane, transposed into columns e0, s0, c0, s1, c1 */
+        const float *R = v->rows;
+        /* row offsets in floats (key * 8), two lanes per 64-bit extract */
+        const __m256i off = _mm256_slli_epi32(key, 3);
+        const __m128i lo = _mm256_castsi256_si128(off), hi = _mm256_extracti128_si256(off, 1);
+        const uint64_t q0 = (uint64_t)_mm_cvtsi128_si64(lo), q1 = (uint64_t)_mm_extract_epi64(lo, 1);
+        const uint64_t q2 = (uint64_t)_mm_cvtsi128_si64(hi), q3 = (uint64_t)_mm_extract_epi64(hi, 1);
+        const __m256 r0 = _mm256_load_ps(R + (uint32_t)q0);
+        const __m256 r1 = _mm256_load_ps(R + (q0 >> 32));
+        const __m256 r2 = _mm256_load_ps(R + (uint32_t)q1);
+        const __m256 r3 = _mm256_load_ps(R + (q1 >> 32));
+        const __m256 r4 = _mm256_load_ps(R + (uint32_t)q2);
+        const __m256 r5 = _mm256_load_ps(R + (q2 >> 32));
+        const __m256 r6 = _mm256_load_ps(R + (uint32_t)q3);
+        const __m256 r7 = _mm256_load_ps(R + (q3 >> 32));
+        /* per 128-bit lane: t0 = (r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5]) ... */
+        const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        /* u0 = column 0 of rows 0-3 (low lane) and column 4 (high lane), ... */
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+        const __m256 e0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+        const __m256 s0 = _mm256_permute2f128_ps(u1, u5, 0x20);
+        const __m256 c0 = _mm256_permute2f128_ps(u2, u6, 0x20);
+        const __m256 u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        const __m256 s1 = _mm256_permute2f128_ps(u3, u7, 0x20);
+        const __m256 c1 = _mm256_permute2f128_ps(u0, u4, 0x31);
+        const __m256 up = _mm256_cmp_ps(x, e0, _CMP_GE_OQ); /* seg = seg0 + 1 */
+        s = _mm256_blendv_ps(s0, s1, up);
+        c = _mm256_blendv_ps(c0, c1, up);
+    } else {
+        __m256i seg;
+        if (v->small_hint) seg = _mm256_permutevar8x32_epi32(v->hint8, key);
+        else seg = _mm256_i32gather_epi32((const int *)v->hint, key, 4);
+        if (v->small_tab) {
+            for (int i = 0; i < v->steps; i++) {
+                __m256 e = _mm256_permutevar8x32_ps(v->edges8, seg);
+                seg = _mm256_sub_epi32(seg, _mm256_castps_si256(_mm256_cmp_ps(x, e, _CMP_GE_OQ)));
+            }
+            s = _mm256_permutevar8x32_ps(v->slopes8, seg);
+            c = _mm256_permutevar8x32_ps(v->icpt8, seg);
+        } else {
+            for (int i = 0; i < v->steps; i++) {
+                __m256 e = _mm256_i32gather_ps(v->edges, seg, 4);
+                seg = _mm256_sub_epi32(seg, _mm256_castps_si256(_mm256_cmp_ps(x, e, _CMP_GE_OQ)));
+            }
+            s = _mm256_i32gather_ps(v->slopes, seg, 4);
+            c = _mm256_i32gather_ps(v->icpt, seg, 4);
+        }
+    }
+    __m256 xc = _mm256_max_ps(v->xmin, x); /* xmin > x ? xmin : x  (NaN propagates) */
+    xc = _mm256_min_ps(v->xmax, xc);       /* xmax < xc ? xmax : xc */
+    return _mm256_add_ps(_mm256_mul_ps(s, xc), c);
+}
+
+NM_AVX2 NM_INLINE __m256 nm_relu_v(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
+
+/* The AVX2 kernel's nm_act_fn (nm_pwl_avx2.c). */
+NM_AVX2 void nm_act_avx2(int act, const nm_pwl *pwl, const float *rows, const float *x, float *y,
+                         int64_t n);
+
+#endif /* NM_X86 */
+#endif

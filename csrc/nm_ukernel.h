@@ -1,0 +1,33 @@
+/* GEMM microkernels: one MR x NR register tile over one packed K block.
+ *
+ *   acc[i][j] = sum_p a[p * MR + i] * b[p * NR + j]       (p ascending: a fixed reduction order)
+ *
+ * then the tile is combined with C and finished by the epilogue (nm_epilogue.h):
+ *   t->load_c ? C = C + acc : C = acc;  t->last ? C = epilogue(C)
+ * Only the valid m x n part (m <= MR, n <= NR) is stored.  Every output element sees the same
+ * sequence of float operations whatever its position in a tile, the tile's position in the matrix
+ * or the thread that runs it, so results do not depend on the partition.
+ */
+#ifndef NM_UKERNEL_H
+#define NM_UKERNEL_H
+
+#include "nm_epilogue.h"
+
+typedef void (*nm_ukr_fn)(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+                          ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
+
+/* Portable C11 kernel: 4 x 8 tile, separate multiply and add (no FMA), auto-vectorizable. */
+#define NM_SCALAR_MR 4
+#define NM_SCALAR_NR 8
+void nm_ukr_scalar(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc, ptrdiff_t csc,
+                   int m, int n, const nm_tile_ctx *t);
+
+#if NM_X86
+/* AVX2 + FMA kernel: 6 x 16 tile in 12 ymm accumulators (vfmadd231ps), epilogue in registers. */
+#define NM_AVX2_MR 6
+#define NM_AVX2_NR 16
+NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+                         ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
+#endif
+
+#endif

@@ -1,0 +1,163 @@
+/* AVX2 + FMA microkernel, 6 x 16.
+ *
+ * Register budget (16 ymm): 12 accumulators (6 rows x 2 vectors of 8 columns), 2 for the B row
+ * of the current depth step, 1 for the broadcast A element.  Zen 2/3/4 have two 256-bit FMA pipes
+ * with 4-5 cycle latency, so >= 10 independent FMAs are needed in flight; 12 chains keep both
+ * pipes busy.  Per depth step: 2 aligned B loads + 6 broadcasts feed 12 FMAs (loads < 2/cycle).
+ *
+ * The epilogue runs on the accumulators after the last K block, before the only store of the
+ * tile.  Edge tiles, strided C (csc != 1) and strided residuals go through a 6 x 16 stack buffer
+ * and the shared finisher with the same float operations (nm_tile_finish + nm_act_avx2).
+ */
+#include "nm_pwl_avx2.h"
+#include "nm_ukernel.h"
+
+#if NM_X86
+
+#define FMA_ROW(oa, i)                                               \
+    do {                                                             \
+        const __m256 ai = _mm256_broadcast_ss(a + (oa) + (i));      \
+        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                  \
+        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                  \
+    } while (0)
+
+/* one depth step: A element offset oa, B offset ob within the current unrolled group */
+#define STEP(oa, ob)                                                 \
+    do {                                                             \
+        const __m256 b0 = _mm256_load_ps(b + (ob));                  \
+        const __m256 b1 = _mm256_load_ps(b + (ob) + 8);              \
+        FMA_ROW(oa, 0); FMA_ROW(oa, 1); FMA_ROW(oa, 2);              \
+        FMA_ROW(oa, 3); FMA_ROW(oa, 4); FMA_ROW(oa, 5);              \
+    } while (0)
+
+typedef struct ep_v {
+    __m256 bc0, bc1;
+    nm_pwl_v pwl;
+} ep_v;
+
+/* One row of a full tile before the last K block: C = acc or C = C + acc (csc == 1). */
+NM_AVX2 NM_INLINE void store_row(int i, __m256 x0, __m256 x1, float *c, ptrdiff_t rsc,
+                                 const nm_tile_ctx *t)
+{
+    float *cr = c + i * rsc;
+    if (t->load_c) {
+        x0 = _mm256_add_ps(_mm256_loadu_ps(cr), x0);
+        x1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), x1);
+    }
+    _mm256_storeu_ps(cr, x0);
+    _mm256_storeu_ps(cr + 8, x1);
+}
+
+/* One row of a full tile after the last K block: combine with C, epilogue, store
+ * (csc == 1, res_cs in {0, 1}). */
+NM_AVX2 NM_INLINE void finish_row(int i, __m256 x0, __m256 x1, float *c, ptrdiff_t rsc,
+                                  const nm_tile_ctx *t, const ep_v *e)
+{
+    float *cr = c + i * rsc;
+    if (t->load_c) {
+        x0 = _mm256_add_ps(_mm256_loadu_ps(cr), x0);
+        x1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), x1);
+    }
+    {
+        if (t->bias_col) {
+            x0 = _mm256_add_ps(x0, e->bc0);
+            x1 = _mm256_add_ps(x1, e->bc1);
+        }
+        if (t->bias_row) {
+            const __m256 br = _mm256_broadcast_ss(t->bias_row + i);
+            x0 = _mm256_add_ps(x0, br);
+            x1 = _mm256_add_ps(x1, br);
+        }
+        if (t->res) {
+            const float *r = t->res + i * t->res_rs;
+            if (t->res_cs == 1) {
+                x0 = _mm256_add_ps(x0, _mm256_loadu_ps(r));
+                x1 = _mm256_add_ps(x1, _mm256_loadu_ps(r + 8));
+            } else {
+                const __m256 rv = _mm256_broadcast_ss(r);
+                x0 = _mm256_add_ps(x0, rv);
+                x1 = _mm256_add_ps(x1, rv);
+            }
+        }
+        if (t->act == NM_ACT_RELU) {
+            x0 = nm_relu_v(x0);
+            x1 = nm_relu_v(x1);
+        } else if (t->act == NM_ACT_PWL) {
+            x0 = nm_pwl_v_eval(&e->pwl, x0);
+            x1 = nm_pwl_v_eval(&e->pwl, x1);
+        }
+    }
+    _mm256_storeu_ps(cr, x0);
+    _mm256_storeu_ps(cr + 8, x1);
+}
+
+NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+                         ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+
+    const int fast = (m == NM_AVX2_MR && n == NM_AVX2_NR && csc == 1 &&
+                      (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
+    if (fast) {
+        for (int i = 0; i < NM_AVX2_MR; i++) _mm_prefetch((const char *)(c + i * rsc), _MM_HINT_T0);
+    }
+
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4) {
+        _mm_prefetch((const char *)(a + 96), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 256), _MM_HINT_T0);
+        STEP(0, 0);
+        STEP(6, 16);
+        STEP(12, 32);
+        STEP(18, 48);
+        a += 24;
+        b += 64;
+    }
+    for (; p < kc; p++) {
+        STEP(0, 0);
+        a += 6;
+        b += 16;
+    }
+
+    if (fast && !t->last) {
+        store_row(0, c00, c01, c, rsc, t);
+        store_row(1, c10, c11, c, rsc, t);
+        store_row(2, c20, c21, c, rsc, t);
+        store_row(3, c30, c31, c, rsc, t);
+        store_row(4, c40, c41, c, rsc, t);
+        store_row(5, c50, c51, c, rsc, t);
+    } else if (fast) {
+        ep_v e;
+        e.bc0 = e.bc1 = _mm256_setzero_ps();
+        if (t->bias_col) {
+            e.bc0 = _mm256_loadu_ps(t->bias_col);
+            e.bc1 = _mm256_loadu_ps(t->bias_col + 8);
+        }
+        if (t->act == NM_ACT_PWL) nm_pwl_v_init(&e.pwl, t->pwl, t->rows);
+        else memset(&e.pwl, 0, sizeof e.pwl);
+        finish_row(0, c00, c01, c, rsc, t, &e);
+        finish_row(1, c10, c11, c, rsc, t, &e);
+        finish_row(2, c20, c21, c, rsc, t, &e);
+        finish_row(3, c30, c31, c, rsc, t, &e);
+        finish_row(4, c40, c41, c, rsc, t, &e);
+        finish_row(5, c50, c51, c, rsc, t, &e);
+    } else {
+        _Alignas(32) float buf[NM_AVX2_MR * NM_AVX2_NR];
+        _mm256_store_ps(buf + 0, c00); _mm256_store_ps(buf + 8, c01);
+        _mm256_store_ps(buf + 16, c10); _mm256_store_ps(buf + 24, c11);
+        _mm256_store_ps(buf + 32, c20); _mm256_store_ps(buf + 40, c21);
+        _mm256_store_ps(buf + 48, c30); _mm256_store_ps(buf + 56, c31);
+        _mm256_store_ps(buf + 64, c40); _mm256_store_ps(buf + 72, c41);
+        _mm256_store_ps(buf + 80, c50); _mm256_store_ps(buf + 88, c51);
+        nm_tile_finish(buf, NM_AVX2_NR, m, n, c, rsc, csc, t, nm_act_avx2);
+    }
+}
+
+#else
+typedef int nm_ukernel_avx2_unused; /* ISO C forbids an empty translation unit */
+#endif

@@ -1,0 +1,219 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin Cython wrapper over the C GEMM core (csrc/nm_gemm.h).
+
+Only nmengine.kernels calls this module: it validates shapes/dtypes, casts, broadcasts and picks
+the kernel; the functions here take float32 arrays whose strides are multiples of 4 bytes and
+aligned data, read their element strides, release the GIL and call C.  The Python objects (arrays,
+table arrays) stay referenced by the caller's frame for the whole call.
+"""
+
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "nm_pwl.h":
+    ctypedef struct nm_pwl:
+        int32_t n
+        int32_t key_mode
+        int32_t nhint
+        int32_t steps
+        int32_t shift
+        int32_t base
+        float origin
+        float scale
+        float xmin
+        float xmax
+        const int32_t *hint
+        const float *edges
+        const float *slopes
+        const float *intercepts
+
+cdef extern from "nm_cpu.h":
+    double nm_cpu_measure_ghz() nogil
+
+cdef extern from "nm_gemm.h":
+    int NM_OK
+    int NM_ENOMEM
+    int NM_EINVAL
+    int NM_ACT_NONE
+    int NM_ACT_RELU
+    int NM_ACT_PWL
+    int NM_KERNEL_AUTO
+    int NM_KERNEL_SCALAR
+    int NM_KERNEL_AVX2
+
+    ctypedef struct nm_epilogue:
+        const float *bias_col
+        const float *bias_row
+        const float *res
+        Py_ssize_t res_rs, res_cs
+        Py_ssize_t res_ps1, res_ps2
+        int act
+        const nm_pwl *pwl
+
+    ctypedef struct nm_blocking:
+        int mr, nr, mc, kc, nc
+
+    int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
+                         const float *A, Py_ssize_t ps1a, Py_ssize_t ps2a, Py_ssize_t rsa, Py_ssize_t csa,
+                         const float *B, Py_ssize_t ps1b, Py_ssize_t ps2b, Py_ssize_t rsb, Py_ssize_t csb,
+                         float *C, Py_ssize_t ps1c, Py_ssize_t ps2c, Py_ssize_t rsc, Py_ssize_t csc,
+                         const nm_epilogue *ep, int nthreads, int kernel) nogil
+    void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads,
+                      int kernel) nogil
+    int nm_cpu_has_avx2_fma()
+    int nm_resolve_kernel(int kernel)
+    int nm_has_openmp()
+    nm_blocking nm_get_blocking(int kernel)
+
+ACT_NONE = NM_ACT_NONE
+ACT_RELU = NM_ACT_RELU
+ACT_PWL = NM_ACT_PWL
+KERNEL_AUTO = NM_KERNEL_AUTO
+KERNEL_SCALAR = NM_KERNEL_SCALAR
+KERNEL_AVX2 = NM_KERNEL_AVX2
+
+
+def cpu_has_avx2_fma() -> bool:
+    """True when the CPU and OS support AVX2 + FMA (cpuid + xgetbv)."""
+    return nm_cpu_has_avx2_fma() != 0
+
+
+def measure_ghz() -> float:
+    """Core clock estimate in GHz from a dependent-add chain (~20 ms; 0.0 when unavailable)."""
+    cdef double g
+    with nogil:
+        g = nm_cpu_measure_ghz()
+    return g
+
+
+def resolve_kernel(int kernel) -> int:
+    """The kernel code a request resolves to (negative when unavailable)."""
+    return nm_resolve_kernel(kernel)
+
+
+def has_openmp() -> bool:
+    """True when the core was built with OpenMP."""
+    return nm_has_openmp() != 0
+
+
+def get_blocking(int kernel) -> dict:
+    """Register tile and cache blocking of a kernel: {"mr", "nr", "mc", "kc", "nc"}."""
+    cdef nm_blocking b = nm_get_blocking(kernel)
+    return {"mr": b.mr, "nr": b.nr, "mc": b.mc, "kc": b.kc, "nc": b.nc}
+
+
+cdef inline float *_fptr(cnp.ndarray a):
+    return <float *>cnp.PyArray_DATA(a)
+
+
+cdef inline Py_ssize_t _es(cnp.ndarray a, int axis):
+    # element stride (the caller guarantees byte strides are multiples of 4)
+    return cnp.PyArray_STRIDES(a)[axis] // 4
+
+
+cdef tuple _fill_pwl(nm_pwl *p, object table):
+    """Fill p from a PWLTable; returns the arrays that must stay alive while C runs."""
+    cdef cnp.ndarray hint = np.ascontiguousarray(table.hint, dtype=np.int32)
+    cdef cnp.ndarray edges = np.ascontiguousarray(table.edges, dtype=np.float32)
+    cdef cnp.ndarray slopes = np.ascontiguousarray(table.slopes, dtype=np.float32)
+    cdef cnp.ndarray icpt = np.ascontiguousarray(table.intercepts, dtype=np.float32)
+    cdef int n = int(table.n_segments)
+    cdef int nhint = int(table.nhint)
+    if n < 1 or edges.shape[0] != n or slopes.shape[0] != n or icpt.shape[0] != n:
+        raise ValueError(f"inconsistent PWLTable: {n} segments but edges/slopes/intercepts of "
+                         f"{edges.shape[0]}/{slopes.shape[0]}/{icpt.shape[0]} entries")
+    if nhint < 1 or hint.shape[0] != nhint:
+        raise ValueError(f"inconsistent PWLTable: nhint={nhint} but hint has {hint.shape[0]} entries")
+    if hint.shape[0] and (int(hint.min()) < 0 or int(hint.max()) > n - 1):
+        raise ValueError("inconsistent PWLTable: hint entries outside [0, n_segments)")
+    p.n = n
+    p.key_mode = int(table.key_mode)
+    p.nhint = nhint
+    p.steps = int(table.steps)
+    p.shift = int(table.shift)
+    p.base = int(table.base)
+    p.origin = float(table.origin)
+    p.scale = float(table.scale)
+    p.xmin = float(table.xmin)
+    p.xmax = float(table.xmax)
+    p.hint = <const int32_t *>cnp.PyArray_DATA(hint)
+    p.edges = <const float *>cnp.PyArray_DATA(edges)
+    p.slopes = <const float *>cnp.PyArray_DATA(slopes)
+    p.intercepts = <const float *>cnp.PyArray_DATA(icpt)
+    return (hint, edges, slopes, icpt)
+
+
+cdef int _check(int rc) except -1:
+    if rc == NM_ENOMEM:
+        raise MemoryError("nmengine GEMM core: out of memory for the pack buffers")
+    if rc != NM_OK:
+        raise ValueError(f"nmengine GEMM core rejected the arguments (code {rc})")
+    return 0
+
+
+def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row,
+                  object res, int act, object table, int nthreads, int kernel) -> None:
+    """c[p1, p2] = epilogue(a[p1, p2] @ b[p1, p2]) on 4-D float32 arrays (P1, P2, rows, cols).
+
+    bias_col (N,) / bias_row (M,) are contiguous float32 or None; res is None or a 4-D float32
+    array of c's shape (broadcast strides allowed).  Strides may be 0 or negative.
+    """
+    cdef nm_epilogue ep
+    cdef nm_pwl pwl
+    cdef tuple keep = ()
+    cdef cnp.ndarray bc, br, r
+    cdef int rc
+    if a.ndim != 4 or b.ndim != 4 or c.ndim != 4:
+        raise ValueError("sgemm_batched expects 4-D arrays")
+    cdef int64_t P1 = c.shape[0], P2 = c.shape[1], M = c.shape[2], N = c.shape[3], K = a.shape[3]
+    ep.bias_col = NULL
+    ep.bias_row = NULL
+    ep.res = NULL
+    ep.res_rs = ep.res_cs = ep.res_ps1 = ep.res_ps2 = 0
+    ep.act = act
+    ep.pwl = NULL
+    if bias_col is not None:
+        bc = bias_col
+        ep.bias_col = _fptr(bc)
+    if bias_row is not None:
+        br = bias_row
+        ep.bias_row = _fptr(br)
+    if res is not None:
+        r = res
+        ep.res = _fptr(r)
+        ep.res_ps1 = _es(r, 0)
+        ep.res_ps2 = _es(r, 1)
+        ep.res_rs = _es(r, 2)
+        ep.res_cs = _es(r, 3)
+    if act == NM_ACT_PWL:
+        keep = _fill_pwl(&pwl, table)
+        ep.pwl = &pwl
+    cdef const float *pa = _fptr(a)
+    cdef const float *pb = _fptr(b)
+    cdef float *pc = _fptr(c)
+    cdef Py_ssize_t a0 = _es(a, 0), a1 = _es(a, 1), a2 = _es(a, 2), a3 = _es(a, 3)
+    cdef Py_ssize_t b0 = _es(b, 0), b1 = _es(b, 1), b2 = _es(b, 2), b3 = _es(b, 3)
+    cdef Py_ssize_t c0 = _es(c, 0), c1 = _es(c, 1), c2 = _es(c, 2), c3 = _es(c, 3)
+    with nogil:
+        rc = nm_sgemm_batched(P1, P2, M, N, K, pa, a0, a1, a2, a3, pb, b0, b1, b2, b3,
+                              pc, c0, c1, c2, c3, &ep, nthreads, kernel)
+    _check(rc)
+    del keep
+
+
+def pwl_apply(object table, cnp.ndarray x, cnp.ndarray y, int nthreads, int kernel) -> None:
+    """y = table(x) for C-contiguous float32 arrays of the same size (x is y allowed)."""
+    cdef nm_pwl pwl
+    cdef tuple keep = _fill_pwl(&pwl, table)
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    cdef int64_t n = x.size
+    if y.size != n:
+        raise ValueError(f"pwl_apply: x has {n} elements but y has {y.size}")
+    with nogil:
+        nm_pwl_apply(&pwl, px, py, n, nthreads, kernel)
+    del keep

@@ -1,0 +1,434 @@
+"""The accelerator core from Python: GEMM with a fused epilogue, batched GEMM, the PWL table unit.
+
+Everything here validates and normalises its arguments, then calls the compiled core
+(``nmengine._core``, C in ``csrc/``) with the GIL released::
+
+    gemm(a, b, *, bias=None, bias_row=None, residual=None, epilogue=None, out=None)
+        out[i, j] = act(a @ b [+ bias[j]] [+ bias_row[i]] [+ residual[i, j]])
+    gemm_batched(a, b, *, bias=None, bias_row=None, residual=None, epilogue=None, out=None)
+        the same for every batch of ``a (..., M, K)`` and ``b (..., K, N)`` (1 or 2 batch dims,
+        numpy-broadcast, so a shared operand is read with stride 0 and never copied)
+    pwl_apply(table, x, *, out=None)          the standalone table unit, any shape
+    set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or
+                                              os.cpu_count())
+    kernel_info()                             which microkernel runs, its blocking, threads, OpenMP
+    use_kernel("scalar" | "avx2" | "auto")    context manager choosing the kernel for this thread /
+                                              task (overrides the NMENGINE_KERNEL environment variable)
+
+``epilogue`` is ``None`` (or ``"none"``), ``"relu"`` or a :class:`~nmengine.pwl.PWLTable`; it is
+applied in the GEMM's registers after the last K block, bit for bit like ``PWLTable.__call__``.
+
+Numerics: float32 in and out; other real dtypes are cast.  Each output element is one chain of
+float32 FMAs (avx2 kernel) or multiply-adds (scalar kernel) over k within blocks of at most ``kc``
+(kernel_info), the blocks added in order; the thread count never changes a result.  NaN and Inf
+propagate as in IEEE arithmetic.
+
+Operands are passed with their numpy strides (in elements): transposed, sliced and negative-stride
+views are read in place, and ``out`` may be any writeable float32 view (e.g. a transposed view
+into a larger buffer).  A copy is made only for dtype casts or strides that are not a multiple of
+4 bytes / unaligned data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from .pwl import PWLTable
+
+__all__ = [
+    "gemm",
+    "gemm_batched",
+    "pwl_apply",
+    "set_num_threads",
+    "get_num_threads",
+    "kernel_info",
+    "use_kernel",
+    "KernelUnavailableError",
+]
+
+Epilogue = Union[None, str, PWLTable]
+
+_KERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2}
+_KERNEL_NAMES = {1: "scalar", 2: "avx2"}
+
+
+class KernelUnavailableError(RuntimeError):
+    """The requested microkernel cannot run on this CPU (e.g. ``avx2`` without AVX2/FMA)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled core (imported on first use so that `import nmengine.kernels` never fails early)
+# ---------------------------------------------------------------------------------------------
+_core_mod: Any = None
+_cpu_avx2: Optional[bool] = None
+
+
+def _core() -> Any:
+    global _core_mod, _cpu_avx2
+    if _core_mod is None:
+        try:
+            from . import _core as mod  # type: ignore[attr-defined]
+        except ImportError as exc:  # pragma: no cover - only without a build
+            raise ImportError(
+                "nmengine's compiled core (nmengine._core) is not built; run "
+                "`pip install -e . --no-build-isolation` or `python setup.py build_ext --inplace`"
+            ) from exc
+        _cpu_avx2 = bool(mod.cpu_has_avx2_fma())  # cpuid once per process (a VM exit under KVM)
+        _core_mod = mod
+    return _core_mod
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel selection: use_kernel() context > NMENGINE_KERNEL > auto
+# ---------------------------------------------------------------------------------------------
+_kernel_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "nmengine_kernel", default=None
+)
+
+
+def _check_kernel_name(name: Any, source: str) -> str:
+    key = str(name).strip().lower() if isinstance(name, str) else None
+    if key not in _KERNEL_CODES:
+        raise ValueError(f"{source} must be one of {sorted(_KERNEL_CODES)}, got {name!r}")
+    return key
+
+
+@contextlib.contextmanager
+def use_kernel(name: str) -> Iterator[None]:
+    """Run the core with kernel ``name`` ("scalar", "avx2" or "auto") inside the ``with`` block.
+
+    The choice is a context variable: it applies to the current thread / asyncio task only and is
+    restored on exit.  Requesting "avx2" on a CPU without AVX2+FMA raises
+    :class:`KernelUnavailableError` at the first GEMM call.
+    """
+    token = _kernel_override.set(_check_kernel_name(name, "kernel"))
+    try:
+        yield
+    finally:
+        _kernel_override.reset(token)
+
+
+def _kernel_code() -> int:
+    """Kernel code to pass to C (never 'auto': resolved here with the cached cpuid answer)."""
+    core = _core()
+    name = _kernel_override.get()
+    if name is None:
+        env = os.environ.get("NMENGINE_KERNEL", "").strip()
+        name = _check_kernel_name(env, "NMENGINE_KERNEL") if env else "auto"
+    if name == "auto":
+        return core.KERNEL_AVX2 if _cpu_avx2 else core.KERNEL_SCALAR
+    if name == "avx2":
+        if not _cpu_avx2:
+            raise KernelUnavailableError(
+                "the avx2 kernel was requested (NMENGINE_KERNEL or use_kernel) but this CPU/OS does "
+                "not support AVX2 + FMA; use 'scalar' or 'auto'"
+            )
+        return core.KERNEL_AVX2
+    return core.KERNEL_SCALAR
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------------------------
+_threads_lock = threading.Lock()
+_num_threads: Optional[int] = None
+
+
+def _default_threads() -> int:
+    env = os.environ.get("NMENGINE_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"NMENGINE_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"NMENGINE_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads every core call uses (>= 1).  Results do not depend on it."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads expects n >= 1, got {n}")
+    global _num_threads
+    with _threads_lock:
+        _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    """Threads the core uses: set_num_threads(), else NMENGINE_NUM_THREADS, else os.cpu_count()."""
+    global _num_threads
+    with _threads_lock:
+        if _num_threads is None:
+            _num_threads = _default_threads()
+        return _num_threads
+
+
+def kernel_info() -> dict[str, Any]:
+    """The kernel the next call would use and its parameters.
+
+    Returns ``{"kernel": "avx2" | "scalar", "cpu_avx2_fma": bool, "mr", "nr", "mc", "kc", "nc",
+    "num_threads", "openmp": bool}`` (register tile ``mr x nr``, cache blocks ``mc/kc/nc``).
+    """
+    core = _core()
+    code = _kernel_code()
+    info: dict[str, Any] = {"kernel": _KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2)}
+    info.update(core.get_blocking(code))
+    info["num_threads"] = get_num_threads()
+    info["openmp"] = bool(core.has_openmp())
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument normalisation
+# ---------------------------------------------------------------------------------------------
+def _shape(s: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in s) + ("," if len(s) == 1 else "") + ")"
+
+
+def _as_f32(name: str, x: Any) -> np.ndarray:
+    """x as a float32 array the core can read in place (cast/copy only when needed)."""
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers (float or int), got dtype {arr.dtype}")
+    if arr.dtype != np.float32:  # other dtype or non-native byte order
+        arr = arr.astype(np.float32)
+    if not arr.flags.aligned or any(s % 4 for s in arr.strides):
+        arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    return arr
+
+
+def _as_vector(name: str, x: Any, n: int, what: str) -> np.ndarray:
+    arr = _as_f32(name, x)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) ({what}), got {_shape(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def _act(epilogue: Epilogue) -> tuple[int, Optional[PWLTable]]:
+    core = _core()
+    if epilogue is None:
+        return core.ACT_NONE, None
+    if isinstance(epilogue, PWLTable):
+        return core.ACT_PWL, epilogue
+    if isinstance(epilogue, str):
+        key = epilogue.strip().lower()
+        if key == "relu":
+            return core.ACT_RELU, None
+        if key == "none":
+            return core.ACT_NONE, None
+        raise ValueError(f"unknown epilogue {epilogue!r}: expected None, 'relu' or a PWLTable")
+    raise TypeError(f"epilogue must be None, 'relu' or a PWLTable, got {type(epilogue).__name__}")
+
+
+def _check_out(fn: str, out: Any, shape: tuple[int, ...], inputs: dict[str, Any]) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{fn}: out must be a numpy array of shape {_shape(shape)}, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{fn}: out must have shape {_shape(shape)}, got {_shape(out.shape)}")
+    if out.dtype != np.float32:
+        raise ValueError(f"{fn}: out must be native float32, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out is not writeable")
+    if not out.flags.aligned or any(s % 4 for s in out.strides):
+        raise ValueError(f"{fn}: out must be aligned with strides that are multiples of 4 bytes, got {out.strides}")
+    if out.size:
+        for name, arr in inputs.items():
+            if arr is not None and isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+                raise ValueError(f"{fn}: out overlaps input {name!r}; pass a separate output buffer")
+    return out
+
+
+def _residual(fn: str, residual: Any, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    if residual is None:
+        return None
+    r = _as_f32("residual", residual)
+    try:
+        return np.broadcast_to(r, shape)  # stride-0 view, no copy
+    except ValueError:
+        raise ValueError(
+            f"{fn}: residual of shape {_shape(r.shape)} is not broadcastable to the output shape {_shape(shape)}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------------
+def gemm(
+    a: Any,
+    b: Any,
+    *,
+    bias: Any = None,
+    bias_row: Any = None,
+    residual: Any = None,
+    epilogue: Epilogue = None,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """``act(a @ b + bias + bias_row[:, None] + residual)`` in float32 with the epilogue fused.
+
+    Parameters
+    ----------
+    a, b:
+        ``(M, K)`` and ``(K, N)`` real arrays (any strides; other dtypes are cast to float32).
+    bias:
+        ``(N,)`` column bias (added to every row), or None.
+    bias_row:
+        ``(M,)`` row bias (added to every column), or None.
+    residual:
+        An array broadcastable to ``(M, N)`` (read through stride-0 views, not copied), or None.
+    epilogue:
+        None / ``"none"``, ``"relu"`` or a :class:`~nmengine.pwl.PWLTable`.
+    out:
+        Optional writeable float32 array (any strides) of shape ``(M, N)`` not overlapping the inputs.
+
+    Returns
+    -------
+    The ``(M, N)`` float32 result (``out`` when given).
+    """
+    core = _core()
+    A = _as_f32("a", a)
+    B = _as_f32("b", b)
+    if A.ndim != 2 or B.ndim != 2:
+        raise ValueError(f"gemm expects 2-D a (M, K) and b (K, N), got a {_shape(A.shape)} and b {_shape(B.shape)}")
+    M, K = A.shape
+    K2, N = B.shape
+    if K != K2:
+        raise ValueError(
+            f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
+        )
+    act, table = _act(epilogue)
+    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
+    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
+    res = _residual("gemm", residual, (M, N))
+    if out is None:
+        C = np.empty((M, N), dtype=np.float32)
+    else:
+        C = _check_out("gemm", out, (M, N), {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
+    kernel = _kernel_code()
+    if M == 0 or N == 0:
+        return C
+    core.sgemm_batched(
+        A[None, None], B[None, None], C[None, None], bc, br,
+        None if res is None else res[None, None], act, table, get_num_threads(), kernel,
+    )
+    return C
+
+
+def gemm_batched(
+    a: Any,
+    b: Any,
+    *,
+    bias: Any = None,
+    bias_row: Any = None,
+    residual: Any = None,
+    epilogue: Epilogue = None,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Batched :func:`gemm`: ``out[..., :, :] = act(a[...] @ b[...] + bias + bias_row[:, None] + residual)``.
+
+    ``a`` is ``(..., M, K)`` and ``b`` ``(..., K, N)``; their leading (batch) dimensions broadcast
+    like numpy's ``matmul`` to 1 or 2 batch dimensions (an operand of rank 2 is shared by every
+    batch).  Broadcast operands are read with stride 0, never copied.  ``bias`` is ``(N,)``,
+    ``bias_row`` ``(M,)``, ``residual`` anything broadcastable to the output shape ``batch + (M, N)``
+    (e.g. an attention mask ``(B, 1, 1, T)`` against scores ``(B, H, T, T)``).  ``out`` may be any
+    writeable float32 view of the output shape (e.g. a transposed view into a ``(B, T, H, d)``
+    buffer).  Products are distributed over threads; results do not depend on the thread count.
+    """
+    core = _core()
+    A = _as_f32("a", a)
+    B = _as_f32("b", b)
+    if not (2 <= A.ndim <= 4 and 2 <= B.ndim <= 4):
+        raise ValueError(
+            f"gemm_batched expects a (..., M, K) and b (..., K, N) with at most 2 batch dims, "
+            f"got a {_shape(A.shape)} and b {_shape(B.shape)}"
+        )
+    M, K = A.shape[-2:]
+    K2, N = B.shape[-2:]
+    if K != K2:
+        raise ValueError(
+            f"gemm_batched: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
+        )
+    try:
+        batch = tuple(np.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            f"gemm_batched: batch dimensions of a {_shape(A.shape[:-2])} and b {_shape(B.shape[:-2])} do not broadcast"
+        ) from None
+    if not 1 <= len(batch) <= 2:
+        raise ValueError(
+            f"gemm_batched needs 1 or 2 batch dimensions, got a {_shape(A.shape)} and b {_shape(B.shape)} "
+            f"(batch shape {_shape(batch)}); use gemm for a single product"
+        )
+    shape = batch + (M, N)
+    act, table = _act(epilogue)
+    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
+    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
+    res = _residual("gemm_batched", residual, shape)
+    if out is None:
+        C = np.empty(shape, dtype=np.float32)
+    else:
+        C = _check_out("gemm_batched", out, shape,
+                       {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
+    kernel = _kernel_code()
+    if C.size == 0:
+        return C
+    A4 = np.broadcast_to(A, batch + (M, K))
+    B4 = np.broadcast_to(B, batch + (K, N))
+    C4 = C
+    R4 = res
+    if len(batch) == 1:
+        A4, B4, C4 = A4[None], B4[None], C4[None]
+        R4 = None if res is None else res[None]
+    core.sgemm_batched(A4, B4, C4, bc, br, R4, act, table, get_num_threads(), kernel)
+    return C
+
+
+def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The standalone table unit: ``table(x)`` elementwise for any shape, in float32.
+
+    Bit-identical to ``table(x)`` (PWLTable.__call__) and to the fused GEMM epilogue.  ``out`` may
+    be ``x`` itself (in place) or a separate writeable float32 array of ``x``'s shape.
+    """
+    core = _core()
+    if not isinstance(table, PWLTable):
+        raise TypeError(f"pwl_apply expects a PWLTable, got {type(table).__name__}")
+    X = _as_f32("x", x)
+    if out is None:
+        Y = np.empty(X.shape, dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise ValueError(f"pwl_apply: out must be a numpy array, got {type(out).__name__}")
+        if out.shape != X.shape:
+            raise ValueError(f"pwl_apply: out must have shape {_shape(X.shape)}, got {_shape(out.shape)}")
+        if out.dtype != np.float32:
+            raise ValueError(f"pwl_apply: out must be native float32, got dtype {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("pwl_apply: out is not writeable")
+        Y = out
+    kernel = _kernel_code()
+    if X.size == 0:
+        return Y
+    same = (
+        Y is X
+        or (Y.__array_interface__["data"][0] == X.__array_interface__["data"][0] and Y.strides == X.strides)
+    )
+    if not same and np.may_share_memory(X, Y):
+        # partial overlap: evaluate from a private copy
+        X = X.copy()
+    xc = X if X.flags.c_contiguous else np.ascontiguousarray(X)
+    if Y.flags.c_contiguous and Y.flags.aligned:
+        core.pwl_apply(table, xc.reshape(-1), Y.reshape(-1), get_num_threads(), kernel)
+    else:
+        tmp = np.empty(X.shape, dtype=np.float32)
+        core.pwl_apply(table, xc.reshape(-1), tmp.reshape(-1), get_num_threads(), kernel)
+        Y[...] = tmp
+    return Y

@@ -1,0 +1,70 @@
+"""Build of the compiled core ``nmengine._core`` (Cython wrapper + the C GEMM in csrc/).
+
+Flags: -O3 -std=c11 -ffp-contract=off (no implicit FMA contraction: the PWL epilogue must match numpy
+bit for bit; the GEMM microkernel uses explicit FMA intrinsics) -fno-math-errno, and -fopenmp when a
+test compile shows the compiler supports it (otherwise the core runs serially).  No -march=native:
+the AVX2 code is compiled through function target attributes and chosen at run time by cpuid.
+Set NMENGINE_NO_OPENMP=1 to force a serial build.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()[0]
+
+
+def _openmp_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags for OpenMP, or ([], []) when a test compile+link fails."""
+    if os.environ.get("NMENGINE_NO_OPENMP") or sys.platform == "win32":
+        return [], []
+    cc = _compiler()
+    if not shutil.which(cc):
+        return [], []
+    src = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n{n=omp_get_num_threads();}\nreturn n<1;}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        c = os.path.join(tmp, "t.c")
+        with open(c, "w") as f:
+            f.write(src)
+        try:
+            r = subprocess.run([cc, "-fopenmp", c, "-o", os.path.join(tmp, "t")],
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return [], []
+    return (["-fopenmp"], ["-fopenmp"]) if r.returncode == 0 else ([], [])
+
+
+omp_compile, omp_link = _openmp_flags()
+csrc = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.c")))
+
+ext = Extension(
+    "nmengine._core",
+    ["nmengine/_core.pyx", *csrc],
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", *omp_compile],
+    extra_link_args=omp_link,
+    depends=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.h"))),
+)
+
+setup(
+    ext_modules=cythonize(
+        [ext],
+        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
+    ),
+)
