@@ -248,6 +248,15 @@ class Program:
             out.setdefault(layer, {})[role] = table
         return out
 
+    def bias_shifts(self) -> dict[str, np.ndarray]:
+        """``{layer: corrected bias - original bias}``: the vertical bias corrections of this program."""
+        out: dict[str, np.ndarray] = {}
+        for op in self.ops:
+            if "bias_exact" in op.args:
+                delta = self.constants[op.args["bias"]].astype(np.float64) - self.constants[op.args["bias_exact"]]
+                out[op.layer] = delta
+        return out
+
     def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Shape of every buffer (inputs, constants and op outputs) for the given input shapes."""
         from .runtime import infer_shapes  # the shape rules live beside the executors they mirror
