@@ -168,7 +168,7 @@ class PWLTable:
         if self.key_mode == KEY_LINEAR:
             keys = _linear_keys(x, self.origin, self.scale, self.nhint)
         else:
-            keys = _log2_keys(np.ascontiguousarray(x), self.shift, self.base, self.nhint)
+            keys = _log2_keys(np.ascontiguousarray(x).reshape(-1), self.shift, self.base, self.nhint).reshape(x.shape)
         seg = self.hint[keys]
         with np.errstate(invalid="ignore"):
             for _ in range(self.steps):
