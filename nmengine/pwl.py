@@ -56,7 +56,8 @@ def _as_f32_vector(name: str, values: Any, length: int | None = None) -> np.ndar
 
 
 def _linear_keys(x: np.ndarray, origin: np.float32, scale: np.float32, nhint: int) -> np.ndarray:
-    v = (x - origin) * scale  # float32, two roundings: identical in C
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN keys are clamped below, as in C
+        v = (x - origin) * scale  # float32, two roundings: identical in C
     v = np.fmin(np.fmax(v, np.float32(0.0)), np.float32(nhint - 1))  # NaN -> 0
     return np.floor(v).astype(np.int32)
 
