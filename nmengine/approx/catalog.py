@@ -54,6 +54,10 @@ _GELU_TANH_K = math.sqrt(2.0 / math.pi)
 _GELU_TANH_A = 0.044715
 
 
+#: How far past the range end a ``clamp_far`` tail switches from the constant to the asymptote.
+FAR_FACTOR = 2.0 ** 20
+
+
 @dataclass(frozen=True)
 class Tail:
     """What a fitted table does outside its fitted range on one side.
@@ -64,7 +68,11 @@ class Tail:
       ``(0, 0)`` for gelu at ``-inf``, ``(1, 0)`` at ``+inf``, ``(0, 1)`` for tanh at ``+inf``);
     * ``"clamp"``  -- an outer constant segment equal to ``f`` at the range end (saturation, used
       below the range of ``reciprocal``/``rsqrt``/``sqrt`` where there is no finite asymptote);
-    * ``"extend"`` -- no outer segment: the edge segment's line continues (``PWLTable`` semantics).
+    * ``"extend"`` -- no outer segment: the edge segment's line continues (``PWLTable`` semantics);
+    * ``"clamp_far"`` -- a constant ``f(end)`` segment, then, ``FAR_FACTOR`` times further out, the
+      asymptote ``slope * x + intercept`` (``1/x`` and ``1/sqrt(x)`` above their range: a value a little
+      past the calibrated range keeps a nearby value instead of dropping to 0, and ``+inf`` still gives
+      the IEEE limit 0).
 
     Constant outer segments make ``+-inf`` inputs exact (``PWLTable`` clamps before multiplying).
     """
@@ -74,8 +82,8 @@ class Tail:
     intercept: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("line", "clamp", "extend"):
-            raise ValueError(f"Tail kind must be 'line', 'clamp' or 'extend', got {self.kind!r}")
+        if self.kind not in ("line", "clamp", "extend", "clamp_far"):
+            raise ValueError(f"Tail kind must be 'line', 'clamp', 'clamp_far' or 'extend', got {self.kind!r}")
         if not (math.isfinite(self.slope) and math.isfinite(self.intercept)):
             raise ValueError("Tail slope and intercept must be finite")
 
@@ -90,14 +98,19 @@ class Tail:
         return cls("clamp")
 
     @classmethod
+    def clamp_far(cls, slope: float, intercept: float) -> "Tail":
+        """A constant ``f(end)`` segment, then the asymptote ``slope * x + intercept`` far out."""
+        return cls("clamp_far", float(slope), float(intercept))
+
+    @classmethod
     def extend(cls) -> "Tail":
         """No outer segment: the edge segment extrapolates."""
         return cls("extend")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (used in table metadata)."""
-        if self.kind == "line":
-            return {"kind": "line", "slope": self.slope, "intercept": self.intercept}
+        if self.kind in ("line", "clamp_far"):
+            return {"kind": self.kind, "slope": self.slope, "intercept": self.intercept}
         return {"kind": self.kind}
 
 
@@ -331,9 +344,10 @@ def _entries() -> dict[str, Function]:
                  left=Tail.line(0.0, -1.0), right=Tail.line(0.0, 1.0), domain=(-6.0, 6.0),
                  description="error function"),
         Function("reciprocal", _quiet(_reciprocal), _quiet(_reciprocal_d), 1e-6, 1e6, relative=True,
-                 left=Tail.clamp(), right=zero, domain=_POS, description="1 / x (x > 0)"),
+                 left=Tail.clamp(), right=Tail.clamp_far(0.0, 0.0), domain=_POS, description="1 / x (x > 0)"),
         Function("rsqrt", _quiet(_rsqrt), _quiet(_rsqrt_d), 1e-6, 1e6, relative=True,
-                 left=Tail.clamp(), right=zero, domain=_POS, description="1 / sqrt(x) (x > 0)"),
+                 left=Tail.clamp(), right=Tail.clamp_far(0.0, 0.0), domain=_POS,
+                 description="1 / sqrt(x) (x > 0)"),
         Function("sqrt", _quiet(np.sqrt), _quiet(_sqrt_d), 1e-6, 1e6, relative=True,
                  left=Tail.clamp(), right=Tail.extend(), domain=_POS, description="sqrt(x) (x > 0)"),
         Function("square", _quiet(_square), _quiet(_square_d), -8.0, 8.0,

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..pwl import PWLTable
 from .bias import _peak, _remez_lines, _segment_samples
-from .catalog import Function, Tail, _as_real, _check_range, get_function
+from .catalog import FAR_FACTOR, Function, Tail, _as_real, _check_range, get_function
 
 __all__ = ["fit", "error_report", "METHODS"]
 
@@ -290,9 +290,16 @@ def _assemble(prob: _Problem, xb: Array, s32: Array, c32: Array) -> tuple[Array,
             s, c = func.right.slope, func.right.intercept
         else:
             s, c = 0.0, float(func.f(np.array([xb[-1]]))[0])
-        breaks.append(outer)
-        slopes.append(s)
-        inter.append(c)
+        if func.right.kind == "clamp_far":
+            far = float(np.float32(xb[-1] * FAR_FACTOR if prob.relative else xb[-1] + FAR_FACTOR * (xb[-1] - xb[0])))
+            # [end, far): the constant; from far on (its own last breakpoint just past it): the asymptote
+            breaks += [far, float(np.nextafter(np.float32(far), np.float32(np.inf)))]
+            slopes += [s, func.right.slope]
+            inter += [c, func.right.intercept]
+        else:
+            breaks.append(outer)
+            slopes.append(s)
+            inter.append(c)
     return np.array(breaks), np.array(slopes), np.array(inter)
 
 
