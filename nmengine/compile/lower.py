@@ -305,9 +305,16 @@ def _embedding(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
     if "position" in w:
         args["res"] = b.op("slice_rows", f"{out}#pos", {"x": b.const(f"{lyr.name}.position", w["position"]),
                                                          "like": ins[0]}, lyr, "position rows", axis=1)
-    if "token_type" in w and len(ins) > 1:
+    types = ins[1] if len(ins) > 1 else None
+    _sum_embeddings(b, lyr, out, args, types)
+
+
+def _sum_embeddings(b: _Builder, lyr: Layer, out: str, args: dict[str, str], type_ids: str | None) -> None:
+    """Word (+ position) rows in ``args``, plus token-type rows (type 0 as a bias without ids)."""
+    w = lyr.weights
+    if "token_type" in w and type_ids is not None:
         tt = b.op("gather", f"{out}#type", {"table": b.const(f"{lyr.name}.token_type", w["token_type"]),
-                                             "ids": ins[1]}, lyr, "token-type rows")
+                                             "ids": type_ids}, lyr, "token-type rows")
         if "res" in args:
             args["x"] = b.op("scale", f"{out}#sum", dict(args), lyr, "word + position")
         args["res"] = tt
@@ -430,16 +437,10 @@ def _embedding_packed(b: _Builder, lyr: Layer, ins: list[str], out: str, mask: s
         pos = b.op("positions", f"{out}#posids", {"mask": mask}, lyr, "real tokens' positions")
         args["res"] = b.op("gather", f"{out}#pos", {"table": b.const(f"{lyr.name}.position", w["position"]),
                                                      "ids": pos}, lyr, "position rows")
+    types = None
     if "token_type" in w and len(ins) > 1:
-        tids = b.op("pack", f"{out}#typeids", {"x": ins[1], "mask": mask}, lyr, "real tokens' types")
-        tt = b.op("gather", f"{out}#type", {"table": b.const(f"{lyr.name}.token_type", w["token_type"]),
-                                             "ids": tids}, lyr, "token-type rows")
-        if "res" in args:
-            args["x"] = b.op("scale", f"{out}#sum", dict(args), lyr, "word + position")
-        args["res"] = tt
-    elif "token_type" in w:
-        args["bias"] = b.const(f"{lyr.name}.token_type0", w["token_type"][0])
-    b.op("scale", out, args, lyr, "sum of embeddings")
+        types = b.op("pack", f"{out}#typeids", {"x": ins[1], "mask": mask}, lyr, "real tokens' types")
+    _sum_embeddings(b, lyr, out, args, types)
 
 
 def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[str, np.ndarray], dict[str, TableRequest]]:

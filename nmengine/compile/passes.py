@@ -163,18 +163,23 @@ def _fusable_producer(p: Op | None, uses: dict[str, int], outputs: list[str]) ->
             and p.epilogue.get("act", "none") == "none" and uses[p.out] == 1 and p.out not in outputs)
 
 
-def _try_fuse_act(ops, idx, uses, s: Op, outputs) -> bool:
-    p, r = _producer_through_reshape(ops, idx, s.args["x"], uses)
-    if not _fusable_producer(p, uses, outputs) or (r is not None and uses[r.out] != 1):
-        return False
-    p.attrs["epilogue"] = dict(s.epilogue)
+def _absorb(ops: list[Op], p: Op, r: Op | None, s: Op, what: str) -> None:
+    """``s`` now happens inside GEMM ``p``: its result is written where ``s`` wrote (through ``r``)."""
     p.attrs.setdefault("fused_layers", []).append(s.layer)
-    p.what = f"{p.what} + {s.epilogue.get('fn') or s.epilogue['act']}"
+    p.what = f"{p.what} + {what}"
     if r is None:
         p.out = s.out
     else:
         r.out = s.out
     ops.remove(s)
+
+
+def _try_fuse_act(ops, idx, uses, s: Op, outputs) -> bool:
+    p, r = _producer_through_reshape(ops, idx, s.args["x"], uses)
+    if not _fusable_producer(p, uses, outputs) or (r is not None and uses[r.out] != 1):
+        return False
+    p.attrs["epilogue"] = dict(s.epilogue)
+    _absorb(ops, p, r, s, s.epilogue.get("fn") or s.epilogue["act"])
     return True
 
 
@@ -194,12 +199,6 @@ def _try_fuse_add(ops, idx, uses, s_i: int, s: Op, outputs, constants) -> bool:
         if p.kind == "gemm_batched" and r is not None:
             # the residual has the consumer's (reshaped) shape: view it as the GEMM output
             p.attrs["res_view"] = {"reshape": r.attrs.get("inverse", None) or [0, 0, -1]}
-        p.attrs.setdefault("fused_layers", []).append(s.layer)
-        p.what = f"{p.what} + residual"
-        if r is None:
-            p.out = s.out
-        else:
-            r.out = s.out
-        ops.remove(s)
+        _absorb(ops, p, r, s, "residual")
         return True
     return False
