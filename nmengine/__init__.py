@@ -19,6 +19,10 @@ from typing import Any
 from .pwl import PWLTable
 from .spec import InputSpec, Layer, ModelSpec, SpecError
 
+# Imported eagerly: the subpackage ``nmengine.compile`` and the function ``nm.compile`` share a name,
+# and a lazy attribute would be replaced by the module as soon as anything imported the subpackage.
+from .compile import compile  # noqa: E402  (loads the program, runtime and compiled core too)
+
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli", "workflow", "corpus"}
@@ -29,7 +33,6 @@ _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "get_num_threads": ("kernels", "get_num_threads"),
     "kernel_info": ("kernels", "kernel_info"),
     "pwl_apply": ("kernels", "pwl_apply"),
-    "compile": ("compile", "compile"),
     "Program": ("program", "Program"),
     "save": ("bundle", "save"),
     "load": ("bundle", "load"),
@@ -40,7 +43,7 @@ _LAZY_ATTRS: dict[str, tuple[str, str]] = {
 
 
 def __getattr__(name: str) -> Any:
-    # Subpackages and the compiled core load on first use, so `import nmengine` stays cheap.
+    # Subpackages and the compiled core load on first use, so they cost nothing until used.
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY_ATTRS:
@@ -49,4 +52,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nmengine' has no attribute {name!r}")
 
 
-__all__ = ["PWLTable", "ModelSpec", "Layer", "InputSpec", "SpecError", *_LAZY_ATTRS, *_LAZY_SUBMODULES]
+__all__ = ["compile", "PWLTable", "ModelSpec", "Layer", "InputSpec", "SpecError", *_LAZY_ATTRS, *_LAZY_SUBMODULES]
