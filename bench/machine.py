@@ -127,11 +127,15 @@ def describe(measure: bool = True) -> dict[str, Any]:
     return info
 
 
+def _ghz(v: Optional[float]) -> str:
+    return "unknown" if v is None else f"{v:.2f} GHz"
+
+
 def format_machine(info: dict[str, Any]) -> str:
     """A few human-readable lines."""
     lines = [
         f"CPU: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags'])}",
-        f"clock: nominal {info['ghz_nominal']} GHz, measured {info['ghz_measured']} GHz "
+        f"clock: nominal {_ghz(info['ghz_nominal'])}, measured {_ghz(info['ghz_measured'])} "
         f"-> peak {info['peak_gflops']:.0f} GFLOP/s fp32 ({info['peak_gflops_per_core']:.0f}/core)"
         if info.get("peak_gflops") else "clock: unknown",
         f"numpy {info['numpy']}, python {info['python']}",

@@ -1,0 +1,88 @@
+"""``python -m bench [pytest args...]``: run every benchmark suite, then rewrite the generated section
+of bench/RESULTS.md (between the ``<!-- generated:begin -->`` / ``<!-- generated:end -->`` markers)
+with the machine description and one table per benchmark group.  Hand-written analysis outside the
+markers is kept.  Suites whose peers are not installed (the ``bench`` extra) skip themselves.
+
+    python -m bench                        # everything
+    python -m bench -k gemm                # a subset (any pytest arguments)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
+SHOWN = ("gflops", "peak_frac", "sentences_per_s", "images_per_s", "macs", "pwl_evals", "dram_bytes_modelled")
+
+
+def _fmt_time(s: float) -> str:
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= f:
+            return f"{s / f:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def render(data: dict[str, Any], machine: str) -> str:
+    """Markdown for a pytest-benchmark JSON document."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for b in data.get("benchmarks", []):
+        groups.setdefault(b.get("group") or "(no group)", []).append(b)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [BEGIN, "", f"## Latest full run ({stamp}, `python -m bench`)", "", "```", machine, "```", ""]
+    for group in sorted(groups):
+        rows = sorted(groups[group], key=lambda b: b["stats"]["min"])
+        best = rows[0]["stats"]["min"]
+        extras = [k for k in SHOWN if any(k in r.get("extra_info", {}) for r in rows)]
+        lines += [f"### {group}", "", "| benchmark | min | median | speed vs fastest | " + " | ".join(extras) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(extras)]
+        for r in rows:
+            st, ex = r["stats"], r.get("extra_info", {})
+            name = r["name"].split("[", 1)[-1].rstrip("]") if "[" in r["name"] else r["name"]
+            cells = [f"{ex[k]:,}" if isinstance(ex.get(k), (int, float)) else str(ex.get(k, "")) for k in extras]
+            lines.append(f"| {name} | {_fmt_time(st['min'])} | {_fmt_time(st['median'])} | "
+                         f"{best / st['min']:.2f}x | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_results(section: str, path: Path = RESULTS) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str]) -> int:
+    import pytest
+
+    sys.path.insert(0, str(HERE.parent))
+    from bench.machine import describe, format_machine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        rc = pytest.main([str(HERE), "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider",
+                          *argv])
+        if not os.path.exists(out):
+            print("no benchmark results were produced", file=sys.stderr)
+            return int(rc) or 1
+        with open(out) as f:
+            data = json.load(f)
+    write_results(render(data, format_machine(describe())))
+    print(f"wrote {RESULTS}")
+    return int(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
