@@ -129,6 +129,7 @@ typedef struct nm_prob {
     int act;
     const nm_pwl *pwl;
     const float *rows; /* derived PWL rows (avx2) or NULL */
+    const float *bpacked; /* B packed once by nm_pack_b_full (single products), or NULL */
 } nm_prob;
 
 /* Depth of the K blocks: ceil(K / KC) blocks of equal size (the last may be shorter by < nblocks). */
@@ -225,15 +226,20 @@ static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbu
             const int64_t pc = kb * kcb;
             const int64_t kcur = min64(kcb, K - pc);
             const int load_c = kb > 0, last = kb == nkb - 1;
-            nm_pack_b(nr, kcur, ncur, np * tid / nt, np * (tid + 1) / nt,
-                      p->B + pc * p->rsb + jc * p->csb, p->rsb, p->csb, bbuf);
+            /* pre-packed: the block as nm_pack_b_full laid it out (same panels, same zero padding) */
+            const float *bblk = p->bpacked ? p->bpacked + jc * K + pc * np * nr : bbuf;
+            if (!p->bpacked)
+                nm_pack_b(nr, kcur, ncur, np * tid / nt, np * (tid + 1) / nt,
+                          p->B + pc * p->rsb + jc * p->csb, p->rsb, p->csb, bbuf);
 #ifdef _OPENMP
             if (nt > 1) {
-                NM_BARRIER();
+                if (!p->bpacked) {
+                    NM_BARRIER();
+                }
 #pragma omp for schedule(dynamic, 1)
                 for (int64_t u = 0; u < units; u++) {
                     const int64_t mi = u / ns, ni = u % ns;
-                    nm_unit(p, kd, abuf, bbuf, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
+                    nm_unit(p, kd, abuf, bblk, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
                             np * ni / ns, np * (ni + 1) / ns);
                 } /* implicit barrier: B may be repacked */
                 continue;
@@ -241,7 +247,7 @@ static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbu
 #endif
             for (int64_t u = 0; u < units; u++) {
                 const int64_t mi = u / ns, ni = u % ns;
-                nm_unit(p, kd, abuf, bbuf, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
+                nm_unit(p, kd, abuf, bblk, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
                         np * ni / ns, np * (ni + 1) / ns);
             }
         }
@@ -262,11 +268,11 @@ static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
     p->res = res ? res + p1 * ps1r + p2 * ps2r : NULL;
 }
 
-int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
-                     const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a, ptrdiff_t rsa, ptrdiff_t csa,
-                     const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b, ptrdiff_t rsb, ptrdiff_t csb,
-                     float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
-                     const nm_epilogue *ep, int nthreads, int kernel)
+static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
+                         const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a, ptrdiff_t rsa, ptrdiff_t csa,
+                         const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b, ptrdiff_t rsb, ptrdiff_t csb,
+                         float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
+                         const nm_epilogue *ep, int nthreads, int kernel, const float *bpacked)
 {
     if (P1 < 0 || P2 < 0 || M < 0 || N < 0 || K < 0) return NM_EINVAL;
     const int act = ep ? ep->act : NM_ACT_NONE;
@@ -289,6 +295,7 @@ int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
     base.rsc = rsc;
     base.csc = csc;
     base.act = act;
+    base.bpacked = bpacked;
     if (ep) {
         base.bias_col = ep->bias_col;
         base.bias_row = ep->bias_row;
@@ -324,7 +331,7 @@ int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
     /* pack buffers sized to the problem */
     const int64_t kcb = nm_kc_block(K, kd.bk.kc);
     const size_t asz = round_up((size_t)min64(kd.bk.mc, round_up((size_t)M, kd.bk.mr)) * (size_t)kcb, 16);
-    const size_t bsz = round_up((size_t)min64(kd.bk.nc, round_up((size_t)N, kd.bk.nr)) * (size_t)kcb, 16);
+    const size_t bsz = bpacked ? 0 : round_up((size_t)min64(kd.bk.nc, round_up((size_t)N, kd.bk.nr)) * (size_t)kcb, 16);
     const size_t nbuf_b = batch_split ? (size_t)nt : 1;
     const size_t rsz = round_up((size_t)nm_pwl_rows_wanted(&kd, act, base.pwl, M * N * P), 16);
     void *raw = NULL;
@@ -368,6 +375,61 @@ int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
 #endif
     free(raw);
     return NM_OK;
+}
+
+int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
+                     const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a, ptrdiff_t rsa, ptrdiff_t csa,
+                     const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b, ptrdiff_t rsb, ptrdiff_t csb,
+                     float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
+                     const nm_epilogue *ep, int nthreads, int kernel)
+{
+    return nm_sgemm_impl(P1, P2, M, N, K, A, ps1a, ps2a, rsa, csa, B, ps1b, ps2b, rsb, csb,
+                         C, ps1c, ps2c, rsc, csc, ep, nthreads, kernel, NULL);
+}
+
+/* ---- pre-packed B ---------------------------------------------------------------------------
+ * Layout: the B blocks of nm_run in loop order, for jc in N step NC, for pc in K step kcb, each
+ * block nm_pack_b's ceil(ncur / NR) micro-panels (zero-padded columns).  Every column block but the
+ * last is NC wide (a multiple of NR), so block (jc, pc) starts at jc * K + pc * ceil(ncur / NR) * NR. */
+int64_t nm_packed_b_floats(int kernel, int64_t K, int64_t N)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (k < 0 || K < 0 || N < 0) return NM_EINVAL;
+    const nm_kdesc kd = nm_kdesc_for(k);
+    int64_t total = 0;
+    for (int64_t jc = 0; jc < N; jc += kd.bk.nc) {
+        const int64_t ncur = min64(kd.bk.nc, N - jc);
+        total += ceil_div(ncur, kd.bk.nr) * kd.bk.nr * K;
+    }
+    return total;
+}
+
+int nm_pack_b_full(int kernel, int64_t K, int64_t N, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                   float *dst)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (k < 0 || K < 0 || N < 0 || (K > 0 && N > 0 && (!B || !dst))) return NM_EINVAL;
+    const nm_kdesc kd = nm_kdesc_for(k);
+    const int nr = kd.bk.nr, nc = kd.bk.nc;
+    const int64_t kcb = nm_kc_block(K, kd.bk.kc);
+    for (int64_t jc = 0; jc < N; jc += nc) {
+        const int64_t ncur = min64(nc, N - jc);
+        const int64_t np = ceil_div(ncur, nr);
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            const int64_t kcur = min64(kcb, K - pc);
+            nm_pack_b(nr, kcur, ncur, 0, np, B + pc * rsb + jc * csb, rsb, csb, dst + jc * K + pc * np * nr);
+        }
+    }
+    return NM_OK;
+}
+
+int nm_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                    const float *Bp, float *C, ptrdiff_t rsc, ptrdiff_t csc,
+                    const nm_epilogue *ep, int nthreads, int kernel)
+{
+    if (!Bp && M > 0 && N > 0 && K > 0) return NM_EINVAL;
+    return nm_sgemm_impl(1, 1, M, N, K, A, 0, 0, rsa, csa, Bp, 0, 0, 0, 0, C, 0, 0, rsc, csc, ep,
+                         nthreads, kernel, Bp);
 }
 
 int nm_sgemm(int64_t M, int64_t N, int64_t K,

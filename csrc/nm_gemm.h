@@ -61,6 +61,18 @@ int nm_sgemm_batched(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
                      float *C, ptrdiff_t ps1c, ptrdiff_t ps2c, ptrdiff_t rsc, ptrdiff_t csc,
                      const nm_epilogue *ep, int nthreads, int kernel);
 
+/* Pre-packed B (a constant operand packed once, e.g. a weight matrix):
+ * nm_packed_b_floats() is the size in floats of B[K, N] packed for `kernel` (NM_EINVAL when the kernel
+ * is unknown); nm_pack_b_full() writes it (dst 64-byte aligned: the microkernels use aligned loads);
+ * nm_sgemm_packed() is nm_sgemm() reading that buffer instead of packing B, so it gives the same
+ * bits.  The buffer is tied to the kernel it was packed for (its NR/NC/KC) and is only read. */
+int64_t nm_packed_b_floats(int kernel, int64_t K, int64_t N);
+int nm_pack_b_full(int kernel, int64_t K, int64_t N, const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                   float *dst);
+int nm_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                    const float *Bp, float *C, ptrdiff_t rsc, ptrdiff_t csc,
+                    const nm_epilogue *ep, int nthreads, int kernel);
+
 /* y[i] = pwl(x[i]) for a contiguous vector (x == y allowed): the standalone table unit.
  * Same vector code and bits as the fused epilogue.  Invalid arguments (n < 0, NULL table, unknown
  * kernel) make it a no-op. */

@@ -64,10 +64,48 @@ cdef extern from "nm_gemm.h":
                          const nm_epilogue *ep, int nthreads, int kernel) nogil
     void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads,
                       int kernel) nogil
+    int64_t nm_packed_b_floats(int kernel, int64_t K, int64_t N) nogil
+    int nm_pack_b_full(int kernel, int64_t K, int64_t N, const float *B, Py_ssize_t rsb, Py_ssize_t csb,
+                       float *dst) nogil
+    int nm_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, Py_ssize_t rsa, Py_ssize_t csa,
+                        const float *Bp, float *C, Py_ssize_t rsc, Py_ssize_t csc,
+                        const nm_epilogue *ep, int nthreads, int kernel) nogil
     int nm_cpu_has_avx2_fma()
     int nm_resolve_kernel(int kernel)
     int nm_has_openmp()
     nm_blocking nm_get_blocking(int kernel)
+
+cdef extern from "nm_rowops.h":
+    int NM_BC_NONE
+    int NM_BC_FULL
+    int NM_BC_ROW
+    int NM_BC_COL
+    int NM_BC_SCALAR
+
+    ctypedef struct nm_operand:
+        const float *p
+        int mode
+
+    ctypedef struct nm_scale_args:
+        int64_t rows, n
+        const float *x
+        int has_alpha, has_beta
+        float alpha, beta, res_beta
+        nm_operand mul, row_scale, col_scale, bias, bias_row, res
+        int act
+        const nm_pwl *pwl
+
+    int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel) nogil
+    int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthreads, int kernel) nogil
+    int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl,
+                        const nm_pwl *recip_pwl, float *m, float *e, float *r, float *p,
+                        int nthreads, int kernel) nogil
+
+BC_NONE = NM_BC_NONE
+BC_FULL = NM_BC_FULL
+BC_ROW = NM_BC_ROW
+BC_COL = NM_BC_COL
+BC_SCALAR = NM_BC_SCALAR
 
 ACT_NONE = NM_ACT_NONE
 ACT_RELU = NM_ACT_RELU
@@ -147,6 +185,26 @@ cdef tuple _fill_pwl(nm_pwl *p, object table):
     return (hint, edges, slopes, icpt)
 
 
+cdef class PreparedTable:
+    """A PWLTable's C descriptor, built once (the runtime keeps one per op instead of rebuilding it
+    on every call).  Holds its own contiguous copies of the table arrays; read-only."""
+    cdef nm_pwl p
+    cdef tuple keep
+    cdef readonly object table
+
+    def __init__(self, object table):
+        self.keep = _fill_pwl(&self.p, table)
+        self.table = table
+
+
+cdef const nm_pwl *_pwl_of(object table, nm_pwl *tmp, list keep) except NULL:
+    """The nm_pwl of a PreparedTable, or tmp filled from a PWLTable (arrays appended to keep)."""
+    if isinstance(table, PreparedTable):
+        return &(<PreparedTable>table).p
+    keep.append(_fill_pwl(tmp, table))
+    return tmp
+
+
 cdef int _check(int rc) except -1:
     if rc == NM_ENOMEM:
         raise MemoryError("nmengine GEMM core: out of memory for the pack buffers")
@@ -189,9 +247,9 @@ def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, 
         ep.res_ps2 = _es(r, 1)
         ep.res_rs = _es(r, 2)
         ep.res_cs = _es(r, 3)
+    cdef list keepl = []
     if act == NM_ACT_PWL:
-        keep = _fill_pwl(&pwl, table)
-        ep.pwl = &pwl
+        ep.pwl = _pwl_of(table, &pwl, keepl)
     cdef const float *pa = _fptr(a)
     cdef const float *pb = _fptr(b)
     cdef float *pc = _fptr(c)
@@ -208,12 +266,194 @@ def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, 
 def pwl_apply(object table, cnp.ndarray x, cnp.ndarray y, int nthreads, int kernel) -> None:
     """y = table(x) for C-contiguous float32 arrays of the same size (x is y allowed)."""
     cdef nm_pwl pwl
-    cdef tuple keep = _fill_pwl(&pwl, table)
+    cdef list keep = []
+    cdef const nm_pwl *pp = _pwl_of(table, &pwl, keep)
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     cdef int64_t n = x.size
     if y.size != n:
         raise ValueError(f"pwl_apply: x has {n} elements but y has {y.size}")
     with nogil:
-        nm_pwl_apply(&pwl, px, py, n, nthreads, kernel)
+        nm_pwl_apply(pp, px, py, n, nthreads, kernel)
     del keep
+
+
+cdef nm_epilogue _epilogue(object bias_col, object bias_row, object res, int act, object table,
+                           nm_pwl *tmp, list keep) except *:
+    """bias_col/bias_row contiguous float32 or None; res None or a 2-D float32 array (any strides)."""
+    cdef nm_epilogue ep
+    cdef cnp.ndarray bc, br, r
+    ep.bias_col = NULL
+    ep.bias_row = NULL
+    ep.res = NULL
+    ep.res_rs = ep.res_cs = ep.res_ps1 = ep.res_ps2 = 0
+    ep.act = act
+    ep.pwl = NULL
+    if bias_col is not None:
+        bc = bias_col
+        ep.bias_col = _fptr(bc)
+    if bias_row is not None:
+        br = bias_row
+        ep.bias_row = _fptr(br)
+    if res is not None:
+        r = res
+        ep.res = _fptr(r)
+        ep.res_rs = _es(r, 0)
+        ep.res_cs = _es(r, 1)
+    if act == NM_ACT_PWL:
+        ep.pwl = _pwl_of(table, tmp, keep)
+    return ep
+
+
+def packed_b_floats(int kernel, int64_t K, int64_t N) -> int:
+    """Floats of B[K, N] packed for kernel (negative: unknown kernel)."""
+    return nm_packed_b_floats(kernel, K, N)
+
+
+def pack_b(cnp.ndarray b, int kernel) -> cnp.ndarray:
+    """B (2-D float32, any element strides) packed into the kernel's panel layout: a 64-byte aligned
+    1-D float32 array (see nm_pack_b_full)."""
+    if b.ndim != 2:
+        raise ValueError("pack_b expects a 2-D array")
+    cdef int64_t K = b.shape[0], N = b.shape[1]
+    cdef int64_t n = nm_packed_b_floats(kernel, K, N)
+    if n < 0:
+        raise ValueError(f"pack_b: unknown kernel {kernel}")
+    raw = np.empty(n + 16, dtype=np.float32)
+    cdef Py_ssize_t addr = raw.__array_interface__["data"][0]
+    cdef Py_ssize_t off = ((64 - addr % 64) % 64) // 4  # addr >= 0 (C remainder semantics)
+    if addr % 4:
+        raise ValueError("pack_b: numpy returned a misaligned float32 buffer")
+    cdef cnp.ndarray dst = raw[off:off + n]
+    cdef const float *pb = _fptr(b)
+    cdef float *pd = _fptr(dst)
+    cdef Py_ssize_t rsb = _es(b, 0), csb = _es(b, 1)
+    cdef int rc
+    with nogil:
+        rc = nm_pack_b_full(kernel, K, N, pb, rsb, csb, pd)
+    _check(rc)
+    return dst
+
+
+def sgemm_packed(cnp.ndarray a, cnp.ndarray bp, int64_t N, cnp.ndarray c, object bias_col,
+                 object bias_row, object res, int act, object table, int nthreads, int kernel) -> None:
+    """c = epilogue(a @ B) with B given packed (pack_b for the same kernel); a (M, K), c (M, N)
+    2-D float32 with any element strides; res None or 2-D of c's shape (broadcast strides allowed)."""
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef nm_epilogue ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep)
+    cdef int64_t M = a.shape[0], K = a.shape[1]
+    cdef const float *pa = _fptr(a)
+    cdef const float *pb = _fptr(bp)
+    cdef float *pc = _fptr(c)
+    cdef Py_ssize_t a0 = _es(a, 0), a1 = _es(a, 1), c0 = _es(c, 0), c1 = _es(c, 1)
+    cdef int rc
+    with nogil:
+        rc = nm_sgemm_packed(M, N, K, pa, a0, a1, pb, pc, c0, c1, &ep, nthreads, kernel)
+    _check(rc)
+
+
+cdef inline nm_operand _operand(object arr, int mode):
+    cdef nm_operand o
+    cdef cnp.ndarray a
+    o.p = NULL
+    o.mode = NM_BC_NONE
+    if arr is not None and mode != NM_BC_NONE:
+        a = arr
+        o.p = _fptr(a)
+        o.mode = mode
+    return o
+
+
+def scale(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, object beta, float res_beta,
+          object mul, int mul_mode, object row_scale, int rs_mode, object col_scale, int cs_mode,
+          object bias, int b_mode, object bias_row, int br_mode, object res, int res_mode,
+          int act, object table, int nthreads, int kernel) -> None:
+    """y = act(alpha*x*mul*row_scale*col_scale + beta + bias + bias_row + res_beta*res) (nm_scale).
+
+    x and y are C-contiguous float32 with rows*n elements; every operand is a C-contiguous float32
+    array laid out as its mode says (BC_FULL rows*n, BC_ROW rows, BC_COL n, BC_SCALAR 1) or None;
+    alpha / beta are None when absent.  The caller checks the sizes."""
+    cdef nm_scale_args s
+    cdef nm_pwl pwl
+    cdef list keep = []
+    s.rows = rows
+    s.n = n
+    s.x = _fptr(x)
+    s.has_alpha = alpha is not None
+    s.alpha = <float>alpha if alpha is not None else 1.0
+    s.has_beta = beta is not None
+    s.beta = <float>beta if beta is not None else 0.0
+    s.res_beta = res_beta
+    s.mul = _operand(mul, mul_mode)
+    s.row_scale = _operand(row_scale, rs_mode)
+    s.col_scale = _operand(col_scale, cs_mode)
+    s.bias = _operand(bias, b_mode)
+    s.bias_row = _operand(bias_row, br_mode)
+    s.res = _operand(res, res_mode)
+    s.act = act
+    s.pwl = NULL
+    if act == NM_ACT_PWL:
+        s.pwl = _pwl_of(table, &pwl, keep)
+    cdef float *py = _fptr(y)
+    cdef int rc
+    with nogil:
+        rc = nm_scale(&s, py, nthreads, kernel)
+    _check(rc)
+
+
+def pairwise_max(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, int nthreads, int kernel) -> None:
+    """y[r] = pairwise-max tree of x[r, :n] (nm_pairwise_max); x C-contiguous float32 rows*n, y rows."""
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    cdef int rc
+    with nogil:
+        rc = nm_pairwise_max(px, rows, n, py, nthreads, kernel)
+    _check(rc)
+
+
+def sgemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row, object res,
+          int act, object table, int nthreads, int kernel) -> None:
+    """c = epilogue(a @ b) on 2-D float32 arrays (any element strides; the caller checks shapes);
+    res None or 2-D of c's shape (broadcast strides allowed)."""
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef nm_epilogue ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep)
+    cdef int64_t M = c.shape[0], N = c.shape[1], K = a.shape[1]
+    cdef const float *pa = _fptr(a)
+    cdef const float *pb = _fptr(b)
+    cdef float *pc = _fptr(c)
+    cdef Py_ssize_t a0 = _es(a, 0), a1 = _es(a, 1), b0 = _es(b, 0), b1 = _es(b, 1)
+    cdef Py_ssize_t c0 = _es(c, 0), c1 = _es(c, 1)
+    cdef int rc
+    with nogil:
+        rc = nm_sgemm_batched(1, 1, M, N, K, pa, 0, 0, a0, a1, pb, 0, 0, b0, b1, pc, 0, 0, c0, c1,
+                              &ep, nthreads, kernel)
+    _check(rc)
+
+
+cdef inline float *_optr(object a):
+    cdef cnp.ndarray arr
+    if a is None:
+        return NULL
+    arr = a
+    return _fptr(arr)
+
+
+def softmax_rows(cnp.ndarray s, int64_t rows, int64_t n, object exp_table, object recip_table,
+                 object m, object e, object r, cnp.ndarray p, int nthreads, int kernel) -> None:
+    """Fused attention softmax rows (nm_softmax_rows): s, e, p C-contiguous float32 rows*n; m, r
+    rows; m, e, r may be None.  The caller checks the sizes."""
+    cdef nm_pwl t1, t2
+    cdef list keep = []
+    cdef const nm_pwl *pe = _pwl_of(exp_table, &t1, keep)
+    cdef const nm_pwl *pr = _pwl_of(recip_table, &t2, keep)
+    cdef const float *ps = _fptr(s)
+    cdef float *pm = _optr(m)
+    cdef float *pe_ = _optr(e)
+    cdef float *prr = _optr(r)
+    cdef float *pp = _fptr(p)
+    cdef int rc
+    with nogil:
+        rc = nm_softmax_rows(ps, rows, n, pe, pr, pm, pe_, prr, pp, nthreads, kernel)
+    _check(rc)

@@ -9,6 +9,11 @@ Everything here validates and normalises its arguments, then calls the compiled 
         the same for every batch of ``a (..., M, K)`` and ``b (..., K, N)`` (1 or 2 batch dims,
         numpy-broadcast, so a shared operand is read with stride 0 and never copied)
     pwl_apply(table, x, *, out=None)          the standalone table unit, any shape
+    pack_b(b) -> PackedMatrix                 a constant B operand packed once for the current
+                                              kernel; gemm(a, packed, ...) skips re-packing it
+    scale(x, *, alpha, mul, row_scale, col_scale, beta, bias, bias_row, res, res_beta, epilogue, out)
+                                              the diagonal GEMM (Program op "scale") in one pass
+    pairwise_max(x, *, out=None)              row max as the b + relu(a - b) halving tree
     set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or
                                               os.cpu_count())
     kernel_info()                             which microkernel runs, its blocking, threads, OpenMP
@@ -45,6 +50,12 @@ __all__ = [
     "gemm",
     "gemm_batched",
     "pwl_apply",
+    "pack_b",
+    "PackedMatrix",
+    "scale",
+    "scale_supported",
+    "pairwise_max",
+    "prepare_table",
     "set_num_threads",
     "get_num_threads",
     "kernel_info",
@@ -177,7 +188,13 @@ def kernel_info() -> dict[str, Any]:
     """The kernel the next call would use and its parameters.
 
     Returns ``{"kernel": "avx2" | "scalar", "cpu_avx2_fma": bool, "mr", "nr", "mc", "kc", "nc",
-    "num_threads", "openmp": bool}`` (register tile ``mr x nr``, cache blocks ``mc/kc/nc``).
+    "num_threads", "openmp": bool, "omp_wait_policy": str | None}`` (register tile ``mr x nr``, cache
+    blocks ``mc/kc/nc``; ``omp_wait_policy`` is the ``OMP_WAIT_POLICY`` environment variable the
+    OpenMP runtime read at load, None when unset, i.e. libgomp's spin-then-sleep default).
+
+    The core never sets ``OMP_WAIT_POLICY`` itself (it must be set before libgomp loads, and it is
+    process-wide): in a process that alternates the core with another libgomp user (PyTorch) or on
+    a loaded machine, set ``OMP_WAIT_POLICY=PASSIVE`` before importing either (README, "Threads").
     """
     core = _core()
     code = _kernel_code()
@@ -185,6 +202,7 @@ def kernel_info() -> dict[str, Any]:
     info.update(core.get_blocking(code))
     info["num_threads"] = get_num_threads()
     info["openmp"] = bool(core.has_openmp())
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY") or None
     return info
 
 
@@ -218,7 +236,7 @@ def _act(epilogue: Epilogue) -> tuple[int, Optional[PWLTable]]:
     core = _core()
     if epilogue is None:
         return core.ACT_NONE, None
-    if isinstance(epilogue, PWLTable):
+    if isinstance(epilogue, PWLTable) or isinstance(epilogue, core.PreparedTable):
         return core.ACT_PWL, epilogue
     if isinstance(epilogue, str):
         key = epilogue.strip().lower()
@@ -278,7 +296,8 @@ def gemm(
     Parameters
     ----------
     a, b:
-        ``(M, K)`` and ``(K, N)`` real arrays (any strides; other dtypes are cast to float32).
+        ``(M, K)`` and ``(K, N)`` real arrays (any strides; other dtypes are cast to float32);
+        ``b`` may also be a :class:`PackedMatrix` (:func:`pack_b`): same result, no re-packing.
     bias:
         ``(N,)`` column bias (added to every row), or None.
     bias_row:
@@ -296,6 +315,8 @@ def gemm(
     """
     core = _core()
     A = _as_f32("a", a)
+    if isinstance(b, PackedMatrix):
+        return _gemm_packed(A, b, bias, bias_row, residual, epilogue, out)
     B = _as_f32("b", b)
     if A.ndim != 2 or B.ndim != 2:
         raise ValueError(f"gemm expects 2-D a (M, K) and b (K, N), got a {_shape(A.shape)} and b {_shape(B.shape)}")
@@ -399,7 +420,7 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
     be ``x`` itself (in place) or a separate writeable float32 array of ``x``'s shape.
     """
     core = _core()
-    if not isinstance(table, PWLTable):
+    if not isinstance(table, (PWLTable, core.PreparedTable)):
         raise TypeError(f"pwl_apply expects a PWLTable, got {type(table).__name__}")
     X = _as_f32("x", x)
     if out is None:
@@ -431,4 +452,242 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
         tmp = np.empty(X.shape, dtype=np.float32)
         core.pwl_apply(table, xc.reshape(-1), tmp.reshape(-1), get_num_threads(), kernel)
         Y[...] = tmp
+    return Y
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-packed constant B operands
+# ---------------------------------------------------------------------------------------------
+class PackedMatrix:
+    """A ``(K, N)`` B operand packed once into the GEMM kernel's micro-panel layout.
+
+    Made by :func:`pack_b` for the kernel that is current then (``kernel``).  ``gemm(a, packed)``
+    reads the panels directly instead of packing ``b`` on every call; the arithmetic is unchanged,
+    so results are bit-identical to ``gemm(a, b)``.  When the current kernel differs from the one
+    it was packed for (``use_kernel``), ``gemm`` uses ``source`` (the original matrix) instead.
+    Read-only after construction, so one instance may be shared by any number of threads.
+    """
+
+    __slots__ = ("shape", "kernel", "data", "source")
+
+    def __init__(self, b: Any, kernel: Optional[str] = None, *, copy: bool = True) -> None:
+        core = _core()
+        B = _as_f32("b", b)
+        if B.ndim != 2:
+            raise ValueError(f"pack_b expects a 2-D b (K, N), got {_shape(B.shape)}")
+        code = _kernel_code() if kernel is None else _code_for(kernel)
+        self.shape = (int(B.shape[0]), int(B.shape[1]))
+        self.kernel = code
+        if copy and B is b:
+            B = B.copy()  # private: later writes to b cannot make source and data disagree
+        if B is not b:
+            B.flags.writeable = False
+        self.source = B
+        self.data = core.pack_b(self.source, code)
+        self.data.flags.writeable = False
+
+    @property
+    def kernel_name(self) -> str:
+        return _KERNEL_NAMES[self.kernel]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def __repr__(self) -> str:
+        return f"PackedMatrix(shape={self.shape}, kernel={self.kernel_name!r}, {self.nbytes} bytes)"
+
+
+def _code_for(name: str) -> int:
+    token = _kernel_override.set(_check_kernel_name(name, "kernel"))
+    try:
+        return _kernel_code()
+    finally:
+        _kernel_override.reset(token)
+
+
+def pack_b(b: Any, kernel: Optional[str] = None, *, copy: bool = True) -> PackedMatrix:
+    """Pack ``b (K, N)`` once for ``kernel`` (default: the kernel current now); see PackedMatrix.
+
+    ``copy=False`` keeps a reference to ``b`` (when it is float32 already) as the fallback operand
+    instead of a private copy: the caller promises never to modify ``b`` afterwards."""
+    return PackedMatrix(b, kernel, copy=copy)
+
+
+def prepare_table(table: PWLTable) -> Any:
+    """The C descriptor of a PWLTable, built once; accepted wherever the core takes a table."""
+    if not isinstance(table, PWLTable):
+        raise TypeError(f"prepare_table expects a PWLTable, got {type(table).__name__}")
+    return _core().PreparedTable(table)
+
+
+def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilogue, out) -> np.ndarray:
+    core = _core()
+    if A.ndim != 2:
+        raise ValueError(f"gemm expects 2-D a (M, K), got a {_shape(A.shape)}")
+    M, K = A.shape
+    K2, N = P.shape
+    if K != K2:
+        raise ValueError(
+            f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is packed {_shape(P.shape)} (K={K2})"
+        )
+    act, table = _act(epilogue)
+    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
+    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
+    res = _residual("gemm", residual, (M, N))
+    if out is None:
+        C = np.empty((M, N), dtype=np.float32)
+    else:
+        C = _check_out("gemm", out, (M, N), {"a": A, "b": P.source, "bias": bias, "bias_row": bias_row,
+                                             "residual": residual})
+    kernel = _kernel_code()
+    if M == 0 or N == 0:
+        return C
+    if kernel != P.kernel:
+        core.sgemm_batched(A[None, None], P.source[None, None], C[None, None], bc, br,
+                           None if res is None else res[None, None], act, table, get_num_threads(), kernel)
+    else:
+        core.sgemm_packed(A, P.data, N, C, bc, br, res, act, table, get_num_threads(), kernel)
+    return C
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-wise GEMM-family ops: scale (diagonal GEMM) and the pairwise-max tree
+# ---------------------------------------------------------------------------------------------
+_SCALE_ROLES = ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")
+
+
+def _bc_mode(core: Any, arr: np.ndarray, shape: tuple[int, ...]) -> Optional[int]:
+    """How arr broadcasts against the output shape (..., n), or None when the C kernel cannot."""
+    s = arr.shape
+    if s == shape:
+        return core.BC_FULL
+    if arr.size == 1 and len(s) <= len(shape):
+        return core.BC_SCALAR
+    if len(s) == len(shape) and s[-1] == 1 and s[:-1] == shape[:-1]:
+        return core.BC_ROW
+    if s[-1:] == shape[-1:] and all(d == 1 for d in s[:-1]) and len(s) <= len(shape):
+        return core.BC_COL
+    return None
+
+
+def scale_supported(x: Any, **operands: Any) -> bool:
+    """True when :func:`scale` covers these operands (all float32; x of the output's shape; every
+    operand full, a ``[..., 1]`` row vector, a vector over the last axis, or a single value)."""
+    return _scale_modes(x, operands) is not None
+
+
+def _scale_modes(x: Any, operands: dict[str, Any]) -> Optional[tuple[tuple[int, ...], dict[str, int]]]:
+    core = _core()
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0:
+        return None
+    shape = x.shape
+    modes = {}
+    for role, v in operands.items():
+        if v is None:
+            continue
+        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim == 0 and v.size != 1:
+            return None
+        m = _bc_mode(core, v, shape) if v.ndim else core.BC_SCALAR
+        if m is None:
+            return None
+        modes[role] = m
+    return shape, modes
+
+
+def _c32(v: np.ndarray) -> np.ndarray:
+    return v if v.flags.c_contiguous and v.flags.aligned else np.ascontiguousarray(v)
+
+
+def scale(
+    x: Any,
+    *,
+    alpha: float = 1.0,
+    mul: Any = None,
+    row_scale: Any = None,
+    col_scale: Any = None,
+    beta: float = 0.0,
+    bias: Any = None,
+    bias_row: Any = None,
+    res: Any = None,
+    res_beta: float = 1.0,
+    epilogue: Epilogue = None,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """The Program's ``scale`` op (a diagonal GEMM) in one pass over the rows:
+
+    ``act(alpha * x * mul * row_scale * col_scale + beta + bias + bias_row + res_beta * res)``,
+    evaluated left to right with one float32 rounding per operation (``res_beta`` of +-1 is an
+    add/subtract, other values ``y + (res_beta * res)``), so it gives the bits of the same numpy
+    expression evaluated step by step.  ``x`` is float32 and fixes the output shape ``(..., n)``;
+    each operand is float32 and either of that shape, a ``(..., 1)`` column broadcast along the last
+    axis (``row_scale``/``bias_row`` in the Program), a vector ``(n,)`` over it, or a single value.
+    Other broadcasts or dtypes raise ValueError (see :func:`scale_supported`).  ``epilogue`` as in
+    :func:`gemm`; ``out`` a C-contiguous float32 array of x's shape (may be ``x``).
+    """
+    core = _core()
+    ops = {"mul": mul, "row_scale": row_scale, "col_scale": col_scale, "bias": bias, "bias_row": bias_row,
+           "res": res}
+    got = _scale_modes(x, ops)
+    if got is None:
+        raise ValueError("scale: operands must be float32, x of the output shape and every other operand of "
+                         "x's shape, (..., 1), (n,) or a single value")
+    shape, modes = got
+    act, table = _act(epilogue)
+    if out is None:
+        Y = np.empty(shape, dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"scale: out must be a float32 array of shape {_shape(shape)}")
+        if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
+            raise ValueError("scale: out must be writeable, aligned and C-contiguous")
+        if out.size:
+            for name, arr in ops.items():
+                if arr is not None and np.may_share_memory(out, arr):
+                    raise ValueError(f"scale: out overlaps {name!r}; pass a separate output buffer")
+            if out is not x and np.may_share_memory(out, x) and not (
+                    out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+                    and x.flags.c_contiguous):
+                raise ValueError("scale: out partially overlaps x")
+        Y = out
+    kernel = _kernel_code()
+    if Y.size == 0:
+        return Y
+    n = shape[-1]
+    rows = Y.size // n
+    X = _c32(x)
+    args = [None if ops[r] is None else _c32(ops[r]) for r in _SCALE_ROLES]
+    md = [modes.get(r, core.BC_NONE) for r in _SCALE_ROLES]
+    core.scale(X, Y, rows, n, None if alpha == 1.0 else float(alpha), None if beta == 0.0 else float(beta),
+               float(np.float32(res_beta)), args[0], md[0], args[1], md[1], args[2], md[2], args[3], md[3],
+               args[4], md[4], args[5], md[5], act, table, get_num_threads(), kernel)
+    return Y
+
+
+def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Max over the last axis (keepdims) as the Program's ``pairwise_max``: a halving tree of steps
+    ``b + relu(a - b)`` (pairs ``(i, i + h)``, ``h = n // 2``, an odd last value carried), in C per
+    row.  Bit-identical to the numpy tree of ``nmengine.runtime``; NaN propagates."""
+    core = _core()
+    X = _as_f32("x", x)
+    if X.ndim == 0 or X.shape[-1] == 0:
+        raise ValueError(f"pairwise_max over an empty axis (x of shape {_shape(X.shape)})")
+    shape = X.shape[:-1] + (1,)
+    if out is None:
+        Y = np.empty(shape, dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"pairwise_max: out must be a float32 array of shape {_shape(shape)}")
+        if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
+            raise ValueError("pairwise_max: out must be writeable, aligned and C-contiguous")
+        if np.may_share_memory(out, X):
+            raise ValueError("pairwise_max: out overlaps x")
+        Y = out
+    kernel = _kernel_code()
+    if Y.size == 0:
+        return Y
+    X = _c32(X)
+    n = X.shape[-1]
+    core.pairwise_max(X, Y, Y.size, n, get_num_threads(), kernel)
     return Y

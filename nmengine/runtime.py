@@ -9,6 +9,15 @@ scratch buffers of one execution, reused across calls when shapes repeat) from a
 returns it afterwards, so any number of threads may call :meth:`Runtime.run` on one Program at once.
 Program outputs are always fresh arrays, never arena memory.
 
+Speed: at construction the Runtime builds an execution *plan*, one step per op with its operands,
+constants, attributes and PWL table descriptors resolved, so a call does no attribute parsing.
+Matrixized calls without a recorder run the plan: ``gemm`` ops whose ``b`` is a Program constant
+read it pre-packed in the GEMM kernel's panel layout (:func:`nmengine.kernels.pack_b`; packed once
+per kernel, lazily, under a lock, then only read), ``scale`` and ``pairwise_max`` run as one C pass
+per row (:func:`nmengine.kernels.scale` / :func:`~nmengine.kernels.pairwise_max`; broadcasts the C
+kernel does not cover fall back to the numpy path).  Every fast path gives the same bits as the
+generic one, which exact mode and recorders use.
+
 This module also holds the shape rules of every op (:func:`infer_shapes`) and their arithmetic counts
 (:func:`op_flops`), next to the executors they mirror.
 """
@@ -16,6 +25,7 @@ This module also holds the shape rules of every op (:func:`infer_shapes`) and th
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -59,6 +69,12 @@ class Runtime:
     def __init__(self, program: Program) -> None:
         self.program = program
         self._pool: queue.SimpleQueue[Arena] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        #: kernel code -> {op index: PackedMatrix} (built once per kernel, read-only afterwards)
+        self._packed: dict[int, dict[int, kernels.PackedMatrix]] = {}
+        self._prepared: dict[str, Any] = {}
+        self._plan = [self._step(i, op) for i, op in enumerate(program.ops)]
+        self._fuse_softmax()
 
     # -- inputs -------------------------------------------------------------------------------
     def _bind_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
@@ -98,8 +114,13 @@ class Runtime:
         env = self._bind_inputs(inputs)
         arena = self._take_arena()
         try:
-            for i, op in enumerate(self.program.ops):
-                env[op.out] = self._exec(i, op, env, arena, mode, record)
+            if mode == "matrixized" and record is None:
+                ctx = self._context()
+                for out, step in self._plan:
+                    env[out] = step(env, arena, ctx)
+            else:
+                for i, op in enumerate(self.program.ops):
+                    env[op.out] = self._exec(i, op, env, arena, mode, record)
             outs = {name: np.array(env[name], dtype=env[name].dtype, copy=True) for name in self.program.outputs}
         finally:
             self._pool.put(arena)
@@ -115,9 +136,13 @@ class Runtime:
         try:
             for _ in range(repeat):
                 env = self._bind_inputs(inputs)
+                ctx = self._context() if mode == "matrixized" else None
                 for i, op in enumerate(self.program.ops):
                     t0 = time.perf_counter()
-                    env[op.out] = self._exec(i, op, env, arena, mode, None)
+                    if ctx is not None:
+                        env[op.out] = self._plan[i][1](env, arena, ctx)
+                    else:
+                        env[op.out] = self._exec(i, op, env, arena, mode, None)
                     best[i] = min(best[i], time.perf_counter() - t0)
         finally:
             self._pool.put(arena)
@@ -131,6 +156,296 @@ class Runtime:
             return self._pool.get_nowait()
         except queue.Empty:
             return Arena()
+
+    # -- the plan (matrixized, no recorder) -----------------------------------------------------
+    def _context(self) -> tuple[int, int, dict[int, kernels.PackedMatrix]]:
+        """(kernel code, threads, packed constants for that kernel) of one call."""
+        code = kernels._kernel_code()
+        packed = self._packed.get(code)
+        if packed is None:
+            packed = self._pack_constants(code)
+        return code, kernels.get_num_threads(), packed
+
+    def _pack_constants(self, code: int) -> dict[int, kernels.PackedMatrix]:
+        with self._lock:
+            packed = self._packed.get(code)
+            if packed is None:
+                name = kernels._KERNEL_NAMES[code]
+                consts = self.program.constants
+                packed = {}
+                for i, op in enumerate(self.program.ops):
+                    if op.kind == "gemm" and op.args["b"] in consts and not op.attrs.get("trans_b"):
+                        b = consts[op.args["b"]]
+                        if b.ndim == 2 and b.dtype == np.float32:
+                            packed[i] = kernels.pack_b(b, name, copy=False)
+                self._packed[code] = packed
+            return packed
+
+    def _fuse_softmax(self) -> None:
+        """Recognise the attention softmax chain and run it as one C pass per row.
+
+            m = pairwise_max(s);  e = scale(s, res=m, res_beta=-1) + exp table;
+            r = gemm(e, ones[n, 1]) + reciprocal table;  p = scale(e, row_scale=r)
+
+        The ops stay in the Program (coverage and cost reports are unchanged); the step of the
+        pairwise_max computes all four buffers with each op's own float operations
+        (``kernels._core().softmax_rows``) and the three later steps return them.  ``e`` is not
+        stored when nothing else reads it.  Any mismatch at run time falls back to the ops.
+        """
+        prog = self.program
+        ops = prog.ops
+        readers: dict[str, list[int]] = {}
+        producer: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            producer[op.out] = i
+            for name in op.args.values():
+                readers.setdefault(name, []).append(i)
+        outputs = set(prog.outputs)
+        ones_ok: dict[str, bool] = {}
+
+        def ones_rows(name: str, likes: tuple[str, ...]) -> int:
+            """Rows of the constant column of ones that name is (or the first rows of, by slice_rows
+            ops without a row count of their own); 0 when it is not one."""
+            if name in prog.constants:
+                if name not in ones_ok:
+                    c = prog.constants[name]
+                    ones_ok[name] = bool(c.dtype == np.float32 and c.ndim == 2 and c.shape[1] == 1
+                                         and np.all(c == 1.0) and not np.signbit(c).any())
+                # negative: used whole, so n must equal its rows (not just fit)
+                return -prog.constants[name].shape[0] if ones_ok[name] else 0
+            j = producer.get(name)
+            sl = ops[j] if j is not None else None
+            if (sl is None or sl.kind != "slice_rows" or sl.args.get("like") not in likes
+                    or sl.attrs.get("axis") != -1):
+                return 0
+            return abs(ones_rows(sl.args["x"], likes))
+
+        def only(op, kind, roles, **attrs):
+            return (op.kind == kind and set(op.args) == set(roles)
+                    and all(op.attrs.get(k, d) == v for k, (d, v) in attrs.items()))
+
+        for i, op in enumerate(ops):
+            if op.kind != "pairwise_max" or op.out in outputs:
+                continue
+            s_name, m_name = op.args["x"], op.out
+            rm = readers.get(m_name, [])
+            if len(rm) != 1:
+                continue
+            j = rm[0]
+            ej = ops[j]
+            if not (only(ej, "scale", ("x", "res"), alpha=(1.0, 1.0), beta=(0.0, 0.0), res_beta=(1.0, -1.0))
+                    and ej.args["x"] == s_name and ej.epilogue.get("act") == "pwl"):
+                continue
+            e_name = ej.out
+            re_ = readers.get(e_name, [])
+            ks = [k for k in re_ if ops[k].kind == "gemm"]
+            ls = [k for k in re_ if ops[k].kind == "scale"]
+            if len(ks) != 1 or len(ls) != 1:
+                continue
+            kg, ks_ = ops[ks[0]], ops[ls[0]]
+            n_ones = ones_rows(kg.args["b"], (e_name, s_name))
+            if not (set(kg.args) == {"a", "b"} and kg.args["a"] == e_name and n_ones
+                    and not kg.attrs.get("trans_a") and not kg.attrs.get("trans_b")
+                    and kg.epilogue.get("act") == "pwl" and kg.out not in outputs):
+                continue
+            r_name = kg.out
+            if readers.get(r_name, []) != [ls[0]]:
+                continue
+            if not (only(ks_, "scale", ("x", "row_scale"), alpha=(1.0, 1.0), beta=(0.0, 0.0))
+                    and ks_.args["x"] == e_name and ks_.args["row_scale"] == r_name
+                    and ks_.epilogue.get("act", "none") == "none"):
+                continue
+            if not (i < j < min(ks[0], ls[0]) and ks[0] < ls[0]):
+                continue
+            store_e = e_name in outputs or len(re_) != 2
+            self._install_softmax(i, j, ks[0], ls[0], s_name, store_e, n_ones,
+                                  self._table(ej.epilogue["table"]), self._table(kg.epilogue["table"]))
+
+    def _install_softmax(self, i, j, k, l, s_name, store_e, n_ones, exp_t, rec_t) -> None:
+        ops = self.program.ops
+        m_name, e_name, r_name, p_name = ops[i].out, ops[j].out, ops[k].out, ops[l].out
+        steps = {q: self._plan[q][1] for q in (i, j, k, l)}
+        core = kernels._core()
+        f32 = np.float32
+
+        def fused(env, arena, ctx):
+            x = env[s_name]
+            # the ones column: the first n rows of a constant of n_ones ones (slice_rows "like" the
+            # scores), or a constant of exactly -n_ones rows
+            n = x.shape[-1] if x.ndim else 0
+            if (x.dtype != f32 or x.ndim < 2 or not x.flags.c_contiguous or not x.flags.aligned or n < 1
+                    or (n > n_ones if n_ones > 0 else n != -n_ones)):
+                return steps[i](env, arena, ctx)
+            rows = x.size // n
+            lead = x.shape[:-1] + (1,)
+            m = arena.get(i, lead)
+            r = arena.get(k, lead)
+            p = arena.get(l, x.shape)
+            e = arena.get(j, x.shape) if store_e else None
+            if rows:
+                core.softmax_rows(x, rows, n, exp_t, rec_t, m, e, r, p, ctx[1], ctx[0])
+            if e is not None:
+                env[e_name] = e
+            env[r_name] = r
+            env[p_name] = p
+            return m
+
+        def later(q, name):
+            def fn(env, arena, ctx):
+                if name in env:
+                    return env[name]
+                if name == e_name and p_name in env:  # fused, e not stored: nobody else reads it
+                    return None
+                return steps[q](env, arena, ctx)
+            return fn
+
+        self._plan[i] = (m_name, fused)
+        self._plan[j] = (e_name, later(j, e_name))
+        self._plan[k] = (r_name, later(k, r_name))
+        self._plan[l] = (p_name, later(l, p_name))
+
+    def _table(self, key: str) -> Any:
+        t = self._prepared.get(key)
+        if t is None:
+            t = self._prepared[key] = kernels.prepare_table(self.program.tables[key])
+        return t
+
+    def _step(self, i: int, op: Op) -> tuple[str, Callable[..., np.ndarray]]:
+        """(output name, step(env, arena, ctx) -> array) for op i in matrixized mode."""
+        kind = op.kind
+        if kind == "gemm":
+            fn = self._gemm_step(i, op)
+        elif kind == "scale":
+            fn = self._scale_step(i, op)
+        elif kind == "pairwise_max":
+            xn = op.args["x"]
+
+            core = kernels._core()
+
+            def fn(env, arena, ctx, xn=xn):
+                x = env[xn]
+                if (x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] == 0 or not x.flags.c_contiguous
+                        or not x.flags.aligned):
+                    return self._exec(i, op, env, arena, "matrixized", None)
+                y = arena.get(i, x.shape[:-1] + (1,))
+                if y.size:
+                    core.pairwise_max(x, y, y.size, x.shape[-1], ctx[1], ctx[0])
+                return y
+        else:
+            def fn(env, arena, ctx):
+                return self._exec(i, op, env, arena, "matrixized", None)
+        return op.out, fn
+
+    def _gemm_step(self, i: int, op: Op) -> Callable[..., np.ndarray]:
+        args, attrs = op.args, op.attrs
+        if attrs.get("trans_a") or attrs.get("trans_b"):
+            return lambda env, arena, ctx: self._gemm(i, op, env, arena, "matrixized", None)
+        core = kernels._core()
+        an, bn = args["a"], args["b"]
+        bias_n, row_n, res_n = args.get("bias"), args.get("bias_row"), args.get("res")
+        ep = op.epilogue
+        act = ep.get("act", "none")
+        if act == "none":
+            code, table = core.ACT_NONE, None
+        elif act == "relu":
+            code, table = core.ACT_RELU, None
+        else:
+            code, table = core.ACT_PWL, self._table(ep["table"])
+        f32 = np.float32
+
+        def generic(env, arena, ctx):
+            return self._gemm(i, op, env, arena, "matrixized", None)
+
+        def fn(env, arena, ctx):
+            a, b = env[an], env[bn]
+            if a.dtype != f32 or b.dtype != f32 or b.ndim != 2 or not a.flags.aligned or not b.flags.aligned:
+                return generic(env, arena, ctx)
+            k, n = b.shape
+            a2 = a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+            m = a2.shape[0]
+            if a2.shape[1] != k:
+                return generic(env, arena, ctx)  # raises the usual error
+            bias = bias_row = res = None
+            if bias_n is not None:
+                bias = env[bias_n]
+                if bias.shape != (n,) or bias.dtype != f32 or not bias.flags.c_contiguous:
+                    return generic(env, arena, ctx)
+            if row_n is not None:
+                bias_row = env[row_n].reshape(-1)
+                if bias_row.shape != (m,) or bias_row.dtype != f32 or not bias_row.flags.c_contiguous:
+                    return generic(env, arena, ctx)
+            if res_n is not None:
+                res = env[res_n]
+                if res.size != m * n or res.dtype != f32 or not res.flags.aligned:
+                    return generic(env, arena, ctx)
+                res = res.reshape(m, n)
+            out = arena.get(i, (m, n))
+            if m and n:
+                pk = ctx[2].get(i)
+                if pk is not None and pk.kernel == ctx[0] and constant_b is b:
+                    core.sgemm_packed(a2, pk.data, n, out, bias, bias_row, res, code, table, ctx[1], ctx[0])
+                else:
+                    core.sgemm(a2, b, out, bias, bias_row, res, code, table, ctx[1], ctx[0])
+            return out if a.ndim == 2 else out.reshape(a.shape[:-1] + (n,))
+
+        constant_b = self.program.constants.get(bn)
+        return fn
+
+    def _scale_step(self, i: int, op: Op) -> Callable[..., np.ndarray]:
+        args, attrs = op.args, op.attrs
+        core = kernels._core()
+        xn = args["x"]
+        roles = [(r, args.get(r)) for r in kernels._SCALE_ROLES]
+        alpha = attrs.get("alpha", 1.0)
+        beta = attrs.get("beta", 0.0)
+        res_beta = float(np.float32(attrs.get("res_beta", 1.0)))
+        alpha_c = None if alpha == 1.0 else float(alpha)
+        beta_c = None if beta == 0.0 else float(beta)
+        ep = op.epilogue
+        act = ep.get("act", "none")
+        if act == "none":
+            code, table = core.ACT_NONE, None
+        elif act == "relu":
+            code, table = core.ACT_RELU, None
+        else:
+            code, table = core.ACT_PWL, self._table(ep["table"])
+        f32 = np.float32
+        NONE, FULL, ROW, COL, SCALAR = core.BC_NONE, core.BC_FULL, core.BC_ROW, core.BC_COL, core.BC_SCALAR
+
+        def fn(env, arena, ctx):
+            x = env[xn]
+            shape = x.shape
+            if x.dtype != f32 or not shape or not x.flags.c_contiguous or not x.flags.aligned:
+                return self._scale(i, op, env, arena, "matrixized", None)
+            n = shape[-1]
+            call = []
+            for role, name in roles:
+                if name is None:
+                    call.append(None)
+                    call.append(NONE)
+                    continue
+                v = env[name]
+                s = v.shape
+                if v.dtype != f32 or not v.flags.c_contiguous or not v.flags.aligned:
+                    return self._scale(i, op, env, arena, "matrixized", None)
+                if s == shape:
+                    m = FULL
+                elif v.size == 1 and len(s) <= len(shape):
+                    m = SCALAR
+                elif len(s) == len(shape) and s[-1] == 1 and s[:-1] == shape[:-1]:
+                    m = ROW
+                elif s[-1:] == (n,) and len(s) <= len(shape) and v.size == n:
+                    m = COL
+                else:
+                    return self._scale(i, op, env, arena, "matrixized", None)
+                call.append(v)
+                call.append(m)
+            y = arena.get(i, shape)
+            if y.size:
+                core.scale(x, y, y.size // n, n, alpha_c, beta_c, res_beta, *call, code, table, ctx[1], ctx[0])
+            return y
+
+        return fn
 
     def _out(self, i: int, op: Op, arena: Arena, shape: tuple[int, ...]) -> np.ndarray:
         # Results live in the arena; run() copies the program outputs out before the arena is reused.
@@ -170,6 +485,8 @@ class Runtime:
             return self._scale(i, op, env, arena, mode, record)
         x = env[args["x"]] if "x" in args else None
         if kind == "pairwise_max":
+            if mode != "exact" and x.dtype == np.float32 and x.ndim and x.shape[-1]:
+                return kernels.pairwise_max(x, out=arena.get(i, x.shape[:-1] + (1,)))
             return _pairwise_max(x, exact=(mode == "exact"))
         if kind == "reshape":
             return x.reshape(_resolve_reshape(x.shape, attrs["shape"]))
@@ -260,6 +577,26 @@ class Runtime:
         operands = [env[args[r]] for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res") if r in args]
         shape = np.broadcast_shapes(x.shape, *(o.shape for o in operands))
         y = self._out(i, op, arena, shape)
+        ops = {r: env[args[r]] for r in kernels._SCALE_ROLES if r in args}
+        if x.shape == shape and kernels.scale_supported(x, **ops):
+            act = op.epilogue.get("act", "none")
+            fused = "relu" if act == "relu" else (
+                self._table(op.epilogue["table"]) if act == "pwl" and mode == "matrixized" and record is None
+                else None)
+            kernels.scale(x, alpha=attrs.get("alpha", 1.0), beta=attrs.get("beta", 0.0),
+                          res_beta=attrs.get("res_beta", 1.0), epilogue=fused, out=y, **ops)
+            if act == "pwl" and fused is None:
+                if record is not None:
+                    record(op, y)
+                if mode == "matrixized":
+                    kernels.pwl_apply(self.program.tables[op.epilogue["table"]], y, out=y)
+                else:
+                    y[...] = _exact(op.epilogue["fn"], y)
+            return y
+        return self._scale_numpy(y, x, shape, op, env, mode, record)
+
+    def _scale_numpy(self, y, x, shape, op, env, mode, record):
+        args, attrs = op.args, op.attrs
         alpha = attrs.get("alpha", 1.0)
         if alpha != 1.0:
             np.multiply(x, np.float32(alpha), out=y, casting="unsafe")

@@ -1,0 +1,377 @@
+/* Row-wise ops (nm_rowops.h): the fused diagonal GEMM and the pairwise-max tree.
+ *
+ * One row at a time: the row (<= a few KiB) stays in L1 while each factor/term is applied in its
+ * own short loop, so the data is read once and written once whatever the number of terms.  The
+ * element loops are plain C compiled twice, for the portable path and with the avx2 target
+ * attribute (the compiler vectorizes both; -ffp-contract=off keeps every multiply and add a
+ * separate IEEE operation, so both give the same bits as numpy).  Rows are split among OpenMP
+ * threads statically; every element's operations are independent of the split.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "nm_gemm.h"
+#include "nm_pwl_avx2.h"
+#include "nm_rowops.h"
+#include "nm_threads.h"
+
+#define NM_ROWOPS_PAR_MIN 32768 /* elements below which one thread does everything */
+
+static int nm_rowops_threads(int nthreads, int64_t elems, int64_t rows)
+{
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (!NM_HAVE_OPENMP || elems < NM_ROWOPS_PAR_MIN) nt = 1;
+    if (nt > rows) nt = (int)(rows < 1 ? 1 : rows);
+    return nt;
+}
+
+/* ---- scale -------------------------------------------------------------------------------- */
+
+NM_INLINE void mul_op(float *restrict y, const nm_operand *o, int64_t r, int64_t n)
+{
+    switch (o->mode) {
+    case NM_BC_FULL: {
+        const float *restrict v = o->p + r * n;
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] * v[j];
+        break;
+    }
+    case NM_BC_COL: {
+        const float *restrict v = o->p;
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] * v[j];
+        break;
+    }
+    case NM_BC_ROW:
+    case NM_BC_SCALAR: {
+        const float s = o->mode == NM_BC_ROW ? o->p[r] : o->p[0];
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] * s;
+        break;
+    }
+    default: break;
+    }
+}
+
+/* y = y + sign * v  for sign = +1 (add) or -1 (subtract), or y = y + (rb * v) when scaled */
+NM_INLINE void add_op(float *restrict y, const nm_operand *o, int64_t r, int64_t n, int how, float rb)
+{
+    const float *restrict v;
+    float s;
+    switch (o->mode) {
+    case NM_BC_FULL: v = o->p + r * n; break;
+    case NM_BC_COL: v = o->p; break;
+    case NM_BC_ROW: s = o->p[r]; goto scalar;
+    case NM_BC_SCALAR: s = o->p[0]; goto scalar;
+    default: return;
+    }
+    if (how == 0) {
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] + v[j];
+    } else if (how == 1) {
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] - v[j];
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            const float t = rb * v[j];
+            y[j] = y[j] + t;
+        }
+    }
+    return;
+scalar:
+    if (how == 1) {
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] - s;
+    } else {
+        if (how == 2) s = rb * s;
+        for (int64_t j = 0; j < n; j++) y[j] = y[j] + s;
+    }
+}
+
+NM_INLINE void scale_rows_impl(const nm_scale_args *a, float *y, int64_t r0, int64_t r1, int res_how,
+                               nm_act_fn act, const float *pwl_rows)
+{
+    const int64_t n = a->n;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict x = a->x + r * n;
+        float *restrict yr = y + r * n;
+        if (a->has_alpha) {
+            const float al = a->alpha;
+            for (int64_t j = 0; j < n; j++) yr[j] = x[j] * al;
+        } else if (x != yr) {
+            memcpy(yr, x, (size_t)n * sizeof(float));
+        }
+        mul_op(yr, &a->mul, r, n);
+        mul_op(yr, &a->row_scale, r, n);
+        mul_op(yr, &a->col_scale, r, n);
+        if (a->has_beta) {
+            const float b = a->beta;
+            for (int64_t j = 0; j < n; j++) yr[j] = yr[j] + b;
+        }
+        add_op(yr, &a->bias, r, n, 0, 0.0f);
+        add_op(yr, &a->bias_row, r, n, 0, 0.0f);
+        add_op(yr, &a->res, r, n, res_how, a->res_beta);
+        if (a->act != NM_ACT_NONE) act(a->act, a->pwl, pwl_rows, yr, yr, n);
+    }
+}
+
+static void scale_rows_scalar(const nm_scale_args *a, float *y, int64_t r0, int64_t r1, int res_how,
+                              const float *pwl_rows)
+{
+    scale_rows_impl(a, y, r0, r1, res_how, nm_act_scalar, pwl_rows);
+}
+
+#if NM_X86
+NM_AVX2 static void scale_rows_avx2(const nm_scale_args *a, float *y, int64_t r0, int64_t r1, int res_how,
+                                    const float *pwl_rows)
+{
+    scale_rows_impl(a, y, r0, r1, res_how, nm_act_avx2, pwl_rows);
+}
+#endif
+
+static int nm_operand_ok(const nm_operand *o)
+{
+    if (o->mode == NM_BC_NONE) return 1;
+    return o->p != NULL && o->mode >= NM_BC_FULL && o->mode <= NM_BC_SCALAR;
+}
+
+int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (!a || !y || !a->x || a->rows < 0 || a->n < 0 || k < 0) return NM_EINVAL;
+    if (a->act != NM_ACT_NONE && a->act != NM_ACT_RELU && a->act != NM_ACT_PWL) return NM_EINVAL;
+    if (a->act == NM_ACT_PWL && (!a->pwl || a->pwl->n < 1 || a->pwl->nhint < 1)) return NM_EINVAL;
+    if (!nm_operand_ok(&a->mul) || !nm_operand_ok(&a->row_scale) || !nm_operand_ok(&a->col_scale) ||
+        !nm_operand_ok(&a->bias) || !nm_operand_ok(&a->bias_row) || !nm_operand_ok(&a->res))
+        return NM_EINVAL;
+    const int64_t rows = a->rows, n = a->n;
+    if (rows == 0 || n == 0) return NM_OK;
+    const int res_how = a->res_beta == 1.0f ? 0 : (a->res_beta == -1.0f ? 1 : 2);
+    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+
+    /* derived PWL rows (avx2 only), worth it with several outputs per bin */
+    void *raw = NULL;
+    float *pwl_rows = NULL;
+    if (avx2 && a->act == NM_ACT_PWL) {
+        const int64_t f = nm_pwl_rows_floats(a->pwl);
+        if (f > 0 && rows * n >= 4 * (int64_t)a->pwl->nhint) {
+            raw = malloc((size_t)f * sizeof(float) + 64);
+            if (!raw) return NM_ENOMEM;
+            pwl_rows = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+            nm_pwl_rows_build(a->pwl, pwl_rows);
+        }
+    }
+    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int tid = 0, team = 1;
+#endif
+        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+#if NM_X86
+        if (avx2) scale_rows_avx2(a, y, r0, r1, res_how, pwl_rows);
+        else
+#endif
+            scale_rows_scalar(a, y, r0, r1, res_how, pwl_rows);
+    }
+    free(raw);
+    return NM_OK;
+}
+
+/* ---- pairwise max -------------------------------------------------------------------------- */
+
+/* One tree level: lo[i] = relu(lo[i] - hi[i]) + hi[i] for i < h (numpy: d = a - b; max(d, 0); d += b) */
+NM_INLINE void pmax_level(float *restrict dst, const float *restrict a, const float *restrict b, int64_t h)
+{
+    for (int64_t i = 0; i < h; i++) {
+        float d = a[i] - b[i];
+        d = (0.0f > d) ? 0.0f : d; /* np.maximum(d, 0): NaN propagates */
+        dst[i] = d + b[i];
+    }
+}
+
+NM_INLINE void pmax_rows_impl(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * n;
+        if (n == 1) {
+            y[r] = xr[0];
+            continue;
+        }
+        /* first level straight from x into the scratch row */
+        int64_t h = n / 2, m;
+        pmax_level(t, xr, xr + h, h);
+        if (n & 1) t[h] = xr[2 * h];
+        m = h + (n & 1);
+        while (m > 1) {
+            h = m / 2;
+            /* in place: writes [0, h) read [0, h) and [h, 2h) */
+            for (int64_t i = 0; i < h; i++) {
+                float d = t[i] - t[i + h];
+                d = (0.0f > d) ? 0.0f : d;
+                t[i] = d + t[i + h];
+            }
+            if (m & 1) t[h] = t[2 * h];
+            m = h + (m & 1);
+        }
+        y[r] = t[0];
+    }
+}
+
+static void pmax_rows_scalar(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+{
+    pmax_rows_impl(x, r0, r1, n, y, t);
+}
+
+#if NM_X86
+NM_AVX2 static void pmax_rows_avx2(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+{
+    pmax_rows_impl(x, r0, r1, n, y, t);
+}
+#endif
+
+int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthreads, int kernel)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (!x || !y || rows < 0 || n < 1 || k < 0) return NM_EINVAL;
+    if (rows == 0) return NM_OK;
+    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
+    const int64_t half = (n + 1) / 2;
+    float *scratch = (float *)malloc((size_t)(half * nt) * sizeof(float));
+    if (!scratch) return NM_ENOMEM;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int tid = 0, team = 1;
+#endif
+        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        float *t = scratch + half * tid;
+#if NM_X86
+        if (avx2) pmax_rows_avx2(x, r0, r1, n, y, t);
+        else
+#endif
+            pmax_rows_scalar(x, r0, r1, n, y, t);
+    }
+    free(scratch);
+    return NM_OK;
+}
+
+/* ---- fused attention softmax rows ----------------------------------------------------------- */
+
+NM_INLINE void softmax_rows_impl(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
+                                 const nm_pwl *exp_pwl, const float *exp_rows, const nm_pwl *recip_pwl,
+                                 float *m, float *e, float *r, float *p, float *t, float *erow,
+                                 nm_act_fn act)
+{
+    for (int64_t row = r0; row < r1; row++) {
+        const float *restrict x = s + row * n;
+        float *restrict er = e ? e + row * n : erow;
+        float *restrict pr = p + row * n;
+        /* 1. the pairwise-max tree (nm_pairwise_max) */
+        float mx;
+        if (n == 1) {
+            mx = x[0];
+        } else {
+            int64_t h = n / 2, k;
+            pmax_level(t, x, x + h, h);
+            if (n & 1) t[h] = x[2 * h];
+            k = h + (n & 1);
+            while (k > 1) {
+                h = k / 2;
+                for (int64_t i = 0; i < h; i++) {
+                    float d = t[i] - t[i + h];
+                    d = (0.0f > d) ? 0.0f : d;
+                    t[i] = d + t[i + h];
+                }
+                if (k & 1) t[h] = t[2 * h];
+                k = h + (k & 1);
+            }
+            mx = t[0];
+        }
+        if (m) m[row] = mx;
+        /* 2. e = exp_pwl(x - max)  (scale: res broadcast per row, res_beta = -1) */
+        for (int64_t j = 0; j < n; j++) er[j] = x[j] - mx;
+        act(NM_ACT_PWL, exp_pwl, exp_rows, er, er, n);
+        /* 3. the row-sum GEMM e @ ones: per K block a chain acc + e[k] (fma(e, 1, acc) == the
+         *    rounded sum), blocks added in order, then the reciprocal table in the epilogue */
+        float sum = 0.0f;
+        for (int64_t pc = 0; pc < n; pc += kcb) {
+            const int64_t pe = pc + kcb < n ? pc + kcb : n;
+            float acc = 0.0f;
+            for (int64_t k = pc; k < pe; k++) acc = acc + er[k];
+            sum = pc == 0 ? acc : sum + acc;
+        }
+        const float rr = nm_pwl_s(recip_pwl, sum);
+        if (r) r[row] = rr;
+        /* 4. p = e * r  (scale: row_scale) */
+        for (int64_t j = 0; j < n; j++) pr[j] = er[j] * rr;
+    }
+}
+
+static void softmax_rows_scalar(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
+                                const nm_pwl *ep, const float *erows, const nm_pwl *rp, float *m, float *e,
+                                float *r, float *p, float *t, float *erow)
+{
+    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, t, erow, nm_act_scalar);
+}
+
+#if NM_X86
+NM_AVX2 static void softmax_rows_avx2(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
+                                      const nm_pwl *ep, const float *erows, const nm_pwl *rp, float *m,
+                                      float *e, float *r, float *p, float *t, float *erow)
+{
+    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, t, erow, nm_act_avx2);
+}
+#endif
+
+int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl, const nm_pwl *recip_pwl,
+                    float *m, float *e, float *r, float *p, int nthreads, int kernel)
+{
+    const int k = nm_resolve_kernel(kernel);
+    if (!s || !p || rows < 0 || n < 1 || k < 0 || !exp_pwl || !recip_pwl) return NM_EINVAL;
+    if (exp_pwl->n < 1 || exp_pwl->nhint < 1 || recip_pwl->n < 1 || recip_pwl->nhint < 1) return NM_EINVAL;
+    if (rows == 0) return NM_OK;
+    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    /* the GEMM's K blocking for this kernel (nm_gemm.c: ceil(K / kc) equal blocks) */
+    const int64_t kc = nm_get_blocking(k).kc;
+    const int64_t nkb = (n + kc - 1) / kc;
+    const int64_t kcb = (n + nkb - 1) / nkb;
+    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
+    const int64_t half = (n + 1) / 2, per = (half + n + 15) / 16 * 16;
+    int64_t rf = 0;
+    if (avx2) {
+        rf = nm_pwl_rows_floats(exp_pwl);
+        if (rows * n < 4 * (int64_t)exp_pwl->nhint) rf = 0;
+    }
+    void *raw = malloc((size_t)(per * nt + rf) * sizeof(float) + 64);
+    if (!raw) return NM_ENOMEM;
+    float *base = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    float *erows = NULL;
+    if (rf) {
+        erows = base; /* 64-byte aligned, rf a multiple of 8 floats */
+        nm_pwl_rows_build(exp_pwl, erows);
+    }
+    float *scratch = base + rf;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int tid = 0, team = 1;
+#endif
+        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        float *t = scratch + per * tid, *erow = t + half;
+#if NM_X86
+        if (avx2) softmax_rows_avx2(s, r0, r1, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, t, erow);
+        else
+#endif
+            softmax_rows_scalar(s, r0, r1, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, t, erow);
+    }
+    free(raw);
+    return NM_OK;
+}
