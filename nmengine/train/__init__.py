@@ -21,8 +21,8 @@ Typical use::
     with nt.approximate(model, tables):         # tables: {layer_name: {role: PWLTable}}
         nt.evaluate(model, data.x_test, data.y_test)
 
-``python -m nmengine.train [cnn|vit|both] [--aat SEGMENTS]`` trains the reference models and runs a
-compiler-free approximation-aware training check.
+The whole flow with the engine's own tables (train -> AAT -> compile -> export) is
+:func:`nmengine.workflow.run_flow`, behind ``nmengine train`` and ``nmengine demo``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ after the table).
 
 :func:`collect_activations` records the inputs of every role (for calibration), and
 :func:`uniform_table` / :func:`calibrate_uniform_tables` build simple chord-fitted tables over the
-recorded ranges, for a compiler-free check of the whole loop (``python -m nmengine.train --aat``).
+recorded ranges, for testing the whole loop without the compiler.
 """
 
 from __future__ import annotations
