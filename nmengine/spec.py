@@ -30,6 +30,10 @@ mean_pool           x [N, T, D] (, mask [N, T]) -> [N, D]                       
 l2_normalize        x [..., D]                  eps=1e-12                              -
 ==================  ==========================  =====================================  =========================
 
+Pooling follows PyTorch: ``avgpool2d`` counts zero padding in the average (``count_include_pad``) and
+``maxpool2d`` never picks a padded position.  ``l2_normalize`` computes ``x * rsqrt(sum(x^2) + eps^2)``
+(PyTorch's ``x / max(|x|, eps)`` differs only for norms near ``eps``).
+
 ``embedding`` adds position rows ``0..T-1`` and token-type rows (type 0 when no token-type input is
 given).  ``mhsa`` is multi-head self-attention with ``softmax(Q K^T / sqrt(D / heads) + mask_bias) V``
 followed by the output projection, where padded keys (mask 0) get no weight.
