@@ -231,6 +231,8 @@ def test_bad_specs_at_compile_time():
         compile(spec)
     with pytest.raises(TypeError, match="ModelSpec"):
         compile("not a spec")
+    with pytest.raises(ProgramError, match="shape"):  # checked even though a ReLU CNN has no table to fit
+        compile(cnn_spec(), calibration=np.ones((2, 1, 9, 9), np.float32))
 
 
 def test_program_validation():

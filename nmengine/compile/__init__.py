@@ -73,9 +73,12 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
     tables = fit_tables(requests, None, options, functions)
     program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
-    if calibration is None or not requests:
+    if calibration is None:
         return program
+    # Runs (and so validates) the calibration inputs even when there is no table to fit.
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
+    if not requests:
+        return program
     tables = fit_tables(requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
