@@ -21,6 +21,8 @@
  *             B micro-panels in flight; each B micro-panel loaded into L1 is reused 24 times.
  *   NC = 4080 (255 micro-panels): the packed B block is <= 6 MiB, which stays in the shared L3.
  * K blocks are equalized (K = 513 -> 2 x 257 rather than 384 + 129) so no block is short.
+ * A row block ending in a single row (M = 25, 499, ...) runs that row against 4 B micro-panels per
+ * pass (nm_ukr_avx2_row1) instead of a 6 x 16 tile with 5 zero rows per panel; same FMA chains.
  *
  * Threads (OpenMP): a team packs each B block cooperatively, then takes (row block x column range)
  * units (~4 per thread) from a dynamic schedule.  Batched
@@ -179,11 +181,19 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
     for (int64_t ic = i0; ic < i1; ic += mc) {
         const int64_t mcur = min64(mc, i1 - ic);
         nm_pack_a(mr, mcur, kcur, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, abuf);
+        /* a one-row last micro-panel (avx2): several B panels per pass instead of a 6-row tile each */
+        const int64_t npan = (mcur + mr - 1) / mr;
+#if NM_X86
+        const int row1 = kd->ukr == nm_ukr_avx2 && mcur % mr == 1;
+#else
+        const int row1 = 0;
+#endif
+        const int64_t ipn = row1 ? npan - 1 : npan;
         for (int64_t jp = jp0; jp < jp1; jp++) {
             const int64_t j0 = jc + jp * nr;
             const int n = (int)min64(nr, p->N - j0);
             const float *bp = bbuf + jp * nr * kcur;
-            for (int64_t ip = 0; ip * mr < mcur; ip++) {
+            for (int64_t ip = 0; ip < ipn; ip++) {
                 const int64_t r0 = ic + ip * mr;
                 const int m = (int)min64(mr, ic + mcur - r0);
                 nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
@@ -191,6 +201,22 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
                         m, n, &t);
             }
         }
+#if NM_X86
+        if (row1) {
+            _Alignas(32) float acc[4 * NM_AVX2_NR];
+            const int64_t r0 = ic + ipn * mr;
+            for (int64_t jp = jp0; jp < jp1; jp += 4) {
+                const int np = (int)min64(4, jp1 - jp);
+                nm_ukr_avx2_row1(kcur, abuf + ipn * mr * kcur, bbuf + jp * nr * kcur, nr * kcur, np, acc);
+                for (int q = 0; q < np; q++) {
+                    const int64_t j0 = jc + (jp + q) * nr;
+                    nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
+                    nm_tile_finish(acc + q * nr, nr, 1, (int)min64(nr, p->N - j0), p->C + r0 * p->rsc + j0 * p->csc,
+                                   p->rsc, p->csc, &t, kd->act);
+                }
+            }
+        }
+#endif
     }
 }
 

@@ -61,4 +61,31 @@ int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthre
 int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl, const nm_pwl *recip_pwl,
                     float *m, float *e, float *r, float *p, int nthreads, int kernel);
 
+/* A LayerNorm as lowered by nmengine/compile/lower.py, fused into one pass per row:
+ *   mean = gemm(x, w_mean[n, 1]);  c = scale(x, res=mean, res_beta=-1);  sq = scale(c, mul=c);
+ *   rstd = gemm(sq, w_var[n, 1], bias=eps) with rsqrt table;
+ *   y = scale(c, row_scale=rstd[, col_scale=gamma][, bias=beta])
+ * with each op's own float operations: the two N = 1 GEMMs as the GEMM core's reduction for `kernel`
+ * (ceil(n / kc) equal K blocks, each a chain from 0 of fma(v, w, acc) for the avx2 kernel or
+ * acc + v * w for the portable one, blocks added in order, then + eps and the table), the scale ops
+ * left to right.  x, c, sq, y are [rows, n]; mean, rstd are [rows]; mean, rstd, c, sq, gamma, beta
+ * may be NULL (not stored / absent). */
+typedef struct nm_ln_args {
+    int64_t rows, n;
+    const float *x, *w_mean, *w_var, *gamma, *beta;
+    float eps;
+    const nm_pwl *rsqrt;
+    float *mean, *c, *sq, *rstd, *y;
+} nm_ln_args;
+
+int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel);
+
+/* Token rows between a packed [count, rowbytes] buffer and a padded [rows, rowbytes] one, mask[rows]
+ * (nonzero = real token, count of them = packed rows): unpack copies the k-th real row to the k-th
+ * set position and zeroes the others (every output byte written once); pack gathers the set rows
+ * in order.  Plain copies, any element type.  zero (unpack, may be NULL): rows of dst known to hold
+ * zeros already (nonzero entries), which are not rewritten. */
+int nm_move_rows(const void *src, void *dst, const unsigned char *mask, const unsigned char *zero, int64_t rows,
+                 int64_t rowbytes, int unpack, int nthreads);
+
 #endif

@@ -158,6 +158,41 @@ NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, p
     }
 }
 
+/* One row of A (the first row of a packed micro-panel) against np <= 4 consecutive B micro-panels
+ * (bstride floats apart): acc[q * NR + j] = the same FMA chain over p as in nm_ukr_avx2, with 2 * np
+ * independent chains instead of the 12 (mostly zero-row) chains of a full tile. */
+NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdiff_t bstride, int np,
+                              float *acc)
+{
+    __m256 c[8];
+    for (int q = 0; q < 8; q++) c[q] = _mm256_setzero_ps();
+    if (np == 4) {
+        const float *b1 = b + bstride, *b2 = b + 2 * bstride, *b3 = b + 3 * bstride;
+        for (int64_t p = 0; p < kc; p++) {
+            const __m256 ai = _mm256_broadcast_ss(a + p * NM_AVX2_MR);
+            const int64_t o = p * NM_AVX2_NR;
+            c[0] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + o), c[0]);
+            c[1] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + o + 8), c[1]);
+            c[2] = _mm256_fmadd_ps(ai, _mm256_load_ps(b1 + o), c[2]);
+            c[3] = _mm256_fmadd_ps(ai, _mm256_load_ps(b1 + o + 8), c[3]);
+            c[4] = _mm256_fmadd_ps(ai, _mm256_load_ps(b2 + o), c[4]);
+            c[5] = _mm256_fmadd_ps(ai, _mm256_load_ps(b2 + o + 8), c[5]);
+            c[6] = _mm256_fmadd_ps(ai, _mm256_load_ps(b3 + o), c[6]);
+            c[7] = _mm256_fmadd_ps(ai, _mm256_load_ps(b3 + o + 8), c[7]);
+        }
+    } else {
+        for (int64_t p = 0; p < kc; p++) {
+            const __m256 ai = _mm256_broadcast_ss(a + p * NM_AVX2_MR);
+            const int64_t o = p * NM_AVX2_NR;
+            for (int q = 0; q < np; q++) {
+                c[2 * q] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + q * bstride + o), c[2 * q]);
+                c[2 * q + 1] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + q * bstride + o + 8), c[2 * q + 1]);
+            }
+        }
+    }
+    for (int q = 0; q < 2 * np; q++) _mm256_storeu_ps(acc + 8 * q, c[q]);
+}
+
 #else
 typedef int nm_ukernel_avx2_unused; /* ISO C forbids an empty translation unit */
 #endif

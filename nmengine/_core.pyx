@@ -101,6 +101,25 @@ cdef extern from "nm_rowops.h":
                         const nm_pwl *recip_pwl, float *m, float *e, float *r, float *p,
                         int nthreads, int kernel) nogil
 
+    ctypedef struct nm_ln_args:
+        int64_t rows, n
+        const float *x
+        const float *w_mean
+        const float *w_var
+        const float *gamma
+        const float *beta
+        float eps
+        const nm_pwl *rsqrt
+        float *mean
+        float *c
+        float *sq
+        float *rstd
+        float *y
+
+    int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel) nogil
+    int nm_move_rows(const void *src, void *dst, const unsigned char *mask, const unsigned char *zero,
+                     int64_t rows, int64_t rowbytes, int unpack, int nthreads) nogil
+
 BC_NONE = NM_BC_NONE
 BC_FULL = NM_BC_FULL
 BC_ROW = NM_BC_ROW
@@ -456,4 +475,52 @@ def softmax_rows(cnp.ndarray s, int64_t rows, int64_t n, object exp_table, objec
     cdef int rc
     with nogil:
         rc = nm_softmax_rows(ps, rows, n, pe, pr, pm, pe_, prr, pp, nthreads, kernel)
+    _check(rc)
+
+
+def layernorm_rows(cnp.ndarray x, int64_t rows, int64_t n, cnp.ndarray w_mean, cnp.ndarray w_var,
+                   float eps, object rsqrt_table, object gamma, object beta, object mean, object c,
+                   object sq, object rstd, cnp.ndarray y, int nthreads, int kernel) -> None:
+    """Fused LayerNorm rows (nm_layernorm_rows): x, c, sq, y C-contiguous float32 rows*n; w_mean,
+    w_var, gamma, beta n; mean, rstd rows; gamma, beta, mean, c, sq, rstd may be None.  The caller
+    checks the sizes."""
+    cdef nm_pwl t
+    cdef list keep = []
+    cdef nm_ln_args a
+    a.rows = rows
+    a.n = n
+    a.x = _fptr(x)
+    a.w_mean = _fptr(w_mean)
+    a.w_var = _fptr(w_var)
+    a.gamma = _optr(gamma)
+    a.beta = _optr(beta)
+    a.eps = eps
+    a.rsqrt = _pwl_of(rsqrt_table, &t, keep)
+    a.mean = _optr(mean)
+    a.c = _optr(c)
+    a.sq = _optr(sq)
+    a.rstd = _optr(rstd)
+    a.y = _fptr(y)
+    cdef int rc
+    with nogil:
+        rc = nm_layernorm_rows(&a, nthreads, kernel)
+    _check(rc)
+
+
+def move_rows(cnp.ndarray src, cnp.ndarray dst, cnp.ndarray mask, object zero, int64_t rows,
+              int64_t rowbytes, bint unpack, int nthreads) -> None:
+    """Scatter (unpack) or gather (pack) token rows by a C-contiguous bool/uint8 mask of rows entries
+    (nm_move_rows); src and dst C-contiguous of the same dtype; zero None or a bool mask like mask
+    (dst rows already zero).  The caller checks the sizes."""
+    cdef const void *ps = cnp.PyArray_DATA(src)
+    cdef void *pd = cnp.PyArray_DATA(dst)
+    cdef const unsigned char *pm = <const unsigned char *>cnp.PyArray_DATA(mask)
+    cdef const unsigned char *pz = NULL
+    cdef cnp.ndarray za
+    if zero is not None:
+        za = zero
+        pz = <const unsigned char *>cnp.PyArray_DATA(za)
+    cdef int rc
+    with nogil:
+        rc = nm_move_rows(ps, pd, pm, pz, rows, rowbytes, unpack, nthreads)
     _check(rc)

@@ -15,8 +15,10 @@ Matrixized calls without a recorder run the plan: ``gemm`` ops whose ``b`` is a 
 read it pre-packed in the GEMM kernel's panel layout (:func:`nmengine.kernels.pack_b`; packed once
 per kernel, lazily, under a lock, then only read), ``scale`` and ``pairwise_max`` run as one C pass
 per row (:func:`nmengine.kernels.scale` / :func:`~nmengine.kernels.pairwise_max`; broadcasts the C
-kernel does not cover fall back to the numpy path).  Every fast path gives the same bits as the
-generic one, which exact mode and recorders use.
+kernel does not cover fall back to the numpy path).  The attention softmax chain and the LayerNorm
+chain are recognised and run as one C pass per row each (the Program keeps its ops).  ``pack`` /
+``unpack`` of a batch without padding are views; with padding, one C pass of row copies.  Every fast
+path gives the same bits as the generic one, which exact mode and recorders use.
 
 This module also holds the shape rules of every op (:func:`infer_shapes`) and their arithmetic counts
 (:func:`op_flops`), next to the executors they mirror.
@@ -44,10 +46,12 @@ Recorder = Callable[[Op, np.ndarray], None]
 class Arena:
     """Scratch buffers of one execution, keyed by op index, reused while shapes stay the same."""
 
-    __slots__ = ("buffers",)
+    __slots__ = ("buffers", "zero_rows")
 
     def __init__(self) -> None:
         self.buffers: dict[int, np.ndarray] = {}
+        #: op index -> (buffer, bool per row: known to hold zeros), for unpack's padded rows
+        self.zero_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, key: int, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
         buf = self.buffers.get(key)
@@ -75,6 +79,7 @@ class Runtime:
         self._prepared: dict[str, Any] = {}
         self._plan = [self._step(i, op) for i, op in enumerate(program.ops)]
         self._fuse_softmax()
+        self._fuse_layernorm()
 
     # -- inputs -------------------------------------------------------------------------------
     def _bind_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
@@ -304,6 +309,140 @@ class Runtime:
         self._plan[k] = (r_name, later(k, r_name))
         self._plan[l] = (p_name, later(l, p_name))
 
+    def _fuse_layernorm(self) -> None:
+        """Recognise the LayerNorm chain (``compile/lower.py`` ``_layernorm``) and run it as one C pass.
+
+            mean = gemm(x, w[n, 1]);  c = scale(x, res=mean, res_beta=-1);  sq = scale(c, mul=c);
+            r = gemm(sq, w'[n, 1], bias=eps) + rsqrt table;
+            y = scale(c, row_scale=r[, col_scale=gamma][, bias=beta])
+
+        ``w``/``w'`` are constant columns (the lowering's ``1/D``), ``eps`` a constant of one value,
+        gamma/beta constant rows of n.  The step of the mean GEMM computes every buffer with each op's
+        own float operations (``kernels._core().layernorm_rows``: the N = 1 GEMMs in the GEMM core's
+        summation order for the kernel); ``c`` and ``sq`` are stored only when something else reads
+        them.  The ops stay in the Program; any mismatch at run time falls back to them.
+        """
+        prog = self.program
+        ops, consts = prog.ops, prog.constants
+        readers: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            for name in set(op.args.values()):
+                readers.setdefault(name, []).append(i)
+        outputs = set(prog.outputs)
+        f32 = np.float32
+
+        def column(name: str) -> int:
+            c = consts.get(name)
+            if c is None or c.dtype != f32 or c.ndim != 2 or c.shape[1] != 1 or not c.flags.c_contiguous:
+                return 0
+            return c.shape[0]
+
+        def const_vec(name: str, n: int) -> bool:
+            c = consts.get(name)
+            return c is not None and c.dtype == f32 and c.shape == (n,) and c.flags.c_contiguous
+
+        def plain(op, kind, roles, **attrs) -> bool:
+            return (op.kind == kind and set(op.args) == set(roles) and op.epilogue.get("act", "none") == "none"
+                    and all(op.attrs.get(k, d) == v for k, (d, v) in attrs.items()))
+
+        no_trans = {"trans_a": (False, False), "trans_b": (False, False)}
+        for i, op in enumerate(ops):
+            if not plain(op, "gemm", ("a", "b"), **no_trans):
+                continue
+            n = column(op.args["b"])
+            x_name, mean_name = op.args["a"], op.out
+            if not n:
+                continue
+            cs = [j for j in readers.get(mean_name, []) if plain(
+                ops[j], "scale", ("x", "res"), alpha=(1.0, 1.0), beta=(0.0, 0.0), res_beta=(1.0, -1.0))
+                and ops[j].args["x"] == x_name and ops[j].args["res"] == mean_name]
+            if len(cs) != 1:
+                continue
+            j = cs[0]
+            c_name = ops[j].out
+            rc = readers.get(c_name, [])
+            sqs = [k for k in rc if plain(ops[k], "scale", ("x", "mul"), alpha=(1.0, 1.0), beta=(0.0, 0.0))
+                   and ops[k].args["x"] == c_name and ops[k].args["mul"] == c_name]
+            if len(sqs) != 1:
+                continue
+            k = sqs[0]
+            sq_name = ops[k].out
+            vs = [v for v in readers.get(sq_name, []) if ops[v].kind == "gemm"
+                  and set(ops[v].args) == {"a", "b", "bias"} and ops[v].args["a"] == sq_name
+                  and column(ops[v].args["b"]) == n and const_vec(ops[v].args["bias"], 1)
+                  and not ops[v].attrs.get("trans_a") and not ops[v].attrs.get("trans_b")
+                  and ops[v].epilogue.get("act") == "pwl"]
+            if len(vs) != 1:
+                continue
+            v = vs[0]
+            r_name = ops[v].out
+            ls = [q for q in rc if ops[q].kind == "scale" and ops[q].epilogue.get("act", "none") == "none"
+                  and {"x", "row_scale"} <= set(ops[q].args) <= {"x", "row_scale", "col_scale", "bias"}
+                  and ops[q].args["x"] == c_name and ops[q].args["row_scale"] == r_name
+                  and ops[q].attrs.get("alpha", 1.0) == 1.0 and ops[q].attrs.get("beta", 0.0) == 0.0
+                  and all(const_vec(ops[q].args[role], n) for role in ("col_scale", "bias") if role in ops[q].args)]
+            if len(ls) != 1:
+                continue
+            q = ls[0]
+            if not i < j < k < v < q:
+                continue
+            store_c = c_name in outputs or any(t not in (k, q) for t in rc)
+            store_sq = sq_name in outputs or readers.get(sq_name, []) != [v]
+            self._install_layernorm((i, j, k, v, q), x_name, n, store_c, store_sq)
+
+    def _install_layernorm(self, idx, x_name, n, store_c, store_sq) -> None:
+        ops, consts = self.program.ops, self.program.constants
+        i, j, k, v, q = idx
+        names = [ops[t].out for t in idx]
+        steps = {t: self._plan[t][1] for t in idx}
+        w_mean = consts[ops[i].args["b"]].reshape(-1)
+        w_var = consts[ops[v].args["b"]].reshape(-1)
+        eps = float(consts[ops[v].args["bias"]][0])
+        table = self._table(ops[v].epilogue["table"])
+        gamma = consts[ops[q].args["col_scale"]] if "col_scale" in ops[q].args else None
+        beta = consts[ops[q].args["bias"]] if "bias" in ops[q].args else None
+        core = kernels._core()
+        f32 = np.float32
+        mean_name, c_name, sq_name, r_name, y_name = names
+
+        def fused_layernorm(env, arena, ctx):
+            x = env[x_name]
+            if (x.dtype != f32 or x.ndim < 2 or x.shape[-1] != n or not x.flags.c_contiguous
+                    or not x.flags.aligned):
+                return steps[i](env, arena, ctx)
+            rows = x.size // n
+            lead = x.shape[:-1] + (1,)
+            mean = arena.get(i, lead)
+            r = arena.get(v, lead)
+            y = arena.get(q, x.shape)
+            c = arena.get(j, x.shape) if store_c else None
+            sq = arena.get(k, x.shape) if store_sq else None
+            if rows:
+                core.layernorm_rows(x, rows, n, w_mean, w_var, eps, table, gamma, beta, mean, c, sq, r, y,
+                                    ctx[1], ctx[0])
+            if c is not None:
+                env[c_name] = c
+            if sq is not None:
+                env[sq_name] = sq
+            env[r_name] = r
+            env[y_name] = y
+            return mean
+
+        def later(t, name, stored):
+            def fn(env, arena, ctx):
+                if name in env:
+                    return env[name]
+                if not stored and y_name in env:  # fused, not stored: nobody else reads it
+                    return None
+                return steps[t](env, arena, ctx)
+            return fn
+
+        self._plan[i] = (mean_name, fused_layernorm)
+        self._plan[j] = (c_name, later(j, c_name, store_c))
+        self._plan[k] = (sq_name, later(k, sq_name, store_sq))
+        self._plan[v] = (r_name, later(v, r_name, True))
+        self._plan[q] = (y_name, later(q, y_name, True))
+
     def _table(self, key: str) -> Any:
         t = self._prepared.get(key)
         if t is None:
@@ -508,14 +647,36 @@ class Runtime:
                     f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
             return table[ids]
         if kind == "pack":
-            return x[_mask_bool(env[args["mask"]], x.shape)]
+            m = _mask_bool(env[args["mask"]], x.shape)
+            if m.all():  # no padding: every row, in order (a view when x is contiguous)
+                return x.reshape((m.size,) + x.shape[2:])
+            if not x.flags.c_contiguous:
+                return x[m]
+            flat = np.ascontiguousarray(m).reshape(-1)
+            out = arena.get(i, (int(np.count_nonzero(flat)),) + x.shape[2:], x.dtype)
+            width = x.itemsize * int(np.prod(x.shape[2:], dtype=np.int64))
+            kernels._core().move_rows(x, out, flat, None, flat.size, width, False, kernels.get_num_threads())
+            return out
         if kind == "unpack":
             m = _mask_bool(env[args["mask"]], None)
-            if int(m.sum()) != x.shape[0]:
-                raise ValueError(f"{op.layer}: {x.shape[0]} packed rows for a mask with {int(m.sum())} tokens")
-            out = self._out(i, op, arena, m.shape + x.shape[1:])
-            out.fill(0)
-            out[m] = x
+            flat = np.ascontiguousarray(m).reshape(-1)
+            count = int(np.count_nonzero(flat))
+            if count != x.shape[0]:
+                raise ValueError(f"{op.layer}: {x.shape[0]} packed rows for a mask with {count} tokens")
+            if count == flat.size:  # no padding: the packed rows are the batch (a view)
+                return x.reshape(m.shape + x.shape[1:])
+            out = arena.get(i, m.shape + x.shape[1:], x.dtype)
+            if x.flags.c_contiguous:
+                # one pass: real rows copied, padded rows zeroed unless this buffer's row already holds
+                # zeros from an earlier call (only this op writes it)
+                known = arena.zero_rows.get(i)
+                zero = known[1] if known is not None and known[0] is out else None
+                width = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64))
+                kernels._core().move_rows(x, out, flat, zero, flat.size, width, True, kernels.get_num_threads())
+                arena.zero_rows[i] = (out, ~flat)
+            else:
+                out.fill(0)
+                out[m] = x
             return out
         if kind == "positions":
             return np.nonzero(_mask_bool(env[args["mask"]], None))[1].astype(np.int64)
