@@ -65,6 +65,7 @@ def write_results(section: str, path: Path = RESULTS) -> None:
 
 
 def main(argv: list[str]) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/conftest.py; before numpy loads
     import pytest
 
     sys.path.insert(0, str(HERE.parent))

@@ -294,6 +294,9 @@ static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
     p->res = res ? res + p1 * ps1r + p2 * ps2r : NULL;
 }
 
+/* Products up to this many multiply-adds split their rows among threads without barriers. */
+#define NM_ROW_SPLIT_WORK (16.0 * 1024.0 * 1024.0)
+
 static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K,
                          const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a, ptrdiff_t rsa, ptrdiff_t csa,
                          const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b, ptrdiff_t rsb, ptrdiff_t csb,
@@ -354,11 +357,19 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
         if (tiles < nt) nt = (int)tiles;
     }
 
+    /* Small single products: each thread takes whole MR-aligned row ranges and runs alone with its own
+     * A and B buffers, so the team meets only at the region's end.  Packing B twice costs less than the
+     * two barriers of the shared-B team, each of which must wake threads sleeping under a passive wait
+     * policy (tens of microseconds).  Rows keep their global MR alignment: the same tiles, the same
+     * arithmetic per element as every other partition. */
+    const int row_split = nt > 1 && !batch_split && P == 1 && work <= NM_ROW_SPLIT_WORK &&
+                          ceil_div(M, kd.bk.mr) >= nt;
+
     /* pack buffers sized to the problem */
     const int64_t kcb = nm_kc_block(K, kd.bk.kc);
     const size_t asz = round_up((size_t)min64(kd.bk.mc, round_up((size_t)M, kd.bk.mr)) * (size_t)kcb, 16);
     const size_t bsz = bpacked ? 0 : round_up((size_t)min64(kd.bk.nc, round_up((size_t)N, kd.bk.nr)) * (size_t)kcb, 16);
-    const size_t nbuf_b = batch_split ? (size_t)nt : 1;
+    const size_t nbuf_b = (batch_split || row_split) ? (size_t)nt : 1;
     const size_t rsz = round_up((size_t)nm_pwl_rows_wanted(&kd, act, base.pwl, M * N * P), 16);
     void *raw = NULL;
     float *buf = nm_alloc_floats(asz * (size_t)nt + bsz * nbuf_b + rsz, &raw);
@@ -384,6 +395,23 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
             nm_prob pq;
             for (int64_t q = P * tid / team; q < P * (tid + 1) / team; q++) {
                 nm_prob_at(&pq, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs + bsz * (size_t)tid, 0, 1);
+            }
+        }
+    } else if (row_split) {
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t mr = kd.bk.mr, mp = ceil_div(M, mr);
+            const int64_t r0 = mp * tid / team * mr, r1 = min64(M, mp * (tid + 1) / team * mr);
+            if (r1 > r0) {
+                nm_prob pq;
+                nm_prob_at(&pq, &base, 0, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
+                pq.M = r1 - r0;
+                pq.A += r0 * pq.rsa;
+                pq.C += r0 * pq.rsc;
+                if (pq.bias_row) pq.bias_row += r0;
+                if (pq.res) pq.res += r0 * pq.res_rs;
                 nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs + bsz * (size_t)tid, 0, 1);
             }
         }

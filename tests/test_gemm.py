@@ -227,6 +227,25 @@ def test_threads_bit_identical(kernel):
     assert np.array_equal(out[1][0], out[1][2])
 
 
+@pytest.mark.parametrize("shape", [(13, 40, 50), (25, 384, 384), (128, 128, 128), (100, 70, 700), (7, 33, 9)])
+def test_small_products_bit_identical_across_threads(kernel, shape):
+    """Small products split rows among threads without barriers; every element must not notice."""
+    M, N, K = shape
+    rng = np.random.default_rng(M + N + K)
+    a, b = rand(rng, (M, K)), rand(rng, (K, N))
+    bias, brow, res = rand(rng, N), rand(rng, M), rand(rng, (M, N))
+    tab = _gelu_like_table()
+    out = {}
+    for nt in (1, 2, 3):
+        with threads(nt):
+            out[nt] = (nm.gemm(a, b), nm.gemm(a, b, bias=bias, bias_row=brow, residual=res, epilogue=tab))
+    for nt in (2, 3):
+        for x, y in zip(out[1], out[nt]):
+            assert np.array_equal(x, y)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(out[1][0] - ref).max() <= 1e-5 * K * max(1.0, float(np.abs(ref).max()))
+
+
 def test_thread_api():
     old = nm.get_num_threads()
     try:
