@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-
-# Every engine here (nmengine's core, numpy's OpenBLAS, PyTorch) brings an OpenMP runtime, some their
-# own libgomp copy.  With the default (spinning) wait policy the idle threads of one runtime keep both
-# cores busy while the next library runs, so whichever runs second is measured slow.  Passive waiting
-# is read when a libgomp loads: set it before anything imports numpy (`python -m bench` does it first).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import Any
 
 import pytest
