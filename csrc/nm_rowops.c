@@ -17,12 +17,54 @@
 
 #define NM_ROWOPS_PAR_MIN 32768 /* elements below which one thread does everything */
 
-static int nm_rowops_threads(int nthreads, int64_t elems, int64_t rows)
+/* Threads for `rows` rows holding `work` units: one below `min_work`, at most one per row. */
+static int nm_rowops_threads(int nthreads, int64_t work, int64_t min_work, int64_t rows)
 {
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP || elems < NM_ROWOPS_PAR_MIN) nt = 1;
+    if (!NM_HAVE_OPENMP || work < min_work) nt = 1;
     if (nt > rows) nt = (int)(rows < 1 ? 1 : rows);
     return nt;
+}
+
+/* The parallel region over the rows (a team of nt threads, none when nt == 1). */
+#ifdef _OPENMP
+#define NM_ROWS_PARALLEL(nt) NM_PRAGMA(omp parallel num_threads(nt) if ((nt) > 1))
+#else
+#define NM_ROWS_PARALLEL(nt) (void)(nt);
+#endif
+
+/* Inside NM_ROWS_PARALLEL: this thread's share [*r0, *r1) of `rows` split evenly; its thread id. */
+NM_INLINE int nm_team_rows(int64_t rows, int64_t *r0, int64_t *r1)
+{
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int tid = 0, team = 1;
+#endif
+    *r0 = rows * tid / team;
+    *r1 = rows * (tid + 1) / team;
+    return tid;
+}
+
+/* The GEMM's K block for this kernel and K = n (nm_gemm.c: ceil(K / kc) equal blocks). */
+static int64_t nm_gemm_kcb(int kernel, int64_t n)
+{
+    const int64_t kc = nm_get_blocking(kernel).kc;
+    const int64_t nkb = (n + kc - 1) / kc;
+    return (n + nkb - 1) / nkb;
+}
+
+/* Floats of the derived PWL rows worth building for `elems` outputs (several outputs per bin), else 0. */
+static int64_t nm_pwl_rows_wanted(const nm_pwl *pwl, int64_t elems)
+{
+    const int64_t f = nm_pwl_rows_floats(pwl);
+    return f > 0 && elems >= 4 * (int64_t)pwl->nhint ? f : 0;
+}
+
+/* raw rounded up to a 64-byte boundary (raw allocated with 64 bytes to spare) */
+static float *nm_align64(void *raw)
+{
+    return (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
 }
 
 /* ---- scale -------------------------------------------------------------------------------- */
@@ -147,25 +189,19 @@ int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel)
     void *raw = NULL;
     float *pwl_rows = NULL;
     if (avx2 && a->act == NM_ACT_PWL) {
-        const int64_t f = nm_pwl_rows_floats(a->pwl);
-        if (f > 0 && rows * n >= 4 * (int64_t)a->pwl->nhint) {
+        const int64_t f = nm_pwl_rows_wanted(a->pwl, rows * n);
+        if (f > 0) {
             raw = malloc((size_t)f * sizeof(float) + 64);
             if (!raw) return NM_ENOMEM;
-            pwl_rows = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+            pwl_rows = nm_align64(raw);
             nm_pwl_rows_build(a->pwl, pwl_rows);
         }
     }
-    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
+    const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
+    NM_ROWS_PARALLEL(nt)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
-        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        int64_t r0, r1;
+        nm_team_rows(rows, &r0, &r1);
 #if NM_X86
         if (avx2) scale_rows_avx2(a, y, r0, r1, res_how, pwl_rows);
         else
@@ -188,32 +224,33 @@ NM_INLINE void pmax_level(float *restrict dst, const float *restrict a, const fl
     }
 }
 
+/* The max of the row x[0, n) (n >= 1) by the halving tree: pairs (i, i + h), h = m / 2 of the m
+ * values left, an odd last value carried; t is scratch of (n + 1) / 2 floats. */
+NM_INLINE float pmax_tree(const float *x, int64_t n, float *t)
+{
+    if (n == 1) return x[0];
+    /* first level straight from x into the scratch row */
+    int64_t h = n / 2, m;
+    pmax_level(t, x, x + h, h);
+    if (n & 1) t[h] = x[2 * h];
+    m = h + (n & 1);
+    while (m > 1) {
+        h = m / 2;
+        /* in place: writes [0, h) read [0, h) and [h, 2h) */
+        for (int64_t i = 0; i < h; i++) {
+            float d = t[i] - t[i + h];
+            d = (0.0f > d) ? 0.0f : d;
+            t[i] = d + t[i + h];
+        }
+        if (m & 1) t[h] = t[2 * h];
+        m = h + (m & 1);
+    }
+    return t[0];
+}
+
 NM_INLINE void pmax_rows_impl(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
 {
-    for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * n;
-        if (n == 1) {
-            y[r] = xr[0];
-            continue;
-        }
-        /* first level straight from x into the scratch row */
-        int64_t h = n / 2, m;
-        pmax_level(t, xr, xr + h, h);
-        if (n & 1) t[h] = xr[2 * h];
-        m = h + (n & 1);
-        while (m > 1) {
-            h = m / 2;
-            /* in place: writes [0, h) read [0, h) and [h, 2h) */
-            for (int64_t i = 0; i < h; i++) {
-                float d = t[i] - t[i + h];
-                d = (0.0f > d) ? 0.0f : d;
-                t[i] = d + t[i + h];
-            }
-            if (m & 1) t[h] = t[2 * h];
-            m = h + (m & 1);
-        }
-        y[r] = t[0];
-    }
+    for (int64_t r = r0; r < r1; r++) y[r] = pmax_tree(x + r * n, n, t);
 }
 
 static void pmax_rows_scalar(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
@@ -234,20 +271,14 @@ int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthre
     if (!x || !y || rows < 0 || n < 1 || k < 0) return NM_EINVAL;
     if (rows == 0) return NM_OK;
     const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
-    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
+    const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
     const int64_t half = (n + 1) / 2;
     float *scratch = (float *)malloc((size_t)(half * nt) * sizeof(float));
     if (!scratch) return NM_ENOMEM;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
+    NM_ROWS_PARALLEL(nt)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
-        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        int64_t r0, r1;
+        const int tid = nm_team_rows(rows, &r0, &r1);
         float *t = scratch + half * tid;
 #if NM_X86
         if (avx2) pmax_rows_avx2(x, r0, r1, n, y, t);
@@ -271,26 +302,7 @@ NM_INLINE void softmax_rows_impl(const float *s, int64_t r0, int64_t r1, int64_t
         float *restrict er = e ? e + row * n : erow;
         float *restrict pr = p + row * n;
         /* 1. the pairwise-max tree (nm_pairwise_max) */
-        float mx;
-        if (n == 1) {
-            mx = x[0];
-        } else {
-            int64_t h = n / 2, k;
-            pmax_level(t, x, x + h, h);
-            if (n & 1) t[h] = x[2 * h];
-            k = h + (n & 1);
-            while (k > 1) {
-                h = k / 2;
-                for (int64_t i = 0; i < h; i++) {
-                    float d = t[i] - t[i + h];
-                    d = (0.0f > d) ? 0.0f : d;
-                    t[i] = d + t[i + h];
-                }
-                if (k & 1) t[h] = t[2 * h];
-                k = h + (k & 1);
-            }
-            mx = t[0];
-        }
+        const float mx = pmax_tree(x, n, t);
         if (m) m[row] = mx;
         /* 2. e = exp_pwl(x - max)  (scale: res broadcast per row, res_beta = -1) */
         for (int64_t j = 0; j < n; j++) er[j] = x[j] - mx;
@@ -335,36 +347,23 @@ int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_p
     if (exp_pwl->n < 1 || exp_pwl->nhint < 1 || recip_pwl->n < 1 || recip_pwl->nhint < 1) return NM_EINVAL;
     if (rows == 0) return NM_OK;
     const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
-    /* the GEMM's K blocking for this kernel (nm_gemm.c: ceil(K / kc) equal blocks) */
-    const int64_t kc = nm_get_blocking(k).kc;
-    const int64_t nkb = (n + kc - 1) / kc;
-    const int64_t kcb = (n + nkb - 1) / nkb;
-    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
+    const int64_t kcb = nm_gemm_kcb(k, n);
+    const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
     const int64_t half = (n + 1) / 2, per = (half + n + 15) / 16 * 16;
-    int64_t rf = 0;
-    if (avx2) {
-        rf = nm_pwl_rows_floats(exp_pwl);
-        if (rows * n < 4 * (int64_t)exp_pwl->nhint) rf = 0;
-    }
+    const int64_t rf = avx2 ? nm_pwl_rows_wanted(exp_pwl, rows * n) : 0;
     void *raw = malloc((size_t)(per * nt + rf) * sizeof(float) + 64);
     if (!raw) return NM_ENOMEM;
-    float *base = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    float *base = nm_align64(raw);
     float *erows = NULL;
     if (rf) {
         erows = base; /* 64-byte aligned, rf a multiple of 8 floats */
         nm_pwl_rows_build(exp_pwl, erows);
     }
     float *scratch = base + rf;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
+    NM_ROWS_PARALLEL(nt)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
-        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        int64_t r0, r1;
+        const int tid = nm_team_rows(rows, &r0, &r1);
         float *t = scratch + per * tid, *erow = t + half;
 #if NM_X86
         if (avx2) softmax_rows_avx2(s, r0, r1, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, t, erow);
@@ -485,21 +484,12 @@ int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel)
     const int64_t rows = a->rows, n = a->n;
     if (rows == 0) return NM_OK;
     const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
-    /* the GEMM's K blocking for this kernel (nm_gemm.c: ceil(K / kc) equal blocks) */
-    const int64_t kc = nm_get_blocking(k).kc;
-    const int64_t nkb = (n + kc - 1) / kc;
-    const int64_t kcb = (n + nkb - 1) / nkb;
-    const int nt = nm_rowops_threads(nthreads, rows * n, rows);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
+    const int64_t kcb = nm_gemm_kcb(k, n);
+    const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
+    NM_ROWS_PARALLEL(nt)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
-        const int64_t r0 = rows * tid / team, r1 = rows * (tid + 1) / team;
+        int64_t r0, r1;
+        nm_team_rows(rows, &r0, &r1);
 #if NM_X86
         if (avx2) ln_rows_avx2(a, r0, r1, kcb);
         else
@@ -534,20 +524,12 @@ int nm_move_rows(const void *src, void *dst, const unsigned char *mask, const un
 {
     if (!src || !dst || !mask || rows < 0 || rowbytes < 0) return NM_EINVAL;
     if (rows == 0 || rowbytes == 0) return NM_OK;
-    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP || rows * rowbytes < (int64_t)1 << 22) nt = 1;
-    if (nt > rows) nt = (int)rows;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
+    const int nt = nm_rowops_threads(nthreads, rows * rowbytes, (int64_t)1 << 22, rows);
+    NM_ROWS_PARALLEL(nt)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
-        nm_rows_move((const char *)src, (char *)dst, mask, zero, rows * tid / team, rows * (tid + 1) / team,
-                     rowbytes, unpack);
+        int64_t o0, o1;
+        nm_team_rows(rows, &o0, &o1);
+        nm_rows_move((const char *)src, (char *)dst, mask, zero, o0, o1, rowbytes, unpack);
     }
     return NM_OK;
 }

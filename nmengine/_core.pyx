@@ -224,29 +224,12 @@ cdef const nm_pwl *_pwl_of(object table, nm_pwl *tmp, list keep) except NULL:
     return tmp
 
 
-cdef int _check(int rc) except -1:
-    if rc == NM_ENOMEM:
-        raise MemoryError("nmengine GEMM core: out of memory for the pack buffers")
-    if rc != NM_OK:
-        raise ValueError(f"nmengine GEMM core rejected the arguments (code {rc})")
-    return 0
-
-
-def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row,
-                  object res, int act, object table, int nthreads, int kernel) -> None:
-    """c[p1, p2] = epilogue(a[p1, p2] @ b[p1, p2]) on 4-D float32 arrays (P1, P2, rows, cols).
-
-    bias_col (N,) / bias_row (M,) are contiguous float32 or None; res is None or a 4-D float32
-    array of c's shape (broadcast strides allowed).  Strides may be 0 or negative.
-    """
+cdef nm_epilogue _epilogue(object bias_col, object bias_row, object res, int act, object table,
+                           nm_pwl *tmp, list keep, bint batched=False) except *:
+    """bias_col/bias_row contiguous float32 or None; res None or a float32 array (any strides):
+    2-D (rows, cols), or 4-D (P1, P2, rows, cols) when batched."""
     cdef nm_epilogue ep
-    cdef nm_pwl pwl
-    cdef tuple keep = ()
     cdef cnp.ndarray bc, br, r
-    cdef int rc
-    if a.ndim != 4 or b.ndim != 4 or c.ndim != 4:
-        raise ValueError("sgemm_batched expects 4-D arrays")
-    cdef int64_t P1 = c.shape[0], P2 = c.shape[1], M = c.shape[2], N = c.shape[3], K = a.shape[3]
     ep.bias_col = NULL
     ep.bias_row = NULL
     ep.res = NULL
@@ -262,13 +245,41 @@ def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, 
     if res is not None:
         r = res
         ep.res = _fptr(r)
-        ep.res_ps1 = _es(r, 0)
-        ep.res_ps2 = _es(r, 1)
-        ep.res_rs = _es(r, 2)
-        ep.res_cs = _es(r, 3)
-    cdef list keepl = []
+        if batched:
+            ep.res_ps1 = _es(r, 0)
+            ep.res_ps2 = _es(r, 1)
+            ep.res_rs = _es(r, 2)
+            ep.res_cs = _es(r, 3)
+        else:
+            ep.res_rs = _es(r, 0)
+            ep.res_cs = _es(r, 1)
     if act == NM_ACT_PWL:
-        ep.pwl = _pwl_of(table, &pwl, keepl)
+        ep.pwl = _pwl_of(table, tmp, keep)
+    return ep
+
+
+cdef int _check(int rc) except -1:
+    if rc == NM_ENOMEM:
+        raise MemoryError("nmengine GEMM core: out of memory for the pack buffers")
+    if rc != NM_OK:
+        raise ValueError(f"nmengine GEMM core rejected the arguments (code {rc})")
+    return 0
+
+
+def sgemm_batched(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row,
+                  object res, int act, object table, int nthreads, int kernel) -> None:
+    """c[p1, p2] = epilogue(a[p1, p2] @ b[p1, p2]) on 4-D float32 arrays (P1, P2, rows, cols).
+
+    bias_col (N,) / bias_row (M,) are contiguous float32 or None; res is None or a 4-D float32
+    array of c's shape (broadcast strides allowed).  Strides may be 0 or negative.
+    """
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef int rc
+    if a.ndim != 4 or b.ndim != 4 or c.ndim != 4:
+        raise ValueError("sgemm_batched expects 4-D arrays")
+    cdef int64_t P1 = c.shape[0], P2 = c.shape[1], M = c.shape[2], N = c.shape[3], K = a.shape[3]
+    cdef nm_epilogue ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep, True)
     cdef const float *pa = _fptr(a)
     cdef const float *pb = _fptr(b)
     cdef float *pc = _fptr(c)
@@ -295,33 +306,6 @@ def pwl_apply(object table, cnp.ndarray x, cnp.ndarray y, int nthreads, int kern
     with nogil:
         nm_pwl_apply(pp, px, py, n, nthreads, kernel)
     del keep
-
-
-cdef nm_epilogue _epilogue(object bias_col, object bias_row, object res, int act, object table,
-                           nm_pwl *tmp, list keep) except *:
-    """bias_col/bias_row contiguous float32 or None; res None or a 2-D float32 array (any strides)."""
-    cdef nm_epilogue ep
-    cdef cnp.ndarray bc, br, r
-    ep.bias_col = NULL
-    ep.bias_row = NULL
-    ep.res = NULL
-    ep.res_rs = ep.res_cs = ep.res_ps1 = ep.res_ps2 = 0
-    ep.act = act
-    ep.pwl = NULL
-    if bias_col is not None:
-        bc = bias_col
-        ep.bias_col = _fptr(bc)
-    if bias_row is not None:
-        br = bias_row
-        ep.bias_row = _fptr(br)
-    if res is not None:
-        r = res
-        ep.res = _fptr(r)
-        ep.res_rs = _es(r, 0)
-        ep.res_cs = _es(r, 1)
-    if act == NM_ACT_PWL:
-        ep.pwl = _pwl_of(table, tmp, keep)
-    return ep
 
 
 def packed_b_floats(int kernel, int64_t K, int64_t N) -> int:

@@ -278,6 +278,36 @@ def _residual(fn: str, residual: Any, shape: tuple[int, ...]) -> Optional[np.nda
         ) from None
 
 
+def _gemm_operands(fn: str, M: int, N: int, shape: tuple[int, ...], a: Any, b: Any, bias: Any, bias_row: Any,
+                   residual: Any, epilogue: Epilogue, out: Any):
+    """The checked epilogue operands and output of a GEMM call with output ``shape`` (``(M, N)``
+    last): ``(act, table, bias, bias_row, residual, out, kernel code)``."""
+    act, table = _act(epilogue)
+    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
+    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
+    res = _residual(fn, residual, shape)
+    if out is None:
+        C = np.empty(shape, dtype=np.float32)
+    else:
+        C = _check_out(fn, out, shape, {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
+    return act, table, bc, br, res, C, _kernel_code()
+
+
+def _check_rows_out(fn: str, out: Any, shape: tuple[int, ...]) -> None:
+    """out of a row op: a writeable, aligned, C-contiguous float32 array of ``shape``."""
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"{fn}: out must be a float32 array of shape {_shape(shape)}")
+    if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
+        raise ValueError(f"{fn}: out must be writeable, aligned and C-contiguous")
+
+
+def _sgemm_2d(core: Any, A: np.ndarray, B: np.ndarray, C: np.ndarray, bc, br, res, act: int, table: Any,
+              kernel: int) -> None:
+    """One (M, K) @ (K, N) product through the batched core entry (a 1 x 1 batch)."""
+    core.sgemm_batched(A[None, None], B[None, None], C[None, None], bc, br,
+                       None if res is None else res[None, None], act, table, get_num_threads(), kernel)
+
+
 # ---------------------------------------------------------------------------------------------
 # The API
 # ---------------------------------------------------------------------------------------------
@@ -326,21 +356,11 @@ def gemm(
         raise ValueError(
             f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
         )
-    act, table = _act(epilogue)
-    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
-    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
-    res = _residual("gemm", residual, (M, N))
-    if out is None:
-        C = np.empty((M, N), dtype=np.float32)
-    else:
-        C = _check_out("gemm", out, (M, N), {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
-    kernel = _kernel_code()
+    act, table, bc, br, res, C, kernel = _gemm_operands(
+        "gemm", M, N, (M, N), a, b, bias, bias_row, residual, epilogue, out)
     if M == 0 or N == 0:
         return C
-    core.sgemm_batched(
-        A[None, None], B[None, None], C[None, None], bc, br,
-        None if res is None else res[None, None], act, table, get_num_threads(), kernel,
-    )
+    _sgemm_2d(core, A, B, C, bc, br, res, act, table, kernel)
     return C
 
 
@@ -390,16 +410,8 @@ def gemm_batched(
             f"(batch shape {_shape(batch)}); use gemm for a single product"
         )
     shape = batch + (M, N)
-    act, table = _act(epilogue)
-    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
-    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
-    res = _residual("gemm_batched", residual, shape)
-    if out is None:
-        C = np.empty(shape, dtype=np.float32)
-    else:
-        C = _check_out("gemm_batched", out, shape,
-                       {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
-    kernel = _kernel_code()
+    act, table, bc, br, res, C, kernel = _gemm_operands(
+        "gemm_batched", M, N, shape, a, b, bias, bias_row, residual, epilogue, out)
     if C.size == 0:
         return C
     A4 = np.broadcast_to(A, batch + (M, K))
@@ -532,21 +544,12 @@ def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilo
         raise ValueError(
             f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is packed {_shape(P.shape)} (K={K2})"
         )
-    act, table = _act(epilogue)
-    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
-    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
-    res = _residual("gemm", residual, (M, N))
-    if out is None:
-        C = np.empty((M, N), dtype=np.float32)
-    else:
-        C = _check_out("gemm", out, (M, N), {"a": A, "b": P.source, "bias": bias, "bias_row": bias_row,
-                                             "residual": residual})
-    kernel = _kernel_code()
+    act, table, bc, br, res, C, kernel = _gemm_operands(
+        "gemm", M, N, (M, N), A, P.source, bias, bias_row, residual, epilogue, out)
     if M == 0 or N == 0:
         return C
     if kernel != P.kernel:
-        core.sgemm_batched(A[None, None], P.source[None, None], C[None, None], bc, br,
-                           None if res is None else res[None, None], act, table, get_num_threads(), kernel)
+        _sgemm_2d(core, A, P.source, C, bc, br, res, act, table, kernel)
     else:
         core.sgemm_packed(A, P.data, N, C, bc, br, res, act, table, get_num_threads(), kernel)
     return C
@@ -638,10 +641,7 @@ def scale(
     if out is None:
         Y = np.empty(shape, dtype=np.float32)
     else:
-        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"scale: out must be a float32 array of shape {_shape(shape)}")
-        if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
-            raise ValueError("scale: out must be writeable, aligned and C-contiguous")
+        _check_rows_out("scale", out, shape)
         if out.size:
             for name, arr in ops.items():
                 if arr is not None and np.may_share_memory(out, arr):
@@ -677,10 +677,7 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     if out is None:
         Y = np.empty(shape, dtype=np.float32)
     else:
-        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"pairwise_max: out must be a float32 array of shape {_shape(shape)}")
-        if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
-            raise ValueError("pairwise_max: out must be writeable, aligned and C-contiguous")
+        _check_rows_out("pairwise_max", out, shape)
         if np.may_share_memory(out, X):
             raise ValueError("pairwise_max: out overlaps x")
         Y = out

@@ -449,6 +449,25 @@ class Runtime:
             t = self._prepared[key] = kernels.prepare_table(self.program.tables[key])
         return t
 
+    def _act_code(self, core: Any, op: Op) -> tuple[int, Any]:
+        """(core activation code, prepared table or None) of op's fused epilogue."""
+        ep = op.epilogue
+        act = ep.get("act", "none")
+        if act == "none":
+            return core.ACT_NONE, None
+        if act == "relu":
+            return core.ACT_RELU, None
+        return core.ACT_PWL, self._table(ep["table"])
+
+    def _pwl_after(self, op: Op, y: np.ndarray, mode: str, record: Recorder | None) -> None:
+        """op's PWL epilogue applied to y in place (recorded first when recording)."""
+        if record is not None:
+            record(op, y)
+        if mode == "matrixized":
+            kernels.pwl_apply(self.program.tables[op.epilogue["table"]], y, out=y)
+        else:
+            y[...] = _exact(op.epilogue["fn"], y)
+
     def _step(self, i: int, op: Op) -> tuple[str, Callable[..., np.ndarray]]:
         """(output name, step(env, arena, ctx) -> array) for op i in matrixized mode."""
         kind = op.kind
@@ -482,14 +501,7 @@ class Runtime:
         core = kernels._core()
         an, bn = args["a"], args["b"]
         bias_n, row_n, res_n = args.get("bias"), args.get("bias_row"), args.get("res")
-        ep = op.epilogue
-        act = ep.get("act", "none")
-        if act == "none":
-            code, table = core.ACT_NONE, None
-        elif act == "relu":
-            code, table = core.ACT_RELU, None
-        else:
-            code, table = core.ACT_PWL, self._table(ep["table"])
+        code, table = self._act_code(core, op)
         f32 = np.float32
 
         def generic(env, arena, ctx):
@@ -540,14 +552,7 @@ class Runtime:
         res_beta = float(np.float32(attrs.get("res_beta", 1.0)))
         alpha_c = None if alpha == 1.0 else float(alpha)
         beta_c = None if beta == 0.0 else float(beta)
-        ep = op.epilogue
-        act = ep.get("act", "none")
-        if act == "none":
-            code, table = core.ACT_NONE, None
-        elif act == "relu":
-            code, table = core.ACT_RELU, None
-        else:
-            code, table = core.ACT_PWL, self._table(ep["table"])
+        code, table = self._act_code(core, op)
         f32 = np.float32
         NONE, FULL, ROW, COL, SCALAR = core.BC_NONE, core.BC_FULL, core.BC_ROW, core.BC_COL, core.BC_SCALAR
 
@@ -747,12 +752,7 @@ class Runtime:
             kernels.scale(x, alpha=attrs.get("alpha", 1.0), beta=attrs.get("beta", 0.0),
                           res_beta=attrs.get("res_beta", 1.0), epilogue=fused, out=y, **ops)
             if act == "pwl" and fused is None:
-                if record is not None:
-                    record(op, y)
-                if mode == "matrixized":
-                    kernels.pwl_apply(self.program.tables[op.epilogue["table"]], y, out=y)
-                else:
-                    y[...] = _exact(op.epilogue["fn"], y)
+                self._pwl_after(op, y, mode, record)
             return y
         return self._scale_numpy(y, x, shape, op, env, mode, record)
 
@@ -784,12 +784,7 @@ class Runtime:
         if act == "relu":
             np.maximum(y, np.float32(0), out=y)
         elif act == "pwl":
-            if record is not None:
-                record(op, y)
-            if mode == "matrixized":
-                kernels.pwl_apply(self.program.tables[op.epilogue["table"]], y, out=y)
-            else:
-                y[...] = _exact(op.epilogue["fn"], y)
+            self._pwl_after(op, y, mode, record)
         return y
 
 

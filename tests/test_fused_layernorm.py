@@ -16,23 +16,6 @@ from nmengine.spec import InputSpec
 
 from .specs import transformer_inputs, transformer_spec
 
-KERNELS = ["scalar", "avx2"]
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    if request.param == "avx2" and not kernels._core().cpu_has_avx2_fma():
-        pytest.skip("CPU without AVX2+FMA")
-    with kernels.use_kernel(request.param):
-        yield request.param
-
-
-@pytest.fixture
-def threads():
-    old = kernels.get_num_threads()
-    yield
-    kernels.set_num_threads(old)
-
 
 def _same(a, b):
     a, b = np.asarray(a), np.asarray(b)

@@ -19,21 +19,9 @@ import nmengine as nm
 from nmengine import kernels
 from nmengine.pwl import PWLTable
 
+from .helpers import KERNELS, avx2_ok, rand
+
 EPS = float(np.finfo(np.float32).eps)
-KERNELS = ["scalar", "avx2"]
-
-
-def _avx2_ok() -> bool:
-    return bool(kernels._core().cpu_has_avx2_fma())
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    """Run the test body under each available kernel (per-context selection, nothing leaks)."""
-    if request.param == "avx2" and not _avx2_ok():
-        pytest.skip("CPU lacks AVX2+FMA")
-    with kernels.use_kernel(request.param):
-        yield request.param
 
 
 @contextlib.contextmanager
@@ -44,14 +32,6 @@ def threads(n: int):
         yield
     finally:
         nm.set_num_threads(old)
-
-
-def avail_kernels() -> list[str]:
-    return [k for k in KERNELS if k == "scalar" or _avx2_ok()]
-
-
-def rand(rng, shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def reference(a, b, bias=None, bias_row=None, res=None):
@@ -111,7 +91,7 @@ LAYOUTS = ["c", "t", "slice", "neg"]
     kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
-    if kern == "avx2" and not _avx2_ok():
+    if kern == "avx2" and not avx2_ok():
         kern = "scalar"
     rng = np.random.default_rng(seed)
     a, b = _layout(rng, (M, K), la), _layout(rng, (K, N), lb)
@@ -132,7 +112,7 @@ def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
     act=st.sampled_from([None, "relu"]), kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_epilogues(M, N, K, use_bias, use_row, res_kind, act, kern, seed):
-    if kern == "avx2" and not _avx2_ok():
+    if kern == "avx2" and not avx2_ok():
         kern = "scalar"
     rng = np.random.default_rng(seed)
     a, b = rand(rng, (M, K)), rand(rng, (K, N))
@@ -407,7 +387,7 @@ def test_kernel_selection(monkeypatch):
     monkeypatch.setenv("NMENGINE_KERNEL", "scalar")
     assert nm.kernel_info()["kernel"] == "scalar"
     with kernels.use_kernel("auto"):
-        assert nm.kernel_info()["kernel"] == ("avx2" if _avx2_ok() else "scalar")
+        assert nm.kernel_info()["kernel"] == ("avx2" if avx2_ok() else "scalar")
     monkeypatch.setenv("NMENGINE_KERNEL", "fast")
     with pytest.raises(ValueError, match="NMENGINE_KERNEL"):
         nm.gemm(np.ones((2, 2)), np.ones((2, 2)))

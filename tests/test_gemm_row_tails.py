@@ -12,14 +12,6 @@ from nmengine import kernels
 from nmengine.pwl import PWLTable
 
 
-@pytest.fixture(params=["scalar", "avx2"])
-def kernel(request):
-    if request.param == "avx2" and not kernels._core().cpu_has_avx2_fma():
-        pytest.skip("CPU without AVX2+FMA")
-    with kernels.use_kernel(request.param):
-        yield request.param
-
-
 def _table():
     x = np.linspace(-8, 8, 41)
     y = np.tanh(x)

@@ -14,16 +14,6 @@ import nmengine as nm
 from nmengine import kernels
 from nmengine.pwl import KEY_LOG2, PWLTable
 
-KERNELS = ["scalar", "avx2"]
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    if request.param == "avx2" and not kernels._core().cpu_has_avx2_fma():
-        pytest.skip("CPU lacks AVX2+FMA")
-    with kernels.use_kernel(request.param):
-        yield request.param
-
 
 def _lines(rng, n):
     return rng.standard_normal(n) * 2, rng.standard_normal(n)

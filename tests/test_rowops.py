@@ -17,31 +17,7 @@ from nmengine.program import Op, Program
 from nmengine.pwl import PWLTable
 
 from .specs import cnn_spec, transformer_inputs, transformer_spec
-
-KERNELS = ["scalar", "avx2"]
-
-
-def _avx2_ok() -> bool:
-    return bool(kernels._core().cpu_has_avx2_fma())
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    if request.param == "avx2" and not _avx2_ok():
-        pytest.skip("CPU without AVX2+FMA")
-    with kernels.use_kernel(request.param):
-        yield request.param
-
-
-@pytest.fixture
-def threads():
-    old = kernels.get_num_threads()
-    yield
-    kernels.set_num_threads(old)
-
-
-def _rand(rng, shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
+from .helpers import avail_kernels, rand
 
 
 def _table(n=32, lo=-6.0, hi=6.0):
@@ -65,7 +41,7 @@ def _same(a, b):
                                    (700, 384), (64, 1), (1, 1000), (4, 3)])
 def test_pairwise_max_equals_numpy_tree(kernel, threads, shape):
     rng = np.random.default_rng(sum(shape))
-    x = _rand(rng, shape, 3.0)
+    x = rand(rng, shape, 3.0)
     ref = runtime._pairwise_max(x, exact=False)
     outs = []
     for nt in (1, 2):
@@ -148,9 +124,9 @@ def _scale_numpy(x, alpha=1.0, mul=None, row_scale=None, col_scale=None, beta=0.
 
 def _operand(rng, kind, shape):
     n = shape[-1]
-    return {"full": lambda: _rand(rng, shape), "row": lambda: _rand(rng, shape[:-1] + (1,)) + 1.5,
-            "col": lambda: _rand(rng, (n,)), "col1": lambda: _rand(rng, (1,) * (len(shape) - 1) + (n,)),
-            "scalar": lambda: _rand(rng, (1,)), "scalar0": lambda: np.array(0.75, np.float32)}[kind]()
+    return {"full": lambda: rand(rng, shape), "row": lambda: rand(rng, shape[:-1] + (1,)) + 1.5,
+            "col": lambda: rand(rng, (n,)), "col1": lambda: rand(rng, (1,) * (len(shape) - 1) + (n,)),
+            "scalar": lambda: rand(rng, (1,)), "scalar0": lambda: np.array(0.75, np.float32)}[kind]()
 
 
 CASES = [
@@ -176,7 +152,7 @@ CASES = [
 def test_scale_equals_numpy_path(kernel, threads, case, act, shape):
     roles, alpha, beta, res_beta = CASES[case]
     rng = np.random.default_rng(case * 31 + len(shape))
-    x = _rand(rng, shape, 2.0)
+    x = rand(rng, shape, 2.0)
     ops = {r: _operand(rng, k, shape) for r, k in roles.items()}
     table = _table() if act == "pwl" else None
     ep = table if act == "pwl" else act
@@ -204,8 +180,8 @@ def test_scale_equals_numpy_path(kernel, threads, case, act, shape):
 
 def test_scale_in_place_and_out(kernel):
     rng = np.random.default_rng(3)
-    x = _rand(rng, (50, 64))
-    r = _rand(rng, (50, 1))
+    x = rand(rng, (50, 64))
+    r = rand(rng, (50, 1))
     ref = _scale_numpy(x, row_scale=r, bias=np.float32([0.5]), act="relu")
     y = x.copy()
     assert kernels.scale(y, row_scale=r, bias=np.float32([0.5]), epilogue="relu", out=y) is y
@@ -215,12 +191,12 @@ def test_scale_in_place_and_out(kernel):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_scale_nan_inf(kernel):
     rng = np.random.default_rng(4)
-    x = _rand(rng, (8, 40))
+    x = rand(rng, (8, 40))
     x[0, 1], x[1, 2], x[2, 3] = np.nan, np.inf, -np.inf
-    m = _rand(rng, (8, 1))
+    m = rand(rng, (8, 1))
     m[3, 0] = np.nan
     m[4, 0] = np.inf
-    c = _rand(rng, (40,))
+    c = rand(rng, (40,))
     c[5] = 0.0
     for act in (None, "relu", _table()):
         ref = _scale_numpy(x, res=m, res_beta=-1.0, col_scale=c, act=act)
@@ -259,8 +235,8 @@ def test_scale_unsupported_and_bad_inputs():
 def test_packed_gemm_bit_identical(kernel, threads, mnk, ep):
     M, N, K = mnk
     rng = np.random.default_rng(M + N + K)
-    a, b = _rand(rng, (M, K), 0.3), _rand(rng, (K, N), 0.3)
-    bias, res = _rand(rng, (N,)), _rand(rng, (M, N))
+    a, b = rand(rng, (M, K), 0.3), rand(rng, (K, N), 0.3)
+    bias, res = rand(rng, (N,)), rand(rng, (M, N))
     epi = _table() if ep == "pwl" else ep
     packed = kernels.pack_b(b)
     assert packed.shape == (K, N) and packed.kernel_name == kernel
@@ -274,16 +250,16 @@ def test_packed_gemm_bit_identical(kernel, threads, mnk, ep):
 
 def test_packed_other_kernel_falls_back(threads):
     rng = np.random.default_rng(5)
-    a, b = _rand(rng, (40, 300)), _rand(rng, (300, 70))
+    a, b = rand(rng, (40, 300)), rand(rng, (300, 70))
     packed = kernels.pack_b(b, "scalar")
-    for k in [k for k in KERNELS if k == "scalar" or _avx2_ok()]:
+    for k in avail_kernels():
         with kernels.use_kernel(k):
             _same(nm.gemm(a, packed), nm.gemm(a, b))
 
 
 def test_packed_is_a_snapshot_and_read_only():
     rng = np.random.default_rng(6)
-    a, b = _rand(rng, (9, 8)), _rand(rng, (8, 5))
+    a, b = rand(rng, (9, 8)), rand(rng, (8, 5))
     packed = kernels.pack_b(b)
     ref = nm.gemm(a, b)
     with kernels.use_kernel("scalar"):
