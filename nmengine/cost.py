@@ -838,36 +838,30 @@ def _json_default(x: Any) -> Any:
 
 
 # -- human units --------------------------------------------------------------------------------
-def _si(x: float) -> str:
+def _scaled(x: float, units: tuple[tuple[float, str], ...], fmt: str, last_fmt: str) -> str:
+    """``x`` in the first unit it reaches; the last unit takes whatever is left (in ``last_fmt``)."""
     x = float(x)
-    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for div, suf in units[:-1]:
         if abs(x) >= div:
-            return f"{x / div:.2f} {suf}"
-    return f"{x:.0f}"
+            return f"{x / div:{fmt}} {suf}"
+    div, suf = units[-1]
+    return f"{x / div:{last_fmt}} {suf}".rstrip()
+
+
+def _si(x: float) -> str:
+    return _scaled(x, ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")), ".2f", ".0f")
 
 
 def _bytes(x: float) -> str:
-    x = float(x)
-    for div, suf in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(x) >= div:
-            return f"{x / div:.2f} {suf}"
-    return f"{x:.0f} B"
+    return _scaled(x, ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1.0, "B")), ".2f", ".0f")
 
 
 def _time(s: float) -> str:
-    s = float(s)
-    for div, suf in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if abs(s) >= div:
-            return f"{s / div:.3g} {suf}"
-    return f"{s / 1e-9:.3g} ns"
+    return _scaled(s, ((1.0, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns")), ".3g", ".3g")
 
 
 def _energy(pj: float) -> str:
-    pj = float(pj)
-    for div, suf in ((1e12, "J"), (1e9, "mJ"), (1e6, "uJ"), (1e3, "nJ")):
-        if abs(pj) >= div:
-            return f"{pj / div:.3g} {suf}"
-    return f"{pj:.3g} pJ"
+    return _scaled(pj, ((1e12, "J"), (1e9, "mJ"), (1e6, "uJ"), (1e3, "nJ"), (1.0, "pJ")), ".3g", ".3g")
 
 
 # ---------------------------------------------------------------------------------------------
