@@ -119,7 +119,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .program import Op, Program, view_shape
-from .runtime import gemm_dims, infer_shapes, op_flops
+from .shapes import gemm_dims, infer_shapes, op_flops
 
 __all__ = [
     "AcceleratorConfig",

@@ -259,7 +259,7 @@ class Program:
 
     def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Shape of every buffer (inputs, constants and op outputs) for the given input shapes."""
-        from .runtime import infer_shapes  # the shape rules live beside the executors they mirror
+        from .shapes import infer_shapes
 
         return infer_shapes(self, input_shapes)
 
@@ -291,7 +291,7 @@ class Program:
         Every arithmetic op of a Program is a GEMM-family op by construction, so the GEMM+PWL share of
         arithmetic is 100%; data-movement ops are listed separately (they do no arithmetic).
         """
-        from .runtime import op_flops
+        from .shapes import op_flops
 
         n_gemm = sum(op.family == "gemm" for op in self.ops)
         moves: dict[str, int] = {}

@@ -20,8 +20,8 @@ chain are recognised and run as one C pass per row each (the Program keeps its o
 ``unpack`` of a batch without padding are views; with padding, one C pass of row copies.  Every fast
 path gives the same bits as the generic one, which exact mode and recorders use.
 
-This module also holds the shape rules of every op (:func:`infer_shapes`) and their arithmetic counts
-(:func:`op_flops`), next to the executors they mirror.
+Shape rules and arithmetic counts live in :mod:`nmengine.shapes`, the numpy data-movement kernels in
+:mod:`nmengine.movement`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import kernels
-from .program import Op, Program, ProgramError, _resolve_reshape, apply_view, view_shape
+from . import kernels, movement, shapes
+from .program import Op, Program, ProgramError, _resolve_reshape, apply_view
 
-__all__ = ["Runtime", "Arena", "infer_shapes", "op_flops", "MODES"]
+__all__ = ["Runtime", "Arena", "MODES"]
 
 MODES = ("matrixized", "exact")
 
@@ -631,7 +631,7 @@ class Runtime:
         if kind == "pairwise_max":
             if mode != "exact" and x.dtype == np.float32 and x.ndim and x.shape[-1]:
                 return kernels.pairwise_max(x, out=arena.get(i, x.shape[:-1] + (1,)))
-            return _pairwise_max(x, exact=(mode == "exact"))
+            return movement.pairwise_max(x, exact=(mode == "exact"))
         if kind == "reshape":
             return x.reshape(_resolve_reshape(x.shape, attrs["shape"]))
         if kind == "transpose":
@@ -640,11 +640,11 @@ class Runtime:
             np.copyto(out, y)
             return out
         if kind == "im2col":
-            return _im2col(x, attrs, self._out(i, op, arena, _im2col_shape(x.shape, attrs)))
+            return movement.im2col(x, attrs, self._out(i, op, arena, shapes.im2col_shape(x.shape, attrs)))
         if kind == "pool_windows":
-            return _pool_windows(x, attrs)
+            return movement.pool_windows(x, attrs)
         if kind == "patchify":
-            return _patchify(x, attrs["patch"])
+            return movement.patchify(x, attrs["patch"])
         if kind == "gather":
             table, ids = env[args["table"]], env[args["ids"]]
             if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
@@ -652,7 +652,7 @@ class Runtime:
                     f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
             return table[ids]
         if kind == "pack":
-            m = _mask_bool(env[args["mask"]], x.shape)
+            m = movement.mask_bool(env[args["mask"]], x.shape)
             if m.all():  # no padding: every row, in order (a view when x is contiguous)
                 return x.reshape((m.size,) + x.shape[2:])
             if not x.flags.c_contiguous:
@@ -663,7 +663,7 @@ class Runtime:
             kernels._core().move_rows(x, out, flat, None, flat.size, width, False, kernels.get_num_threads())
             return out
         if kind == "unpack":
-            m = _mask_bool(env[args["mask"]], None)
+            m = movement.mask_bool(env[args["mask"]], None)
             flat = np.ascontiguousarray(m).reshape(-1)
             count = int(np.count_nonzero(flat))
             if count != x.shape[0]:
@@ -684,7 +684,7 @@ class Runtime:
                 out[m] = x
             return out
         if kind == "positions":
-            return np.nonzero(_mask_bool(env[args["mask"]], None))[1].astype(np.int64)
+            return np.nonzero(movement.mask_bool(env[args["mask"]], None))[1].astype(np.int64)
         if kind == "slice_rows":
             n = env[args["like"]].shape[attrs["axis"]] if "like" in args else attrs["rows"]
             if n > x.shape[0]:
@@ -786,201 +786,3 @@ class Runtime:
         elif act == "pwl":
             self._pwl_after(op, y, mode, record)
         return y
-
-
-# ---------------------------------------------------------------------------------------------
-# Data movement and reductions
-# ---------------------------------------------------------------------------------------------
-def _pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
-    """Max over the last axis (keepdims).  Matrixized: a halving tree of ``b + relu(a - b)`` steps."""
-    if x.shape[-1] == 0:
-        raise ValueError("pairwise_max over an empty axis")
-    if exact:
-        return np.max(x, axis=-1, keepdims=True).astype(np.float32, copy=False)
-    y = np.asarray(x, dtype=np.float32)
-    while y.shape[-1] > 1:
-        n = y.shape[-1]
-        h = n // 2
-        a, b = y[..., :h], y[..., h:2 * h]
-        d = a - b
-        np.maximum(d, np.float32(0), out=d)  # relu: the exact 2-segment PWL
-        d += b
-        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h:]], axis=-1)
-    return y
-
-
-def _mask_bool(mask: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:
-    if mask.ndim != 2 or (like is not None and tuple(like[:2]) != mask.shape):
-        raise ValueError(f"token mask of shape {mask.shape} does not fit values of shape {like}")
-    return mask != 0
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def conv_out_hw(h: int, w: int, kernel: Any, stride: Any, padding: Any) -> tuple[int, int]:
-    kh, kw = _pair(kernel)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ProgramError(f"window {kh}x{kw} (stride {sh}x{sw}, padding {ph}x{pw}) does not fit a {h}x{w} input")
-    return ho, wo
-
-
-def _im2col_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
-    n, c, h, w = shape
-    kh, kw = _pair(attrs["kernel"])
-    ho, wo = conv_out_hw(h, w, attrs["kernel"], attrs.get("stride", 1), attrs.get("padding", 0))
-    return (n, c * kh * kw, ho * wo)
-
-
-def _im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarray:
-    """NCHW -> [N, C*kh*kw, Ho*Wo], rows in (c, i, j) order to match a (Co, Ci, kh, kw) kernel."""
-    n, c, h, w = x.shape
-    kh, kw = _pair(attrs["kernel"])
-    sh, sw = _pair(attrs.get("stride", 1))
-    ph, pw = _pair(attrs.get("padding", 0))
-    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
-    o = out.reshape(n, c, kh, kw, ho, wo)
-    for i in range(kh):
-        for j in range(kw):
-            o[:, :, i, j] = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-    return out
-
-
-def _pool_windows_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
-    n, c, h, w = shape
-    kh, kw = _pair(attrs["kernel"])
-    ho, wo = conv_out_hw(h, w, (kh, kw), attrs.get("stride", attrs["kernel"]), attrs.get("padding", 0))
-    return (n, c, ho, wo, kh * kw)
-
-
-def _pool_windows(x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
-    """NCHW -> [N, C, Ho, Wo, kh*kw] windows; padding is zeros (avg) or replicated edges (max)."""
-    kh, kw = _pair(attrs["kernel"])
-    sh, sw = _pair(attrs.get("stride", attrs["kernel"]))
-    ph, pw = _pair(attrs.get("padding", 0))
-    n, c, h, w = x.shape
-    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
-    if ph or pw:
-        mode = "edge" if attrs.get("pad", "zero") == "edge" else "constant"
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode=mode)
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
-    return np.ascontiguousarray(win).reshape(n, c, ho, wo, kh * kw)
-
-
-def _patchify(x: np.ndarray, p: int) -> np.ndarray:
-    n, c, h, w = x.shape
-    if h % p or w % p:
-        raise ValueError(f"patchify: image {h}x{w} is not divisible by patch {p}")
-    y = x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
-    return np.ascontiguousarray(y).reshape(n, (h // p) * (w // p), c * p * p)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shapes and arithmetic counts
-# ---------------------------------------------------------------------------------------------
-def infer_shapes(program: Program, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    """Shape of every buffer for the given input shapes (no data touched)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, spec in program.inputs.items():
-        if name not in input_shapes:
-            raise ProgramError(f"input_shapes is missing {name!r}; program inputs are {list(program.inputs)}")
-        shp = tuple(int(d) for d in input_shapes[name])
-        if len(shp) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, shp)):
-            raise ProgramError(f"input {name!r} must have shape {spec.shape} (None = any), got {shp}")
-        shapes[name] = shp
-    for name, arr in program.constants.items():
-        shapes[name] = tuple(arr.shape)
-    for op in program.ops:
-        shapes[op.out] = _op_shape(op, shapes)
-    return shapes
-
-
-def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
-    a = op.args
-    k, at = op.kind, op.attrs
-    if k == "gemm":
-        sa, sb = shapes[a["a"]], shapes[a["b"]]
-        if at.get("trans_a"):
-            sa = sa[::-1]
-        if at.get("trans_b"):
-            sb = sb[::-1]
-        if sa[-1] != sb[0]:
-            raise ProgramError(f"op {op.out!r}: inner dims {sa} @ {sb} do not match")
-        return tuple(sa[:-1]) + (sb[-1],)
-    if k == "gemm_batched":
-        sa = view_shape(shapes[a["a"]], at.get("a_view"))
-        sb = view_shape(shapes[a["b"]], at.get("b_view"))
-        shape = tuple(np.broadcast_shapes(sa[:-2], sb[:-2])) + (sa[-2], sb[-1])
-        perm = at.get("out_perm")
-        return tuple(shape[p] for p in perm) if perm else shape
-    if k == "scale":
-        return tuple(np.broadcast_shapes(*(shapes[v] for v in a.values())))
-    if k == "pairwise_max":
-        return shapes[a["x"]][:-1] + (1,)
-    if k == "reshape":
-        return _resolve_reshape(shapes[a["x"]], at["shape"])
-    if k == "transpose":
-        return tuple(shapes[a["x"]][p] for p in at["perm"])
-    if k == "im2col":
-        return _im2col_shape(shapes[a["x"]], at)
-    if k == "pool_windows":
-        return _pool_windows_shape(shapes[a["x"]], at)
-    if k == "patchify":
-        n, c, h, w = shapes[a["x"]]
-        p = at["patch"]
-        return (n, (h // p) * (w // p), c * p * p)
-    if k == "gather":
-        return shapes[a["ids"]] + shapes[a["table"]][1:]
-    if k == "slice_rows":
-        n = shapes[a["like"]][at["axis"]] if "like" in a else at["rows"]
-        return (n,) + shapes[a["x"]][1:]
-    if k == "pack":
-        x = shapes[a["x"]]
-        return (x[0] * x[1],) + x[2:]
-    if k == "unpack":
-        return shapes[a["mask"]] + shapes[a["x"]][1:]
-    if k == "positions":
-        m = shapes[a["mask"]]
-        return (m[0] * m[1],)
-    raise ProgramError(f"unknown op kind {k!r}")
-
-
-def gemm_dims(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int, int]:
-    """(batch, M, N, K) of a gemm / gemm_batched op."""
-    a = op.args
-    if op.kind == "gemm":
-        sa, sb = shapes[a["a"]], shapes[a["b"]]
-        if op.attrs.get("trans_a"):
-            sa = sa[::-1]
-        if op.attrs.get("trans_b"):
-            sb = sb[::-1]
-        return 1, int(np.prod(sa[:-1], dtype=np.int64)), int(sb[-1]), int(sa[-1])
-    if op.kind == "gemm_batched":
-        sa = view_shape(shapes[a["a"]], op.attrs.get("a_view"))
-        sb = view_shape(shapes[a["b"]], op.attrs.get("b_view"))
-        batch = int(np.prod(np.broadcast_shapes(sa[:-2], sb[:-2]), dtype=np.int64))
-        return batch, int(sa[-2]), int(sb[-1]), int(sa[-1])
-    raise ValueError(f"{op.kind} is not a GEMM")
-
-
-def op_flops(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Arithmetic operations of an op (a MAC counts 2); data movement does none."""
-    if op.kind in ("gemm", "gemm_batched"):
-        p, m, n, k = gemm_dims(op, shapes)
-        return 2 * p * m * n * k
-    if op.kind == "scale":
-        size = int(np.prod(shapes[op.out], dtype=np.int64))
-        factors = sum(r in op.args for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res"))
-        factors += (op.attrs.get("alpha", 1.0) != 1.0) + (op.attrs.get("beta", 0.0) != 0.0)
-        return size * max(factors, 1)
-    if op.kind == "pairwise_max":
-        x = shapes[op.args["x"]]
-        return 3 * int(np.prod(x[:-1], dtype=np.int64)) * (x[-1] - 1)
-    return 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nmengine as nm
-from nmengine import kernels, runtime
+from nmengine import kernels, movement, runtime
 from nmengine.compile import compile
 from nmengine.program import Op, Program
 from nmengine.pwl import PWLTable
@@ -42,7 +42,7 @@ def _same(a, b):
 def test_pairwise_max_equals_numpy_tree(kernel, threads, shape):
     rng = np.random.default_rng(sum(shape))
     x = rand(rng, shape, 3.0)
-    ref = runtime._pairwise_max(x, exact=False)
+    ref = movement.pairwise_max(x, exact=False)
     outs = []
     for nt in (1, 2):
         kernels.set_num_threads(nt)
@@ -69,7 +69,7 @@ def test_pairwise_max_nan_inf(kernel):
     x[4, :] = -np.inf
     x[5, 2], x[5, 6] = np.inf, -np.inf
     y = kernels.pairwise_max(x)
-    _same(y, runtime._pairwise_max(x, exact=False))
+    _same(y, movement.pairwise_max(x, exact=False))
     assert np.isnan(y[0, 0]) and np.isnan(y[1, 0]) and y[2, 0] == np.inf
     # -inf meets b + relu(a - b) as inf - inf = NaN, in numpy and C alike (the op's documented form)
     assert np.isnan(y[4, 0])
@@ -319,7 +319,7 @@ def test_plan_equals_numpy_reference_path(bert_like, kernel, monkeypatch):
     inp = transformer_inputs(seed=3, batch=4, t=12)
     fast = bert_like.run(inp)
     monkeypatch.setattr(kernels, "scale_supported", lambda *a, **k: False)
-    monkeypatch.setattr(kernels, "pairwise_max", lambda x, out=None: runtime._pairwise_max(x, exact=False))
+    monkeypatch.setattr(kernels, "pairwise_max", lambda x, out=None: movement.pairwise_max(x, exact=False))
     _same(_generic(bert_like, inp), fast)
 
 
@@ -381,7 +381,7 @@ def test_plan_scale_fallbacks():
     out = prog.run({"x": x, "mask": np.array([[1, 0], [0, 1]])})
     np.testing.assert_array_equal(out["y"], x * g + 1)
     np.testing.assert_array_equal(out["m"], [[1, -1], [-1, 1]])
-    _same(out["z"], runtime._pairwise_max(x * g + 1, exact=False))
+    _same(out["z"], movement.pairwise_max(x * g + 1, exact=False))
 
 
 def test_softmax_chain_is_fused_and_bit_identical(bert_like, kernel, threads):

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..program import Op
-from ..runtime import conv_out_hw
+from ..shapes import conv_out_hw
 from ..spec import ELEMENTWISE_OPS, Layer, ModelSpec, SpecError
 
 __all__ = ["lower", "TableRequest", "MASK_BIAS"]

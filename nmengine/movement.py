@@ -1,0 +1,78 @@
+"""Data movement and the pairwise-max reduction, on numpy arrays (the runtime's generic path).
+
+No arithmetic here but the matrixized max tree (``b + relu(a - b)`` steps, an exact PWL): im2col,
+pooling windows, patches and token packing masks.  Output sizes follow :mod:`nmengine.shapes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .shapes import conv_out_hw
+from .shapes import pair as _pair
+
+__all__ = ["pairwise_max", "im2col", "pool_windows", "patchify", "mask_bool"]
+
+
+# ---------------------------------------------------------------------------------------------
+def pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
+    """Max over the last axis (keepdims).  Matrixized: a halving tree of ``b + relu(a - b)`` steps."""
+    if x.shape[-1] == 0:
+        raise ValueError("pairwise_max over an empty axis")
+    if exact:
+        return np.max(x, axis=-1, keepdims=True).astype(np.float32, copy=False)
+    y = np.asarray(x, dtype=np.float32)
+    while y.shape[-1] > 1:
+        n = y.shape[-1]
+        h = n // 2
+        a, b = y[..., :h], y[..., h:2 * h]
+        d = a - b
+        np.maximum(d, np.float32(0), out=d)  # relu: the exact 2-segment PWL
+        d += b
+        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h:]], axis=-1)
+    return y
+
+
+def mask_bool(mask: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:
+    if mask.ndim != 2 or (like is not None and tuple(like[:2]) != mask.shape):
+        raise ValueError(f"token mask of shape {mask.shape} does not fit values of shape {like}")
+    return mask != 0
+
+
+def im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarray:
+    """NCHW -> [N, C*kh*kw, Ho*Wo], rows in (c, i, j) order to match a (Co, Ci, kh, kw) kernel."""
+    n, c, h, w = x.shape
+    kh, kw = _pair(attrs["kernel"])
+    sh, sw = _pair(attrs.get("stride", 1))
+    ph, pw = _pair(attrs.get("padding", 0))
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+    o = out.reshape(n, c, kh, kw, ho, wo)
+    for i in range(kh):
+        for j in range(kw):
+            o[:, :, i, j] = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return out
+
+
+def pool_windows(x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """NCHW -> [N, C, Ho, Wo, kh*kw] windows; padding is zeros (avg) or replicated edges (max)."""
+    kh, kw = _pair(attrs["kernel"])
+    sh, sw = _pair(attrs.get("stride", attrs["kernel"]))
+    ph, pw = _pair(attrs.get("padding", 0))
+    n, c, h, w = x.shape
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    if ph or pw:
+        mode = "edge" if attrs.get("pad", "zero") == "edge" else "constant"
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode=mode)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    return np.ascontiguousarray(win).reshape(n, c, ho, wo, kh * kw)
+
+
+def patchify(x: np.ndarray, p: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    if h % p or w % p:
+        raise ValueError(f"patchify: image {h}x{w} is not divisible by patch {p}")
+    y = x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(y).reshape(n, (h // p) * (w // p), c * p * p)
