@@ -45,11 +45,14 @@ _LAZY_ATTRS: dict[str, tuple[str, str]] = {
 def __getattr__(name: str) -> Any:
     # Subpackages and the compiled core load on first use, so they cost nothing until used.
     if name in _LAZY_SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _LAZY_ATTRS:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY_ATTRS:
         mod, attr = _LAZY_ATTRS[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
-    raise AttributeError(f"module 'nmengine' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{mod}", __name__), attr)
+    else:
+        raise AttributeError(f"module 'nmengine' has no attribute {name!r}")
+    globals()[name] = value  # resolved once: later lookups are plain module attributes
+    return value
 
 
 __all__ = ["compile", "PWLTable", "ModelSpec", "Layer", "InputSpec", "SpecError", *_LAZY_ATTRS, *_LAZY_SUBMODULES]
