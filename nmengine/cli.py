@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -40,34 +40,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_workflow(sub: argparse._SubParsersAction) -> None:
-    from . import workflow
+def _add_commands(sub: argparse._SubParsersAction) -> None:
+    """Each module registers the subcommands it implements."""
+    from . import cost, hf, workflow
+    from .approx import cli as approx_cli
 
     workflow.add_parsers(sub)
-
-
-def _add_optional(sub: argparse._SubParsersAction, module: str, adders: Sequence[str]) -> None:
-    """Register subcommands a module provides; a module that fails to import hides its commands."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f".{module}", __package__)
-    except ImportError:  # pragma: no cover - only when an optional dependency is missing
-        return
-    for name in adders:
-        adder: Callable | None = getattr(mod, name, None)
-        if adder is not None:
-            adder(sub)
+    approx_cli.add_parser(sub)
+    cost.add_report_parser(sub)
+    hf.add_embed_parser(sub)
+    hf.add_hf_report_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmengine", description="NeuralMatrix: networks as GEMM + PWL tables.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _add_workflow(sub)
-    _add_optional(sub, "approx.cli", ["add_parser"])
-    _add_optional(sub, "cost", ["add_report_parser"])
-    _add_optional(sub, "hf", ["add_embed_parser", "add_hf_report_parser"])
+    _add_commands(sub)
     p = sub.add_parser("inspect", help="summarise a bundle's header without loading its tensors")
     p.add_argument("bundle")
     p.add_argument("--tensors", action="store_true", help="list every tensor")

@@ -294,6 +294,7 @@ class Program:
         from .shapes import op_flops
 
         n_gemm = sum(op.family == "gemm" for op in self.ops)
+        n_arith = sum(op.kind not in MOVE_KINDS for op in self.ops)  # every op that does arithmetic
         moves: dict[str, int] = {}
         for op in self.ops:
             if op.family == "move":
@@ -303,7 +304,7 @@ class Program:
             "gemm_pwl_ops": n_gemm,
             "movement_ops": sum(moves.values()),
             "movement_by_kind": moves,
-            "arithmetic_ops_as_gemm_pwl": 1.0,
+            "arithmetic_ops_as_gemm_pwl": 1.0 if n_arith == 0 else n_gemm / n_arith,
             "pwl_epilogues": sum(op.epilogue.get("act") == "pwl" for op in self.ops),
         }
         if input_shapes is not None:

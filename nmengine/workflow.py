@@ -131,12 +131,9 @@ def run_flow(
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-def _cost_table(program: Program) -> str | None:
-    try:
-        return program.cost(None, {name: tuple(1 if d is None else d for d in spec.shape)
-                                   for name, spec in program.inputs.items()}).table()
-    except ImportError:  # pragma: no cover - cost model not installed
-        return None
+def _cost_table(program: Program) -> str:
+    return program.cost(None, {name: tuple(1 if d is None else d for d in spec.shape)
+                               for name, spec in program.inputs.items()}).table()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -149,11 +146,9 @@ def _demo(args: argparse.Namespace) -> int:
     cov = result.program.coverage({"x": (1, 1, 8, 8)})
     print(f"GEMM+PWL share of arithmetic: {100 * cov['gemm_pwl_flop_share']:.0f}% "
           f"({cov['gemm_pwl_ops']} GEMM-family ops, {cov['movement_ops']} data-movement ops)")
-    table = _cost_table(result.program)
-    if table:
-        print()
-        print("Per-layer accelerator report (batch 1):")
-        print(table)
+    print()
+    print("Per-layer accelerator report (batch 1):")
+    print(_cost_table(result.program))
     return 0
 
 
