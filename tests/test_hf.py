@@ -327,6 +327,7 @@ def _parser():
     sub = ap.add_subparsers(dest="command")
     hf.add_embed_parser(sub)
     hf.add_hf_report_parser(sub)
+    hf.add_export_parser(sub)
     return ap
 
 
@@ -429,3 +430,93 @@ def test_minilm_full_length_sequences(minilm):
     assert int(b["attention_mask"].sum()) == 8 * 128
     f = hf.fidelity(minilm.program.run(b), minilm.program.run(b, mode="exact"))
     assert f["min_cosine"] >= 0.9999, f
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-contained bundles and the compile cache
+# ---------------------------------------------------------------------------------------------
+SENTS = ["The file is new.", "Return a list of names.", "x"]
+
+
+def test_exported_bundle_embeds_without_the_checkpoint(tiny_dir, tmp_path):
+    """A bundle from export() carries tokenizer, config and pipeline: the directory can disappear."""
+    import shutil
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, src)
+    ref = hf.SentenceEmbedder(src, cache=False)
+    path = hf.export(src, tmp_path / "m.nmb", cache=False)
+    shutil.rmtree(src)
+    emb = hf.SentenceEmbedder(path)
+    assert emb.dim == ref.dim and emb.max_length == ref.max_length and emb.pipeline == ref.pipeline
+    np.testing.assert_array_equal(emb.encode(SENTS), ref.encode(SENTS))
+    np.testing.assert_array_equal(emb.with_mode("exact").encode(SENTS), ref.with_mode("exact").encode(SENTS))
+    with pytest.raises(TypeError, match="load options"):
+        hf.SentenceEmbedder(path, segments=8)
+
+
+def test_program_without_hf_meta_is_refused(tmp_path):
+    import nmengine as nm
+
+    from .specs import cnn_spec
+
+    program = nm.compile(cnn_spec())
+    with pytest.raises(ValueError, match="meta\\['hf'\\]"):
+        hf.SentenceEmbedder(program=program)
+
+
+def test_compile_cache_reuses_and_keys_on_options(tiny_dir, tmp_path, monkeypatch):
+    """The second load comes from the cache (no compile); other options or changed weights recompile."""
+    monkeypatch.setenv("NMENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    import importlib
+
+    compiler = importlib.import_module("nmengine.compile")
+    calls = []
+    real = compiler.compile
+
+    def counting(*a, **k):
+        calls.append(k.get("segments"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(compiler, "compile", counting)
+    p1 = hf.load_bert(tiny_dir, segments=8)
+    p2 = hf.load_bert(tiny_dir, segments=8)
+    assert calls == [8]
+    batch = hf.SentenceEmbedder(program=p1).tokenize(SENTS)
+    np.testing.assert_array_equal(p1.run(batch), p2.run(batch))
+    hf.load_bert(tiny_dir, segments=16)
+    assert calls == [8, 16]
+    hf.load_bert(tiny_dir, segments=8, cache=False)
+    assert calls == [8, 16, 8]
+    files = list((tmp_path / "cache").glob("*.nmb"))
+    assert len(files) == 2
+    # a corrupted entry is recompiled (with a warning), never used
+    for f in files:
+        f.write_bytes(f.read_bytes()[: 100])
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        hf.load_bert(tiny_dir, segments=8)
+    assert calls == [8, 16, 8, 8]
+
+
+def test_compile_cache_is_off_with_env(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NMENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NMENGINE_CACHE", "0")
+    hf.load_bert(tiny_dir, segments=8, calibrate=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_export_then_embed_from_bundle(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "tiny.nmb"
+    args = _parser().parse_args(["export-hf", str(tiny_dir), "-o", str(out), "--segments", "8"])
+    assert args.func(args) == 0 and out.is_file()
+    assert "wrote" in capsys.readouterr().out
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(SENTS[:2]), encoding="utf-8")
+    npy = tmp_path / "e.npy"
+    args = _parser().parse_args(["embed", "--model", str(out), "-i", str(inp), "-o", str(npy)])
+    assert args.func(args) == 0
+    ref = hf.SentenceEmbedder(tiny_dir, segments=8).encode(SENTS[:2])
+    np.testing.assert_array_equal(np.load(npy), ref)
+    args = _parser().parse_args(["embed", "--model", str(out), "--segments", "4", "-i", str(inp)])
+    with pytest.raises(ValueError, match="export it again"):
+        args.func(args)
