@@ -66,7 +66,8 @@ __all__ = [
 Epilogue = Union[None, str, PWLTable]
 
 _KERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2}
-_KERNEL_NAMES = {1: "scalar", 2: "avx2"}
+#: Name of each kernel code :func:`kernel_code` returns.
+KERNEL_NAMES = {1: "scalar", 2: "avx2"}
 
 
 class KernelUnavailableError(RuntimeError):
@@ -80,7 +81,12 @@ _core_mod: Any = None
 _cpu_avx2: Optional[bool] = None
 
 
-def _core() -> Any:
+def compiled_core() -> Any:
+    """The compiled extension module ``nmengine._core`` (imported on first call).
+
+    The runtime calls its fused row kernels (softmax, LayerNorm, row moves) directly; everything else
+    goes through the checked wrappers of this module.
+    """
     global _core_mod, _cpu_avx2
     if _core_mod is None:
         try:
@@ -125,9 +131,9 @@ def use_kernel(name: str) -> Iterator[None]:
         _kernel_override.reset(token)
 
 
-def _kernel_code() -> int:
+def kernel_code() -> int:
     """Kernel code to pass to C (never 'auto': resolved here with the cached cpuid answer)."""
-    core = _core()
+    core = compiled_core()
     name = _kernel_override.get()
     if name is None:
         env = os.environ.get("NMENGINE_KERNEL", "").strip()
@@ -196,9 +202,9 @@ def kernel_info() -> dict[str, Any]:
     process-wide): in a process that alternates the core with another libgomp user (PyTorch) or on
     a loaded machine, set ``OMP_WAIT_POLICY=PASSIVE`` before importing either (README, "Threads").
     """
-    core = _core()
-    code = _kernel_code()
-    info: dict[str, Any] = {"kernel": _KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2)}
+    core = compiled_core()
+    code = kernel_code()
+    info: dict[str, Any] = {"kernel": KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2)}
     info.update(core.get_blocking(code))
     info["num_threads"] = get_num_threads()
     info["openmp"] = bool(core.has_openmp())
@@ -233,7 +239,7 @@ def _as_vector(name: str, x: Any, n: int, what: str) -> np.ndarray:
 
 
 def _act(epilogue: Epilogue) -> tuple[int, Optional[PWLTable]]:
-    core = _core()
+    core = compiled_core()
     if epilogue is None:
         return core.ACT_NONE, None
     if isinstance(epilogue, PWLTable) or isinstance(epilogue, core.PreparedTable):
@@ -290,7 +296,7 @@ def _gemm_operands(fn: str, M: int, N: int, shape: tuple[int, ...], a: Any, b: A
         C = np.empty(shape, dtype=np.float32)
     else:
         C = _check_out(fn, out, shape, {"a": a, "b": b, "bias": bias, "bias_row": bias_row, "residual": residual})
-    return act, table, bc, br, res, C, _kernel_code()
+    return act, table, bc, br, res, C, kernel_code()
 
 
 def _check_rows_out(fn: str, out: Any, shape: tuple[int, ...]) -> None:
@@ -343,7 +349,7 @@ def gemm(
     -------
     The ``(M, N)`` float32 result (``out`` when given).
     """
-    core = _core()
+    core = compiled_core()
     A = _as_f32("a", a)
     if isinstance(b, PackedMatrix):
         return _gemm_packed(A, b, bias, bias_row, residual, epilogue, out)
@@ -384,7 +390,7 @@ def gemm_batched(
     writeable float32 view of the output shape (e.g. a transposed view into a ``(B, T, H, d)``
     buffer).  Products are distributed over threads; results do not depend on the thread count.
     """
-    core = _core()
+    core = compiled_core()
     A = _as_f32("a", a)
     B = _as_f32("b", b)
     if not (2 <= A.ndim <= 4 and 2 <= B.ndim <= 4):
@@ -431,7 +437,7 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
     Bit-identical to ``table(x)`` (PWLTable.__call__) and to the fused GEMM epilogue.  ``out`` may
     be ``x`` itself (in place) or a separate writeable float32 array of ``x``'s shape.
     """
-    core = _core()
+    core = compiled_core()
     if not isinstance(table, (PWLTable, core.PreparedTable)):
         raise TypeError(f"pwl_apply expects a PWLTable, got {type(table).__name__}")
     X = _as_f32("x", x)
@@ -447,7 +453,7 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
         if not out.flags.writeable:
             raise ValueError("pwl_apply: out is not writeable")
         Y = out
-    kernel = _kernel_code()
+    kernel = kernel_code()
     if X.size == 0:
         return Y
     same = (
@@ -484,11 +490,11 @@ class PackedMatrix:
     __slots__ = ("shape", "kernel", "data", "source")
 
     def __init__(self, b: Any, kernel: Optional[str] = None, *, copy: bool = True) -> None:
-        core = _core()
+        core = compiled_core()
         B = _as_f32("b", b)
         if B.ndim != 2:
             raise ValueError(f"pack_b expects a 2-D b (K, N), got {_shape(B.shape)}")
-        code = _kernel_code() if kernel is None else _code_for(kernel)
+        code = kernel_code() if kernel is None else _code_for(kernel)
         self.shape = (int(B.shape[0]), int(B.shape[1]))
         self.kernel = code
         if copy and B is b:
@@ -501,7 +507,7 @@ class PackedMatrix:
 
     @property
     def kernel_name(self) -> str:
-        return _KERNEL_NAMES[self.kernel]
+        return KERNEL_NAMES[self.kernel]
 
     @property
     def nbytes(self) -> int:
@@ -514,7 +520,7 @@ class PackedMatrix:
 def _code_for(name: str) -> int:
     token = _kernel_override.set(_check_kernel_name(name, "kernel"))
     try:
-        return _kernel_code()
+        return kernel_code()
     finally:
         _kernel_override.reset(token)
 
@@ -531,11 +537,11 @@ def prepare_table(table: PWLTable) -> Any:
     """The C descriptor of a PWLTable, built once; accepted wherever the core takes a table."""
     if not isinstance(table, PWLTable):
         raise TypeError(f"prepare_table expects a PWLTable, got {type(table).__name__}")
-    return _core().PreparedTable(table)
+    return compiled_core().PreparedTable(table)
 
 
 def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilogue, out) -> np.ndarray:
-    core = _core()
+    core = compiled_core()
     if A.ndim != 2:
         raise ValueError(f"gemm expects 2-D a (M, K), got a {_shape(A.shape)}")
     M, K = A.shape
@@ -558,7 +564,8 @@ def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilo
 # ---------------------------------------------------------------------------------------------
 # Row-wise GEMM-family ops: scale (diagonal GEMM) and the pairwise-max tree
 # ---------------------------------------------------------------------------------------------
-_SCALE_ROLES = ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")
+#: Operand roles of :func:`scale` in the order the C core takes them.
+SCALE_ROLES = ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")
 
 
 def _bc_mode(core: Any, arr: np.ndarray, shape: tuple[int, ...]) -> Optional[int]:
@@ -582,7 +589,7 @@ def scale_supported(x: Any, **operands: Any) -> bool:
 
 
 def _scale_modes(x: Any, operands: dict[str, Any]) -> Optional[tuple[tuple[int, ...], dict[str, int]]]:
-    core = _core()
+    core = compiled_core()
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0:
         return None
     shape = x.shape
@@ -629,7 +636,7 @@ def scale(
     Other broadcasts or dtypes raise ValueError (see :func:`scale_supported`).  ``epilogue`` as in
     :func:`gemm`; ``out`` a C-contiguous float32 array of x's shape (may be ``x``).
     """
-    core = _core()
+    core = compiled_core()
     ops = {"mul": mul, "row_scale": row_scale, "col_scale": col_scale, "bias": bias, "bias_row": bias_row,
            "res": res}
     got = _scale_modes(x, ops)
@@ -651,14 +658,14 @@ def scale(
                     and x.flags.c_contiguous):
                 raise ValueError("scale: out partially overlaps x")
         Y = out
-    kernel = _kernel_code()
+    kernel = kernel_code()
     if Y.size == 0:
         return Y
     n = shape[-1]
     rows = Y.size // n
     X = _c32(x)
-    args = [None if ops[r] is None else _c32(ops[r]) for r in _SCALE_ROLES]
-    md = [modes.get(r, core.BC_NONE) for r in _SCALE_ROLES]
+    args = [None if ops[r] is None else _c32(ops[r]) for r in SCALE_ROLES]
+    md = [modes.get(r, core.BC_NONE) for r in SCALE_ROLES]
     core.scale(X, Y, rows, n, None if alpha == 1.0 else float(alpha), None if beta == 0.0 else float(beta),
                float(np.float32(res_beta)), args[0], md[0], args[1], md[1], args[2], md[2], args[3], md[3],
                args[4], md[4], args[5], md[5], act, table, get_num_threads(), kernel)
@@ -669,7 +676,7 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Max over the last axis (keepdims) as the Program's ``pairwise_max``: a halving tree of steps
     ``b + relu(a - b)`` (pairs ``(i, i + h)``, ``h = n // 2``, an odd last value carried), in C per
     row.  Bit-identical to the numpy tree of ``nmengine.runtime``; NaN propagates."""
-    core = _core()
+    core = compiled_core()
     X = _as_f32("x", x)
     if X.ndim == 0 or X.shape[-1] == 0:
         raise ValueError(f"pairwise_max over an empty axis (x of shape {_shape(X.shape)})")
@@ -681,7 +688,7 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         if np.may_share_memory(out, X):
             raise ValueError("pairwise_max: out overlaps x")
         Y = out
-    kernel = _kernel_code()
+    kernel = kernel_code()
     if Y.size == 0:
         return Y
     X = _c32(X)

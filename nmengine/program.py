@@ -31,6 +31,12 @@ function ``fn`` (in float32) in exact mode.  The other difference: a ``gemm`` wh
 vertically corrected for the PWL error before it keeps its original bias as ``bias_exact``, which exact
 mode uses.  So exact mode is the original network, the reference every accuracy figure compares against.
 
+Layering: this module is the IR and imports nothing above it at load time (only :mod:`nmengine.pwl` and
+:mod:`nmengine.spec`).  The methods that need a higher layer -- :meth:`Program.infer_shapes` and
+:meth:`Program.coverage` (:mod:`nmengine.shapes`, :mod:`nmengine.coverage`), :meth:`Program.run` and
+:meth:`Program.profile` (:mod:`nmengine.runtime`), :meth:`Program.cost` (:mod:`nmengine.cost`) -- are
+thin conveniences that import it when called (``tests/test_structure.py`` keeps it so).
+
 Each op also carries ``layer`` (the name of the network layer it came from) and ``what`` (a short
 description), used by reports, profiles and the cost model.  Shapes follow from the input shapes by
 :meth:`Program.infer_shapes`.
@@ -46,7 +52,8 @@ import numpy as np
 from .pwl import PWLTable
 from .spec import InputSpec
 
-__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "apply_view", "view_shape"]
+__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "ROLES", "apply_view", "view_shape",
+           "resolve_reshape"]
 
 GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
 MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
@@ -118,7 +125,7 @@ def _jsonable(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Views: zero-copy reinterpretations of a buffer for gemm_batched operands
 # ---------------------------------------------------------------------------------------------
-def _resolve_reshape(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
+def resolve_reshape(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
     """ONNX-style reshape: 0 copies the input dim at that position, -1 is inferred."""
     dims = [int(shape[i]) if d == 0 else int(d) for i, d in enumerate(spec)]
     if dims.count(-1) > 1:
@@ -140,7 +147,7 @@ def view_shape(shape: Sequence[int], view: Mapping[str, Any] | None) -> tuple[in
     if not view:
         return shape
     if "reshape" in view:
-        shape = _resolve_reshape(shape, view["reshape"])
+        shape = resolve_reshape(shape, view["reshape"])
     if "select" in view:
         axis, _ = view["select"]
         shape = shape[:axis] + shape[axis + 1:]
@@ -154,7 +161,7 @@ def apply_view(x: np.ndarray, view: Mapping[str, Any] | None) -> np.ndarray:
     if not view:
         return x
     if "reshape" in view:
-        x = x.reshape(_resolve_reshape(x.shape, view["reshape"]))
+        x = x.reshape(resolve_reshape(x.shape, view["reshape"]))
     if "select" in view:
         axis, idx = view["select"]
         x = np.take(x, idx, axis=axis) if not x.flags.c_contiguous else x[(slice(None),) * axis + (idx,)]
@@ -265,7 +272,8 @@ class Program:
 
     # -- execution ----------------------------------------------------------------------------
     @property
-    def runtime(self):
+    def runtime(self) -> Any:
+        """The :class:`nmengine.runtime.Runtime` that runs this program (built on first use)."""
         if self._runtime is None:
             from .runtime import Runtime
 
@@ -286,38 +294,13 @@ class Program:
         return self.runtime.profile(inputs, mode=mode, repeat=repeat)
 
     def coverage(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
-        """Share of ops (and, given input shapes, of FLOPs) that run as GEMM + PWL.
+        """Share of ops (and, given input shapes, of FLOPs) that run as GEMM + PWL (see :mod:`nmengine.coverage`)."""
+        from .coverage import program_coverage
 
-        Every arithmetic op of a Program is a GEMM-family op by construction, so the GEMM+PWL share of
-        arithmetic is 100%; data-movement ops are listed separately (they do no arithmetic).
-        """
-        from .shapes import op_flops
+        return program_coverage(self, input_shapes)
 
-        n_gemm = sum(op.family == "gemm" for op in self.ops)
-        n_arith = sum(op.kind not in MOVE_KINDS for op in self.ops)  # every op that does arithmetic
-        moves: dict[str, int] = {}
-        for op in self.ops:
-            if op.family == "move":
-                moves[op.kind] = moves.get(op.kind, 0) + 1
-        out: dict[str, Any] = {
-            "ops": len(self.ops),
-            "gemm_pwl_ops": n_gemm,
-            "movement_ops": sum(moves.values()),
-            "movement_by_kind": moves,
-            "arithmetic_ops_as_gemm_pwl": 1.0 if n_arith == 0 else n_gemm / n_arith,
-            "pwl_epilogues": sum(op.epilogue.get("act") == "pwl" for op in self.ops),
-        }
-        if input_shapes is not None:
-            shapes = self.infer_shapes(input_shapes)
-            flops = [op_flops(op, shapes) for op in self.ops]
-            total = sum(flops)
-            gemm_flops = sum(f for f, op in zip(flops, self.ops) if op.family == "gemm")
-            out["flops"] = total
-            out["gemm_pwl_flop_share"] = 1.0 if total == 0 else gemm_flops / total
-        return out
-
-    def cost(self, config: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None):
-        """Accelerator cost report (see :mod:`nmengine.cost`)."""
+    def cost(self, config: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
+        """Accelerator cost report, a :class:`nmengine.cost.CostReport` (see :mod:`nmengine.cost`)."""
         from .cost import cost_report
 
         return cost_report(self, config, input_shapes)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import kernels, movement, shapes
-from .program import Op, Program, ProgramError, _resolve_reshape, apply_view
+from .program import Op, Program, ProgramError, resolve_reshape, apply_view
 
 __all__ = ["Runtime", "Arena", "MODES"]
 
@@ -165,7 +165,7 @@ class Runtime:
     # -- the plan (matrixized, no recorder) -----------------------------------------------------
     def _context(self) -> tuple[int, int, dict[int, kernels.PackedMatrix]]:
         """(kernel code, threads, packed constants for that kernel) of one call."""
-        code = kernels._kernel_code()
+        code = kernels.kernel_code()
         packed = self._packed.get(code)
         if packed is None:
             packed = self._pack_constants(code)
@@ -175,7 +175,7 @@ class Runtime:
         with self._lock:
             packed = self._packed.get(code)
             if packed is None:
-                name = kernels._KERNEL_NAMES[code]
+                name = kernels.KERNEL_NAMES[code]
                 consts = self.program.constants
                 packed = {}
                 for i, op in enumerate(self.program.ops):
@@ -194,7 +194,7 @@ class Runtime:
 
         The ops stay in the Program (coverage and cost reports are unchanged); the step of the
         pairwise_max computes all four buffers with each op's own float operations
-        (``kernels._core().softmax_rows``) and the three later steps return them.  ``e`` is not
+        (``kernels.compiled_core().softmax_rows``) and the three later steps return them.  ``e`` is not
         stored when nothing else reads it.  Any mismatch at run time falls back to the ops.
         """
         prog = self.program
@@ -270,7 +270,7 @@ class Runtime:
         ops = self.program.ops
         m_name, e_name, r_name, p_name = ops[i].out, ops[j].out, ops[k].out, ops[l].out
         steps = {q: self._plan[q][1] for q in (i, j, k, l)}
-        core = kernels._core()
+        core = kernels.compiled_core()
         f32 = np.float32
 
         def fused(env, arena, ctx):
@@ -318,7 +318,7 @@ class Runtime:
 
         ``w``/``w'`` are constant columns (the lowering's ``1/D``), ``eps`` a constant of one value,
         gamma/beta constant rows of n.  The step of the mean GEMM computes every buffer with each op's
-        own float operations (``kernels._core().layernorm_rows``: the N = 1 GEMMs in the GEMM core's
+        own float operations (``kernels.compiled_core().layernorm_rows``: the N = 1 GEMMs in the GEMM core's
         summation order for the kernel); ``c`` and ``sq`` are stored only when something else reads
         them.  The ops stay in the Program; any mismatch at run time falls back to them.
         """
@@ -401,7 +401,7 @@ class Runtime:
         table = self._table(ops[v].epilogue["table"])
         gamma = consts[ops[q].args["col_scale"]] if "col_scale" in ops[q].args else None
         beta = consts[ops[q].args["bias"]] if "bias" in ops[q].args else None
-        core = kernels._core()
+        core = kernels.compiled_core()
         f32 = np.float32
         mean_name, c_name, sq_name, r_name, y_name = names
 
@@ -478,7 +478,7 @@ class Runtime:
         elif kind == "pairwise_max":
             xn = op.args["x"]
 
-            core = kernels._core()
+            core = kernels.compiled_core()
 
             def fn(env, arena, ctx, xn=xn):
                 x = env[xn]
@@ -498,7 +498,7 @@ class Runtime:
         args, attrs = op.args, op.attrs
         if attrs.get("trans_a") or attrs.get("trans_b"):
             return lambda env, arena, ctx: self._gemm(i, op, env, arena, "matrixized", None)
-        core = kernels._core()
+        core = kernels.compiled_core()
         an, bn = args["a"], args["b"]
         bias_n, row_n, res_n = args.get("bias"), args.get("bias_row"), args.get("res")
         code, table = self._act_code(core, op)
@@ -544,9 +544,9 @@ class Runtime:
 
     def _scale_step(self, i: int, op: Op) -> Callable[..., np.ndarray]:
         args, attrs = op.args, op.attrs
-        core = kernels._core()
+        core = kernels.compiled_core()
         xn = args["x"]
-        roles = [(r, args.get(r)) for r in kernels._SCALE_ROLES]
+        roles = [(r, args.get(r)) for r in kernels.SCALE_ROLES]
         alpha = attrs.get("alpha", 1.0)
         beta = attrs.get("beta", 0.0)
         res_beta = float(np.float32(attrs.get("res_beta", 1.0)))
@@ -633,7 +633,7 @@ class Runtime:
                 return kernels.pairwise_max(x, out=arena.get(i, x.shape[:-1] + (1,)))
             return movement.pairwise_max(x, exact=(mode == "exact"))
         if kind == "reshape":
-            return x.reshape(_resolve_reshape(x.shape, attrs["shape"]))
+            return x.reshape(resolve_reshape(x.shape, attrs["shape"]))
         if kind == "transpose":
             y = x.transpose(attrs["perm"])
             out = self._out(i, op, arena, y.shape)
@@ -660,7 +660,7 @@ class Runtime:
             flat = np.ascontiguousarray(m).reshape(-1)
             out = arena.get(i, (int(np.count_nonzero(flat)),) + x.shape[2:], x.dtype)
             width = x.itemsize * int(np.prod(x.shape[2:], dtype=np.int64))
-            kernels._core().move_rows(x, out, flat, None, flat.size, width, False, kernels.get_num_threads())
+            kernels.compiled_core().move_rows(x, out, flat, None, flat.size, width, False, kernels.get_num_threads())
             return out
         if kind == "unpack":
             m = movement.mask_bool(env[args["mask"]], None)
@@ -677,7 +677,7 @@ class Runtime:
                 known = arena.zero_rows.get(i)
                 zero = known[1] if known is not None and known[0] is out else None
                 width = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64))
-                kernels._core().move_rows(x, out, flat, zero, flat.size, width, True, kernels.get_num_threads())
+                kernels.compiled_core().move_rows(x, out, flat, zero, flat.size, width, True, kernels.get_num_threads())
                 arena.zero_rows[i] = (out, ~flat)
             else:
                 out.fill(0)
@@ -743,7 +743,7 @@ class Runtime:
         operands = [env[args[r]] for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res") if r in args]
         shape = np.broadcast_shapes(x.shape, *(o.shape for o in operands))
         y = self._out(i, op, arena, shape)
-        ops = {r: env[args[r]] for r in kernels._SCALE_ROLES if r in args}
+        ops = {r: env[args[r]] for r in kernels.SCALE_ROLES if r in args}
         if x.shape == shape and kernels.scale_supported(x, **ops):
             act = op.epilogue.get("act", "none")
             fused = "relu" if act == "relu" else (

@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .program import Op, Program, ProgramError, _resolve_reshape, view_shape
+from .program import ROLES, Op, Program, ProgramError, resolve_reshape, view_shape
 
-__all__ = ["infer_shapes", "gemm_dims", "op_flops", "conv_out_hw"]
+__all__ = ["infer_shapes", "gemm_dims", "op_flops", "scale_factors", "conv_out_hw", "pair"]
 
 
 def pair(v: Any) -> tuple[int, int]:
@@ -87,7 +87,7 @@ def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     if k == "pairwise_max":
         return shapes[a["x"]][:-1] + (1,)
     if k == "reshape":
-        return _resolve_reshape(shapes[a["x"]], at["shape"])
+        return resolve_reshape(shapes[a["x"]], at["shape"])
     if k == "transpose":
         return tuple(shapes[a["x"]][p] for p in at["perm"])
     if k == "im2col":
@@ -132,6 +132,16 @@ def gemm_dims(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, 
     raise ValueError(f"{op.kind} is not a GEMM")
 
 
+def scale_factors(op: Op) -> int:
+    """Multiplicative or additive factors of a ``scale`` op: one operation per output element each.
+
+    Every optional operand (``mul``, ``row_scale``, ``col_scale``, ``bias``, ``bias_row``, ``res``) and a
+    non-trivial ``alpha`` (!= 1) or ``beta`` (!= 0) counts once; a bare PWL lookup has none.
+    """
+    factors = sum(r in op.args for r in ROLES["scale"][1])
+    return int(factors + (op.attrs.get("alpha", 1.0) != 1.0) + (op.attrs.get("beta", 0.0) != 0.0))
+
+
 def op_flops(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Arithmetic operations of an op (a MAC counts 2); data movement does none."""
     if op.kind in ("gemm", "gemm_batched"):
@@ -139,9 +149,7 @@ def op_flops(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> int:
         return 2 * p * m * n * k
     if op.kind == "scale":
         size = int(np.prod(shapes[op.out], dtype=np.int64))
-        factors = sum(r in op.args for r in ("mul", "row_scale", "col_scale", "bias", "bias_row", "res"))
-        factors += (op.attrs.get("alpha", 1.0) != 1.0) + (op.attrs.get("beta", 0.0) != 0.0)
-        return size * max(factors, 1)
+        return size * max(scale_factors(op), 1)
     if op.kind == "pairwise_max":
         x = shapes[op.args["x"]]
         return 3 * int(np.prod(x[:-1], dtype=np.int64)) * (x[-1] - 1)

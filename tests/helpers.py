@@ -10,7 +10,7 @@ KERNELS = ["scalar", "avx2"]
 
 
 def avx2_ok() -> bool:
-    return bool(kernels._core().cpu_has_avx2_fma())
+    return bool(kernels.compiled_core().cpu_has_avx2_fma())
 
 
 def avail_kernels() -> list[str]:

@@ -402,7 +402,7 @@ def test_kernel_selection(monkeypatch):
 
 
 def test_avx2_unavailable_raises(monkeypatch):
-    kernels._core()
+    kernels.compiled_core()
     monkeypatch.setattr(kernels, "_cpu_avx2", False)
     with kernels.use_kernel("avx2"):
         with pytest.raises(kernels.KernelUnavailableError, match="AVX2"):

@@ -337,14 +337,14 @@ def test_plan_packs_constants_once_per_kernel(bert_like):
     rt = bert_like.runtime
     inp = transformer_inputs(seed=4)
     bert_like.run(inp)
-    code = kernels._kernel_code()
+    code = kernels.kernel_code()
     packed = rt._packed[code]
     assert packed and all(bert_like.ops[i].kind == "gemm" for i in packed)
     bert_like.run(inp)
     assert rt._packed[code] is packed
     with kernels.use_kernel("scalar"):
         bert_like.run(inp)
-    assert rt._packed[kernels._core().KERNEL_SCALAR]
+    assert rt._packed[kernels.compiled_core().KERNEL_SCALAR]
 
 
 def test_plan_concurrent_calls(bert_like):

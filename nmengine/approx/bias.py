@@ -44,7 +44,7 @@ Array = np.ndarray
 DEFAULT_POINTS = 257
 
 
-def _segment_samples(a: Array, b: Array, points: int, geometric: bool) -> Array:
+def segment_samples(a: Array, b: Array, points: int, geometric: bool) -> Array:
     """``(n, points)`` sample abscissae per segment, endpoints included (geometric: uniform in log x)."""
     t = np.linspace(0.0, 1.0, points)
     if geometric:
@@ -57,7 +57,7 @@ def _segment_samples(a: Array, b: Array, points: int, geometric: bool) -> Array:
     return x
 
 
-def _peak(r: Array, k: Array) -> Array:
+def refined_peak(r: Array, k: Array) -> Array:
     """Row maxima of ``r`` at indices ``k``, refined by the parabola through the two neighbours.
 
     The samples of a segment miss its true extremum by up to half a step; the parabolic vertex
@@ -79,7 +79,7 @@ def _peak(r: Array, k: Array) -> Array:
     return np.where(ok & (np.abs(delta) <= 0.5), np.maximum(peak, val), val)
 
 
-def _remez_lines(x: Array, y: Array, w: Array | None, *, max_iter: int = 25) -> tuple[Array, Array, Array]:
+def remez_lines(x: Array, y: Array, w: Array | None, *, max_iter: int = 25) -> tuple[Array, Array, Array]:
     """Weighted discrete minimax lines, one per row.
 
     For each row ``r`` find ``(s, c)`` minimising ``max_k w[r,k] |y[r,k] - s x[r,k] - c|`` with a
@@ -168,11 +168,11 @@ def _remez_lines(x: Array, y: Array, w: Array | None, *, max_iter: int = 25) -> 
     res = wn * (yn - alpha[:, None] * t - beta[:, None])
     if w is None:
         # vertical centring: for the chosen slope, the intercept that balances the error exactly
-        hi, lo = _peak(res, np.argmax(res, axis=1)), -_peak(-res, np.argmin(res, axis=1))
+        hi, lo = refined_peak(res, np.argmax(res, axis=1)), -refined_peak(-res, np.argmin(res, axis=1))
         beta = beta + 0.5 * (hi + lo)
         err = 0.5 * (hi - lo)
     else:
-        err = _peak(np.abs(res), np.argmax(np.abs(res), axis=1))
+        err = refined_peak(np.abs(res), np.argmax(np.abs(res), axis=1))
     slope = alpha * scale[:, 0] / span[:, 0]
     intercept = beta * scale[:, 0] - slope * x0[:, 0]
     return slope, intercept, err * (scale[:, 0] if w is None else 1.0)
@@ -214,7 +214,7 @@ def minimax_lines(
         raise TypeError("points must be an integer")
     if points < 3:
         raise ValueError("points must be >= 3")
-    x = _segment_samples(a, b, int(points), geometric=relative)
+    x = segment_samples(a, b, int(points), geometric=relative)
     y = np.asarray(f(x), dtype=np.float64)
     if not np.all(np.isfinite(y)):
         raise ValueError("the function is not finite on some segment")
@@ -222,7 +222,7 @@ def minimax_lines(
     if relative:
         ay = np.abs(y)
         w = 1.0 / np.maximum(ay, np.finfo(np.float64).tiny + 1e-300 * ay.max(initial=0.0))
-    return _remez_lines(x, y, w)
+    return remez_lines(x, y, w)
 
 
 def minimax_line(
@@ -258,8 +258,8 @@ def centered_chord(
     y = np.asarray(f(x), dtype=np.float64)
     s = (y[-1] - y[0]) / (b - a)
     r = (y - (y[0] + s * (x - a)))[None, :]
-    hi = float(_peak(r, np.argmax(r, axis=1))[0])
-    lo = -float(_peak(-r, np.argmin(r, axis=1))[0])
+    hi = float(refined_peak(r, np.argmax(r, axis=1))[0])
+    lo = -float(refined_peak(-r, np.argmin(r, axis=1))[0])
     c = y[0] - s * a + 0.5 * (hi + lo)
     return float(s), float(c), 0.5 * (hi - lo)
 

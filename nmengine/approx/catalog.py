@@ -157,7 +157,7 @@ class Function:
             raise TypeError("Function name must be a non-empty string")
         if not callable(self.f) or not callable(self.df):
             raise TypeError("Function f and df must be callables")
-        _check_range(self.lo, self.hi, relative=self.relative, what=f"function {self.name!r}")
+        check_range(self.lo, self.hi, relative=self.relative, what=f"function {self.name!r}")
 
     @property
     def range(self) -> tuple[float, float]:
@@ -170,25 +170,25 @@ class Function:
 
     def with_range(self, lo: float | None = None, hi: float | None = None) -> "Function":
         """A copy with another default range (validated)."""
-        lo = self.lo if lo is None else _as_real("lo", lo)
-        hi = self.hi if hi is None else _as_real("hi", hi)
+        lo = self.lo if lo is None else as_real("lo", lo)
+        hi = self.hi if hi is None else as_real("hi", hi)
         return dataclasses.replace(self, lo=lo, hi=hi)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _as_real(what: str, value: Any) -> float:
+def as_real(what: str, value: Any) -> float:
     """``value`` as a Python float, TypeError for non-real input."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
     return float(value)
 
 
-def _check_range(lo: float, hi: float, *, relative: bool, what: str) -> None:
+def check_range(lo: float, hi: float, *, relative: bool, what: str) -> None:
     """ValueError unless ``lo < hi`` are finite (and positive for relative functions)."""
-    lo = _as_real("lo", lo)
-    hi = _as_real("hi", hi)
+    lo = as_real("lo", lo)
+    hi = as_real("hi", hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{what}: range bounds must be finite, got lo={lo}, hi={hi}")
     if lo >= hi:
@@ -418,7 +418,7 @@ def get_function(
     elif callable(name_or_callable):
         if lo is None or hi is None:
             raise ValueError("a user callable needs a range: pass both lo= and hi=")
-        lo_f, hi_f = _as_real("lo", lo), _as_real("hi", hi)
+        lo_f, hi_f = as_real("lo", lo), as_real("hi", hi)
         name = getattr(name_or_callable, "__name__", "") or "custom"
         if name == "<lambda>":
             name = "custom"

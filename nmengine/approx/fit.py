@@ -51,8 +51,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..pwl import PWLTable
-from .bias import _peak, _remez_lines, _segment_samples
-from .catalog import FAR_FACTOR, Function, Tail, _as_real, _check_range, get_function
+from .bias import refined_peak, remez_lines, segment_samples
+from .catalog import FAR_FACTOR, Function, Tail, as_real, check_range, get_function
 
 __all__ = ["fit", "error_report", "METHODS"]
 
@@ -114,7 +114,7 @@ def _data_in(data: Optional[Array], lo: float, hi: float, relative: bool) -> Opt
 def _lines(prob: _Problem, xb: Array, points: int) -> tuple[Array, Array, Array]:
     """Minimax lines of ``prob.func`` on the segments ``[xb[i], xb[i+1]]``."""
     a, b = xb[:-1], xb[1:]
-    x = _segment_samples(a, b, points, geometric=prob.relative)
+    x = segment_samples(a, b, points, geometric=prob.relative)
     y = np.asarray(prob.func.f(x), dtype=np.float64)
     if not np.all(np.isfinite(y)):
         bad = x[~np.isfinite(y)]
@@ -126,7 +126,7 @@ def _lines(prob: _Problem, xb: Array, points: int) -> tuple[Array, Array, Array]
     if prob.relative:
         ay = np.abs(y)
         w = 1.0 / np.maximum(ay, 1e-300)
-    return _remez_lines(x, y, w)
+    return remez_lines(x, y, w)
 
 
 def _data_mass(prob: _Problem, u: Array) -> Optional[Array]:
@@ -253,9 +253,9 @@ def _final_lines(prob: _Problem, xb: Array) -> tuple[Array, Array]:
     s32 = s.astype(np.float32)
     if not prob.relative:
         # re-centre the intercept for the rounded slope (vertical bias correction in float32)
-        x = _segment_samples(xb[:-1], xb[1:], _FINAL_POINTS, geometric=False)
+        x = segment_samples(xb[:-1], xb[1:], _FINAL_POINTS, geometric=False)
         r = prob.func.f(x) - s32.astype(np.float64)[:, None] * x
-        c = 0.5 * (_peak(r, np.argmax(r, axis=1)) - _peak(-r, np.argmin(r, axis=1)))
+        c = 0.5 * (refined_peak(r, np.argmax(r, axis=1)) - refined_peak(-r, np.argmin(r, axis=1)))
     return s32, c.astype(np.float32)
 
 
@@ -305,7 +305,7 @@ def _assemble(prob: _Problem, xb: Array, s32: Array, c32: Array) -> tuple[Array,
 
 def _measure(prob: _Problem, table: PWLTable, xb: Array) -> dict[str, float]:
     """Max abs/rel and mean abs error of the float32 table on [lo, hi] (dense per-segment samples)."""
-    per_seg = _segment_samples(xb[:-1], xb[1:], _CHECK_POINTS, geometric=prob.relative).ravel()
+    per_seg = segment_samples(xb[:-1], xb[1:], _CHECK_POINTS, geometric=prob.relative).ravel()
     u0, u1 = prob.to_u(np.float64(prob.lo)), prob.to_u(np.float64(prob.hi))
     grid = prob.from_u(np.linspace(u0, u1, 20001))
     b32 = xb.astype(np.float32)
@@ -385,7 +385,7 @@ def _opt_int(name: str, v: Any) -> Optional[int]:
 
 
 def _opt_real(name: str, v: Any) -> Optional[float]:
-    return None if v is None else _as_real(name, v)
+    return None if v is None else as_real(name, v)
 
 
 def _calibration_values(calibration: Any) -> Array:
@@ -461,7 +461,7 @@ def _problem(
         func = get_function(fn, lo_v, hi_v)
     lo_v = func.lo if lo_v is None else lo_v
     hi_v = func.hi if hi_v is None else hi_v
-    _check_range(lo_v, hi_v, relative=func.relative, what=f"fit of {func.name!r}")
+    check_range(lo_v, hi_v, relative=func.relative, what=f"fit of {func.name!r}")
     data_u = _data_in(data, lo_v, hi_v, func.relative)
     return _Problem(func, float(lo_v), float(hi_v), data_u, float(data_weight), data, (source[0], source[1]))
 
@@ -643,7 +643,7 @@ def fit(
     max_segments_i = _opt_int("max_segments", max_segments)
     max_error_v = _opt_real("max_error", max_error)
     width_v = _opt_real("width", width)
-    dw = _as_real("data_weight", data_weight)
+    dw = as_real("data_weight", data_weight)
     if max_segments_i is None or max_segments_i < 1:
         raise ValueError(f"max_segments must be >= 1, got {max_segments}")
     if not 0.0 <= dw <= 1.0:
