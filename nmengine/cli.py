@@ -12,6 +12,7 @@ Subcommands (each imports what it needs only when it runs)::
     nmengine export-hf DIR -o M.nmb    compile a BERT checkpoint once into a self-contained bundle
     nmengine hf-report --model DIR     cost report of an imported BERT
     nmengine kernel-info               the GEMM core in use
+    nmengine serve MODEL               embeddings / program runs over HTTP (OpenAI-compatible)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     """Each module registers the subcommands it implements."""
     from . import cost, hf, workflow
     from .approx import cli as approx_cli
+    from .serve import cli as serve_cli
 
     workflow.add_parsers(sub)
     approx_cli.add_parser(sub)
@@ -52,6 +54,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     hf.add_embed_parser(sub)
     hf.add_hf_report_parser(sub)
     hf.add_export_parser(sub)
+    serve_cli.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
