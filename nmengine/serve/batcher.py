@@ -221,9 +221,10 @@ class Batcher:
 
         Cancelling the future drops the sentences that have not reached the engine yet.
         """
-        if not self.running or self._closing:
-            raise RuntimeError("the batcher is not running (call `await batcher.start()` first)"
-                               if not self._closing else "the batcher is shutting down")
+        if not self.running:
+            raise RuntimeError("the batcher is not running (call `await batcher.start()` first)")
+        if self._closing:
+            raise RuntimeError("the batcher is shutting down")
         n = len(texts)
         if self._depth > 0 and self._depth + n > self.max_queue:
             raise QueueFullError(self._depth, n, self.max_queue)

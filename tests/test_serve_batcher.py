@@ -1,0 +1,102 @@
+"""The Batcher without HTTP: results in input order, bit-for-bit independence from batch mates,
+cancellation, backpressure, draining on close and argument checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests.serve_helpers import embedder, sentences
+
+from nmengine.serve import Batcher, QueueFullError  # noqa: E402
+
+
+def test_pad_multiple_1_is_bit_identical_to_encode_of_each_sentence_alone():
+    emb = embedder()
+    texts = list(sentences()[:20])
+
+    async def go():
+        async with Batcher(emb, pad_multiple=1, max_wait_ms=50) as b:
+            parts = await asyncio.gather(*(b.encode(texts[i:i + 3]) for i in range(0, 20, 3)))
+        return np.concatenate(parts)
+
+    got = asyncio.run(go())
+    for t, row in zip(texts, got):
+        assert np.array_equal(row, emb.encode([t])[0]), t
+
+
+def test_rows_come_back_in_input_order_and_batches_are_shared():
+    emb = embedder()
+    texts = list(sentences()[:24])
+    seen = []
+
+    async def go():
+        async with Batcher(emb, max_wait_ms=50, on_batch=seen.append) as b:
+            single = await b.encode(texts[0])
+            many = await asyncio.gather(*(b.encode([t]) for t in texts))
+            return single, many
+
+    single, many = asyncio.run(go())
+    assert single.shape == (384,)
+    got = np.concatenate(many)
+    np.testing.assert_allclose(got, emb.encode(texts), atol=1e-5, rtol=0)
+    assert np.array_equal(got[0], single)
+    assert sum(s.sentences for s in seen) == 25 and len(seen) < 25  # concurrent sentences shared calls
+    assert all(s.padded_length % 8 == 0 for s in seen)
+
+
+def test_cancelled_requests_never_reach_the_engine():
+    emb = embedder()
+    seen = []
+
+    async def go():
+        async with Batcher(emb, max_wait_ms=200, on_batch=seen.append) as b:
+            task = asyncio.ensure_future(b.encode(["dropped one", "dropped two"]))
+            await asyncio.sleep(0.02)
+            task.cancel()
+            kept = await b.encode(["kept"])
+            return kept, b.queue_depth
+
+    kept, depth = asyncio.run(go())
+    assert kept.shape == (1, 384) and depth == 0
+    assert sum(s.sentences for s in seen) == 1
+
+
+def test_full_queue_raises_and_close_drains():
+    emb = embedder()
+
+    async def go():
+        b = Batcher(emb, max_wait_ms=10_000, max_queue=3)
+        await b.start()
+        first = asyncio.ensure_future(b.encode(["a", "b", "c"]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            await b.encode(["d"])
+        await b.close()  # runs the queued sentences at once instead of waiting 10 s
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.encode(["e"])
+        return await first
+
+    out = asyncio.run(asyncio.wait_for(go(), timeout=60))
+    np.testing.assert_allclose(out, embedder().encode(["a", "b", "c"]), atol=1e-5, rtol=0)
+
+
+def test_empty_input_and_argument_checks():
+    emb = embedder()
+
+    async def go():
+        async with Batcher(emb) as b:
+            assert (await b.encode([])).shape == (0, 384)
+            with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
+                await b.encode(["ok", 3])
+            with pytest.raises(TypeError):
+                await b.encode(b"bytes")
+
+    asyncio.run(go())
+    for bad in ({"max_batch_tokens": 0}, {"max_queue": -1}, {"pad_multiple": 1.5}, {"max_wait_ms": -1}):
+        with pytest.raises(ValueError):
+            Batcher(emb, **bad)
+    with pytest.raises(TypeError, match="SentenceEmbedder"):
+        Batcher(object())
