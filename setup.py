@@ -5,6 +5,11 @@ bit for bit; the GEMM microkernel uses explicit FMA intrinsics) -fno-math-errno,
 test compile shows the compiler supports it (otherwise the core runs serially).  No -march=native:
 the AVX2 code is compiled through function target attributes and chosen at run time by cpuid.
 Set NMENGINE_NO_OPENMP=1 to force a serial build.
+
+Sanitizers: NMENGINE_SANITIZE=address,undefined (any list of -fsanitize= names) builds the core with
+them, -O1 -g and frame pointers, UBSan set to abort on the first report.  The extension then needs the
+runtime preloaded into Python (LD_PRELOAD=$(cc -print-file-name=libasan.so)); tools/sanitize.sh does
+the whole build-and-test run.
 """
 
 from __future__ import annotations
@@ -49,7 +54,18 @@ def _openmp_flags() -> tuple[list[str], list[str]]:
     return (["-fopenmp"], ["-fopenmp"]) if r.returncode == 0 else ([], [])
 
 
+def _sanitizer_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags for NMENGINE_SANITIZE, e.g. ``address,undefined``; ([], []) when unset."""
+    names = os.environ.get("NMENGINE_SANITIZE", "").strip()
+    if not names:
+        return [], []
+    flag = f"-fsanitize={names}"
+    extra = ["-fno-sanitize-recover=all"] if "undefined" in names else []
+    return [flag, *extra, "-fno-omit-frame-pointer", "-g", "-O1"], [flag]
+
+
 omp_compile, omp_link = _openmp_flags()
+san_compile, san_link = _sanitizer_flags()
 csrc = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.c")))
 
 ext = Extension(
@@ -57,8 +73,8 @@ ext = Extension(
     ["nmengine/_core.pyx", *csrc],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", *omp_compile],
-    extra_link_args=omp_link,
+    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", *omp_compile, *san_compile],
+    extra_link_args=[*omp_link, *san_link],
     depends=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.h"))),
 )
 

@@ -381,7 +381,13 @@ def read_pipeline(model_dir: PathLike) -> SentencePipeline:
     mpath = os.path.join(d, "modules.json")
     if not os.path.isfile(mpath):
         return SentencePipeline("mean", False, max_len, lower, "default")
-    modules = sorted(_read_json(mpath), key=lambda m: int(m.get("idx", 0)))
+    modules = _read_json(mpath)
+    if not isinstance(modules, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("idx", 0), int) and isinstance(m.get("path", ""), str)
+            for m in modules):
+        raise ValueError(f"{mpath}: expected a list of modules, each an object with an integer 'idx' "
+                         f"and a string 'path', got {type(modules).__name__} {str(modules)[:80]}")
+    modules = sorted(modules, key=lambda m: m.get("idx", 0))
     pooling, normalize = None, False
     for m in modules:
         kind = m.get("type", "")
@@ -415,10 +421,11 @@ def load_tokenizer(model_dir: PathLike):
         raise FileNotFoundError(f"{path} not found (a fast tokenizer file is required)")
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(path)
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise ValueError(f"{path} could not be parsed: {exc}") from None
+    return _ready(tok, path)
 
 
 def tokenizer_from_json(text: str):
@@ -429,8 +436,17 @@ def tokenizer_from_json(text: str):
         tok = Tokenizer.from_str(text)
     except Exception as exc:  # the tokenizers library raises its own exception type
         raise ValueError(f"the embedded tokenizer.json could not be parsed: {exc}") from None
+    return _ready(tok, "the embedded tokenizer.json")
+
+
+def _ready(tok, where: str):
+    """``tok`` with padding and truncation off, after one probe encode (a broken vocabulary fails here)."""
     tok.no_padding()
     tok.no_truncation()
+    try:
+        tok.encode("A probe sentence, 42.")
+    except Exception as exc:  # the tokenizers library raises a plain Exception
+        raise ValueError(f"{where} cannot encode text: {exc}") from None
     return tok
 
 
