@@ -10,6 +10,9 @@
    :mod:`.calibrate`; without calibration data the catalog's default ranges are used;
 5. PWL fitting with :func:`nmengine.approx.fit` (horizontal size optimization) and vertical bias
    correction folded into the next linear layer's bias.
+
+``segments="auto"`` with a ``target`` (output cosine, accuracy drop, table bytes) chooses every
+table's segment count and range from measured sensitivities instead, see :mod:`.budget`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     spec: ModelSpec,
     calibration: Any = None,
     *,
-    segments: int | None = 32,
+    segments: int | str | None = 32,
     method: str = "optimized",
     max_error: float | None = None,
     functions: Mapping[str, Mapping[str, Any]] | None = None,
@@ -37,6 +40,7 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     max_calibration_rows: int = 65536,
     pack_tokens: bool = True,
     progress: bool = False,
+    target: Any = None,
 ) -> Program:
     """Matrixize ``spec`` into a :class:`~nmengine.program.Program`.
 
@@ -48,7 +52,13 @@ def compile(  # noqa: A001 - the contract name is nm.compile
         Sample inputs (an array, a dict name -> array, or a list of either for several batches).  The
         exact model runs on them to place every PWL table's range where the data is.
     segments, method, max_error:
-        Table options passed to :func:`nmengine.approx.fit` for every function.
+        Table options passed to :func:`nmengine.approx.fit` for every function.  ``segments="auto"``:
+        the budgeted compile (:mod:`.budget`) picks each table's segments and range for ``target``.
+    target:
+        With ``segments="auto"``: ``{"cosine": 0.9999}`` (min output cosine vs exact over the
+        calibration rows; the default), ``{"accuracy_drop": 0.005, "labels": y}``, ``{"bytes": 15000}``
+        or several of them, a float (cosine), a string ``"cosine=0.9999,bytes=15k"`` or a
+        :class:`.budget.Target`.
     functions:
         Per-function overrides, e.g. ``{"exp": {"segments": 64}, "rsqrt": {"max_error": 1e-3}}``.
     bias_correction:
@@ -60,6 +70,14 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"compile expects a ModelSpec, got {type(spec).__name__}")
     spec.validate()
+    auto = isinstance(segments, str)
+    if auto and segments != "auto":
+        raise ValueError(f"segments must be an int or 'auto', got {segments!r}")
+    if auto and (calibration is None or max_error is not None):
+        raise ValueError("segments='auto' measures the tables on calibration data: give calibration= "
+                         "(and no max_error)")
+    if target is not None and not auto:
+        raise ValueError("target= needs segments='auto'")
     folded = fold_layernorm_affine(fold_batchnorm(spec))
     ops, constants, requests = lower(folded, pack_tokens=pack_tokens)
     ops = fuse(ops, list(folded.outputs), set(constants))
@@ -67,7 +85,7 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     if max_error is not None:
         options["max_error"] = max_error
     else:
-        options["segments"] = segments
+        options["segments"] = 32 if auto else segments
     meta = {"producer": "nmengine.compile", "source": spec.name, "pack_tokens": pack_tokens,
             "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
@@ -79,6 +97,11 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
     if not requests:
         return program
+    if auto:
+        from .budget import compile_budgeted
+
+        return compile_budgeted(program, requests, calibration, acts, target=target, options=options,
+                                functions=functions, bias_correction=bias_correction, progress=progress)
     tables = fit_tables(requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []

@@ -16,7 +16,7 @@ import numpy as np
 from ..program import Op, Program
 from ..pwl import PWLTable
 
-__all__ = ["record_activations", "fit_tables", "correct_biases", "iter_batches"]
+__all__ = ["record_activations", "fit_tables", "calibrated_options", "informative", "correct_biases", "iter_batches"]
 
 #: Relative (wide dynamic range) functions get their calibrated range widened by this factor on
 #: each side: geometric segments make the extra octaves cheap, and unseen inputs (a shorter sequence's
@@ -64,11 +64,34 @@ def record_activations(program: Program, calibration: Any, *, max_rows: int = 65
     return out
 
 
-def _informative(fn: str, values: np.ndarray) -> np.ndarray:
+def informative(fn: str, values: np.ndarray) -> np.ndarray:
+    """The finite values of a table's input that tell where its range should be."""
     v = values[np.isfinite(values)]
     if fn == "exp":
         v = v[v > EXP_UNDERFLOW]
     return v
+
+
+def calibrated_options(fn: str, activations: np.ndarray, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``opts`` for :func:`nmengine.approx.fit` completed with a table's calibration data.
+
+    The informative values become ``calibration`` (unless given); a relative function without an
+    explicit range gets the data's [min, max] widened by :data:`RELATIVE_RANGE_FACTOR` on each side.
+    """
+    from .. import approx
+
+    out = dict(opts)
+    data = informative(fn, np.asarray(activations).ravel())
+    if not data.size:
+        return out
+    out.setdefault("calibration", data)
+    func = approx.get_function(fn)
+    if func.relative and "lo" not in out and "hi" not in out:
+        lo, hi = float(data.min()), float(data.max())
+        lo = max(lo, func.domain[0], np.finfo(np.float32).tiny) / RELATIVE_RANGE_FACTOR
+        hi = max(hi, lo * RELATIVE_RANGE_FACTOR) * RELATIVE_RANGE_FACTOR
+        out["lo"], out["hi"] = lo, hi
+    return out
 
 
 def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray] | None,
@@ -87,15 +110,7 @@ def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray
     for key, req in items:
         opts = {**options, **dict((per_function or {}).get(req.fn, {}))}
         if activations is not None and key in activations:
-            data = _informative(req.fn, activations[key].ravel())
-            if data.size:
-                opts.setdefault("calibration", data)
-                func = approx.get_function(req.fn)
-                if func.relative and "lo" not in opts and "hi" not in opts:
-                    lo, hi = float(data.min()), float(data.max())
-                    lo = max(lo, func.domain[0], np.finfo(np.float32).tiny) / RELATIVE_RANGE_FACTOR
-                    hi = max(hi, lo * RELATIVE_RANGE_FACTOR) * RELATIVE_RANGE_FACTOR
-                    opts["lo"], opts["hi"] = lo, hi
+            opts = calibrated_options(req.fn, activations[key], opts)
         if "calibration" in opts:
             table = approx.fit(req.fn, **opts)
         else:
