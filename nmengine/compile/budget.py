@@ -31,6 +31,7 @@ bytes vs fidelity) and in each table's ``meta["budget"]``; :func:`format_report`
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import warnings
@@ -44,7 +45,7 @@ from ..pwl import PWLTable
 from .calibrate import calibrated_options, correct_biases, informative, iter_batches
 
 __all__ = ["Target", "parse_target", "compile_budgeted", "table_bytes", "format_report", "plot_curve",
-           "LADDER", "PROBE_SEGMENTS"]
+           "LADDER", "PROBE_SEGMENTS", "segments_arg", "add_segments_args", "segments_options"]
 
 #: Segment counts the budget chooses from (inside the table's range; outer asymptote segments extra).
 LADDER: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -600,3 +601,42 @@ def plot_curve(budget: Mapping[str, Any], path: str | None = None, *, ax: Any = 
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line helpers shared by the frontends' commands
+# ---------------------------------------------------------------------------------------------
+def segments_arg(value: str) -> int | str:
+    """argparse type of ``--segments``: a positive integer or ``auto``."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def add_segments_args(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """Add ``--segments N|auto`` and ``--target SPEC`` to a command."""
+    parser.add_argument("--segments", type=segments_arg, default=None,
+                        help=f"PWL segments per table, or 'auto' to choose them for --target (default {default})")
+    parser.add_argument("--target", default=None,
+                        help="with --segments auto: e.g. 'cosine=0.9999', 'bytes=15k', "
+                             "'cosine=0.9999,bytes=15k' (default cosine=0.9999)")
+
+
+def segments_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``segments``/``target`` keyword arguments from parsed ``--segments``/``--target``."""
+    segments, target = getattr(args, "segments", None), getattr(args, "target", None)
+    if target is not None and segments != "auto":
+        raise ValueError("--target needs --segments auto")
+    opts: dict[str, Any] = {}
+    if segments is not None:
+        opts["segments"] = segments
+    if target is not None:
+        parse_target(target)  # fail early on a malformed --target
+        opts["target"] = target
+    return opts
