@@ -669,7 +669,8 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     data, bad PWL tables or an inconsistent op graph.  Returns a JSON-ready dict with ``schema_version``,
     ``producer``, ``created``, ``name``, ``n_ops``, ``ops_by_kind``, ``inputs``, ``outputs``,
     ``n_tensors``, ``n_constants``, ``n_tables``, byte sizes (``file_bytes``, ``header_bytes``,
-    ``data_bytes``, ``constant_bytes``, ``table_bytes``), ``n_parameters`` and per-tensor ``tensors``.
+    ``data_bytes``, ``constant_bytes``, ``table_bytes``), ``n_parameters``, per-tensor ``tensors`` and
+    ``budget`` (the budgeted compile's record, ``None`` unless compiled with ``segments="auto"``).
     """
     path, f, file_size = _open_checked(path)
     with f:
@@ -702,6 +703,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "n_parameters": sum(math.prod(e.shape) for e in order if e.name not in table_tensors),
         "tensors": [{"name": e.name, "dtype": e.code, "shape": list(e.shape), "nbytes": e.nbytes} for e in order],
         "data_verified": False,
+        "budget": doc["meta"].get("budget"),
     }
 
 

@@ -168,3 +168,40 @@ def test_parse_target_forms():
     assert parse_target(0.999).cosine == 0.999
     assert parse_target(None).cosine == 0.9999
     assert parse_target({"acc_drop": 0.01}, labels=np.array([1, 2])).accuracy_drop == 0.01
+
+
+def test_inspect_shows_the_budget_and_plots(mlp_auto, tmp_path, capsys):
+    from nmengine.cli import main
+
+    path = tmp_path / "auto.nmb"
+    nm.save(mlp_auto, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget" in out and "live:tanh" in out and "dead:gelu" in out
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curve.png"
+    assert main(["inspect", str(path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_plot_without_budget_is_an_error(mlp, tmp_path, capsys):
+    from nmengine.cli import main
+
+    spec, x = mlp
+    path = tmp_path / "plain.nmb"
+    nm.save(nm.compile(spec, calibration=x), path)
+    assert main(["inspect", str(path), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "no budget record" in capsys.readouterr().err
+
+
+def test_cli_segments_argument():
+    import argparse
+
+    from nmengine.compile.budget import segments_arg, segments_options
+
+    assert segments_arg("auto") == "auto" and segments_arg("16") == 16
+    with pytest.raises(argparse.ArgumentTypeError):
+        segments_arg("0")
+    with pytest.raises(ValueError, match="--segments auto"):
+        segments_options(argparse.Namespace(segments=16, target="cosine=0.9"))
+    assert segments_options(argparse.Namespace(segments="auto", target="bytes=4k")) == {"segments": "auto", "target": "bytes=4k"}
