@@ -10,6 +10,7 @@ Layout (data flows trainer -> ModelSpec -> compiler; nothing here imports the co
     models.py      small_cnn(), small_vit(), default_config(name)
     trainer.py     train(), evaluate(), predict()
     aat.py         approximation-aware training with PWL tables; collect_activations()
+    tables.py      learnable tables (breakpoints and values trained with the weights)
 
 Typical use::
 
@@ -33,6 +34,7 @@ from .data import Dataset, batches, load_digits_split, random_shift
 from .models import SmallCNN, SmallViT, create_model, default_config, small_cnn, small_vit
 from .nn import Module, manual_seed
 from .optim import SGD, AdamW, Constant, CosineWarmup, StepDecay, clip_grad_norm, param_groups
+from .tables import LearnableTable, TableAdamW, fixed_tables, learnable_tables, learned_pwl, table_optimizer
 from .tensor import Parameter, Tensor, no_grad
 from .trainer import History, blas_threads, evaluate, predict, train
 
@@ -44,4 +46,5 @@ __all__ = [
     "train", "evaluate", "predict", "History", "blas_threads",
     "approximate", "exact", "Approximation", "collect_activations", "approximable_layers",
     "uniform_table", "calibrate_uniform_tables",
+    "LearnableTable", "learnable_tables", "learned_pwl", "fixed_tables", "TableAdamW", "table_optimizer",
 ]

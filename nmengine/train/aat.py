@@ -20,7 +20,8 @@ relu                                        none (stays exact)
 :func:`approximate` installs a nonlinearity hook (``module._nl``) on each listed module: the module
 switches to the decomposed form of its op (see :mod:`.functional`) and evaluates each role with
 :func:`~nmengine.train.functional.pwl` -- ``y = table(x)`` in float32 semantics -- while roles and layers
-without a table stay exact.  The backward pass uses the table's slope on the segment (the true derivative
+without a table stay exact.  A :class:`~.tables.LearnableTable` in place of a PWLTable makes the table
+itself trainable (its breakpoints and knot values get gradients, see :mod:`.tables`).  The backward pass uses the table's slope on the segment (the true derivative
 of the function the engine computes) or, with ``straight_through=True``, the exact derivative of the
 approximated function.  Masked attention keys get probability exactly 0 (their exp values are zeroed
 after the table).
@@ -39,6 +40,7 @@ import numpy as np
 from ..pwl import PWLTable
 from . import functional as F
 from .nn import Module
+from .tables import LearnableTable, learned_pwl
 from .tensor import Tensor
 from .trainer import predict
 
@@ -53,11 +55,13 @@ def approximable_layers(model: Module) -> dict[str, tuple[str, ...]]:
     return {path: m.nl_roles for path, m in model.named_modules() if m.nl_roles}
 
 
-def _make_hook(tables: Mapping[str, PWLTable], straight_through: bool) -> F.Nonlinearity:
+def _make_hook(tables: Mapping[str, PWLTable | LearnableTable], straight_through: bool) -> F.Nonlinearity:
     def hook(role: str, x: Tensor, valid: np.ndarray | None = None) -> Tensor:
         t = tables.get(role)
         if t is None:
             return F.exact_nonlinearity(role, x)
+        if isinstance(t, LearnableTable):
+            return learned_pwl(x, t)
         return F.pwl(x, t, role, straight_through=straight_through)
 
     return hook
@@ -133,8 +137,9 @@ def approximate(
         if bad and strict:
             raise KeyError(f"approximate: layer {name!r} ({type(m).__name__}) has roles {list(m.nl_roles)}, got {bad}")
         for r, t in roles.items():
-            if not isinstance(t, PWLTable):
-                raise TypeError(f"approximate: tables[{name!r}][{r!r}] must be a PWLTable, got {type(t).__name__}")
+            if not isinstance(t, (PWLTable, LearnableTable)):
+                raise TypeError(f"approximate: tables[{name!r}][{r!r}] must be a PWLTable or LearnableTable, "
+                                f"got {type(t).__name__}")
         usable = {r: t for r, t in roles.items() if r in m.nl_roles}
         previous[m] = m._nl
         object.__setattr__(m, "_nl", _make_hook(usable, straight_through))
