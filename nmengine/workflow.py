@@ -68,18 +68,27 @@ def run_flow(
     *,
     epochs: int | None = None,
     aat_epochs: int = 2,
-    segments: int = 16,
+    segments: int | str = 16,
     method: str = "optimized",
     out: str | Path | None = None,
     seed: int = 0,
     calibration_size: int = 256,
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
+    learn_tables: bool = False,
+    table_lr: float = 1e-2,
+    target: Any = None,
 ) -> FlowResult:
     """Train ``model`` ("cnn" or "vit") on digits, fine-tune it with the engine's PWL tables, compile it.
 
     ``segments``/``method`` are the PWL options of every table; the same tables drive AAT and the
     exported program.  Returns the accuracies of every stage; writes a bundle when ``out`` is given.
+
+    ``learn_tables``: AAT also trains every table's breakpoints and knot values (continuous tables, see
+    :mod:`nmengine.train.tables`, learning rate ``table_lr``); the exported program keeps the learned
+    tables (no bias correction: the learned intercepts and the fine-tuned biases absorb the mean error).
+    ``segments="auto"`` with ``target`` (e.g. ``{"accuracy_drop": 0.005}``; labels are the calibration
+    images' own) lets the compiler choose each table's size (:mod:`nmengine.compile.budget`).
     """
     from . import train as nt
     from .compile import compile
@@ -99,8 +108,15 @@ def run_flow(
     exact_acc = nt.evaluate(net, data.x_test, data.y_test)
 
     rng = np.random.default_rng(seed)
-    calib = data.x_train[rng.choice(len(data.x_train), min(calibration_size, len(data.x_train)), replace=False)]
-    pwl = {"segments": segments, "method": method}
+    pick = rng.choice(len(data.x_train), min(calibration_size, len(data.x_train)), replace=False)
+    calib = data.x_train[pick]
+    pwl: dict[str, Any] = {"segments": segments, "method": method}
+    if segments == "auto":
+        from .compile.budget import parse_target
+
+        pwl["target"] = parse_target(target, labels=np.asarray(data.y_train[pick]))
+    elif target is not None:
+        raise ValueError("target= needs segments='auto'")
 
     t0 = time.perf_counter()
     program = compile(net.to_spec(), calibration=calib, **pwl)
@@ -110,11 +126,14 @@ def run_flow(
     if aat_epochs > 0 and program.tables:
         t0 = time.perf_counter()
         aat_config = dict(config, epochs=aat_epochs, lr=config["lr"] * 0.1, warmup_epochs=0.0)
-        # The trainer computes exactly what the program computes: its tables and its bias corrections.
-        with nt.approximate(net, program.tables_by_layer(), bias_shifts=program.bias_shifts()):
-            nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT {model}", **aat_config)
+        if learn_tables:
+            program = _learn_tables(net, data, program, calib, pwl, aat_config, table_lr, seed, progress, model)
+        else:
+            # The trainer computes exactly what the program computes: its tables and its bias corrections.
+            with nt.approximate(net, program.tables_by_layer(), bias_shifts=program.bias_shifts()):
+                nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT {model}", **aat_config)
+            program = compile(net.to_spec(), calibration=calib, **pwl)
         timings["aat"] = time.perf_counter() - t0
-        program = compile(net.to_spec(), calibration=calib, **pwl)
     after = program_accuracy(program, data.x_test, data.y_test)
     exact_after = program_accuracy(program, data.x_test, data.y_test, mode="exact")
     program.meta.update({"dataset": "sklearn digits (fixed stratified split, 1437/360)", "model": model,
@@ -126,6 +145,33 @@ def run_flow(
 
         path = save(program, out)
     return FlowResult(model, exact_acc, before, after, exact_after, program, path, timings)
+
+
+def _learn_tables(net: Any, data: Any, program: Program, calib: np.ndarray, pwl: dict[str, Any],
+                  aat_config: dict[str, Any], table_lr: float, seed: int, progress: bool, model: str) -> Program:
+    """AAT with trainable tables, starting from ``program``'s tables; returns the program to export."""
+    from . import train as nt
+    from .compile import compile
+
+    # the tables' own sizes and ranges (chosen by the compiler), without bias correction: the learned
+    # intercepts and the fine-tuned biases take over the mean error
+    fixed = {k: program.tables[k] for k in program.tables}
+    start = nt.learnable_tables(program.tables_by_layer())
+    opt = nt.table_optimizer(net, start, lr=aat_config["lr"], table_lr=table_lr,
+                             weight_decay=aat_config.get("weight_decay", 0.0))
+    cfg = {k: v for k, v in aat_config.items() if k not in ("optimizer", "lr", "weight_decay", "momentum")}
+    with nt.approximate(net, start):
+        nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT+tables {model}", optimizer=opt, **cfg)
+    learned = {f"{layer}:{role}": t for layer, roles in nt.fixed_tables(start).items() for role, t in roles.items()}
+    opts = {k: v for k, v in pwl.items() if k != "target"}
+    if opts.get("segments") == "auto":
+        opts["segments"] = 32  # only the program structure is used: the tables are the learned ones
+    plain = compile(net.to_spec(), calibration=calib, bias_correction=False, **opts)
+    tables = {k: learned.get(k, fixed.get(k, t)) for k, t in plain.tables.items()}
+    meta = {**plain.meta, "learned_tables": sorted(learned)}
+    if "budget" in program.meta:
+        meta["budget"] = program.meta["budget"]
+    return Program(plain.inputs, plain.outputs, plain.ops, plain.constants, tables, name=plain.name, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,9 +200,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     options = {"act": args.act} if args.act else None
-    result = run_flow(args.model, epochs=args.epochs, aat_epochs=args.aat_epochs, segments=args.segments,
+    from .compile.budget import segments_options
+
+    sizes = segments_options(args)
+    result = run_flow(args.model, epochs=args.epochs, aat_epochs=args.aat_epochs,
+                      segments=sizes.get("segments", 16), target=sizes.get("target"),
                       method=args.method, out=args.out, seed=args.seed, progress=not args.quiet,
-                      model_options=options)
+                      model_options=options, learn_tables=args.learn_tables, table_lr=args.table_lr)
     print(result.summary())
     return 0
 
@@ -189,7 +239,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aat-epochs", type=int, default=2, help="approximation-aware fine-tuning epochs")
     p.add_argument("--act", choices=("relu", "gelu", "silu", "tanh", "sigmoid"), default=None,
                    help="activation (default: relu for the CNN, gelu for the ViT)")
-    p.add_argument("--segments", type=int, default=16, help="PWL segments per table")
+    from .compile.budget import add_segments_args
+
+    add_segments_args(p, 16)
+    p.add_argument("--learn-tables", action="store_true",
+                   help="AAT also trains the tables' breakpoints and values (kept sorted and continuous)")
+    p.add_argument("--table-lr", type=float, default=1e-2, help="learning rate of the tables' parameters")
     p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
     p.add_argument("--out", default="model.nmb", help="bundle to write")
     p.add_argument("--seed", type=int, default=0)

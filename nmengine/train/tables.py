@@ -1,10 +1,11 @@
 """Tables that learn: PWL breakpoints and values as trainable parameters (table-aware AAT).
 
-A :class:`LearnableTable` starts from a compiled :class:`~nmengine.pwl.PWLTable` with ``n`` segments
-and keeps it *continuous*: its parameters are the ``n - 1`` interior breakpoints ``e_k`` (the edges
-between segments) and the table's value ``v_k`` at each of them.  Segment ``k`` (``1 <= k <= n - 2``)
-is the chord from ``(e_{k-1}, v_{k-1})`` to ``(e_k, v_k)``; the two outer segments keep the original
-table's slopes (the asymptotes: 0 and ``x`` for GELU/SiLU, ...) and pass through the first/last knot.
+A :class:`LearnableTable` starts from a compiled :class:`~nmengine.pwl.PWLTable` and keeps the part
+inside the fitted range (``meta["lo"]``..``meta["hi"]``; all of it without those) *continuous*: its
+parameters are the breakpoints ``e_k`` between segments and the table's value ``v_k`` at each of
+them.  An inner segment is the chord from ``(e_{k-1}, v_{k-1})`` to ``(e_k, v_k)``; an outermost
+segment inside the range keeps its slope and passes through its knot.  Segments outside the range
+(the asymptotes 0 and ``x`` of GELU/SiLU, the clamps of ``rsqrt``...) stay exactly as compiled.
 The initial knot values are the mean of the two segments meeting at each edge (the compiler's minimax
 fit may be slightly discontinuous there).  After every optimizer step (:class:`TableAdamW`) the
 edges are projected back to sorted order with a minimum gap (and into the function's domain), so the
@@ -51,18 +52,36 @@ class LearnableTable:
         b = table.breakpoints.astype(np.float64)
         s = table.slopes.astype(np.float64)
         c = table.intercepts.astype(np.float64)
-        e0 = b[1:-1]
-        v0 = 0.5 * ((s[:-1] * e0 + c[:-1]) + (s[1:] * e0 + c[1:]))
         self.name = name if name is not None else table.name
         self.meta = dict(table.meta)
         self.relative = self.name in RELATIVE
-        self.outer = (float(s[0]), float(s[-1]))
-        self.ends = (float(b[0]), float(b[-1]))
-        gaps = np.diff(b)
+        lo, hi = float(self.meta.get("lo", -np.inf)), float(self.meta.get("hi", np.inf))
+        tol = 1e-5 * max(abs(lo) if np.isfinite(lo) else 0.0, abs(hi) if np.isfinite(hi) else 0.0, 1e-30)
+        left = np.concatenate([[-np.inf], b[1:-1]])  # segment k spans [left[k], right[k]]
+        right = np.concatenate([b[1:-1], [np.inf]])
+        #: segments outside the fitted range (asymptotes, clamps): frozen lines, not part of the chain
+        self.tail = (right <= lo + tol) | (left >= hi - tol)
+        if self.tail.all():
+            raise ValueError(f"table {self.name!r} has no segment inside its range [{lo}, {hi}] to learn")
+        self.s0, self.c0 = s, c
+        e0 = b[1:-1]
+        vl, vr = s[:-1] * e0 + c[:-1], s[1:] * e0 + c[1:]  # values of the segments left/right of each edge
+        tl, tr = self.tail[:-1], self.tail[1:]
+        v0 = np.where(tl & ~tr, vr, np.where(tr & ~tl, vl, 0.5 * (vl + vr)))
+        #: edges/knots next to at least one learnable segment
+        self.free = ~(tl & tr)
+        widths = (right - left)[~self.tail]
+        finite = widths[np.isfinite(widths)]
+        unit = float(finite.min()) if finite.size else max(float(np.max(np.abs(e0))), 1.0)
+        wl, wr = (right - left)[:-1], (right - left)[1:]
+        wl = np.where(np.isfinite(wl) & ~tl, wl, np.inf)
+        wr = np.where(np.isfinite(wr) & ~tr, wr, np.inf)
+        esc = np.minimum(wl, wr)
         self.e0, self.v0 = e0, v0
-        self.escale = np.minimum(gaps[:-1], gaps[1:])
+        self.escale = np.where(np.isfinite(esc), esc, unit)
         self.vscale = np.maximum(np.abs(v0), 1e-2 * max(float(np.max(np.abs(v0))), 1e-12))
-        self.min_gap = float(min_gap) * float(np.min(gaps[1:-1])) if n > 2 else float(min_gap) * float(self.escale[0])
+        self.min_gap = float(min_gap) * unit
+        self.ends = (float(b[0]), float(b[-1]))
         self.edges = Tensor(np.zeros_like(e0), requires_grad=True, dtype=np.float64)
         self.values = Tensor(np.zeros_like(v0), requires_grad=True, dtype=np.float64)
 
@@ -72,34 +91,43 @@ class LearnableTable:
         return [self.edges, self.values]
 
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
-        """Current interior breakpoints and the values there (float64)."""
-        return self.e0 + self.edges.data * self.escale, self.v0 + self.values.data * self.vscale
+        """Current breakpoints between segments and the values of the learnable segments there (float64)."""
+        free = self.free
+        return (self.e0 + np.where(free, self.edges.data, 0.0) * self.escale,
+                self.v0 + np.where(free, self.values.data, 0.0) * self.vscale)
 
     def lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(edges, slopes, intercepts) of all ``n`` segments, float64."""
         e, v = self.knots()
         n = e.size + 1
-        s = np.empty(n)
-        s[0], s[-1] = self.outer
-        if n > 2:
-            s[1:-1] = np.diff(v) / np.diff(e)
-        c = np.empty(n)
-        c[0] = v[0] - s[0] * e[0]
-        c[-1] = v[-1] - s[-1] * e[-1]
-        if n > 2:
-            c[1:-1] = v[:-1] - s[1:-1] * e[:-1]
+        s, c = self.s0.copy(), self.c0.copy()
+        for k in np.flatnonzero(~self.tail):
+            if k == 0:
+                c[0] = v[0] - s[0] * e[0]
+            elif k == n - 1:
+                c[k] = v[k - 1] - s[k] * e[k - 1]
+            else:
+                s[k] = (v[k] - v[k - 1]) / (e[k] - e[k - 1])
+                c[k] = v[k - 1] - s[k] * e[k - 1]
         return e, s, c
 
     def project(self) -> None:
-        """Sorted edges at least ``min_gap`` apart (inside the domain for relative functions)."""
+        """Learnable edges sorted, at least ``min_gap`` apart and between their frozen neighbours."""
         e, _ = self.knots()
-        e = np.sort(e)
+        free = self.free
+        e = e.copy()
+        e[free] = np.sort(e[free])
         if self.relative:
-            e = np.maximum(e, np.finfo(np.float32).tiny * 4)
+            e[free] = np.maximum(e[free], np.finfo(np.float32).tiny * 4)
+        g = self.min_gap
         for i in range(1, e.size):
-            if e[i] < e[i - 1] + self.min_gap:
-                e[i] = e[i - 1] + self.min_gap
-        self.edges.data[...] = (e - self.e0) / self.escale
+            if free[i] and e[i] < e[i - 1] + g:
+                e[i] = e[i - 1] + g
+        for i in range(e.size - 2, -1, -1):
+            if free[i] and e[i] > e[i + 1] - g:
+                e[i] = e[i + 1] - g
+        self.edges.data[...] = np.where(free, (e - self.e0) / self.escale, 0.0)
+        self.values.data[~free] = 0.0
 
     def table(self) -> PWLTable:
         """The current function as a float32 :class:`PWLTable` (what the compiler stores)."""
@@ -109,13 +137,14 @@ class LearnableTable:
         if self.relative and lo <= 0:
             lo = float(e[0]) / 2
         b = np.concatenate([[lo], e, [hi]]).astype(np.float32)
-        if not np.all(np.diff(b) > 0):  # min_gap keeps edges apart; float32 rounding could still merge them
-            raise ValueError(f"learned table {self.name!r}: breakpoints collapse in float32")
-        meta = {**self.meta, "learned": True, "continuous": True}
+        for i in range(1, b.size):  # float32 rounding may merge edges min_gap apart: keep them distinct
+            if b[i] <= b[i - 1]:
+                b[i] = np.nextafter(b[i - 1], np.float32(np.inf))
+        meta = {**self.meta, "learned": True}
         return PWLTable(b, s, c, name=self.name, meta=meta)
 
     def __repr__(self) -> str:
-        return f"LearnableTable({self.name!r}, {self.e0.size + 1} segments)"
+        return f"LearnableTable({self.name!r}, {self.e0.size + 1} segments, {int((~self.tail).sum())} learnable)"
 
 
 def learned_pwl(x: Tensor, lt: LearnableTable) -> Tensor:
@@ -131,23 +160,26 @@ def learned_pwl(x: Tensor, lt: LearnableTable) -> Tensor:
         G = np.asarray(g, np.float64).ravel()
         xs = np.asarray(X, np.float64).ravel()
         k = seg.ravel()
+        live = ~lt.tail[k]
         de = np.zeros(n - 1)
         dv = np.zeros(n - 1)
-        left, right = k == 0, k == n - 1
-        dv[0] += G[left].sum()
-        de[0] -= s[0] * G[left].sum()
-        dv[-1] += G[right].sum()
-        de[-1] -= s[-1] * G[right].sum()
-        mid = ~(left | right)
+        left, right = live & (k == 0), live & (k == n - 1)
+        if left.any():
+            dv[0] += G[left].sum()
+            de[0] -= s[0] * G[left].sum()
+        if right.any():
+            dv[-1] += G[right].sum()
+            de[-1] -= s[-1] * G[right].sum()
+        mid = live & (k > 0) & (k < n - 1)
         if np.any(mid):
             km, gm, xm = k[mid], G[mid], xs[mid]
             a, bb = km - 1, km  # knot indices at the segment's two ends
-            h = e[bb] - e[a]
-            t = (xm - e[a]) / h
+            t = (xm - e[a]) / (e[bb] - e[a])
             m = s[km]
             dv += np.bincount(a, gm * (1 - t), n - 1) + np.bincount(bb, gm * t, n - 1)
             de += np.bincount(a, -m * (1 - t) * gm, n - 1) + np.bincount(bb, -m * t * gm, n - 1)
-        return gx, de * lt.escale, dv * lt.vscale
+        free = lt.free
+        return gx, np.where(free, de * lt.escale, 0.0), np.where(free, dv * lt.vscale, 0.0)
 
     return make_result(y, (x, lt.edges, lt.values), backward, f"learned_pwl:{lt.name}")
 

@@ -1,0 +1,125 @@
+"""Learnable PWL tables: gradients against finite differences, continuity and order kept, frozen
+tails, the materialised table equal to the trained function, and learning that actually helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+import nmengine as nm
+from nmengine import train as nt
+from nmengine.train.tables import LearnableTable, learnable_tables, learned_pwl
+
+
+def _silu(x):
+    return x * expit(x)
+
+
+def _perturbed(lt: LearnableTable, seed: int = 0) -> LearnableTable:
+    rng = np.random.default_rng(seed)
+    lt.edges.data[...] = np.where(lt.free, 0.2 * rng.standard_normal(lt.edges.shape), 0.0)
+    lt.values.data[...] = np.where(lt.free, 0.2 * rng.standard_normal(lt.values.shape), 0.0)
+    lt.project()
+    return lt
+
+
+def _loss(lt: LearnableTable, x: np.ndarray, w: np.ndarray) -> float:
+    e, s, c = lt.lines()
+    seg = np.searchsorted(e, x, side="right")
+    return float(np.sum(w * (s[seg] * x + c[seg])))
+
+
+@pytest.mark.parametrize("fn,kw", [("silu", {"lo": -6.0, "hi": 6.0}), ("exp", {"lo": -10.0, "hi": 0.0}),
+                                   ("rsqrt", {"lo": 0.05, "hi": 20.0})])
+def test_gradients_match_finite_differences(fn, kw):
+    lt = _perturbed(LearnableTable(nm.approx.fit(fn, segments=5, **kw)))
+    rng = np.random.default_rng(1)
+    lo, hi = kw["lo"], kw["hi"]
+    x = rng.uniform(lo - 0.2 * abs(lo), hi + 0.2 * abs(hi), 400) if fn != "rsqrt" else rng.uniform(0.01, 30.0, 400)
+    x = x[np.min(np.abs(x[:, None] - lt.knots()[0][None, :]), axis=1) > 1e-3]  # away from the kinks
+    w = rng.standard_normal(x.size)
+    X = nt.Tensor(x, requires_grad=True, dtype=np.float64)
+    y = learned_pwl(X, lt)
+    (y * nt.Tensor(w, dtype=np.float64)).sum().backward()
+    h = 1e-6
+    for p in (lt.edges, lt.values):
+        num = np.zeros(p.shape)
+        for i in range(p.size):
+            old = p.data[i]
+            p.data[i] = old + h
+            up = _loss(lt, x, w)
+            p.data[i] = old - h
+            dn = _loss(lt, x, w)
+            p.data[i] = old
+            num[i] = (up - dn) / (2 * h)
+        np.testing.assert_allclose(p.grad, num, rtol=1e-5, atol=1e-6 * np.max(np.abs(num)) + 1e-9)
+    e, s, c = lt.lines()
+    np.testing.assert_allclose(X.grad, w * s[np.searchsorted(e, x, side="right")], rtol=1e-12)
+
+
+def test_continuous_inside_the_range_and_tails_frozen():
+    t = nm.approx.fit("gelu", segments=6, lo=-5.0, hi=5.0)
+    lt = _perturbed(LearnableTable(t), seed=3)
+    e, s, c = lt.lines()
+    inner = np.flatnonzero(lt.free)
+    for j in inner:  # both segments meeting at a free edge inside the range agree there
+        if not lt.tail[j] and not lt.tail[j + 1]:
+            assert s[j] * e[j] + c[j] == pytest.approx(s[j + 1] * e[j] + c[j + 1], abs=1e-12)
+    # the asymptote segments are exactly the compiled ones: 0 below, x above
+    assert (s[0], c[0]) == (0.0, 0.0) and (s[-1], c[-1]) == (1.0, 0.0)
+    learned = lt.table()
+    x = np.linspace(-30, 30, 2001).astype(np.float32)
+    big = x[(x < -6) | (x > 6)]
+    np.testing.assert_array_equal(learned(big), t(big))
+
+
+def test_projection_keeps_edges_sorted_and_apart():
+    lt = LearnableTable(nm.approx.fit("tanh", segments=8, lo=-4.0, hi=4.0))
+    lt.edges.data[...] = np.where(lt.free, np.linspace(30, -30, lt.edges.size), 0.0)  # scrambled
+    lt.project()
+    e, _ = lt.knots()
+    assert np.all(np.diff(e) >= lt.min_gap * (1 - 1e-12))
+    tab = lt.table()
+    assert np.all(np.diff(tab.breakpoints) > 0)
+
+
+def test_initial_learnable_table_is_close_to_the_compiled_one():
+    t = nm.approx.fit("silu", segments=8, lo=-8.0, hi=8.0)
+    lt = LearnableTable(t)
+    x = np.linspace(-12, 12, 4001).astype(np.float32)
+    # continuity costs at most the compiled table's own error (the jumps are below 2x its max error)
+    assert np.max(np.abs(lt.table()(x) - t(x))) <= 2 * t.meta["max_abs"] + 1e-6
+    y = learned_pwl(nt.Tensor(x), lt).data
+    np.testing.assert_allclose(y, lt.table()(x), atol=1e-5)
+
+
+def test_exact_and_single_segment_tables_are_frozen():
+    relu = nm.approx.fit("relu")
+    one = nm.approx.fit(np.sin, segments=1, lo=0.0, hi=1.0)
+    got = learnable_tables({"a": {"relu": relu}, "b": {"sin": one},
+                            "c": {"gelu": nm.approx.fit("gelu", segments=4)}})
+    assert got["a"]["relu"] is relu and got["b"]["sin"] is one
+    assert isinstance(got["c"]["gelu"], LearnableTable)
+
+
+def test_learning_a_table_alone_lowers_its_error():
+    """Fit a 4-segment SiLU table to SiLU by gradient descent through learned_pwl: the mean squared
+    error on the data (measured with scipy's expit) must fall well below the starting table's."""
+    t = nm.approx.fit("silu", segments=4, method="uniform", lo=-6.0, hi=6.0)
+    lt = LearnableTable(t)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 2.0, 4000)
+    target = _silu(x)
+    opt = nt.TableAdamW([{"params": lt.parameters}], [lt], lr=0.02, weight_decay=0.0)
+    start = np.mean((lt.table()(x.astype(np.float32)) - target) ** 2)
+    for _ in range(300):
+        y = learned_pwl(nt.Tensor(x, dtype=np.float64), lt)
+        d = y - nt.Tensor(target, dtype=np.float64)
+        loss = (d * d).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = np.mean((lt.table()(x.astype(np.float32)) - target) ** 2)
+    assert end < 0.2 * start
+    assert np.all(np.diff(lt.table().breakpoints) > 0)
