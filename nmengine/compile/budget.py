@@ -44,7 +44,7 @@ from ..program import Op, Program
 from ..pwl import PWLTable
 from .calibrate import calibrated_options, correct_biases, informative, iter_batches
 
-__all__ = ["Target", "parse_target", "compile_budgeted", "table_bytes", "format_report", "plot_curve",
+__all__ = ["Target", "parse_target", "compile_budgeted", "BudgetPlan", "table_bytes", "format_report", "plot_curve",
            "LADDER", "PROBE_SEGMENTS", "segments_arg", "add_segments_args", "segments_options"]
 
 #: Segment counts the budget chooses from (inside the table's range; outer asymptote segments extra).
@@ -320,144 +320,213 @@ def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: An
     Tables that no calibration input reaches get ``fallback_segments`` on their default range.
     """
     tgt = parse_target(target)
-    ladder = sorted({int(n) for n in ladder})
-    if not ladder or ladder[0] < 1:
-        raise ValueError(f"ladder must hold positive segment counts, got {ladder}")
-    batches = list(iter_batches(calibration))
-    ev = _Evaluator(base, batches, activations, bias_correction, tgt.labels)
-    fit_opts = {k: v for k, v in options.items() if k == "method"}
-    cands: dict[str, _Candidates] = {}
-    fixed: dict[str, PWLTable] = {}
-    for i, (key, req) in enumerate(requests.items()):
-        data = activations.get(key)
-        per_fn = dict((functions or {}).get(req.fn, {}))
-        if data is None or not informative(req.fn, np.asarray(data).ravel()).size:
-            from .. import approx
+    plan = BudgetPlan(base, requests, calibration, activations, options=options, functions=functions,
+                      bias_correction=bias_correction, ladder=ladder, fallback_segments=fallback_segments,
+                      labels=tgt.labels, progress=progress)
+    return plan.select(tgt)
 
-            opts = {**fit_opts, **{k: v for k, v in per_fn.items() if k in ("lo", "hi", "method")}}
-            t = _label(approx.fit(req.fn, segments=fallback_segments, **opts), key, req.fn)
-            t.meta["budget"] = {"segments": fallback_segments, "note": "no calibration data reached this table"}
-            fixed[key] = t
-            continue
-        cands[key] = _Candidates(key, req.fn, np.asarray(data), {**fit_opts, **per_fn}, per_fn, ladder, seed=i)
-    keys = list(cands)
-    top = len(ladder) - 1
-    probe = min(range(len(ladder)), key=lambda j: (abs(ladder[j] - PROBE_SEGMENTS), j))
 
-    def tables_at(alloc: Mapping[str, int]) -> dict[str, PWLTable]:
-        out = dict(fixed)
-        for k in keys:
-            out[k] = cands[k].at(alloc[k])[0]
-        return out
+class BudgetPlan:
+    """Sensitivities and the greedy allocation path of one network on one calibration set.
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    :meth:`select` picks the allocation for a target (several targets can share one plan: the
+    measurements of the sensitivity phase are done once).  Arguments as :func:`compile_budgeted`.
+    """
 
-        bar = tqdm(total=len(keys) + 1, desc="table sensitivity", unit="run")
-    # -- sensitivity by error injection ---------------------------------------------------------
-    finest = {k: top for k in keys}
-    ref = ev.measure(tables_at(finest))
-    d0 = ref["deviation"]
-    if bar:
-        bar.update()
-    sens: dict[str, np.ndarray] = {}
-    impact: dict[str, float] = {}
-    for k in keys:
-        m = ev.measure(tables_at({**finest, k: probe}))
-        grow = np.maximum(m["deviation"] - d0, 0.0)
-        e = cands[k].at(probe)[1]
-        e_top = cands[k].at(top)[1]
-        denom = max(e * e - e_top * e_top, 1e-300)
-        sens[k] = grow / denom
-        impact[k] = float(grow.max()) if grow.size else 0.0
+    def __init__(self, base: Program, requests: Mapping[str, Any], calibration: Any,
+                 activations: Mapping[str, np.ndarray], *, options: Mapping[str, Any],
+                 functions: Mapping[str, Mapping[str, Any]] | None, bias_correction: bool = True,
+                 ladder: Sequence[int] = LADDER, fallback_segments: int = 32, labels: Any = None,
+                 progress: bool = False) -> None:
+        from .. import approx
+
+        ladder = sorted({int(n) for n in ladder})
+        if not ladder or ladder[0] < 1:
+            raise ValueError(f"ladder must hold positive segment counts, got {ladder}")
+        self.ladder, self.requests, self.fallback_segments = ladder, requests, fallback_segments
+        lab = None if labels is None else np.asarray(labels).reshape(-1)
+        self.ev = ev = _Evaluator(base, list(iter_batches(calibration)), activations, bias_correction, lab)
+        fit_opts = {k: v for k, v in options.items() if k == "method"}
+        cands: dict[str, _Candidates] = {}
+        fixed: dict[str, PWLTable] = {}
+        for i, (key, req) in enumerate(requests.items()):
+            data = activations.get(key)
+            per_fn = dict((functions or {}).get(req.fn, {}))
+            if data is None or not informative(req.fn, np.asarray(data).ravel()).size:
+                opts = {**fit_opts, **{k: v for k, v in per_fn.items() if k in ("lo", "hi", "method")}}
+                t = _label(approx.fit(req.fn, segments=fallback_segments, **opts), key, req.fn)
+                t.meta["budget"] = {"segments": fallback_segments, "note": "no calibration data reached this table"}
+                fixed[key] = t
+                continue
+            cands[key] = _Candidates(key, req.fn, np.asarray(data), {**fit_opts, **per_fn}, per_fn, ladder, seed=i)
+        self.cands, self.fixed = cands, fixed
+        keys = self.keys = list(cands)
+        top = len(ladder) - 1
+        self.probe = probe = min(range(len(ladder)), key=lambda j: (abs(ladder[j] - PROBE_SEGMENTS), j))
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(keys) + 1, desc="table sensitivity", unit="run")
+        # -- sensitivity by error injection -----------------------------------------------------
+        self.finest = finest = {k: top for k in keys}
+        self.ref = ref = ev.measure(self.tables_at(finest))
+        d0 = ref["deviation"]
         if bar:
             bar.update()
-    if bar:
-        bar.close()
-
-    # -- greedy allocation path -----------------------------------------------------------------
-    def contrib(k: str, i: int) -> np.ndarray:
-        e = cands[k].at(i)[1]
-        return sens[k] * (e * e)
-
-    alloc = {k: 0 for k in keys}
-    parts = {k: contrib(k, 0) for k in keys}
-    pred = d0 + sum(parts.values()) if keys else d0.copy()
-
-    def objective(p: np.ndarray) -> float:
-        return float(p.max() + p.mean()) if p.size else 0.0
-
-    def total_bytes(a: Mapping[str, int]) -> int:
-        return sum(cands[k].bytes(a[k]) for k in keys) + sum(table_bytes(t) for t in fixed.values())
-
-    path = [dict(alloc)]
-    path_pred = [float(pred.max()) if pred.size else 0.0]
-    path_bytes = [total_bytes(alloc)]
-    while True:
-        j0 = objective(pred)
-        best = None
+        sens: dict[str, np.ndarray] = {}
+        impact: dict[str, float] = {}
         for k in keys:
-            i = alloc[k]
-            b0 = cands[k].bytes(i)
-            for j in range(i + 1, min(i + 4, top + 1)):
-                new = pred - parts[k] + contrib(k, j)
-                gain = j0 - objective(new)
-                cost = max(cands[k].bytes(j) - b0, 1)
-                if gain > 0 and (best is None or gain / cost > best[0]):
-                    best = (gain / cost, k, j, new)
-        if best is None:
-            break
-        _, k, j, pred = best
-        alloc[k] = j
-        parts[k] = contrib(k, j)
-        path.append(dict(alloc))
-        path_pred.append(float(pred.max()))
-        path_bytes.append(total_bytes(alloc))
+            m = ev.measure(self.tables_at({**finest, k: probe}))
+            grow = np.maximum(m["deviation"] - d0, 0.0)
+            e = cands[k].at(probe)[1]
+            e_top = cands[k].at(top)[1]
+            sens[k] = grow / max(e * e - e_top * e_top, 1e-300)
+            impact[k] = float(grow.max()) if grow.size else 0.0
+            if bar:
+                bar.update()
+        if bar:
+            bar.close()
+        self.sens, self.impact, self.d0 = sens, impact, d0
 
-    # -- selection by measurement ---------------------------------------------------------------
-    measured: dict[int, dict[str, Any]] = {}
+        # -- greedy allocation path -------------------------------------------------------------
+        def contrib(k: str, i: int) -> np.ndarray:
+            e = cands[k].at(i)[1]
+            return sens[k] * (e * e)
 
-    def measure(i: int) -> dict[str, Any]:
-        if i not in measured:
-            measured[i] = ev.measure(tables_at(path[i]))
-        return measured[i]
+        def objective(p: np.ndarray) -> float:
+            return float(p.max() + p.mean()) if p.size else 0.0
 
-    def meets(m: Mapping[str, Any]) -> bool:
-        ok = True
-        if tgt.cosine is not None:
-            ok &= (1.0 - m["cosine_min"]) <= tgt.margin * (1.0 - tgt.cosine)
-        if tgt.accuracy_drop is not None:
-            ok &= m["accuracy_drop"] <= tgt.accuracy_drop + 1e-12
-        return bool(ok)
+        alloc = {k: 0 for k in keys}
+        parts = {k: contrib(k, 0) for k in keys}
+        pred = d0 + sum(parts.values()) if keys else d0.copy()
+        self.path = [dict(alloc)]
+        self.path_pred = [float(pred.max()) if pred.size else 0.0]
+        self.path_bytes = [self.total_bytes(alloc)]
+        while True:
+            j0 = objective(pred)
+            best = None
+            for k in keys:
+                i = alloc[k]
+                b0 = cands[k].bytes(i)
+                for j in range(i + 1, min(i + 4, top + 1)):
+                    new = pred - parts[k] + contrib(k, j)
+                    gain = j0 - objective(new)
+                    cost = max(cands[k].bytes(j) - b0, 1)
+                    if gain > 0 and (best is None or gain / cost > best[0]):
+                        best = (gain / cost, k, j, new)
+            if best is None:
+                break
+            _, k, j, pred = best
+            alloc[k] = j
+            parts[k] = contrib(k, j)
+            self.path.append(dict(alloc))
+            self.path_pred.append(float(pred.max()))
+            self.path_bytes.append(self.total_bytes(alloc))
+        self.measured: dict[int, dict[str, Any]] = {}
 
-    last = len(path) - 1
-    within = [i for i in range(len(path)) if tgt.bytes is None or path_bytes[i] <= tgt.bytes]
-    cap = within[-1] if within else 0
-    if tgt.fidelity:
-        # first path point whose modelled deviation meets the cosine target: the search starts there
+    def tables_at(self, alloc: Mapping[str, int]) -> dict[str, PWLTable]:
+        """The tables of an allocation ``{key: ladder index}`` (plus the fixed ones)."""
+        out = dict(self.fixed)
+        for k in self.keys:
+            out[k] = self.cands[k].at(alloc[k])[0]
+        return out
+
+    def total_bytes(self, alloc: Mapping[str, int]) -> int:
+        return (sum(self.cands[k].bytes(alloc[k]) for k in self.keys)
+                + sum(table_bytes(t) for t in self.fixed.values()))
+
+    def measure(self, i: int) -> dict[str, Any]:
+        """Measured fidelity of path point ``i`` on the calibration data (cached)."""
+        if i not in self.measured:
+            self.measured[i] = self.ev.measure(self.tables_at(self.path[i]))
+        return self.measured[i]
+
+    def program_at(self, i: int, *, target: Target | None = None, met: bool = True) -> Program:
+        """The compiled program of path point ``i``, with the budget record in its meta."""
+        ladder, requests, path = self.ladder, self.requests, self.path
+        final = self.measure(i)
+        per_table: dict[str, dict[str, Any]] = {}
+        final_tables = {}
+        for key in list(requests):
+            if key in self.fixed:
+                t = self.fixed[key]
+                final_tables[key] = t
+                per_table[key] = {"fn": t.name, "segments": self.fallback_segments, "bytes": table_bytes(t),
+                                  "range": [t.meta.get("lo"), t.meta.get("hi")], "range_source": "default",
+                                  "sensitivity": None, "impact": None}
+                continue
+            j = path[i][key]
+            t, err, src = self.cands[key].at(j)
+            t = _label(t, key, requests[key].fn)
+            s = self.sens[key]
+            rec = {"fn": requests[key].fn, "segments": ladder[j], "bytes": table_bytes(t),
+                   "range": [t.meta.get("lo"), t.meta.get("hi")], "range_source": src, "rms_error": err,
+                   "sensitivity": float(s.max()) if s.size else 0.0, "impact": self.impact[key],
+                   "predicted_deviation": float((s * err * err).max()) if s.size else 0.0}
+            t.meta["budget"] = dict(rec)
+            final_tables[key] = t
+            per_table[key] = rec
+        program = self.ev.program(final_tables)  # the chosen tables, relabelled (same values as measured)
+        curve = sorted(({"bytes": self.path_bytes[j], "path_index": j, **_brief(m)} for j, m in self.measured.items()),
+                       key=lambda r: r["bytes"])
+        program.meta["pwl_options"] = {**program.meta.get("pwl_options", {}), "segments": "auto"}
+        program.meta["budget"] = {
+            "target": None if target is None else target.to_dict(),
+            "met": bool(met),
+            "measured": {"bytes": self.path_bytes[i], **_brief(final)},
+            "reference": {"finest_bytes": self.total_bytes(self.finest), **_brief(self.ref)},
+            "exact_accuracy": self.ev.exact_acc,
+            "calibration_rows": int(self.d0.size),
+            "ladder": list(ladder),
+            "probe_segments": ladder[self.probe],
+            "runs": self.ev.runs,
+            "tables": per_table,
+            "curve": curve,
+        }
+        return program
+
+    def select(self, target: Any) -> Program:
+        """The program of the first path point that meets ``target`` on the calibration data."""
+        tgt = parse_target(target)
+        if tgt.accuracy_drop is not None and self.ev.labels is None:
+            raise ValueError("target accuracy_drop: the plan was made without labels")
+        path, path_bytes, measure = self.path, self.path_bytes, self.measure
+
+        def meets(m: Mapping[str, Any]) -> bool:
+            ok = True
+            if tgt.cosine is not None:
+                ok &= (1.0 - m["cosine_min"]) <= tgt.margin * (1.0 - tgt.cosine)
+            if tgt.accuracy_drop is not None:
+                ok &= m["accuracy_drop"] <= tgt.accuracy_drop + 1e-12
+            return bool(ok)
+
+        last = len(path) - 1
+        within = [i for i in range(len(path)) if tgt.bytes is None or path_bytes[i] <= tgt.bytes]
+        cap = within[-1] if within else 0
+        if not tgt.fidelity:
+            return self.program_at(cap, target=tgt, met=path_bytes[cap] <= (tgt.bytes or 0))
+        # the first path point whose modelled deviation meets the cosine target: the search starts there
         if tgt.cosine is not None:
             eps = tgt.margin * (1.0 - tgt.cosine)
-            guess = next((i for i in range(len(path)) if path_pred[i] <= eps), last)
+            guess = next((i for i in range(len(path)) if self.path_pred[i] <= eps), last)
         else:
             guess = len(path) // 2
         lo_i, hi_i = -1, None  # lo_i fails (or is before the path), hi_i meets
         if meets(measure(guess)):
-            hi_i = guess
-            step = 1
+            hi_i, step = guess, 1
             while True:  # walk back with doubling steps to bracket the first failure
                 cand = hi_i - step
-                if cand <= lo_i or cand < 0:
+                if cand < 0:
                     break
                 if meets(measure(cand)):
-                    hi_i = cand
-                    step *= 2
+                    hi_i, step = cand, step * 2
                 else:
                     lo_i = cand
                     break
         else:
-            lo_i = guess
-            step = 1
+            lo_i, step = guess, 1
             while hi_i is None:
                 cand = min(lo_i + step, last)
                 if meets(measure(cand)):
@@ -465,8 +534,7 @@ def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: An
                 elif cand == last:
                     break
                 else:
-                    lo_i = cand
-                    step *= 2
+                    lo_i, step = cand, step * 2
         if hi_i is not None:
             while hi_i - lo_i > 1:
                 mid = (lo_i + hi_i) // 2
@@ -477,58 +545,11 @@ def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: An
         chosen = hi_i if hi_i is not None else last
         met = hi_i is not None
         if chosen > cap:
-            met = False
-            chosen = cap
-            measure(chosen)
+            met, chosen = False, cap
         if not met:
             warnings.warn(f"segments='auto': the target {tgt.to_dict()} is not met on the calibration data "
-                          f"(best: {_brief(measure(chosen))} at {path_bytes[chosen]} table bytes)", stacklevel=3)
-    else:
-        chosen = cap
-        met = path_bytes[chosen] <= (tgt.bytes or 0)
-        measure(chosen)
-    final = measured[chosen]
-
-    # -- record ---------------------------------------------------------------------------------
-    per_table: dict[str, dict[str, Any]] = {}
-    final_tables = {}
-    for key in list(requests):
-        if key in fixed:
-            final_tables[key] = fixed[key]
-            per_table[key] = {"fn": fixed[key].name, "segments": fallback_segments, "bytes": table_bytes(fixed[key]),
-                              "range": [fixed[key].meta.get("lo"), fixed[key].meta.get("hi")],
-                              "range_source": "default", "sensitivity": None, "impact": None}
-            continue
-        i = path[chosen][key]
-        t, err, src = cands[key].at(i)
-        t = _label(t, key, requests[key].fn)
-        s = sens[key]
-        rec = {"fn": requests[key].fn, "segments": ladder[i], "bytes": table_bytes(t),
-               "range": [t.meta.get("lo"), t.meta.get("hi")], "range_source": src, "rms_error": err,
-               "sensitivity": float(s.max()) if s.size else 0.0, "impact": impact[key],
-               "predicted_deviation": float((s * err * err).max()) if s.size else 0.0}
-        t.meta["budget"] = dict(rec)
-        final_tables[key] = t
-        per_table[key] = rec
-    program = ev.program(final_tables)  # the chosen tables, relabelled (same values as measured)
-    curve = sorted(({"bytes": path_bytes[i], "path_index": i, **_brief(m)} for i, m in measured.items()),
-                   key=lambda r: r["bytes"])
-    program.meta["pwl_options"] = {**program.meta.get("pwl_options", {}), "segments": "auto"}
-    program.meta["budget"] = {
-        "target": tgt.to_dict(),
-        "met": bool(met),
-        "measured": {"bytes": path_bytes[chosen], **_brief(final)},
-        "reference": {"bytes": path_bytes[-1] if path_bytes else 0, "finest_bytes": total_bytes(finest),
-                      **_brief(ref)},
-        "exact_accuracy": ev.exact_acc,
-        "calibration_rows": int(d0.size),
-        "ladder": list(ladder),
-        "probe_segments": ladder[probe],
-        "runs": ev.runs,
-        "tables": per_table,
-        "curve": curve,
-    }
-    return program
+                          f"(best: {_brief(measure(chosen))} at {path_bytes[chosen]} table bytes)", stacklevel=4)
+        return self.program_at(chosen, target=tgt, met=met)
 
 
 def _brief(m: Mapping[str, Any]) -> dict[str, Any]:
