@@ -18,7 +18,7 @@ def _silu(x):
 
 def _perturbed(lt: LearnableTable, seed: int = 0) -> LearnableTable:
     rng = np.random.default_rng(seed)
-    lt.edges.data[...] = np.where(lt.free, 0.2 * rng.standard_normal(lt.edges.shape), 0.0)
+    lt.edges.data[...] = np.where(lt.moving, 0.2 * rng.standard_normal(lt.edges.shape), 0.0)
     lt.values.data[...] = np.where(lt.free, 0.2 * rng.standard_normal(lt.values.shape), 0.0)
     lt.project()
     return lt
@@ -76,7 +76,7 @@ def test_continuous_inside_the_range_and_tails_frozen():
 
 def test_projection_keeps_edges_sorted_and_apart():
     lt = LearnableTable(nm.approx.fit("tanh", segments=8, lo=-4.0, hi=4.0))
-    lt.edges.data[...] = np.where(lt.free, np.linspace(30, -30, lt.edges.size), 0.0)  # scrambled
+    lt.edges.data[...] = np.where(lt.moving, np.linspace(30, -30, lt.edges.size), 0.0)  # scrambled
     lt.project()
     e, _ = lt.knots()
     assert np.all(np.diff(e) >= lt.min_gap * (1 - 1e-12))

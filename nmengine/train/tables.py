@@ -3,7 +3,7 @@
 A :class:`LearnableTable` starts from a compiled :class:`~nmengine.pwl.PWLTable` and keeps the part
 inside the fitted range (``meta["lo"]``..``meta["hi"]``; all of it without those) *continuous*: its
 parameters are the breakpoints ``e_k`` between segments and the table's value ``v_k`` at each of
-them.  An inner segment is the chord from ``(e_{k-1}, v_{k-1})`` to ``(e_k, v_k)``; an outermost
+them (the two breakpoints at the ends of the range stay put; their values learn).  An inner segment is the chord from ``(e_{k-1}, v_{k-1})`` to ``(e_k, v_k)``; an outermost
 segment inside the range keeps its slope and passes through its knot.  Segments outside the range
 (the asymptotes 0 and ``x`` of GELU/SiLU, the clamps of ``rsqrt``...) stay exactly as compiled.
 The initial knot values are the mean of the two segments meeting at each edge (the compiler's minimax
@@ -68,8 +68,10 @@ class LearnableTable:
         vl, vr = s[:-1] * e0 + c[:-1], s[1:] * e0 + c[1:]  # values of the segments left/right of each edge
         tl, tr = self.tail[:-1], self.tail[1:]
         v0 = np.where(tl & ~tr, vr, np.where(tr & ~tl, vl, 0.5 * (vl + vr)))
-        #: edges/knots next to at least one learnable segment
+        #: knots next to at least one learnable segment (their values learn)
         self.free = ~(tl & tr)
+        #: edges between two learnable segments (they move; the range's ends stay where the compiler put them)
+        self.moving = ~tl & ~tr
         widths = (right - left)[~self.tail]
         finite = widths[np.isfinite(widths)]
         unit = float(finite.min()) if finite.size else max(float(np.max(np.abs(e0))), 1.0)
@@ -92,9 +94,8 @@ class LearnableTable:
 
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
         """Current breakpoints between segments and the values of the learnable segments there (float64)."""
-        free = self.free
-        return (self.e0 + np.where(free, self.edges.data, 0.0) * self.escale,
-                self.v0 + np.where(free, self.values.data, 0.0) * self.vscale)
+        return (self.e0 + np.where(self.moving, self.edges.data, 0.0) * self.escale,
+                self.v0 + np.where(self.free, self.values.data, 0.0) * self.vscale)
 
     def lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(edges, slopes, intercepts) of all ``n`` segments, float64."""
@@ -114,7 +115,7 @@ class LearnableTable:
     def project(self) -> None:
         """Learnable edges sorted, at least ``min_gap`` apart and between their frozen neighbours."""
         e, _ = self.knots()
-        free = self.free
+        free = self.moving
         e = e.copy()
         e[free] = np.sort(e[free])
         if self.relative:
@@ -127,7 +128,7 @@ class LearnableTable:
             if free[i] and e[i] > e[i + 1] - g:
                 e[i] = e[i + 1] - g
         self.edges.data[...] = np.where(free, (e - self.e0) / self.escale, 0.0)
-        self.values.data[~free] = 0.0
+        self.values.data[~self.free] = 0.0
 
     def table(self) -> PWLTable:
         """The current function as a float32 :class:`PWLTable` (what the compiler stores)."""
@@ -178,8 +179,7 @@ def learned_pwl(x: Tensor, lt: LearnableTable) -> Tensor:
             m = s[km]
             dv += np.bincount(a, gm * (1 - t), n - 1) + np.bincount(bb, gm * t, n - 1)
             de += np.bincount(a, -m * (1 - t) * gm, n - 1) + np.bincount(bb, -m * t * gm, n - 1)
-        free = lt.free
-        return gx, np.where(free, de * lt.escale, 0.0), np.where(free, dv * lt.vscale, 0.0)
+        return gx, np.where(lt.moving, de * lt.escale, 0.0), np.where(lt.free, dv * lt.vscale, 0.0)
 
     return make_result(y, (x, lt.edges, lt.values), backward, f"learned_pwl:{lt.name}")
 
