@@ -123,3 +123,46 @@ def test_learning_a_table_alone_lowers_its_error():
     end = np.mean((lt.table()(x.astype(np.float32)) - target) ** 2)
     assert end < 0.2 * start
     assert np.all(np.diff(lt.table().breakpoints) > 0)
+
+
+def test_program_with_learned_tables_computes_what_the_trainer_computed(tmp_path):
+    """A few steps of table-aware training on a SiLU CNN, then the learned tables go into a compiled
+    program: its logits equal the trainer's (float64 numpy autograd) logits to float32 precision."""
+    from nmengine.program import Program
+
+    data = nt.load_digits_split()
+    net = nt.small_cnn(channels=4, seed=0, act="silu")
+    x = data.x_train[:128]
+    p0 = nm.compile(net.to_spec(), calibration=x, segments=4, bias_correction=False)
+    learn = learnable_tables(p0.tables_by_layer())
+    assert any(isinstance(t, LearnableTable) for roles in learn.values() for t in roles.values())
+    opt = nt.table_optimizer(net, learn, lr=1e-3, table_lr=1e-2)
+    before = {k: (t.edges.data.copy(), t.values.data.copy())
+              for k, roles in learn.items() for r, t in roles.items() if isinstance(t, LearnableTable)}
+    with nt.approximate(net, learn):
+        nt.train(net, (data.x_train[:256], data.y_train[:256]), epochs=1, batch_size=64, optimizer=opt,
+                 progress=False)
+    moved = [k for k, (e, v) in before.items() for roles in [learn[k]] for t in roles.values()
+             if isinstance(t, LearnableTable) and not (np.array_equal(e, t.edges.data) and np.array_equal(v, t.values.data))]
+    assert moved  # the tables did learn
+    fixed = nt.fixed_tables(learn)
+    plain = nm.compile(net.to_spec(), calibration=x, segments=4, bias_correction=False)
+    tables = {**plain.tables, **{f"{l}:{r}": t for l, rs in fixed.items() for r, t in rs.items()}}
+    prog = Program(plain.inputs, plain.outputs, plain.ops, plain.constants, tables)
+    xs = data.x_test[:32]
+    with nt.approximate(net, fixed):
+        ref = nt.predict(net, xs, 32)
+    np.testing.assert_allclose(prog.run(xs), ref, rtol=1e-3, atol=1e-3 * np.max(np.abs(ref)))
+
+
+def test_cli_train_learn_tables(tmp_path, capsys):
+    from nmengine.cli import main
+
+    out = tmp_path / "m.nmb"
+    assert main(["train", "--model", "cnn", "--epochs", "1", "--aat-epochs", "1", "--act", "silu",
+                 "--segments", "4", "--learn-tables", "--quiet", "--out", str(out)]) == 0
+    assert "matrixized, after AAT" in capsys.readouterr().out
+    prog = nm.load(out)
+    assert prog.meta["learned_tables"] and all(prog.tables[k].meta.get("learned") for k in prog.meta["learned_tables"])
+    assert main(["train", "--segments", "8", "--target", "cosine=0.9", "--quiet", "--out", str(out)]) == 2
+    assert "--segments auto" in capsys.readouterr().err
