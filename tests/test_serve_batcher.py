@@ -100,3 +100,28 @@ def test_empty_input_and_argument_checks():
             Batcher(emb, **bad)
     with pytest.raises(TypeError, match="SentenceEmbedder"):
         Batcher(object())
+
+
+# -- what the server loads ----------------------------------------------------------------------
+def test_load_model_kinds(tmp_path):
+    import nmengine as nm
+    from nmengine.serve import load_model
+    from nmengine.spec import InputSpec, Layer, ModelSpec
+
+    bundle = tmp_path / "minilm.nmb"
+    nm.save(embedder().program, str(bundle))
+    text = load_model(str(bundle))
+    assert text.is_text and text.dim == 384 and text.name == "minilm"
+    np.testing.assert_array_equal(text.embedder.encode(["same program"]), embedder().encode(["same program"]))
+    assert load_model(str(bundle), mode="exact").embedder.mode == "exact"
+
+    w = np.eye(3, dtype=np.float32)
+    spec = ModelSpec({"x": InputSpec((None, 3))}, [Layer("linear", "fc", ["x"], "y", {}, {"weight": w})], ["y"])
+    nm.save(nm.compile(spec), str(tmp_path / "tiny.nmb"))
+    tiny = load_model(str(tmp_path / "tiny.nmb"))
+    assert not tiny.is_text and tiny.describe()["inputs"] == {"x": {"shape": ["?", 3], "dtype": "float32"}}
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(str(tmp_path / "missing.nmb"))
+    with pytest.raises(ValueError, match="precision"):
+        load_model(str(bundle), mode="fast")

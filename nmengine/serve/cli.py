@@ -39,6 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-input-chars", type=int, default=None, help="most characters per text")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body")
     p.add_argument("--name", default=None, help="model name in responses (default: from MODEL)")
+    p.add_argument("--keep-alive", type=float, default=30.0,
+                   help="seconds an idle keep-alive connection stays open (uvicorn's default is 5)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=run)
     return p
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     sock.bind((args.host, args.port))
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=None, access_log=False,
-                            lifespan="on")
+                            lifespan="on", timeout_keep_alive=args.keep_alive)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

@@ -34,7 +34,11 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
 def _labels(**kv: Any) -> str:
     if not kv:
         return ""
-    body = ",".join(f'{k}="{str(v)}"'.replace("\\", "\\\\").replace("\n", "\\n") for k, v in sorted(kv.items()))
+
+    def esc(v: Any) -> str:
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    body = ",".join(f'{k}="{esc(v)}"' for k, v in sorted(kv.items()))
     return "{" + body + "}"
 
 
