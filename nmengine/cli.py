@@ -13,6 +13,8 @@ Subcommands (each imports what it needs only when it runs)::
     nmengine hf-report --model DIR     cost report of an imported BERT
     nmengine kernel-info               the GEMM core in use
     nmengine serve MODEL               embeddings / program runs over HTTP (OpenAI-compatible)
+    nmengine import model.onnx -o m.nmb  import an ONNX model (op mapping summary, coverage)
+    nmengine run model.nmb --input x.npz run any bundle on named arrays
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _kernel_info(args: argparse.Namespace) -> int:
@@ -66,6 +68,24 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     hf.add_hf_report_parser(sub)
     hf.add_export_parser(sub)
     serve_cli.add_parser(sub)
+    try:
+        from .onnx import cli as onnx_cli
+    except ImportError as e:  # pragma: no cover - the onnx extra is not installed
+        _missing_extra(sub, ("import", "run"), e)
+    else:
+        onnx_cli.add_parser(sub)
+
+
+def _missing_extra(sub: argparse._SubParsersAction, names: tuple[str, ...], error: ImportError) -> None:  # pragma: no cover
+    """Register commands whose extra is missing: they exit with the ImportError's advice."""
+    def fail(args: argparse.Namespace) -> int:
+        print(f"nmengine {args.command}: {error}", file=sys.stderr)
+        return 2
+
+    for name in names:
+        p = sub.add_parser(name, help="(needs an extra that is not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=fail)
 
 
 def build_parser() -> argparse.ArgumentParser:

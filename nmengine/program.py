@@ -83,6 +83,20 @@ class ProgramError(ValueError):
     """A Program that is inconsistent, or inputs that do not fit it."""
 
 
+# General tensor plumbing (move kinds added for the ONNX importer): ``concat`` (``x, x1, x2, ...`` along
+# ``axis``); ``slice`` (numpy ``x[start:end:step]`` per axis; ``like_ends`` ``[[axis, like_axis], ...]``
+# takes an end from the ``like`` operand's shape, so dynamic lengths stay dynamic); ``take`` (``np.take``
+# of constant ``indices`` along ``axis``; a scalar index drops the axis); ``pad`` (``pads`` as
+# ``[[before, after], ...]`` per axis, ``mode`` ``"constant"`` with ``value``, or ``"edge"``).  Their
+# outputs keep the dtype of ``x`` (int64 positions and ids stay int64).
+#: Extra operand roles of ``concat`` after ``x``: ``x1``, ``x2``, ... (up to 63 more parts).
+CONCAT_ROLES = tuple(f"x{i}" for i in range(1, 64))
+PLUMBING_KINDS = ("concat", "slice", "take", "pad")
+MOVE_KINDS = MOVE_KINDS + PLUMBING_KINDS
+ROLES.update({"concat": (("x",), CONCAT_ROLES), "slice": (("x",), ("like",)), "take": (("x",), ()),
+              "pad": (("x",), ())})
+
+
 @dataclass
 class Op:
     """One op: ``out = kind(args...; attrs)``, tagged with the network layer it implements."""

@@ -683,6 +683,17 @@ class Runtime:
                 out.fill(0)
                 out[m] = x
             return out
+        if kind == "concat":
+            return np.concatenate([x] + [env[args[f"x{i}"]] for i in range(1, len(args))], axis=attrs["axis"])
+        if kind == "slice":
+            like = env[args["like"]].shape if "like" in args else None
+            return np.ascontiguousarray(x[shapes.slice_bounds(x.shape, attrs, like)])
+        if kind == "take":
+            return np.take(x, attrs["indices"], axis=attrs["axis"])
+        if kind == "pad":
+            if attrs.get("mode", "constant") == "edge":
+                return np.pad(x, attrs["pads"], mode="edge")
+            return np.pad(x, attrs["pads"], mode="constant", constant_values=attrs.get("value", 0.0))
         if kind == "positions":
             return np.nonzero(movement.mask_bool(env[args["mask"]], None))[1].astype(np.int64)
         if kind == "slice_rows":

@@ -111,7 +111,42 @@ def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     if k == "positions":
         m = shapes[a["mask"]]
         return (m[0] * m[1],)
+    if k == "concat":
+        parts = [shapes[a["x"]]] + [shapes[a[f"x{i}"]] for i in range(1, len(a))]
+        ax = at["axis"] % len(parts[0])
+        out = list(parts[0])
+        out[ax] = sum(p[ax] for p in parts)
+        return tuple(out)
+    if k == "slice":
+        return tuple(slice_shape(shapes[a["x"]], at, shapes.get(a.get("like", ""))))
+    if k == "take":
+        x = shapes[a["x"]]
+        ax = at["axis"] % len(x)
+        return x[:ax] + tuple(np.shape(at["indices"])) + x[ax + 1:]
+    if k == "pad":
+        return tuple(d + int(b) + int(e) for d, (b, e) in zip(shapes[a["x"]], at["pads"]))
     raise ProgramError(f"unknown op kind {k!r}")
+
+
+def slice_bounds(shape: Sequence[int], attrs: Mapping[str, Any],
+                 like: Sequence[int] | None = None) -> tuple[slice, ...]:
+    """The numpy index of a ``slice`` op (ends from ``like`` where ``like_ends`` says so)."""
+    idx = [slice(None)] * len(shape)
+    ends = {int(ax): int(e) for ax, e in zip(attrs["axes"], attrs["ends"])}
+    for ax, lax in attrs.get("like_ends", []):
+        if like is None:
+            raise ProgramError("slice: like_ends needs a 'like' operand")
+        ends[int(ax)] = int(like[int(lax)])
+    steps = attrs.get("steps") or [1] * len(attrs["axes"])
+    for ax, st, sp in zip(attrs["axes"], attrs["starts"], steps):
+        idx[int(ax)] = slice(int(st), ends[int(ax)], int(sp))
+    return tuple(idx)
+
+
+def slice_shape(shape: Sequence[int], attrs: Mapping[str, Any], like: Sequence[int] | None = None) -> list[int]:
+    """Output shape of a ``slice`` op."""
+    idx = slice_bounds(shape, attrs, like)
+    return [len(range(*s.indices(int(d)))) for s, d in zip(idx, shape)]
 
 
 def gemm_dims(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int, int]:

@@ -45,7 +45,7 @@ from ..program import Op
 from ..shapes import conv_out_hw
 from ..spec import ELEMENTWISE_OPS, Layer, ModelSpec, SpecError
 
-__all__ = ["lower", "TableRequest", "MASK_BIAS"]
+__all__ = ["lower", "TableRequest", "MASK_BIAS", "Builder", "RULES", "softmax_rows"]
 
 #: Added to the attention scores of padded keys (exp of it underflows to exactly 0).
 MASK_BIAS = 1.0e4
@@ -488,3 +488,9 @@ def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[
         ins = [unpack(x, lyr) if x in packed else x for x in ins]
         RULES[lyr.op](b, lyr, ins, lyr.output, in_shapes)
     return b.ops, b.constants, b.tables
+
+
+#: Public names for frontends that lower by themselves (the ONNX importer): the op/constant/table
+#: collector and the softmax row rule, so their programs get the same ops (and the same fused passes).
+Builder = _Builder
+softmax_rows = _softmax_rows

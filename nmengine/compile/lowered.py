@@ -1,0 +1,75 @@
+"""The compiler's input after lowering, and steps 3-5 of :func:`nmengine.compile` for it.
+
+A frontend that lowers by itself (the ONNX importer maps graph nodes straight onto Program ops with the
+rules of :mod:`.lower`) hands a :class:`LoweredGraph` to :func:`compile_lowered`, which runs what
+``nm.compile`` runs after lowering: epilogue fusion (:func:`.passes.fuse`), PWL tables on default
+ranges, calibration on the exact program (:func:`.calibrate.record_activations`), fitting
+(:func:`.calibrate.fit_tables`) and vertical bias correction (:func:`.calibrate.correct_biases`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..program import Op, Program
+from ..spec import InputSpec
+from .calibrate import correct_biases, fit_tables, record_activations
+from .lower import TableRequest
+from .passes import fuse
+
+__all__ = ["LoweredGraph", "compile_lowered"]
+
+
+@dataclass
+class LoweredGraph:
+    """Ops, constants and PWL table requests of a lowered network, with its inputs and outputs."""
+
+    inputs: dict[str, InputSpec]
+    outputs: list[str]
+    ops: list[Op]
+    constants: dict[str, np.ndarray]
+    requests: dict[str, TableRequest]
+    name: str = "model"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _finish(program: Program) -> Program:
+    """The compiler's post-passes on a finished program, where the package has them."""
+    from .. import compile as compile_pkg
+
+    post = getattr(compile_pkg, "fuse_program", None)  # row-kernel fusion (#11), when present
+    return post(program) if callable(post) else program
+
+
+def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: int | None = 32,
+                    method: str = "optimized", max_error: float | None = None,
+                    functions: Mapping[str, Mapping[str, Any]] | None = None, bias_correction: bool = True,
+                    max_calibration_rows: int = 65536, progress: bool = False) -> Program:
+    """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`."""
+    if not isinstance(graph, LoweredGraph):
+        raise TypeError(f"compile_lowered expects a LoweredGraph, got {type(graph).__name__}")
+    ops = fuse(list(graph.ops), list(graph.outputs), set(graph.constants))
+    constants = dict(graph.constants)
+    options: dict[str, Any] = {"method": method}
+    if max_error is not None:
+        options["max_error"] = max_error
+    else:
+        options["segments"] = segments
+    meta = {**graph.meta, "producer": "nmengine.compile", "source": graph.name,
+            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
+    tables = fit_tables(graph.requests, None, options, functions)
+    program = Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta)
+    if calibration is None:
+        return _finish(program)
+    acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
+    if not graph.requests:
+        return _finish(program)
+    tables = fit_tables(graph.requests, acts, options, functions, progress=progress)
+    constants = dict(program.constants)
+    corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
+    meta["calibrated"] = True
+    meta["bias_corrections"] = corrections
+    return _finish(Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta))
