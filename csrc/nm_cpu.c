@@ -46,6 +46,17 @@ int nm_cpu_has_avx2_fma(void)
     return (int)((r[1] >> 5) & 1); /* EBX bit 5: AVX2 */
 }
 
+int nm_cpu_has_avx512(void)
+{
+    if (!nm_cpu_has_avx2_fma()) return 0;
+    if ((nm_xgetbv0() & 0xE6) != 0xE6) return 0; /* XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM */
+    unsigned r[4];
+    nm_cpuid(7, 0, r);
+    const unsigned ebx = r[1];
+    const int f = (ebx >> 16) & 1, dq = (ebx >> 17) & 1, bw = (ebx >> 30) & 1, vl = (ebx >> 31) & 1;
+    return f && dq && bw && vl;
+}
+
 static double nm_now(void)
 {
     struct timespec ts;
@@ -81,6 +92,7 @@ double nm_cpu_measure_ghz(void)
 #else
 
 int nm_cpu_has_avx2_fma(void) { return 0; }
+int nm_cpu_has_avx512(void) { return 0; }
 double nm_cpu_measure_ghz(void) { return 0.0; }
 
 #endif

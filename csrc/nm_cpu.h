@@ -7,6 +7,10 @@
 /* 1 when the CPU has AVX2 and FMA3 and the OS saves YMM state (OSXSAVE, XCR0 bits 1 and 2). */
 int nm_cpu_has_avx2_fma(void);
 
+/* 1 when the CPU has AVX-512 F, BW, DQ and VL on top of AVX2 + FMA and the OS saves the opmask and
+ * ZMM state (XCR0 bits 5, 6, 7 besides 1 and 2). */
+int nm_cpu_has_avx512(void);
+
 /* Core clock estimate in GHz: times a chain of dependent integer adds (one cycle each on every
  * x86-64 core) with the C11 wall clock; ~20 ms.  Returns 0 when it cannot measure (non-x86).
  * For benchmark reports only (peak FLOP/s), never used for dispatch. */

@@ -61,3 +61,64 @@ void nm_pwl_rows_build(const nm_pwl *p, float *rows)
         r[5] = r[6] = r[7] = 0.0f;
     }
 }
+
+/* ---- register-table form (nm_epilogue.h, nm_pwl_reg) ---------------------------------------- */
+
+#include <math.h>
+
+static float nm_reg_keyf(const nm_pwl_reg *r, float x)
+{
+    float xk = (x > r->lo) ? x : r->lo; /* _mm512_max_ps(x, lo): NaN -> lo */
+    xk = (xk < r->hi) ? xk : r->hi;
+    return fmaf(xk, r->scale, r->nlos); /* one rounding, as vfmadd */
+}
+
+void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r)
+{
+    memset(r, 0, sizeof *r);
+    const int32_t n = p->n;
+    if (n < 1 || n > NM_PWL_REG_MAX) return;
+    const uint32_t qnan = 0x7fc00000u;
+    float nanf_;
+    memcpy(&nanf_, &qnan, sizeof nanf_);
+    for (int32_t s = 0; s < NM_PWL_REG_MAX; s++) {
+        const int32_t q = s < n ? s : n - 1;
+        r->edges[s] = s < n - 1 ? p->edges[s] : nanf_; /* x >= NaN is false: the walk stops */
+        r->slopes[s] = p->slopes[q];
+        r->icpt[s] = p->intercepts[q];
+    }
+    r->wide = n > 32;
+    if (n == 1) {
+        r->ok = 1; /* one segment: key 0, hint 0, no steps */
+        return;
+    }
+    const float lo = p->edges[0], hi = p->edges[n - 2];
+    if (!isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return;
+    float scale = (float)NM_PWL_REG_BINS - 0.5f;
+    const float width = hi - lo;
+    scale = width > 0.0f ? scale / width : 0.0f;
+    if (!isfinite(scale)) scale = 0.0f;
+    r->lo = lo;
+    r->hi = hi;
+    r->scale = scale;
+    r->nlos = -(lo * scale);
+    /* the key must stay in [0, BINS) over [lo, hi] (it is monotone, so the ends decide) */
+    const float klo = nm_reg_keyf(r, lo), khi = nm_reg_keyf(r, hi);
+    if (!(klo > -1.0f) || !(khi < (float)NM_PWL_REG_BINS)) return;
+    int32_t count[NM_PWL_REG_BINS] = {0};
+    for (int32_t i = 0; i < n - 1; i++) {
+        const int32_t k = (int32_t)nm_reg_keyf(r, p->edges[i]);
+        if (k < 0 || k >= NM_PWL_REG_BINS) return;
+        if (i > 0 && !(p->edges[i] >= p->edges[i - 1])) return; /* breakpoints must ascend */
+        count[k]++;
+    }
+    int32_t below = 0, steps = 0;
+    for (int32_t k = 0; k < NM_PWL_REG_BINS; k++) {
+        r->hint[k] = below;
+        below += count[k];
+        if (count[k] > steps) steps = count[k];
+    }
+    if (steps > NM_PWL_REG_MAX_STEPS) return;
+    r->steps = steps;
+    r->ok = 1;
+}

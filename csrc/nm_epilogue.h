@@ -29,15 +29,40 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NM_AVX2 __attribute__((target("avx2,fma")))
+#define NM_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")))
 #define NM_INLINE static inline __attribute__((always_inline))
 #else
 #define NM_AVX2
+#define NM_AVX512
 #define NM_INLINE static inline
 #endif
 
 /* Largest register tile any kernel uses (the finisher's scratch row). */
-#define NM_MAX_MR 8
-#define NM_MAX_NR 16
+#define NM_MAX_MR 16
+#define NM_MAX_NR 32
+
+/* A PWL table of at most NM_PWL_REG_MAX segments prepared for lookups from vector registers
+ * (permutes instead of gathers), built per call by nm_pwl_reg_build:
+ *   key  = cvtt(fma(max(min(max(x, lo), hi)), scale, -lo * scale))      in [0, NM_PWL_REG_BINS)
+ *   seg  = hint[key];  steps x { seg += (x >= edges[seg]) }
+ * Its own grid of NM_PWL_REG_BINS bins over the interior breakpoints [lo, hi] (not the table's
+ * hint grid, which has 64..4096 bins): the key is monotone in x, so hint[k] = the number of
+ * breakpoints whose key is < k is a lower bound of the segment of every x in bin k and `steps`
+ * (the most breakpoints sharing one bin) comparisons reach it.  The segment found is the one the
+ * breakpoints define, i.e. the one PWLTable finds, so the output bits are the same.
+ * ok == 0 when the table is larger or needs more than NM_PWL_REG_MAX_STEPS steps. */
+#define NM_PWL_REG_MAX 64
+#define NM_PWL_REG_BINS 32
+#define NM_PWL_REG_MAX_STEPS 3
+typedef struct nm_pwl_reg {
+    _Alignas(64) float edges[NM_PWL_REG_MAX];  /* edges[s]: the breakpoint that ends segment s; NaN past */
+    _Alignas(64) float slopes[NM_PWL_REG_MAX];
+    _Alignas(64) float icpt[NM_PWL_REG_MAX];
+    _Alignas(64) int32_t hint[NM_PWL_REG_BINS];
+    float lo, hi, scale, nlos;  /* nlos = -lo * scale (rounded) */
+    int ok, wide, steps;        /* wide: more than 32 segments (two register pairs per array) */
+} nm_pwl_reg;
+void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r);
 
 /* Epilogue state of one output tile; pointers are already offset to the tile's (i0, j0). */
 typedef struct nm_tile_ctx {
@@ -50,6 +75,7 @@ typedef struct nm_tile_ctx {
     ptrdiff_t res_rs, res_cs;
     const nm_pwl *pwl;
     const float *rows;     /* derived PWL lookup rows (nm_pwl_rows_build) or NULL */
+    const nm_pwl_reg *reg; /* register-table form of pwl (nm_pwl_reg_build) or NULL */
 } nm_tile_ctx;
 
 /* y[0..n) = act(x[0..n)) (x == y allowed): a kernel's vectorized activation (nm_act_scalar,

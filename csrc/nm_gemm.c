@@ -36,48 +36,62 @@
 #include "nm_cpu.h"
 #include "nm_gemm.h"
 #include "nm_pack.h"
-#include "nm_pwl_avx2.h"
+#include "nm_gemm_ctx.h"
+#include "nm_pwl_avx512.h"
 #include "nm_threads.h"
 #include "nm_ukernel.h"
 
-typedef struct nm_kdesc {
-    nm_blocking bk;
-    nm_ukr_fn ukr;
-    nm_act_fn act;
-} nm_kdesc;
+typedef nm_kctx nm_kdesc;
 
-static nm_kdesc nm_kdesc_for(int kernel)
-{
-    nm_kdesc d;
-#if NM_X86
-    if (kernel == NM_KERNEL_AVX2) {
-        d.bk.mr = NM_AVX2_MR;
-        d.bk.nr = NM_AVX2_NR;
-        d.bk.mc = 144;
-        d.bk.kc = 384;
-        d.bk.nc = 4080;
-        d.ukr = nm_ukr_avx2;
-        d.act = nm_act_avx2;
-        return d;
-    }
+/* AVX-512 blocking (14 x 32 tile; Ice Lake / Sapphire Rapids: L1d 48 KiB, L2 1.25-2 MiB; Zen 4/5:
+ * L1d 32-48 KiB, L2 1 MiB).  A B micro-panel is KC * 32 * 4 = 48 KiB at KC = 384, i.e. all of L1d,
+ * so the loop order of BLIS (transposed) is used instead of the AVX2 one: the A micro-panel
+ * (14 x KC = 21 KiB) stays in L1 while the ir loop is outside and the jr loop streams the B
+ * micro-panels from L2 (2 zmm per 28 FMAs: 9 B/cycle, far under L2 bandwidth).  The packed B block
+ * KC x NC must then live in L2: NC = 640 (20 micro-panels) is 960 KiB, under 1 MiB with A in flight.
+ * KC = 384 keeps transformer K = 384 in one block (no C read-modify-write pass) and is the AVX2
+ * kernel's KC, so both paths give the same bits (same FMA chains, same K blocks).  MC = 1008
+ * (72 micro-panels) bounds the private packed A block (1.5 MiB, from L3) and the per-thread units. */
+#ifndef NM_AVX512_MC
+#define NM_AVX512_MC 1008
 #endif
-    (void)kernel;
-    d.bk.mr = NM_SCALAR_MR;
-    d.bk.nr = NM_SCALAR_NR;
-    d.bk.mc = 128;
-    d.bk.kc = 256;
-    d.bk.nc = 4096;
-    d.ukr = nm_ukr_scalar;
-    d.act = nm_act_scalar;
-    return d;
+#ifndef NM_AVX512_NC
+#define NM_AVX512_NC 640
+#endif
+#ifndef NM_AVX512_A_RESIDENT
+#define NM_AVX512_A_RESIDENT 1
+#endif
+
+/* ---- the context table (nm_gemm_ctx.h) ------------------------------------------------------ */
+
+static const nm_kctx nm_kctx_table[] = {
+    {NM_KERNEL_SCALAR, "scalar", {NM_SCALAR_MR, NM_SCALAR_NR, 128, 256, 4096}, 0, 0, nm_ukr_scalar,
+     nm_act_scalar, nm_act_scalar, 0},
+#if NM_X86
+    {NM_KERNEL_AVX2, "avx2", {NM_AVX2_MR, NM_AVX2_NR, 144, 384, 4080}, 1, 0, nm_ukr_avx2, nm_act_avx2,
+     nm_act_avx2, 1},
+    {NM_KERNEL_AVX512, "avx512", {NM_AVX512_MR, NM_AVX512_NR, NM_AVX512_MC, 384, NM_AVX512_NC}, 1,
+     NM_AVX512_A_RESIDENT, nm_ukr_avx512, nm_act_avx512, nm_act_avx2, 1},
+#endif
+};
+
+const nm_kctx *nm_kctx_get(int kernel)
+{
+    for (size_t i = 0; i < sizeof nm_kctx_table / sizeof nm_kctx_table[0]; i++)
+        if (nm_kctx_table[i].kernel == kernel) return &nm_kctx_table[i];
+    return &nm_kctx_table[0];
 }
+
+static nm_kdesc nm_kdesc_for(int kernel) { return *nm_kctx_get(kernel); }
 
 int nm_resolve_kernel(int kernel)
 {
     switch (kernel) {
-    case NM_KERNEL_AUTO: return nm_cpu_has_avx2_fma() ? NM_KERNEL_AVX2 : NM_KERNEL_SCALAR;
+    case NM_KERNEL_AUTO:
+        return nm_cpu_has_avx512() ? NM_KERNEL_AVX512 : nm_cpu_has_avx2_fma() ? NM_KERNEL_AVX2 : NM_KERNEL_SCALAR;
     case NM_KERNEL_SCALAR: return NM_KERNEL_SCALAR;
     case NM_KERNEL_AVX2: return NM_X86 ? NM_KERNEL_AVX2 : NM_EINVAL;
+    case NM_KERNEL_AVX512: return NM_X86 ? NM_KERNEL_AVX512 : NM_EINVAL;
     default: return NM_EINVAL;
     }
 }
@@ -131,6 +145,7 @@ typedef struct nm_prob {
     int act;
     const nm_pwl *pwl;
     const float *rows; /* derived PWL rows (avx2) or NULL */
+    const nm_pwl_reg *reg; /* register form of the table (avx512) or NULL */
     const float *bpacked; /* B packed once by nm_pack_b_full (single products), or NULL */
 } nm_prob;
 
@@ -149,6 +164,7 @@ static void nm_tile_ctx_at(const nm_prob *p, int64_t i0, int64_t j0, int load_c,
     t->act = p->act;
     t->pwl = p->pwl;
     t->rows = p->rows;
+    t->reg = p->reg;
     t->bias_col = p->bias_col ? p->bias_col + j0 : NULL;
     t->bias_row = p->bias_row ? p->bias_row + i0 : NULL;
     t->res = p->res ? p->res + i0 * p->res_rs + j0 * p->res_cs : NULL;
@@ -189,16 +205,30 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
         const int row1 = 0;
 #endif
         const int64_t ipn = row1 ? npan - 1 : npan;
-        for (int64_t jp = jp0; jp < jp1; jp++) {
-            const int64_t j0 = jc + jp * nr;
-            const int n = (int)min64(nr, p->N - j0);
-            const float *bp = bbuf + jp * nr * kcur;
+        if (kd->a_resident) {
+            /* A micro-panel in L1, B micro-panels streaming from L2 */
             for (int64_t ip = 0; ip < ipn; ip++) {
                 const int64_t r0 = ic + ip * mr;
                 const int m = (int)min64(mr, ic + mcur - r0);
-                nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
-                kd->ukr(kcur, abuf + ip * mr * kcur, bp, p->C + r0 * p->rsc + j0 * p->csc, p->rsc, p->csc,
-                        m, n, &t);
+                for (int64_t jp = jp0; jp < jp1; jp++) {
+                    const int64_t j0 = jc + jp * nr;
+                    nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
+                    kd->ukr(kcur, abuf + ip * mr * kcur, bbuf + jp * nr * kcur, p->C + r0 * p->rsc + j0 * p->csc,
+                            p->rsc, p->csc, m, (int)min64(nr, p->N - j0), &t);
+                }
+            }
+        } else {
+            for (int64_t jp = jp0; jp < jp1; jp++) {
+                const int64_t j0 = jc + jp * nr;
+                const int n = (int)min64(nr, p->N - j0);
+                const float *bp = bbuf + jp * nr * kcur;
+                for (int64_t ip = 0; ip < ipn; ip++) {
+                    const int64_t r0 = ic + ip * mr;
+                    const int m = (int)min64(mr, ic + mcur - r0);
+                    nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
+                    kd->ukr(kcur, abuf + ip * mr * kcur, bp, p->C + r0 * p->rsc + j0 * p->csc, p->rsc,
+                            p->csc, m, n, &t);
+                }
             }
         }
 #if NM_X86
@@ -370,7 +400,18 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
     const size_t asz = round_up((size_t)min64(kd.bk.mc, round_up((size_t)M, kd.bk.mr)) * (size_t)kcb, 16);
     const size_t bsz = bpacked ? 0 : round_up((size_t)min64(kd.bk.nc, round_up((size_t)N, kd.bk.nr)) * (size_t)kcb, 16);
     const size_t nbuf_b = (batch_split || row_split) ? (size_t)nt : 1;
-    const size_t rsz = round_up((size_t)nm_pwl_rows_wanted(&kd, act, base.pwl, M * N * P), 16);
+    size_t rsz = round_up((size_t)nm_pwl_rows_wanted(&kd, act, base.pwl, M * N * P), 16);
+#if NM_X86
+    /* the AVX-512 epilogue reads the table from registers when it fits, else the rows/gathers */
+    nm_pwl_reg reg;
+    if (act == NM_ACT_PWL && kres == NM_KERNEL_AVX512) {
+        nm_pwl_reg_build(base.pwl, &reg);
+        if (reg.ok) {
+            base.reg = &reg;
+            rsz = 0;
+        }
+    }
+#endif
     void *raw = NULL;
     float *buf = nm_alloc_floats(asz * (size_t)nt + bsz * nbuf_b + rsz, &raw);
     if (!buf) return NM_ENOMEM;

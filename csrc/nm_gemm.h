@@ -23,6 +23,7 @@
 #define NM_KERNEL_AUTO 0
 #define NM_KERNEL_SCALAR 1
 #define NM_KERNEL_AVX2 2
+#define NM_KERNEL_AVX512 3
 
 /* Applied to each output tile while it is still in registers, after the last K block:
  *   x = acc (+ bias_col[j]) (+ bias_row[i]) (+ res[i, j]);  C[i, j] = act(x)
@@ -80,11 +81,15 @@ void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nt
 
 /* 1 when this CPU and OS support AVX2 + FMA (cpuid + xgetbv), else 0. */
 int nm_cpu_has_avx2_fma(void);
+/* 1 when this CPU and OS support AVX-512 F/BW/DQ/VL (cpuid + xgetbv), else 0. */
+int nm_cpu_has_avx512(void);
 
-/* The kernel actually used for a request (NM_KERNEL_AUTO resolves by cpuid).  Returns NM_EINVAL
- * for an unknown kernel, or for NM_KERNEL_AVX2 in a build without the x86 code.
- * Note: nm_sgemm & co. trust an explicit NM_KERNEL_AVX2 (no cpuid per call, which is a VM exit under
- * a hypervisor); callers must only pass it when nm_cpu_has_avx2_fma() (nmengine/kernels.py checks). */
+/* The kernel actually used for a request (NM_KERNEL_AUTO resolves by cpuid: avx512, else avx2,
+ * else scalar).  Returns NM_EINVAL for an unknown kernel, or for NM_KERNEL_AVX2/AVX512 in a build
+ * without the x86 code.
+ * Note: nm_sgemm & co. trust an explicit NM_KERNEL_AVX2/AVX512 (no cpuid per call, which is a VM
+ * exit under a hypervisor); callers must only pass them when nm_cpu_has_avx2_fma() /
+ * nm_cpu_has_avx512() (nmengine/kernels.py checks). */
 int nm_resolve_kernel(int kernel);
 
 /* 1 when the library was built with OpenMP (nthreads > 1 can run in parallel), else 0.

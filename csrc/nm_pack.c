@@ -86,6 +86,7 @@ void nm_pack_a(int mr, int64_t mc, int64_t kc, const float *a, ptrdiff_t rsa, pt
         const float *src = a + i0 * rsa;
         float *d = dst + i0 * kc;
         switch (mr) {
+        case 14: pack_a_panel(14, m, kc, src, rsa, csa, d); break;
         case 6: pack_a_panel(6, m, kc, src, rsa, csa, d); break;
         case 4: pack_a_panel(4, m, kc, src, rsa, csa, d); break;
         default: pack_a_generic(mr, m, kc, src, rsa, csa, d); break;
@@ -102,6 +103,7 @@ void nm_pack_b(int nr, int64_t kc, int64_t nc, int64_t p0, int64_t p1,
         const float *src = b + j0 * csb;
         float *d = dst + j0 * kc;
         switch (nr) {
+        case 32: pack_b_panel(32, n, kc, src, rsb, csb, d); break;
         case 16: pack_b_panel(16, n, kc, src, rsb, csb, d); break;
         case 8: pack_b_panel(8, n, kc, src, rsb, csb, d); break;
         default: pack_b_generic(nr, n, kc, src, rsb, csb, d); break;

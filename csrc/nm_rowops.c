@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "nm_gemm.h"
+#include "nm_gemm_ctx.h"
 #include "nm_pwl_avx2.h"
 #include "nm_rowops.h"
 #include "nm_threads.h"
@@ -49,7 +50,7 @@ NM_INLINE int nm_team_rows(int64_t rows, int64_t *r0, int64_t *r1)
 /* The GEMM's K block for this kernel and K = n (nm_gemm.c: ceil(K / kc) equal blocks). */
 static int64_t nm_gemm_kcb(int kernel, int64_t n)
 {
-    const int64_t kc = nm_get_blocking(kernel).kc;
+    const int64_t kc = nm_kctx_get(kernel)->bk.kc;
     const int64_t nkb = (n + kc - 1) / kc;
     return (n + nkb - 1) / nkb;
 }
@@ -183,7 +184,7 @@ int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel)
     const int64_t rows = a->rows, n = a->n;
     if (rows == 0 || n == 0) return NM_OK;
     const int res_how = a->res_beta == 1.0f ? 0 : (a->res_beta == -1.0f ? 1 : 2);
-    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
 
     /* derived PWL rows (avx2 only), worth it with several outputs per bin */
     void *raw = NULL;
@@ -270,7 +271,7 @@ int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthre
     const int k = nm_resolve_kernel(kernel);
     if (!x || !y || rows < 0 || n < 1 || k < 0) return NM_EINVAL;
     if (rows == 0) return NM_OK;
-    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
     const int64_t half = (n + 1) / 2;
     float *scratch = (float *)malloc((size_t)(half * nt) * sizeof(float));
@@ -346,7 +347,7 @@ int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_p
     if (!s || !p || rows < 0 || n < 1 || k < 0 || !exp_pwl || !recip_pwl) return NM_EINVAL;
     if (exp_pwl->n < 1 || exp_pwl->nhint < 1 || recip_pwl->n < 1 || recip_pwl->nhint < 1) return NM_EINVAL;
     if (rows == 0) return NM_OK;
-    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int64_t kcb = nm_gemm_kcb(k, n);
     const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
     const int64_t half = (n + 1) / 2, per = (half + n + 15) / 16 * 16;
@@ -483,7 +484,7 @@ int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel)
     if (!a->rsqrt || a->rsqrt->n < 1 || a->rsqrt->nhint < 1) return NM_EINVAL;
     const int64_t rows = a->rows, n = a->n;
     if (rows == 0) return NM_OK;
-    const int avx2 = NM_X86 && k == NM_KERNEL_AVX2;
+    const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int64_t kcb = nm_gemm_kcb(k, n);
     const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
     NM_ROWS_PARALLEL(nt)

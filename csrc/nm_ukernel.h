@@ -32,6 +32,12 @@ NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, p
  * each element the same FMA chain as nm_ukr_avx2's; the caller finishes with nm_tile_finish. */
 NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdiff_t bstride, int np,
                               float *acc);
+
+/* AVX-512 F kernel: 14 x 32 tile in 28 zmm accumulators, epilogue in registers (nm_pwl_avx512.h). */
+#define NM_AVX512_MR 14
+#define NM_AVX512_NR 32
+NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+                             ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
 #endif
 
 #endif

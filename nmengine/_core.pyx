@@ -44,6 +44,7 @@ cdef extern from "nm_gemm.h":
     int NM_KERNEL_AUTO
     int NM_KERNEL_SCALAR
     int NM_KERNEL_AVX2
+    int NM_KERNEL_AVX512
 
     ctypedef struct nm_epilogue:
         const float *bias_col
@@ -71,6 +72,7 @@ cdef extern from "nm_gemm.h":
                         const float *Bp, float *C, Py_ssize_t rsc, Py_ssize_t csc,
                         const nm_epilogue *ep, int nthreads, int kernel) nogil
     int nm_cpu_has_avx2_fma()
+    int nm_cpu_has_avx512()
     int nm_resolve_kernel(int kernel)
     int nm_has_openmp()
     nm_blocking nm_get_blocking(int kernel)
@@ -132,11 +134,17 @@ ACT_PWL = NM_ACT_PWL
 KERNEL_AUTO = NM_KERNEL_AUTO
 KERNEL_SCALAR = NM_KERNEL_SCALAR
 KERNEL_AVX2 = NM_KERNEL_AVX2
+KERNEL_AVX512 = NM_KERNEL_AVX512
 
 
 def cpu_has_avx2_fma() -> bool:
     """True when the CPU and OS support AVX2 + FMA (cpuid + xgetbv)."""
     return nm_cpu_has_avx2_fma() != 0
+
+
+def cpu_has_avx512() -> bool:
+    """True when the CPU and OS support AVX-512 F/BW/DQ/VL (cpuid + xgetbv)."""
+    return nm_cpu_has_avx512() != 0
 
 
 def measure_ghz() -> float:

@@ -17,14 +17,16 @@ Everything here validates and normalises its arguments, then calls the compiled 
     set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or
                                               os.cpu_count())
     kernel_info()                             which microkernel runs, its blocking, threads, OpenMP
-    use_kernel("scalar" | "avx2" | "auto")    context manager choosing the kernel for this thread /
+    use_kernel("scalar" | "avx2" | "avx512" | "auto")
+                                              context manager choosing the kernel for this thread /
                                               task (overrides the NMENGINE_KERNEL environment variable)
 
 ``epilogue`` is ``None`` (or ``"none"``), ``"relu"`` or a :class:`~nmengine.pwl.PWLTable`; it is
 applied in the GEMM's registers after the last K block, bit for bit like ``PWLTable.__call__``.
 
 Numerics: float32 in and out; other real dtypes are cast.  Each output element is one chain of
-float32 FMAs (avx2 kernel) or multiply-adds (scalar kernel) over k within blocks of at most ``kc``
+float32 FMAs (avx2 and avx512 kernels: the same bits) or multiply-adds (scalar kernel) over k within
+blocks of at most ``kc``
 (kernel_info), the blocks added in order; the thread count never changes a result.  NaN and Inf
 propagate as in IEEE arithmetic.
 
@@ -65,9 +67,9 @@ __all__ = [
 
 Epilogue = Union[None, str, PWLTable]
 
-_KERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2}
+_KERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
 #: Name of each kernel code :func:`kernel_code` returns.
-KERNEL_NAMES = {1: "scalar", 2: "avx2"}
+KERNEL_NAMES = {1: "scalar", 2: "avx2", 3: "avx512"}
 
 
 class KernelUnavailableError(RuntimeError):
@@ -79,6 +81,7 @@ class KernelUnavailableError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 _core_mod: Any = None
 _cpu_avx2: Optional[bool] = None
+_cpu_avx512: Optional[bool] = None
 
 
 def compiled_core() -> Any:
@@ -87,7 +90,7 @@ def compiled_core() -> Any:
     The runtime calls its fused row kernels (softmax, LayerNorm, row moves) directly; everything else
     goes through the checked wrappers of this module.
     """
-    global _core_mod, _cpu_avx2
+    global _core_mod, _cpu_avx2, _cpu_avx512
     if _core_mod is None:
         try:
             from . import _core as mod  # type: ignore[attr-defined]
@@ -97,6 +100,7 @@ def compiled_core() -> Any:
                 "`pip install -e . --no-build-isolation` or `python setup.py build_ext --inplace`"
             ) from exc
         _cpu_avx2 = bool(mod.cpu_has_avx2_fma())  # cpuid once per process (a VM exit under KVM)
+        _cpu_avx512 = bool(mod.cpu_has_avx512())
         _core_mod = mod
     return _core_mod
 
@@ -118,10 +122,10 @@ def _check_kernel_name(name: Any, source: str) -> str:
 
 @contextlib.contextmanager
 def use_kernel(name: str) -> Iterator[None]:
-    """Run the core with kernel ``name`` ("scalar", "avx2" or "auto") inside the ``with`` block.
+    """Run the core with kernel ``name`` ("scalar", "avx2", "avx512" or "auto") inside the ``with`` block.
 
     The choice is a context variable: it applies to the current thread / asyncio task only and is
-    restored on exit.  Requesting "avx2" on a CPU without AVX2+FMA raises
+    restored on exit.  Requesting "avx2" on a CPU without AVX2+FMA (or "avx512" without AVX-512) raises
     :class:`KernelUnavailableError` at the first GEMM call.
     """
     token = _kernel_override.set(_check_kernel_name(name, "kernel"))
@@ -139,7 +143,16 @@ def kernel_code() -> int:
         env = os.environ.get("NMENGINE_KERNEL", "").strip()
         name = _check_kernel_name(env, "NMENGINE_KERNEL") if env else "auto"
     if name == "auto":
+        if _cpu_avx512:
+            return core.KERNEL_AVX512
         return core.KERNEL_AVX2 if _cpu_avx2 else core.KERNEL_SCALAR
+    if name == "avx512":
+        if not _cpu_avx512:
+            raise KernelUnavailableError(
+                "the avx512 kernel was requested (NMENGINE_KERNEL or use_kernel) but this CPU/OS does "
+                "not support AVX-512 F/BW/DQ/VL; use 'avx2', 'scalar' or 'auto'"
+            )
+        return core.KERNEL_AVX512
     if name == "avx2":
         if not _cpu_avx2:
             raise KernelUnavailableError(
@@ -193,7 +206,7 @@ def get_num_threads() -> int:
 def kernel_info() -> dict[str, Any]:
     """The kernel the next call would use and its parameters.
 
-    Returns ``{"kernel": "avx2" | "scalar", "cpu_avx2_fma": bool, "mr", "nr", "mc", "kc", "nc",
+    Returns ``{"kernel": "avx512" | "avx2" | "scalar", "cpu_avx2_fma": bool, "cpu_avx512": bool, "mr", "nr", "mc", "kc", "nc",
     "num_threads", "openmp": bool, "omp_wait_policy": str | None}`` (register tile ``mr x nr``, cache
     blocks ``mc/kc/nc``; ``omp_wait_policy`` is the ``OMP_WAIT_POLICY`` environment variable the
     OpenMP runtime read at load, None when unset, i.e. libgomp's spin-then-sleep default).
@@ -204,7 +217,8 @@ def kernel_info() -> dict[str, Any]:
     """
     core = compiled_core()
     code = kernel_code()
-    info: dict[str, Any] = {"kernel": KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2)}
+    info: dict[str, Any] = {"kernel": KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2),
+                            "cpu_avx512": bool(_cpu_avx512)}
     info.update(core.get_blocking(code))
     info["num_threads"] = get_num_threads()
     info["openmp"] = bool(core.has_openmp())

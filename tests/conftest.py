@@ -10,14 +10,15 @@ import pytest
 
 from nmengine import kernels
 
-from .helpers import KERNELS, avx2_ok
+from .helpers import KERNELS, kernel_ok
 
 
 @pytest.fixture(params=KERNELS)
 def kernel(request):
     """Run the test body under each available kernel (per-context selection, nothing leaks)."""
-    if request.param == "avx2" and not avx2_ok():
-        pytest.skip("CPU lacks AVX2+FMA")
+    if not kernel_ok(request.param):
+        what = "AVX2+FMA" if request.param == "avx2" else "AVX-512 F/BW/DQ/VL"
+        pytest.skip(f"CPU lacks {what}: the {request.param} path cannot run here")
     with kernels.use_kernel(request.param):
         yield request.param
 

@@ -19,7 +19,7 @@ import nmengine as nm
 from nmengine import kernels
 from nmengine.pwl import PWLTable
 
-from .helpers import KERNELS, avx2_ok, rand
+from .helpers import KERNELS, avx2_ok, avx512_ok, kernel_ok, rand
 
 EPS = float(np.finfo(np.float32).eps)
 
@@ -91,7 +91,7 @@ LAYOUTS = ["c", "t", "slice", "neg"]
     kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
-    if kern == "avx2" and not avx2_ok():
+    if not kernel_ok(kern):
         kern = "scalar"
     rng = np.random.default_rng(seed)
     a, b = _layout(rng, (M, K), la), _layout(rng, (K, N), lb)
@@ -112,7 +112,7 @@ def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
     act=st.sampled_from([None, "relu"]), kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_epilogues(M, N, K, use_bias, use_row, res_kind, act, kern, seed):
-    if kern == "avx2" and not avx2_ok():
+    if not kernel_ok(kern):
         kern = "scalar"
     rng = np.random.default_rng(seed)
     a, b = rand(rng, (M, K)), rand(rng, (K, N))
@@ -387,7 +387,7 @@ def test_kernel_selection(monkeypatch):
     monkeypatch.setenv("NMENGINE_KERNEL", "scalar")
     assert nm.kernel_info()["kernel"] == "scalar"
     with kernels.use_kernel("auto"):
-        assert nm.kernel_info()["kernel"] == ("avx2" if avx2_ok() else "scalar")
+        assert nm.kernel_info()["kernel"] == ("avx512" if avx512_ok() else "avx2" if avx2_ok() else "scalar")
     monkeypatch.setenv("NMENGINE_KERNEL", "fast")
     with pytest.raises(ValueError, match="NMENGINE_KERNEL"):
         nm.gemm(np.ones((2, 2)), np.ones((2, 2)))
@@ -404,8 +404,37 @@ def test_kernel_selection(monkeypatch):
 def test_avx2_unavailable_raises(monkeypatch):
     kernels.compiled_core()
     monkeypatch.setattr(kernels, "_cpu_avx2", False)
+    monkeypatch.setattr(kernels, "_cpu_avx512", False)
     with kernels.use_kernel("avx2"):
         with pytest.raises(kernels.KernelUnavailableError, match="AVX2"):
             nm.gemm(np.ones((2, 2)), np.ones((2, 2)))
     with kernels.use_kernel("auto"):
         assert nm.kernel_info()["kernel"] == "scalar"
+
+
+def test_avx512_unavailable_raises(monkeypatch):
+    kernels.compiled_core()
+    monkeypatch.setattr(kernels, "_cpu_avx512", False)
+    monkeypatch.setenv("NMENGINE_KERNEL", "avx512")
+    with pytest.raises(kernels.KernelUnavailableError, match="AVX-512"):
+        nm.gemm(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(kernels.KernelUnavailableError, match="avx512"):
+        nm.kernel_info()
+    monkeypatch.delenv("NMENGINE_KERNEL")
+    with kernels.use_kernel("auto"):
+        assert nm.kernel_info()["kernel"] == ("avx2" if avx2_ok() else "scalar")
+
+
+@pytest.mark.parametrize("shape", [(300, 1000, 384), (29, 70, 513), (14, 32, 769), (1, 96, 40)])
+def test_avx2_and_avx512_give_the_same_bits(shape):
+    """Both SIMD paths run one FMA chain per K block with the same K blocks (kernel_info kc)."""
+    if not (avx2_ok() and avx512_ok()):
+        pytest.skip("needs a CPU with both AVX2+FMA and AVX-512 to compare the paths")
+    M, N, K = shape
+    rng = np.random.default_rng(7)
+    a, b, bias = rand(rng, (M, K)), rand(rng, (K, N)), rand(rng, N)
+    out = {}
+    for kern in ("avx2", "avx512"):
+        with kernels.use_kernel(kern):
+            out[kern] = nm.gemm(a, b, bias=bias, epilogue="relu")
+    assert np.array_equal(out["avx2"], out["avx512"])
