@@ -1,10 +1,12 @@
 """Build of the compiled core ``nmengine._core`` (Cython wrapper + the C GEMM in csrc/).
 
 Flags: -O3 -std=c11 -ffp-contract=off (no implicit FMA contraction: the PWL epilogue must match numpy
-bit for bit; the GEMM microkernel uses explicit FMA intrinsics) -fno-math-errno, and -fopenmp when a
-test compile shows the compiler supports it (otherwise the core runs serially).  No -march=native:
-the AVX2 code is compiled through function target attributes and chosen at run time by cpuid.
-Set NMENGINE_NO_OPENMP=1 to force a serial build.
+bit for bit; the GEMM microkernel uses explicit FMA intrinsics) -fno-math-errno, -pthread (the core's
+own thread pool, csrc/nm_threads.c), and -fopenmp when a test compile shows the compiler supports it
+(kept only for C code that still uses OpenMP pragmas; the GEMM and row kernels use the pool, whose
+idle workers sleep after a short spin instead of libgomp's long one).  No -march=native: the AVX2 and
+AVX-512 code is compiled through function target attributes and chosen at run time by cpuid.
+Set NMENGINE_NO_OPENMP=1 to build without OpenMP.
 
 Sanitizers: NMENGINE_SANITIZE=address,undefined (any list of -fsanitize= names) builds the core with
 them, -O1 -g and frame pointers, UBSan set to abort on the first report.  The extension then needs the
@@ -66,6 +68,7 @@ def _sanitizer_flags() -> tuple[list[str], list[str]]:
 
 omp_compile, omp_link = _openmp_flags()
 san_compile, san_link = _sanitizer_flags()
+thr = [] if sys.platform == "win32" else ["-pthread"]
 csrc = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.c")))
 
 ext = Extension(
@@ -73,8 +76,9 @@ ext = Extension(
     ["nmengine/_core.pyx", *csrc],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", *omp_compile, *san_compile],
-    extra_link_args=[*omp_link, *san_link],
+    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", *thr, *omp_compile,
+                        *san_compile],
+    extra_link_args=[*thr, *omp_link, *san_link],
     depends=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.h"))),
 )
 

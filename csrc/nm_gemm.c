@@ -65,13 +65,14 @@ typedef nm_kctx nm_kdesc;
 /* ---- the context table (nm_gemm_ctx.h) ------------------------------------------------------ */
 
 static const nm_kctx nm_kctx_table[] = {
-    {NM_KERNEL_SCALAR, "scalar", {NM_SCALAR_MR, NM_SCALAR_NR, 128, 256, 4096}, 0, 0, nm_ukr_scalar,
+    {NM_KERNEL_SCALAR, "scalar", {NM_SCALAR_MR, NM_SCALAR_NR, 128, 256, 4096}, 0, 0, nm_ukr_scalar, NULL, NULL,
      nm_act_scalar, nm_act_scalar, 0},
 #if NM_X86
-    {NM_KERNEL_AVX2, "avx2", {NM_AVX2_MR, NM_AVX2_NR, 144, 384, 4080}, 1, 0, nm_ukr_avx2, nm_act_avx2,
+    {NM_KERNEL_AVX2, "avx2", {NM_AVX2_MR, NM_AVX2_NR, 144, 384, 4080}, 1, 0, nm_ukr_avx2, NULL, NULL, nm_act_avx2,
      nm_act_avx2, 1},
     {NM_KERNEL_AVX512, "avx512", {NM_AVX512_MR, NM_AVX512_NR, NM_AVX512_MC, 384, NM_AVX512_NC}, 1,
-     NM_AVX512_A_RESIDENT, nm_ukr_avx512, nm_act_avx512, nm_act_avx2, 1},
+     NM_AVX512_A_RESIDENT, nm_ukr_avx512, nm_ukr_avx512_direct,
+     nm_ukr_avx512_small, nm_act_avx512, nm_act_avx2, 1},
 #endif
 };
 
@@ -102,7 +103,7 @@ nm_blocking nm_get_blocking(int kernel)
     return nm_kdesc_for(k < 0 ? NM_KERNEL_SCALAR : k).bk;
 }
 
-int nm_has_openmp(void) { return NM_HAVE_OPENMP; }
+int nm_has_openmp(void) { return 0; } /* threads come from nm_threads.c, not OpenMP */
 
 /* ---- aligned scratch ---------------------------------------------------------------------- */
 
@@ -187,6 +188,12 @@ static void nm_run_k0(const nm_prob *p, const nm_kdesc *kd)
     }
 }
 
+/* When to read A in place (avx512, row-major A): always, for now (the tile reads the same 14 rows
+ * either way; packing only pays for strided or transposed A). */
+#ifndef NM_DIRECT_A_OK
+#define NM_DIRECT_A_OK(p, npanels) ((void)(npanels), 1)
+#endif
+
 /* One work unit: rows [i0, i1) (within one K block) against NR panels [jp0, jp1) of the packed B. */
 static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const float *bbuf, int64_t jc,
                     int64_t pc, int64_t kcur, int load_c, int last, int64_t i0, int64_t i1, int64_t jp0,
@@ -196,7 +203,15 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
     nm_tile_ctx t;
     for (int64_t ic = i0; ic < i1; ic += mc) {
         const int64_t mcur = min64(mc, i1 - ic);
-        nm_pack_a(mr, mcur, kcur, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, abuf);
+        /* A-resident paths with in-place kernels (avx512): full micro-panels of a row-major A are
+         * read in place, a partial last panel (any strides) too; whatever remains is packed */
+        const int direct = kd->a_resident && kd->ukr_direct != NULL && p->csa == 1 && NM_DIRECT_A_OK(p, jp1 - jp0);
+        const int small_tail = kd->a_resident && kd->ukr_small != NULL;
+        const int64_t nfull = mcur / mr;
+        if (!direct) {
+            const int64_t rows = small_tail ? nfull * mr : mcur;
+            if (rows > 0) nm_pack_a(mr, rows, kcur, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, abuf);
+        }
         /* a one-row last micro-panel (avx2): several B panels per pass instead of a 6-row tile each */
         const int64_t npan = (mcur + mr - 1) / mr;
 #if NM_X86
@@ -210,11 +225,17 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
             for (int64_t ip = 0; ip < ipn; ip++) {
                 const int64_t r0 = ic + ip * mr;
                 const int m = (int)min64(mr, ic + mcur - r0);
+                const float *aip = p->A + r0 * p->rsa + pc * p->csa; /* in place */
+                const int how = m == mr ? (direct ? 1 : 0) : (small_tail ? 2 : 0);
                 for (int64_t jp = jp0; jp < jp1; jp++) {
                     const int64_t j0 = jc + jp * nr;
+                    float *cp = p->C + r0 * p->rsc + j0 * p->csc;
+                    const float *bp = bbuf + jp * nr * kcur;
+                    const int n = (int)min64(nr, p->N - j0);
                     nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
-                    kd->ukr(kcur, abuf + ip * mr * kcur, bbuf + jp * nr * kcur, p->C + r0 * p->rsc + j0 * p->csc,
-                            p->rsc, p->csc, m, (int)min64(nr, p->N - j0), &t);
+                    if (how == 1) kd->ukr_direct(kcur, aip, p->rsa, bp, cp, p->rsc, p->csc, n, &t);
+                    else if (how == 2) kd->ukr_small(kcur, aip, p->rsa, p->csa, m, bp, cp, p->rsc, p->csc, n, &t);
+                    else kd->ukr(kcur, abuf + ip * mr * kcur, bp, cp, p->rsc, p->csc, m, n, &t);
                 }
             }
         } else {
@@ -255,7 +276,7 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
  * then (row block x column range) units are handed out dynamically (an OpenMP dynamic loop), so a
  * thread that is descheduled by the OS delays the team by at most one unit.  Which thread computes
  * a unit never changes its arithmetic. */
-static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbuf, int tid, int nt)
+static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbuf, nm_team *team, int tid, int nt)
 {
     const int mr = kd->bk.mr, nr = kd->bk.nr, mc = kd->bk.mc, nc = kd->bk.nc;
     const int64_t M = p->M, N = p->N, K = p->K;
@@ -287,20 +308,16 @@ static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbu
             if (!p->bpacked)
                 nm_pack_b(nr, kcur, ncur, np * tid / nt, np * (tid + 1) / nt,
                           p->B + pc * p->rsb + jc * p->csb, p->rsb, p->csb, bbuf);
-#ifdef _OPENMP
             if (nt > 1) {
-                if (!p->bpacked) {
-                    NM_BARRIER();
-                }
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t u = 0; u < units; u++) {
+                if (!p->bpacked) nm_team_barrier(team); /* B block packed by the whole team */
+                for (int64_t u = nm_team_next(team); u < units; u = nm_team_next(team)) {
                     const int64_t mi = u / ns, ni = u % ns;
                     nm_unit(p, kd, abuf, bblk, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
                             np * ni / ns, np * (ni + 1) / ns);
-                } /* implicit barrier: B may be repacked */
+                }
+                nm_team_barrier(team); /* B may be repacked; resets the unit counter */
                 continue;
             }
-#endif
             for (int64_t u = 0; u < units; u++) {
                 const int64_t mi = u / ns, ni = u % ns;
                 nm_unit(p, kd, abuf, bblk, jc, pc, kcur, load_c, last, mi * mu, min64(M, (mi + 1) * mu),
@@ -322,6 +339,58 @@ static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
     p->B = B + p1 * ps1b + p2 * ps2b;
     p->C = C + p1 * ps1c + p2 * ps2c;
     p->res = res ? res + p1 * ps1r + p2 * ps2r : NULL;
+}
+
+/* The parallel part of one call: how the team splits it (mode 0 whole products per thread, 1 row
+ * ranges with private buffers, 2 one shared-B team per product). */
+typedef struct nm_gemm_task_args {
+    const nm_prob *base;
+    const nm_kdesc *kd;
+    float *buf, *bbufs;
+    size_t asz, bsz;
+    int64_t P, P2;
+    const float *A;
+    ptrdiff_t ps1a, ps2a;
+    const float *B;
+    ptrdiff_t ps1b, ps2b;
+    float *C;
+    ptrdiff_t ps1c, ps2c;
+    const float *res;
+    ptrdiff_t ps1r, ps2r;
+    int mode;
+} nm_gemm_task_args;
+
+static void nm_gemm_task(void *arg, nm_team *team, int tid, int nt)
+{
+    const nm_gemm_task_args *g = (const nm_gemm_task_args *)arg;
+    nm_prob pq;
+    float *abuf = g->buf + g->asz * (size_t)tid;
+    if (g->mode == 0) {
+        for (int64_t q = g->P * tid / nt; q < g->P * (tid + 1) / nt; q++) {
+            nm_prob_at(&pq, g->base, q, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c,
+                       g->ps2c, g->res, g->ps1r, g->ps2r);
+            nm_run(&pq, g->kd, abuf, g->bbufs + g->bsz * (size_t)tid, NULL, 0, 1);
+        }
+    } else if (g->mode == 1) {
+        const int64_t mr = g->kd->bk.mr, M = g->base->M, mp = ceil_div(M, mr);
+        const int64_t r0 = mp * tid / nt * mr, r1 = min64(M, mp * (tid + 1) / nt * mr);
+        if (r1 > r0) {
+            nm_prob_at(&pq, g->base, 0, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c,
+                       g->ps2c, g->res, g->ps1r, g->ps2r);
+            pq.M = r1 - r0;
+            pq.A += r0 * pq.rsa;
+            pq.C += r0 * pq.rsc;
+            if (pq.bias_row) pq.bias_row += r0;
+            if (pq.res) pq.res += r0 * pq.res_rs;
+            nm_run(&pq, g->kd, abuf, g->bbufs + g->bsz * (size_t)tid, NULL, 0, 1);
+        }
+    } else {
+        for (int64_t q = 0; q < g->P; q++) {
+            nm_prob_at(&pq, g->base, q, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c,
+                       g->ps2c, g->res, g->ps1r, g->ps2r);
+            nm_run(&pq, g->kd, abuf, g->bbufs, team, tid, nt);
+        }
+    }
 }
 
 /* Products up to this many multiply-adds split their rows among threads without barriers. */
@@ -377,7 +446,6 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
 
     /* threads: none for tiny work; whole products per thread when the batch is large enough */
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP) nt = 1;
     const double work = (double)M * (double)N * (double)K * (double)P;
     if (work < 64.0 * 64.0 * 64.0) nt = 1;
     const int batch_split = nt > 1 && P >= nt && (P % nt == 0 || P >= 4 * (int64_t)nt);
@@ -425,49 +493,14 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
     if (nt == 1) {
         for (int64_t q = 0; q < P; q++) {
             nm_prob_at(&p, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
-            nm_run(&p, &kd, buf, bbufs, 0, 1);
+            nm_run(&p, &kd, buf, bbufs, NULL, 0, 1);
         }
     }
-#ifdef _OPENMP
-    else if (batch_split) {
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            nm_prob pq;
-            for (int64_t q = P * tid / team; q < P * (tid + 1) / team; q++) {
-                nm_prob_at(&pq, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
-                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs + bsz * (size_t)tid, 0, 1);
-            }
-        }
-    } else if (row_split) {
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            const int64_t mr = kd.bk.mr, mp = ceil_div(M, mr);
-            const int64_t r0 = mp * tid / team * mr, r1 = min64(M, mp * (tid + 1) / team * mr);
-            if (r1 > r0) {
-                nm_prob pq;
-                nm_prob_at(&pq, &base, 0, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
-                pq.M = r1 - r0;
-                pq.A += r0 * pq.rsa;
-                pq.C += r0 * pq.rsc;
-                if (pq.bias_row) pq.bias_row += r0;
-                if (pq.res) pq.res += r0 * pq.res_rs;
-                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs + bsz * (size_t)tid, 0, 1);
-            }
-        }
-    } else {
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            nm_prob pq;
-            for (int64_t q = 0; q < P; q++) {
-                nm_prob_at(&pq, &base, q, P2, A, ps1a, ps2a, B, ps1b, ps2b, C, ps1c, ps2c, res, ps1r, ps2r);
-                nm_run(&pq, &kd, buf + asz * (size_t)tid, bbufs, tid, team);
-            }
-        }
+    else {
+        nm_gemm_task_args ta = {&base, &kd, buf, bbufs, asz, bsz, P, P2, A, ps1a, ps2a, B, ps1b, ps2b,
+                                C, ps1c, ps2c, res, ps1r, ps2r, batch_split ? 0 : row_split ? 1 : 2};
+        nm_parallel(nt, nm_gemm_task, &ta);
     }
-#endif
     free(raw);
     return NM_OK;
 }
@@ -537,31 +570,37 @@ int nm_sgemm(int64_t M, int64_t N, int64_t K,
                             ep, nthreads, kernel);
 }
 
+typedef struct nm_pwl_apply_args {
+    const nm_kdesc *kd;
+    const nm_pwl *pwl;
+    const float *rows, *x;
+    float *y;
+} nm_pwl_apply_args;
+
+/* chunks [c0, c1) of 64 elements */
+static void nm_pwl_apply_range(void *arg, int64_t c0, int64_t c1, int tid)
+{
+    (void)tid;
+    const nm_pwl_apply_args *a = (const nm_pwl_apply_args *)arg;
+    a->kd->act(NM_ACT_PWL, a->pwl, a->rows, a->x + c0 * 64, a->y + c0 * 64, (c1 - c0) * 64);
+}
+
 void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel)
 {
     const int k = nm_resolve_kernel(kernel);
     if (!pwl || n <= 0 || k < 0 || pwl->n < 1 || pwl->nhint < 1) return;
     const nm_kdesc kd = nm_kdesc_for(k);
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP || n < 65536) nt = 1;
+    if (n < 65536) nt = 1;
     /* derived rows when there are enough elements; without memory, the plain table path */
     const int64_t rf = nm_pwl_rows_wanted(&kd, NM_ACT_PWL, pwl, n);
     void *raw = NULL;
     float *rows = rf ? nm_alloc_floats((size_t)rf, &raw) : NULL;
     if (rows) nm_pwl_rows_build(pwl, rows);
-    if (nt == 1) {
-        kd.act(NM_ACT_PWL, pwl, rows, x, y, n);
-    }
-#ifdef _OPENMP
-    else {
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            const int64_t chunks = ceil_div(n, 64);
-            const int64_t c0 = chunks * tid / team * 64, c1 = min64(n, chunks * (tid + 1) / team * 64);
-            if (c1 > c0) kd.act(NM_ACT_PWL, pwl, rows, x + c0, y + c0, c1 - c0);
-        }
-    }
-#endif
+    const int64_t whole = n / 64 * 64;
+    nm_pwl_apply_args a = {&kd, pwl, rows, x, y};
+    if (nt > 1) nm_parallel_for(nt, whole / 64, nm_pwl_apply_range, &a);
+    else if (whole) kd.act(NM_ACT_PWL, pwl, rows, x, y, whole);
+    if (whole < n) kd.act(NM_ACT_PWL, pwl, rows, x + whole, y + whole, n - whole);
     free(raw);
 }

@@ -17,6 +17,8 @@ typedef struct nm_kctx {
     int fma;           /* 1: a K block is a chain of fused multiply-adds; 0: multiply, then add */
     int a_resident;    /* 1: the A micro-panel stays in L1 and B micro-panels stream (jr inside ir) */
     nm_ukr_fn ukr;     /* the microkernel */
+    nm_ukr_direct_fn ukr_direct; /* the same reading row-major A in place, or NULL */
+    nm_ukr_small_fn ukr_small;   /* partial row panels read in place, or NULL */
     nm_act_fn act;     /* vectorized activation of this path (edge tiles, the standalone table unit) */
     nm_act_fn row_act; /* activation the row kernels use (same bits as act) */
     int row_simd;      /* row kernels: 1 = the AVX2-compiled loops, 0 = portable */

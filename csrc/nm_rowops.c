@@ -4,8 +4,8 @@
  * own short loop, so the data is read once and written once whatever the number of terms.  The
  * element loops are plain C compiled twice, for the portable path and with the avx2 target
  * attribute (the compiler vectorizes both; -ffp-contract=off keeps every multiply and add a
- * separate IEEE operation, so both give the same bits as numpy).  Rows are split among OpenMP
- * threads statically; every element's operations are independent of the split.
+ * separate IEEE operation, so both give the same bits as numpy).  Rows are split among the pool's
+ * threads (nm_threads.h) statically; every element's operations are independent of the split.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,29 +22,9 @@
 static int nm_rowops_threads(int nthreads, int64_t work, int64_t min_work, int64_t rows)
 {
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP || work < min_work) nt = 1;
+    if (work < min_work) nt = 1;
     if (nt > rows) nt = (int)(rows < 1 ? 1 : rows);
     return nt;
-}
-
-/* The parallel region over the rows (a team of nt threads, none when nt == 1). */
-#ifdef _OPENMP
-#define NM_ROWS_PARALLEL(nt) NM_PRAGMA(omp parallel num_threads(nt) if ((nt) > 1))
-#else
-#define NM_ROWS_PARALLEL(nt) (void)(nt);
-#endif
-
-/* Inside NM_ROWS_PARALLEL: this thread's share [*r0, *r1) of `rows` split evenly; its thread id. */
-NM_INLINE int nm_team_rows(int64_t rows, int64_t *r0, int64_t *r1)
-{
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int tid = 0, team = 1;
-#endif
-    *r0 = rows * tid / team;
-    *r1 = rows * (tid + 1) / team;
-    return tid;
 }
 
 /* The GEMM's K block for this kernel and K = n (nm_gemm.c: ceil(K / kc) equal blocks). */
@@ -166,6 +146,24 @@ NM_AVX2 static void scale_rows_avx2(const nm_scale_args *a, float *y, int64_t r0
 }
 #endif
 
+typedef struct nm_scale_task_args {
+    const nm_scale_args *a;
+    float *y;
+    int res_how, avx2;
+    const float *pwl_rows;
+} nm_scale_task_args;
+
+static void nm_scale_range(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    const nm_scale_task_args *t = (const nm_scale_task_args *)arg;
+#if NM_X86
+    if (t->avx2) scale_rows_avx2(t->a, t->y, r0, r1, t->res_how, t->pwl_rows);
+    else
+#endif
+        scale_rows_scalar(t->a, t->y, r0, r1, t->res_how, t->pwl_rows);
+}
+
 static int nm_operand_ok(const nm_operand *o)
 {
     if (o->mode == NM_BC_NONE) return 1;
@@ -199,16 +197,8 @@ int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel)
         }
     }
     const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
-    NM_ROWS_PARALLEL(nt)
-    {
-        int64_t r0, r1;
-        nm_team_rows(rows, &r0, &r1);
-#if NM_X86
-        if (avx2) scale_rows_avx2(a, y, r0, r1, res_how, pwl_rows);
-        else
-#endif
-            scale_rows_scalar(a, y, r0, r1, res_how, pwl_rows);
-    }
+    nm_scale_task_args ta = {a, y, res_how, avx2, pwl_rows};
+    nm_parallel_for(nt, rows, nm_scale_range, &ta);
     free(raw);
     return NM_OK;
 }
@@ -266,6 +256,25 @@ NM_AVX2 static void pmax_rows_avx2(const float *x, int64_t r0, int64_t r1, int64
 }
 #endif
 
+typedef struct nm_pmax_task_args {
+    const float *x;
+    int64_t n;
+    float *y, *scratch;
+    int64_t half;
+    int avx2;
+} nm_pmax_task_args;
+
+static void nm_pmax_range(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    const nm_pmax_task_args *a = (const nm_pmax_task_args *)arg;
+    float *t = a->scratch + a->half * tid;
+#if NM_X86
+    if (a->avx2) pmax_rows_avx2(a->x, r0, r1, a->n, a->y, t);
+    else
+#endif
+        pmax_rows_scalar(a->x, r0, r1, a->n, a->y, t);
+}
+
 int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthreads, int kernel)
 {
     const int k = nm_resolve_kernel(kernel);
@@ -276,17 +285,8 @@ int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthre
     const int64_t half = (n + 1) / 2;
     float *scratch = (float *)malloc((size_t)(half * nt) * sizeof(float));
     if (!scratch) return NM_ENOMEM;
-    NM_ROWS_PARALLEL(nt)
-    {
-        int64_t r0, r1;
-        const int tid = nm_team_rows(rows, &r0, &r1);
-        float *t = scratch + half * tid;
-#if NM_X86
-        if (avx2) pmax_rows_avx2(x, r0, r1, n, y, t);
-        else
-#endif
-            pmax_rows_scalar(x, r0, r1, n, y, t);
-    }
+    nm_pmax_task_args ta = {x, n, y, scratch, half, avx2};
+    nm_parallel_for(nt, rows, nm_pmax_range, &ta);
     free(scratch);
     return NM_OK;
 }
@@ -340,6 +340,31 @@ NM_AVX2 static void softmax_rows_avx2(const float *s, int64_t r0, int64_t r1, in
 }
 #endif
 
+typedef struct nm_softmax_task_args {
+    const float *s;
+    int64_t n, kcb;
+    const nm_pwl *exp_pwl;
+    const float *erows;
+    const nm_pwl *recip_pwl;
+    float *m, *e, *r, *p, *scratch;
+    int64_t per, half;
+    int avx2;
+} nm_softmax_task_args;
+
+static void nm_softmax_range(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    const nm_softmax_task_args *a = (const nm_softmax_task_args *)arg;
+    float *t = a->scratch + a->per * tid, *erow = t + a->half;
+#if NM_X86
+    if (a->avx2)
+        softmax_rows_avx2(a->s, r0, r1, a->n, a->kcb, a->exp_pwl, a->erows, a->recip_pwl, a->m, a->e, a->r, a->p, t,
+                          erow);
+    else
+#endif
+        softmax_rows_scalar(a->s, r0, r1, a->n, a->kcb, a->exp_pwl, a->erows, a->recip_pwl, a->m, a->e, a->r, a->p,
+                            t, erow);
+}
+
 int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl, const nm_pwl *recip_pwl,
                     float *m, float *e, float *r, float *p, int nthreads, int kernel)
 {
@@ -361,17 +386,8 @@ int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_p
         nm_pwl_rows_build(exp_pwl, erows);
     }
     float *scratch = base + rf;
-    NM_ROWS_PARALLEL(nt)
-    {
-        int64_t r0, r1;
-        const int tid = nm_team_rows(rows, &r0, &r1);
-        float *t = scratch + per * tid, *erow = t + half;
-#if NM_X86
-        if (avx2) softmax_rows_avx2(s, r0, r1, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, t, erow);
-        else
-#endif
-            softmax_rows_scalar(s, r0, r1, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, t, erow);
-    }
+    nm_softmax_task_args ta = {s, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, scratch, per, half, avx2};
+    nm_parallel_for(nt, rows, nm_softmax_range, &ta);
     free(raw);
     return NM_OK;
 }
@@ -477,6 +493,23 @@ NM_AVX2 static void ln_rows_avx2(const nm_ln_args *a, int64_t r0, int64_t r1, in
 }
 #endif
 
+typedef struct nm_ln_task_args {
+    const nm_ln_args *a;
+    int64_t kcb;
+    int avx2;
+} nm_ln_task_args;
+
+static void nm_ln_range(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    const nm_ln_task_args *t = (const nm_ln_task_args *)arg;
+#if NM_X86
+    if (t->avx2) ln_rows_avx2(t->a, r0, r1, t->kcb);
+    else
+#endif
+        ln_rows_scalar(t->a, r0, r1, t->kcb);
+}
+
 int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel)
 {
     const int k = nm_resolve_kernel(kernel);
@@ -487,16 +520,8 @@ int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel)
     const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int64_t kcb = nm_gemm_kcb(k, n);
     const int nt = nm_rowops_threads(nthreads, rows * n, NM_ROWOPS_PAR_MIN, rows);
-    NM_ROWS_PARALLEL(nt)
-    {
-        int64_t r0, r1;
-        nm_team_rows(rows, &r0, &r1);
-#if NM_X86
-        if (avx2) ln_rows_avx2(a, r0, r1, kcb);
-        else
-#endif
-            ln_rows_scalar(a, r0, r1, kcb);
-    }
+    nm_ln_task_args ta = {a, kcb, avx2};
+    nm_parallel_for(nt, rows, nm_ln_range, &ta);
     return NM_OK;
 }
 
@@ -520,17 +545,28 @@ static void nm_rows_move(const char *src, char *dst, const unsigned char *mask, 
     }
 }
 
+typedef struct nm_move_task_args {
+    const char *src;
+    char *dst;
+    const unsigned char *mask, *zero;
+    int64_t rowbytes;
+    int unpack;
+} nm_move_task_args;
+
+static void nm_move_range(void *arg, int64_t o0, int64_t o1, int tid)
+{
+    (void)tid;
+    const nm_move_task_args *a = (const nm_move_task_args *)arg;
+    nm_rows_move(a->src, a->dst, a->mask, a->zero, o0, o1, a->rowbytes, a->unpack);
+}
+
 int nm_move_rows(const void *src, void *dst, const unsigned char *mask, const unsigned char *zero, int64_t rows,
                  int64_t rowbytes, int unpack, int nthreads)
 {
     if (!src || !dst || !mask || rows < 0 || rowbytes < 0) return NM_EINVAL;
     if (rows == 0 || rowbytes == 0) return NM_OK;
     const int nt = nm_rowops_threads(nthreads, rows * rowbytes, (int64_t)1 << 22, rows);
-    NM_ROWS_PARALLEL(nt)
-    {
-        int64_t o0, o1;
-        nm_team_rows(rows, &o0, &o1);
-        nm_rows_move((const char *)src, (char *)dst, mask, zero, o0, o1, rowbytes, unpack);
-    }
+    nm_move_task_args ta = {(const char *)src, (char *)dst, mask, zero, rowbytes, unpack};
+    nm_parallel_for(nt, rows, nm_move_range, &ta);
     return NM_OK;
 }

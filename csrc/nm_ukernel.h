@@ -16,6 +16,17 @@
 typedef void (*nm_ukr_fn)(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                           ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
 
+/* A microkernel for a full-height tile (m == MR) reading A in place: row i of the tile at a + i * lda
+ * (unit column stride), no packing.  Same bits as packing A and calling nm_ukr_avx512. */
+typedef void (*nm_ukr_direct_fn)(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+                                 ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t);
+
+/* A microkernel for m < MR rows read in place with any strides (element (i, p) at a[i * rsa + p * csa])
+ * against one packed B micro-panel: no packing, no zero rows.  Same bits as the packed tile. */
+typedef void (*nm_ukr_small_fn)(int64_t kc, const float *a, ptrdiff_t rsa, ptrdiff_t csa, int m,
+                                const float *b, float *c, ptrdiff_t rsc, ptrdiff_t csc, int n,
+                                const nm_tile_ctx *t);
+
 /* Portable C11 kernel: 4 x 8 tile, separate multiply and add (no FMA), auto-vectorizable. */
 #define NM_SCALAR_MR 4
 #define NM_SCALAR_NR 8
@@ -38,6 +49,13 @@ NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdif
 #define NM_AVX512_NR 32
 NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                              ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
+/* Partial row panels of the avx512 path (nm_ukr_small_fn): chunks of <= 7 rows. */
+NM_AVX512 void nm_ukr_avx512_small(int64_t kc, const float *a, ptrdiff_t rsa, ptrdiff_t csa, int m,
+                                   const float *b, float *c, ptrdiff_t rsc, ptrdiff_t csc, int n,
+                                   const nm_tile_ctx *t);
+/* nm_ukr_avx512 reading A in place (nm_ukr_direct_fn). */
+NM_AVX512 void nm_ukr_avx512_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+                                    ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t);
 #endif
 
 #endif

@@ -108,46 +108,195 @@ NM_AVX512 static void finish_edge(const float *acc, int m, int n, float *c, ptrd
     }
 }
 
+/* Rows [0, m) of a full-width tile (csc == 1) from the accumulator buffer: combine with C, epilogue, store. */
+NM_AVX512 static void nm_avx512_tile_out(const float *buf, int m, float *c, ptrdiff_t rsc, const nm_tile_ctx *t)
+{
+    ep_z e;
+    memset(&e, 0, sizeof e);
+    if (t->last) {
+        if (t->bias_col) {
+            e.bc0 = _mm512_loadu_ps(t->bias_col);
+            e.bc1 = _mm512_loadu_ps(t->bias_col + 16);
+        }
+        if (t->act == NM_ACT_PWL) nm_pwl_z_init(&e.pwl, t->pwl, t->reg, t->rows);
+    }
+    for (int i = 0; i < m; i++)
+        row_out(i, _mm512_load_ps(buf + i * NM_AVX512_NR), _mm512_load_ps(buf + i * NM_AVX512_NR + 16), c, rsc, t,
+                &e);
+}
+
+/* The K loop in assembly: accumulators in zmm0-27 (row i: zmm 2i, 2i+1), the B row in zmm28-29, the
+ * broadcast A element alternating zmm30/31.  Compilers do not keep 28 accumulators in registers
+ * through an unrolled intrinsic loop (GCC 12 rotates and spills them); the instructions are the ones
+ * the intrinsics name (vbroadcastss, vfmadd231ps), so the arithmetic is the same.  Ends with the 28
+ * accumulators stored row-major in acc[14 * 32]. */
+NM_AVX512 static void nm_avx512_kloop(int64_t kc, const float *a, const float *b, float *acc)
+{
+    if (kc <= 0) {
+        memset(acc, 0, sizeof(float) * NM_AVX512_MR * NM_AVX512_NR);
+        return;
+    }
+    __asm__ volatile(
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" "vpxord %%zmm1, %%zmm1, %%zmm1\n\t" "vpxord %%zmm2, %%zmm2, %%zmm2\n\t" "vpxord %%zmm3, %%zmm3, %%zmm3\n\t" "vpxord %%zmm4, %%zmm4, %%zmm4\n\t" "vpxord %%zmm5, %%zmm5, %%zmm5\n\t" "vpxord %%zmm6, %%zmm6, %%zmm6\n\t" "vpxord %%zmm7, %%zmm7, %%zmm7\n\t" "vpxord %%zmm8, %%zmm8, %%zmm8\n\t" "vpxord %%zmm9, %%zmm9, %%zmm9\n\t" "vpxord %%zmm10, %%zmm10, %%zmm10\n\t" "vpxord %%zmm11, %%zmm11, %%zmm11\n\t" "vpxord %%zmm12, %%zmm12, %%zmm12\n\t" "vpxord %%zmm13, %%zmm13, %%zmm13\n\t" "vpxord %%zmm14, %%zmm14, %%zmm14\n\t" "vpxord %%zmm15, %%zmm15, %%zmm15\n\t" "vpxord %%zmm16, %%zmm16, %%zmm16\n\t" "vpxord %%zmm17, %%zmm17, %%zmm17\n\t" "vpxord %%zmm18, %%zmm18, %%zmm18\n\t" "vpxord %%zmm19, %%zmm19, %%zmm19\n\t" "vpxord %%zmm20, %%zmm20, %%zmm20\n\t" "vpxord %%zmm21, %%zmm21, %%zmm21\n\t" "vpxord %%zmm22, %%zmm22, %%zmm22\n\t" "vpxord %%zmm23, %%zmm23, %%zmm23\n\t" "vpxord %%zmm24, %%zmm24, %%zmm24\n\t" "vpxord %%zmm25, %%zmm25, %%zmm25\n\t" "vpxord %%zmm26, %%zmm26, %%zmm26\n\t" "vpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+        "1:\n\t"
+        "vmovaps (%[b]), %%zmm28\n\t"
+        "vmovaps 64(%[b]), %%zmm29\n\t"
+        "prefetcht0 1024(%[b])\n\t"
+        "prefetcht0 1088(%[b])\n\t"
+        "vbroadcastss 0(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm0\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm1\n\t"
+        "vbroadcastss 4(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm2\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm3\n\t"
+        "vbroadcastss 8(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm4\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm5\n\t"
+        "vbroadcastss 12(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm6\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm7\n\t"
+        "vbroadcastss 16(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm8\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm9\n\t"
+        "vbroadcastss 20(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm10\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm11\n\t"
+        "vbroadcastss 24(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm12\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm13\n\t"
+        "vbroadcastss 28(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm14\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm15\n\t"
+        "vbroadcastss 32(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm16\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm17\n\t"
+        "vbroadcastss 36(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm18\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm19\n\t"
+        "vbroadcastss 40(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm20\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm21\n\t"
+        "vbroadcastss 44(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm22\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm23\n\t"
+        "vbroadcastss 48(%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm24\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm25\n\t"
+        "vbroadcastss 52(%[a]), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm26\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm27\n\t"
+        "addq $56, %[a]\n\t"
+        "addq $128, %[b]\n\t"
+        "decq %[k]\n\t"
+        "jnz 1b\n\t"
+        "vmovaps %%zmm0, 0(%[c])\n\t" "vmovaps %%zmm1, 64(%[c])\n\t" "vmovaps %%zmm2, 128(%[c])\n\t" "vmovaps %%zmm3, 192(%[c])\n\t" "vmovaps %%zmm4, 256(%[c])\n\t" "vmovaps %%zmm5, 320(%[c])\n\t" "vmovaps %%zmm6, 384(%[c])\n\t" "vmovaps %%zmm7, 448(%[c])\n\t" "vmovaps %%zmm8, 512(%[c])\n\t" "vmovaps %%zmm9, 576(%[c])\n\t" "vmovaps %%zmm10, 640(%[c])\n\t" "vmovaps %%zmm11, 704(%[c])\n\t" "vmovaps %%zmm12, 768(%[c])\n\t" "vmovaps %%zmm13, 832(%[c])\n\t" "vmovaps %%zmm14, 896(%[c])\n\t" "vmovaps %%zmm15, 960(%[c])\n\t" "vmovaps %%zmm16, 1024(%[c])\n\t" "vmovaps %%zmm17, 1088(%[c])\n\t" "vmovaps %%zmm18, 1152(%[c])\n\t" "vmovaps %%zmm19, 1216(%[c])\n\t" "vmovaps %%zmm20, 1280(%[c])\n\t" "vmovaps %%zmm21, 1344(%[c])\n\t" "vmovaps %%zmm22, 1408(%[c])\n\t" "vmovaps %%zmm23, 1472(%[c])\n\t" "vmovaps %%zmm24, 1536(%[c])\n\t" "vmovaps %%zmm25, 1600(%[c])\n\t" "vmovaps %%zmm26, 1664(%[c])\n\t" "vmovaps %%zmm27, 1728(%[c])\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)
+        : [c] "r"(acc)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "cc", "memory");
+}
+
 NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                              ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
 {
-    ROWS(DECL)
     const int fast = (m == NM_AVX512_MR && n == NM_AVX512_NR && csc == 1 &&
                       (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
-    int64_t p = 0;
-    for (; p + 4 <= kc; p += 4) {
-        _mm_prefetch((const char *)(b + 512), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 528), _MM_HINT_T0);
-        STEP();
-        _mm_prefetch((const char *)(a + 224), _MM_HINT_T0);
-        STEP();
-        STEP();
-        STEP();
-    }
-    for (; p < kc; p++) STEP();
-
-    if (fast) {
-        ep_z e;
-        e.bc0 = e.bc1 = _mm512_setzero_ps();
-        if (t->last) {
-            if (t->bias_col) {
-                e.bc0 = _mm512_loadu_ps(t->bias_col);
-                e.bc1 = _mm512_loadu_ps(t->bias_col + 16);
-            }
-            if (t->act == NM_ACT_PWL) nm_pwl_z_init(&e.pwl, t->pwl, t->reg, t->rows);
-        }
-#define OUT(i) row_out(i, c##i##0, c##i##1, c, rsc, t, &e);
-        ROWS(OUT)
-#undef OUT
-    } else {
-        _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+    /* The accumulators go through an L1 buffer (28 stores + 28 loads per tile, under 1% of the
+     * tile's FMAs at KC = 384): the epilogue's registers never compete with the FMA loop's. */
+    _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+#if defined(__GNUC__) || defined(__clang__)
+    nm_avx512_kloop(kc, a, b, buf);
+#else
+    ROWS(DECL)
+    for (int64_t p = 0; p < kc; p++) STEP();
 #define SAVE(i)                                                      \
-        _mm512_store_ps(buf + (i) * NM_AVX512_NR, c##i##0);          \
-        _mm512_store_ps(buf + (i) * NM_AVX512_NR + 16, c##i##1);
-        ROWS(SAVE)
+    _mm512_store_ps(buf + (i) * NM_AVX512_NR, c##i##0);              \
+    _mm512_store_ps(buf + (i) * NM_AVX512_NR + 16, c##i##1);
+    ROWS(SAVE)
 #undef SAVE
-        finish_edge(buf, m, n, c, rsc, csc, t);
+#endif
+    if (fast) nm_avx512_tile_out(buf, NM_AVX512_MR, c, rsc, t);
+    else finish_edge(buf, m, n, c, rsc, csc, t);
+}
+
+/* nm_avx512_kloop reading A in place: 14 rows of a row-major A (row i at a + i * lda, lda in
+ * floats, unit column stride) instead of a packed micro-panel.  Same broadcasts, same FMAs, same
+ * order, so the same bits; used where packing A would not pay (few B panels per A panel). */
+NM_AVX512 static void nm_avx512_kloop_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *acc)
+{
+    if (kc <= 0) {
+        memset(acc, 0, sizeof(float) * NM_AVX512_MR * NM_AVX512_NR);
+        return;
     }
+    const float *a8 = a + 8 * lda;
+    const ptrdiff_t l1 = lda * 4, l3 = 3 * l1, l5 = 5 * l1, l7 = 7 * l1;
+    __asm__ volatile(
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" "vpxord %%zmm1, %%zmm1, %%zmm1\n\t" "vpxord %%zmm2, %%zmm2, %%zmm2\n\t" "vpxord %%zmm3, %%zmm3, %%zmm3\n\t" "vpxord %%zmm4, %%zmm4, %%zmm4\n\t" "vpxord %%zmm5, %%zmm5, %%zmm5\n\t" "vpxord %%zmm6, %%zmm6, %%zmm6\n\t" "vpxord %%zmm7, %%zmm7, %%zmm7\n\t" "vpxord %%zmm8, %%zmm8, %%zmm8\n\t" "vpxord %%zmm9, %%zmm9, %%zmm9\n\t" "vpxord %%zmm10, %%zmm10, %%zmm10\n\t" "vpxord %%zmm11, %%zmm11, %%zmm11\n\t" "vpxord %%zmm12, %%zmm12, %%zmm12\n\t" "vpxord %%zmm13, %%zmm13, %%zmm13\n\t" "vpxord %%zmm14, %%zmm14, %%zmm14\n\t" "vpxord %%zmm15, %%zmm15, %%zmm15\n\t" "vpxord %%zmm16, %%zmm16, %%zmm16\n\t" "vpxord %%zmm17, %%zmm17, %%zmm17\n\t" "vpxord %%zmm18, %%zmm18, %%zmm18\n\t" "vpxord %%zmm19, %%zmm19, %%zmm19\n\t" "vpxord %%zmm20, %%zmm20, %%zmm20\n\t" "vpxord %%zmm21, %%zmm21, %%zmm21\n\t" "vpxord %%zmm22, %%zmm22, %%zmm22\n\t" "vpxord %%zmm23, %%zmm23, %%zmm23\n\t" "vpxord %%zmm24, %%zmm24, %%zmm24\n\t" "vpxord %%zmm25, %%zmm25, %%zmm25\n\t" "vpxord %%zmm26, %%zmm26, %%zmm26\n\t" "vpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+        "1:\n\t"
+        "vmovaps (%[b]), %%zmm28\n\t"
+        "vmovaps 64(%[b]), %%zmm29\n\t"
+        "prefetcht0 1024(%[b])\n\t"
+        "prefetcht0 1088(%[b])\n\t"
+        "vbroadcastss (%[a]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm0\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm1\n\t"
+        "vbroadcastss (%[a],%[l1],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm2\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm3\n\t"
+        "vbroadcastss (%[a],%[l1],2), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm4\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm5\n\t"
+        "vbroadcastss (%[a],%[l3],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm6\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm7\n\t"
+        "vbroadcastss (%[a],%[l1],4), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm8\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm9\n\t"
+        "vbroadcastss (%[a],%[l5],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm10\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm11\n\t"
+        "vbroadcastss (%[a],%[l3],2), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm12\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm13\n\t"
+        "vbroadcastss (%[a],%[l7],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm14\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm15\n\t"
+        "vbroadcastss (%[a8]), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm16\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm17\n\t"
+        "vbroadcastss (%[a8],%[l1],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm18\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm19\n\t"
+        "vbroadcastss (%[a8],%[l1],2), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm20\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm21\n\t"
+        "vbroadcastss (%[a8],%[l3],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm22\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm23\n\t"
+        "vbroadcastss (%[a8],%[l1],4), %%zmm30\n\t" "vfmadd231ps %%zmm30, %%zmm28, %%zmm24\n\t" "vfmadd231ps %%zmm30, %%zmm29, %%zmm25\n\t"
+        "vbroadcastss (%[a8],%[l5],1), %%zmm31\n\t" "vfmadd231ps %%zmm31, %%zmm28, %%zmm26\n\t" "vfmadd231ps %%zmm31, %%zmm29, %%zmm27\n\t"
+        "addq $4, %[a]\n\t"
+        "addq $4, %[a8]\n\t"
+        "addq $128, %[b]\n\t"
+        "decq %[k]\n\t"
+        "jnz 1b\n\t"
+        "vmovaps %%zmm0, 0(%[c])\n\t" "vmovaps %%zmm1, 64(%[c])\n\t" "vmovaps %%zmm2, 128(%[c])\n\t" "vmovaps %%zmm3, 192(%[c])\n\t" "vmovaps %%zmm4, 256(%[c])\n\t" "vmovaps %%zmm5, 320(%[c])\n\t" "vmovaps %%zmm6, 384(%[c])\n\t" "vmovaps %%zmm7, 448(%[c])\n\t" "vmovaps %%zmm8, 512(%[c])\n\t" "vmovaps %%zmm9, 576(%[c])\n\t" "vmovaps %%zmm10, 640(%[c])\n\t" "vmovaps %%zmm11, 704(%[c])\n\t" "vmovaps %%zmm12, 768(%[c])\n\t" "vmovaps %%zmm13, 832(%[c])\n\t" "vmovaps %%zmm14, 896(%[c])\n\t" "vmovaps %%zmm15, 960(%[c])\n\t" "vmovaps %%zmm16, 1024(%[c])\n\t" "vmovaps %%zmm17, 1088(%[c])\n\t" "vmovaps %%zmm18, 1152(%[c])\n\t" "vmovaps %%zmm19, 1216(%[c])\n\t" "vmovaps %%zmm20, 1280(%[c])\n\t" "vmovaps %%zmm21, 1344(%[c])\n\t" "vmovaps %%zmm22, 1408(%[c])\n\t" "vmovaps %%zmm23, 1472(%[c])\n\t" "vmovaps %%zmm24, 1536(%[c])\n\t" "vmovaps %%zmm25, 1600(%[c])\n\t" "vmovaps %%zmm26, 1664(%[c])\n\t" "vmovaps %%zmm27, 1728(%[c])\n\t"
+        : [a] "+r"(a), [a8] "+r"(a8), [b] "+r"(b), [k] "+r"(kc)
+        : [c] "r"(acc), [l1] "r"(l1), [l3] "r"(l3), [l5] "r"(l5), [l7] "r"(l7)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "cc", "memory");
+}
+
+/* nm_ukr_avx512 with A read in place (a: the tile's first row, lda its row stride in floats). */
+NM_AVX512 void nm_ukr_avx512_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+                                    ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t)
+{
+    const int fast = (n == NM_AVX512_NR && csc == 1 && (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
+    _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+    nm_avx512_kloop_direct(kc, a, lda, b, buf);
+    if (fast) nm_avx512_tile_out(buf, NM_AVX512_MR, c, rsc, t);
+    else finish_edge(buf, NM_AVX512_MR, n, c, rsc, csc, t);
+}
+
+/* Up to 7 rows of A read in place with any strides (element (i, p) at a[i * rsa + p * csa]) against
+ * one packed B micro-panel: acc rows [0, M) of 32.  The same chain per element (broadcast a, FMA in
+ * ascending p) as the 14-row kernels.  Few enough accumulators for the compiler to keep in registers. */
+#define NM_KLOOP_SMALL(M)                                                                              \
+    NM_AVX512 static void nm_avx512_kloop_##M(int64_t kc, const float *a, ptrdiff_t rsa, ptrdiff_t csa,     \
+                                              const float *b, float *acc)                               \
+    {                                                                                                  \
+        __m512 x0[M], x1[M];                                                                           \
+        for (int i = 0; i < M; i++) x0[i] = x1[i] = _mm512_setzero_ps();                               \
+        for (int64_t p = 0; p < kc; p++) {                                                             \
+            const __m512 b0 = _mm512_load_ps(b + p * NM_AVX512_NR);                                    \
+            const __m512 b1 = _mm512_load_ps(b + p * NM_AVX512_NR + 16);                               \
+            const float *ap = a + p * csa;                                                             \
+            for (int i = 0; i < M; i++) {                                                              \
+                const __m512 ai = _mm512_set1_ps(ap[i * rsa]);                                         \
+                x0[i] = _mm512_fmadd_ps(ai, b0, x0[i]);                                                \
+                x1[i] = _mm512_fmadd_ps(ai, b1, x1[i]);                                                \
+            }                                                                                          \
+        }                                                                                              \
+        for (int i = 0; i < M; i++) {                                                                  \
+            _mm512_store_ps(acc + i * NM_AVX512_NR, x0[i]);                                            \
+            _mm512_store_ps(acc + i * NM_AVX512_NR + 16, x1[i]);                                       \
+        }                                                                                              \
+    }
+NM_KLOOP_SMALL(1)
+NM_KLOOP_SMALL(2)
+NM_KLOOP_SMALL(3)
+NM_KLOOP_SMALL(4)
+NM_KLOOP_SMALL(5)
+NM_KLOOP_SMALL(6)
+NM_KLOOP_SMALL(7)
+
+NM_AVX512 void nm_ukr_avx512_small(int64_t kc, const float *a, ptrdiff_t rsa, ptrdiff_t csa, int m,
+                                   const float *b, float *c, ptrdiff_t rsc, ptrdiff_t csc, int n,
+                                   const nm_tile_ctx *t)
+{
+    _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+    for (int i0 = 0; i0 < m; i0 += 7) {
+        const float *ai = a + i0 * rsa;
+        float *acc = buf + i0 * NM_AVX512_NR;
+        switch (m - i0 < 7 ? m - i0 : 7) {
+        case 1: nm_avx512_kloop_1(kc, ai, rsa, csa, b, acc); break;
+        case 2: nm_avx512_kloop_2(kc, ai, rsa, csa, b, acc); break;
+        case 3: nm_avx512_kloop_3(kc, ai, rsa, csa, b, acc); break;
+        case 4: nm_avx512_kloop_4(kc, ai, rsa, csa, b, acc); break;
+        case 5: nm_avx512_kloop_5(kc, ai, rsa, csa, b, acc); break;
+        case 6: nm_avx512_kloop_6(kc, ai, rsa, csa, b, acc); break;
+        default: nm_avx512_kloop_7(kc, ai, rsa, csa, b, acc); break;
+        }
+    }
+    const int fast = (n == NM_AVX512_NR && csc == 1 && (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
+    if (fast) nm_avx512_tile_out(buf, m, c, rsc, t);
+    else finish_edge(buf, m, n, c, rsc, csc, t);
 }
 
 #else

@@ -77,6 +77,12 @@ cdef extern from "nm_gemm.h":
     int nm_has_openmp()
     nm_blocking nm_get_blocking(int kernel)
 
+cdef extern from "nm_threads.h":
+    int NM_HAVE_THREADS
+    int nm_spin_us()
+    void nm_set_spin_us(int us)
+    int nm_pool_workers()
+
 cdef extern from "nm_rowops.h":
     int NM_BC_NONE
     int NM_BC_FULL
@@ -161,8 +167,28 @@ def resolve_kernel(int kernel) -> int:
 
 
 def has_openmp() -> bool:
-    """True when the core was built with OpenMP."""
+    """True when the GEMM core runs its threads through OpenMP (no longer: see has_threads)."""
     return nm_has_openmp() != 0
+
+
+def has_threads() -> bool:
+    """True when the core's own thread pool (csrc/nm_threads.c) can run threads in parallel."""
+    return NM_HAVE_THREADS != 0
+
+
+def spin_us() -> int:
+    """Microseconds an idle pool thread spins before it sleeps."""
+    return nm_spin_us()
+
+
+def set_spin_us(int us) -> None:
+    """Set the pool's spin budget in microseconds (0: sleep at once)."""
+    nm_set_spin_us(us)
+
+
+def pool_workers() -> int:
+    """Worker threads alive in the pool (created on first need)."""
+    return nm_pool_workers()
 
 
 def get_blocking(int kernel) -> dict:

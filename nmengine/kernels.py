@@ -14,9 +14,9 @@ Everything here validates and normalises its arguments, then calls the compiled 
     scale(x, *, alpha, mul, row_scale, col_scale, beta, bias, bias_row, res, res_beta, epilogue, out)
                                               the diagonal GEMM (Program op "scale") in one pass
     pairwise_max(x, *, out=None)              row max as the b + relu(a - b) halving tree
-    set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or
-                                              os.cpu_count())
-    kernel_info()                             which microkernel runs, its blocking, threads, OpenMP
+    set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or the
+                                              CPUs the affinity mask and cgroup quota allow)
+    kernel_info()                             which microkernel runs, its blocking, threads
     use_kernel("scalar" | "avx2" | "avx512" | "auto")
                                               context manager choosing the kernel for this thread /
                                               task (overrides the NMENGINE_KERNEL environment variable)
@@ -47,6 +47,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from .pwl import PWLTable
+from .threads import usable_cpus
 
 __all__ = [
     "gemm",
@@ -180,7 +181,7 @@ def _default_threads() -> int:
         if n < 1:
             raise ValueError(f"NMENGINE_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def set_num_threads(n: int) -> None:
@@ -195,7 +196,8 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads the core uses: set_num_threads(), else NMENGINE_NUM_THREADS, else os.cpu_count()."""
+    """Threads the core uses: set_num_threads(), else NMENGINE_NUM_THREADS, else the CPUs this process
+    may use (affinity mask and cgroup CPU quota, :func:`nmengine.threads.usable_cpus`)."""
     global _num_threads
     with _threads_lock:
         if _num_threads is None:
@@ -206,14 +208,16 @@ def get_num_threads() -> int:
 def kernel_info() -> dict[str, Any]:
     """The kernel the next call would use and its parameters.
 
-    Returns ``{"kernel": "avx512" | "avx2" | "scalar", "cpu_avx2_fma": bool, "cpu_avx512": bool, "mr", "nr", "mc", "kc", "nc",
-    "num_threads", "openmp": bool, "omp_wait_policy": str | None}`` (register tile ``mr x nr``, cache
-    blocks ``mc/kc/nc``; ``omp_wait_policy`` is the ``OMP_WAIT_POLICY`` environment variable the
-    OpenMP runtime read at load, None when unset, i.e. libgomp's spin-then-sleep default).
+    Returns ``{"kernel": "avx512" | "avx2" | "scalar", "cpu_avx2_fma": bool, "cpu_avx512": bool,
+    "mr", "nr", "mc", "kc", "nc", "num_threads", "usable_cpus", "threads": str, "spin_us": int,
+    "openmp": bool}``: register tile ``mr x nr``, cache blocks ``mc/kc/nc``; ``num_threads`` the
+    threads a call uses, ``usable_cpus`` what the affinity mask and the cgroup CPU quota allow;
+    ``threads`` the threading backend ("pool": the core's own pthread pool, "serial" without one);
+    ``spin_us`` how long an idle pool thread spins before it sleeps (``NMENGINE_SPIN_US``, default
+    50 us); ``openmp`` whether the GEMM uses OpenMP (no longer: the pool replaced it).
 
-    The core never sets ``OMP_WAIT_POLICY`` itself (it must be set before libgomp loads, and it is
-    process-wide): in a process that alternates the core with another libgomp user (PyTorch) or on
-    a loaded machine, set ``OMP_WAIT_POLICY=PASSIVE`` before importing either (README, "Threads").
+    The pool's idle threads sleep after ``spin_us``, so nmengine does not slow numpy/OpenBLAS, ONNX
+    Runtime or PyTorch calls made between its own (no ``OMP_WAIT_POLICY`` needed; README, "Threads").
     """
     core = compiled_core()
     code = kernel_code()
@@ -221,8 +225,10 @@ def kernel_info() -> dict[str, Any]:
                             "cpu_avx512": bool(_cpu_avx512)}
     info.update(core.get_blocking(code))
     info["num_threads"] = get_num_threads()
+    info["usable_cpus"] = usable_cpus()
+    info["threads"] = "pool" if core.has_threads() else "serial"
+    info["spin_us"] = int(core.spin_us())
     info["openmp"] = bool(core.has_openmp())
-    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY") or None
     return info
 
 

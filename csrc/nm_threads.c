@@ -1,0 +1,278 @@
+/* The core's thread pool (see nm_threads.h for the why and the API). */
+#if !defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200809L
+#undef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+#include "nm_threads.h"
+
+#include <stdlib.h>
+
+#if NM_HAVE_THREADS
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+struct nm_team {
+    int nt;
+    _Atomic int64_t next;    /* dynamic schedule counter */
+    _Atomic int arrived;     /* barrier arrivals */
+    _Atomic unsigned gen;    /* barrier generation */
+    _Atomic int sleepers;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+typedef struct nm_worker {
+    _Alignas(64) _Atomic unsigned gen; /* bumped once per task handed to this worker */
+    _Atomic int sleepers;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    nm_task_fn task;
+    void *arg;
+    int tid, nt;
+    pthread_t th;
+} nm_worker;
+
+static struct {
+    pthread_mutex_t create_mu;
+    _Atomic int busy;
+    _Atomic int spin_us; /* < 0: not read yet */
+    int nworkers;
+    nm_worker *w[NM_MAX_THREADS];
+    nm_team team;
+    _Atomic int done;
+    _Atomic unsigned done_gen;
+    _Atomic int done_sleepers;
+    pthread_mutex_t done_mu;
+    pthread_cond_t done_cv;
+    int atfork;
+} P = {
+    .create_mu = PTHREAD_MUTEX_INITIALIZER,
+    .spin_us = -1,
+    .team = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER},
+    .done_mu = PTHREAD_MUTEX_INITIALIZER,
+    .done_cv = PTHREAD_COND_INITIALIZER,
+};
+
+static double nm_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static inline void nm_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+int nm_spin_us(void)
+{
+    int us = atomic_load_explicit(&P.spin_us, memory_order_relaxed);
+    if (us < 0) {
+        const char *e = getenv("NMENGINE_SPIN_US");
+        us = 50;
+        if (e && *e) {
+            char *end = NULL;
+            const long v = strtol(e, &end, 10);
+            if (end && *end == '\0' && v >= 0 && v <= 1000000) us = (int)v;
+        }
+        atomic_store(&P.spin_us, us);
+    }
+    return us;
+}
+
+void nm_set_spin_us(int us) { atomic_store(&P.spin_us, us < 0 ? 0 : us); }
+
+/* Wait until *v != old: spin for the budget, then sleep on (mu, cv). */
+static void nm_wait_change(_Atomic unsigned *v, unsigned old, _Atomic int *sleepers, pthread_mutex_t *mu,
+                           pthread_cond_t *cv)
+{
+    if (atomic_load_explicit(v, memory_order_acquire) != old) return;
+    const int us = nm_spin_us();
+    if (us > 0) {
+        const double t0 = nm_now_us();
+        for (unsigned i = 1;; i++) {
+            nm_relax();
+            if (atomic_load_explicit(v, memory_order_acquire) != old) return;
+            if ((i & 63) == 0 && nm_now_us() - t0 > us) break;
+        }
+    }
+    pthread_mutex_lock(mu);
+    atomic_fetch_add(sleepers, 1); /* seq_cst: pairs with nm_publish's load of sleepers */
+    while (atomic_load(v) == old) pthread_cond_wait(cv, mu);
+    atomic_fetch_sub(sleepers, 1);
+    pthread_mutex_unlock(mu);
+}
+
+/* *v += 1 and wake the sleepers of (mu, cv), if any. */
+static void nm_publish(_Atomic unsigned *v, _Atomic int *sleepers, pthread_mutex_t *mu, pthread_cond_t *cv)
+{
+    atomic_fetch_add(v, 1);
+    if (atomic_load(sleepers) > 0) {
+        pthread_mutex_lock(mu);
+        pthread_cond_broadcast(cv);
+        pthread_mutex_unlock(mu);
+    }
+}
+
+static void *nm_worker_main(void *p)
+{
+    nm_worker *w = (nm_worker *)p;
+    unsigned seen = 0;
+    for (;;) {
+        nm_wait_change(&w->gen, seen, &w->sleepers, &w->mu, &w->cv);
+        seen = atomic_load_explicit(&w->gen, memory_order_acquire);
+        w->task(w->arg, &P.team, w->tid, w->nt);
+        if (atomic_fetch_add(&P.done, 1) == w->nt - 2) /* the last worker of the call */
+            nm_publish(&P.done_gen, &P.done_sleepers, &P.done_mu, &P.done_cv);
+    }
+    return NULL;
+}
+
+static void nm_pool_atfork_child(void)
+{
+    /* the child has none of the parent's workers: start over (the old structs are leaked) */
+    P.nworkers = 0;
+    atomic_store(&P.busy, 0);
+    pthread_mutex_init(&P.create_mu, NULL);
+    pthread_mutex_init(&P.team.mu, NULL);
+    pthread_cond_init(&P.team.cv, NULL);
+    pthread_mutex_init(&P.done_mu, NULL);
+    pthread_cond_init(&P.done_cv, NULL);
+    atomic_store(&P.team.sleepers, 0);
+    atomic_store(&P.done_sleepers, 0);
+}
+
+/* Workers 1..n (creating the missing ones); returns how many exist (may be fewer on failure). */
+static int nm_pool_grow(int n)
+{
+    pthread_mutex_lock(&P.create_mu);
+    if (!P.atfork) {
+        pthread_atfork(NULL, NULL, nm_pool_atfork_child);
+        P.atfork = 1;
+    }
+    while (P.nworkers < n) {
+        nm_worker *w = NULL;
+        if (posix_memalign((void **)&w, 64, sizeof *w) != 0 || !w) break;
+        atomic_init(&w->gen, 0);
+        atomic_init(&w->sleepers, 0);
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        if (pthread_create(&w->th, NULL, nm_worker_main, w) != 0) {
+            free(w);
+            break;
+        }
+        P.w[++P.nworkers] = w;
+    }
+    const int have = P.nworkers;
+    pthread_mutex_unlock(&P.create_mu);
+    return have;
+}
+
+int nm_pool_workers(void) { return P.nworkers; }
+
+int nm_parallel(int nt, nm_task_fn task, void *arg)
+{
+    if (nt > NM_MAX_THREADS) nt = NM_MAX_THREADS;
+    int expect = 0;
+    if (nt > 1 && atomic_compare_exchange_strong(&P.busy, &expect, 1)) {
+        const int have = nm_pool_grow(nt - 1);
+        if (have + 1 < nt) nt = have + 1;
+        if (nt > 1) {
+            nm_team *t = &P.team;
+            t->nt = nt;
+            atomic_store(&t->next, 0);
+            atomic_store(&t->arrived, 0);
+            atomic_store(&P.done, 0);
+            const unsigned dg = atomic_load(&P.done_gen);
+            for (int i = 1; i < nt; i++) {
+                nm_worker *w = P.w[i];
+                w->task = task;
+                w->arg = arg;
+                w->tid = i;
+                w->nt = nt;
+                nm_publish(&w->gen, &w->sleepers, &w->mu, &w->cv);
+            }
+            task(arg, t, 0, nt);
+            nm_wait_change(&P.done_gen, dg, &P.done_sleepers, &P.done_mu, &P.done_cv);
+            atomic_store(&P.busy, 0);
+            return nt;
+        }
+        atomic_store(&P.busy, 0);
+    }
+    nm_team solo;
+    solo.nt = 1;
+    atomic_init(&solo.next, 0);
+    atomic_init(&solo.arrived, 0);
+    atomic_init(&solo.gen, 0);
+    atomic_init(&solo.sleepers, 0);
+    task(arg, &solo, 0, 1);
+    return 1;
+}
+
+void nm_team_barrier(nm_team *t)
+{
+    if (t->nt <= 1) {
+        atomic_store(&t->next, 0);
+        return;
+    }
+    const unsigned g = atomic_load(&t->gen);
+    if (atomic_fetch_add(&t->arrived, 1) == t->nt - 1) {
+        atomic_store(&t->arrived, 0);
+        atomic_store(&t->next, 0);
+        nm_publish(&t->gen, &t->sleepers, &t->mu, &t->cv);
+    } else {
+        nm_wait_change(&t->gen, g, &t->sleepers, &t->mu, &t->cv);
+    }
+}
+
+int64_t nm_team_next(nm_team *t) { return atomic_fetch_add(&t->next, 1); }
+
+#else /* no threads: everything runs on the caller */
+
+struct nm_team {
+    int nt;
+    int64_t next;
+};
+
+int nm_parallel(int nt, nm_task_fn task, void *arg)
+{
+    (void)nt;
+    nm_team solo = {1, 0};
+    task(arg, &solo, 0, 1);
+    return 1;
+}
+void nm_team_barrier(nm_team *t) { t->next = 0; }
+int64_t nm_team_next(nm_team *t) { return t->next++; }
+int nm_spin_us(void) { return 0; }
+void nm_set_spin_us(int us) { (void)us; }
+int nm_pool_workers(void) { return 0; }
+
+#endif
+
+typedef struct nm_for_args {
+    int64_t n;
+    nm_range_fn fn;
+    void *arg;
+} nm_for_args;
+
+static void nm_for_task(void *p, nm_team *team, int tid, int nt)
+{
+    (void)team;
+    const nm_for_args *a = (const nm_for_args *)p;
+    const int64_t i0 = a->n * tid / nt, i1 = a->n * (tid + 1) / nt;
+    if (i1 > i0) a->fn(a->arg, i0, i1, tid);
+}
+
+void nm_parallel_for(int nt, int64_t n, nm_range_fn fn, void *arg)
+{
+    if (n <= 0) return;
+    if (nt > n) nt = (int)(n < NM_MAX_THREADS ? n : NM_MAX_THREADS);
+    nm_for_args a = {n, fn, arg};
+    nm_parallel(nt, nm_for_task, &a);
+}
