@@ -73,6 +73,39 @@ static float nm_reg_keyf(const nm_pwl_reg *r, float x)
     return fmaf(xk, r->scale, r->nlos); /* one rounding, as vfmadd */
 }
 
+/* Steps the grid [lo, hi] needs for the interior breakpoints (hint filled), or -1 when the key
+ * would leave [0, BINS) or the breakpoints do not ascend. */
+static int32_t nm_reg_grid(const nm_pwl *p, nm_pwl_reg *r, float lo, float hi)
+{
+    const int32_t n = p->n;
+    if (!isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return -1;
+    float scale = (float)NM_PWL_REG_BINS - 0.5f;
+    const float width = hi - lo;
+    scale = width > 0.0f ? scale / width : 0.0f;
+    if (!isfinite(scale)) scale = 0.0f;
+    r->lo = lo;
+    r->hi = hi;
+    r->scale = scale;
+    r->nlos = -(lo * scale);
+    /* the key must stay in [0, BINS) over [lo, hi] (it is monotone, so the ends decide) */
+    const float klo = nm_reg_keyf(r, lo), khi = nm_reg_keyf(r, hi);
+    if (!(klo > -1.0f) || !(khi < (float)NM_PWL_REG_BINS)) return -1;
+    int32_t count[NM_PWL_REG_BINS] = {0};
+    for (int32_t i = 0; i < n - 1; i++) {
+        const int32_t k = (int32_t)nm_reg_keyf(r, p->edges[i]);
+        if (k < 0 || k >= NM_PWL_REG_BINS) return -1;
+        if (i > 0 && !(p->edges[i] >= p->edges[i - 1])) return -1; /* breakpoints must ascend */
+        count[k]++;
+    }
+    int32_t below = 0, steps = 0;
+    for (int32_t k = 0; k < NM_PWL_REG_BINS; k++) {
+        r->hint[k] = below;
+        below += count[k];
+        if (count[k] > steps) steps = count[k];
+    }
+    return steps;
+}
+
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r)
 {
     memset(r, 0, sizeof *r);
@@ -92,33 +125,23 @@ void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r)
         r->ok = 1; /* one segment: key 0, hint 0, no steps */
         return;
     }
-    const float lo = p->edges[0], hi = p->edges[n - 2];
-    if (!isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return;
-    float scale = (float)NM_PWL_REG_BINS - 0.5f;
-    const float width = hi - lo;
-    scale = width > 0.0f ? scale / width : 0.0f;
-    if (!isfinite(scale)) scale = 0.0f;
-    r->lo = lo;
-    r->hi = hi;
-    r->scale = scale;
-    r->nlos = -(lo * scale);
-    /* the key must stay in [0, BINS) over [lo, hi] (it is monotone, so the ends decide) */
-    const float klo = nm_reg_keyf(r, lo), khi = nm_reg_keyf(r, hi);
-    if (!(klo > -1.0f) || !(khi < (float)NM_PWL_REG_BINS)) return;
-    int32_t count[NM_PWL_REG_BINS] = {0};
-    for (int32_t i = 0; i < n - 1; i++) {
-        const int32_t k = (int32_t)nm_reg_keyf(r, p->edges[i]);
-        if (k < 0 || k >= NM_PWL_REG_BINS) return;
-        if (i > 0 && !(p->edges[i] >= p->edges[i - 1])) return; /* breakpoints must ascend */
-        count[k]++;
+    /* The grid spans [edges[i], edges[n - 2 - j]] for the i, j in 0..2 that need the fewest steps:
+     * tables often end in far-out breakpoints (GELU at +-8 around a dense middle); they fall into
+     * the end bins by the clamp. */
+    nm_pwl_reg cand = *r;
+    int32_t best = -1, bi = 0, bj = 0;
+    for (int32_t i = 0; i < 3 && i < n - 1; i++) {
+        for (int32_t j = 0; j < 3 && n - 2 - j >= i; j++) {
+            const int32_t st = nm_reg_grid(p, &cand, p->edges[i], p->edges[n - 2 - j]);
+            if (st >= 0 && (best < 0 || st < best)) {
+                best = st;
+                bi = i;
+                bj = j;
+            }
+        }
     }
-    int32_t below = 0, steps = 0;
-    for (int32_t k = 0; k < NM_PWL_REG_BINS; k++) {
-        r->hint[k] = below;
-        below += count[k];
-        if (count[k] > steps) steps = count[k];
-    }
-    if (steps > NM_PWL_REG_MAX_STEPS) return;
-    r->steps = steps;
+    if (best < 0 || best > NM_PWL_REG_MAX_STEPS) return;
+    nm_reg_grid(p, r, p->edges[bi], p->edges[n - 2 - bj]);
+    r->steps = best;
     r->ok = 1;
 }

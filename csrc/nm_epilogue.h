@@ -45,8 +45,9 @@
  * (permutes instead of gathers), built per call by nm_pwl_reg_build:
  *   key  = cvtt(fma(max(min(max(x, lo), hi)), scale, -lo * scale))      in [0, NM_PWL_REG_BINS)
  *   seg  = hint[key];  steps x { seg += (x >= edges[seg]) }
- * Its own grid of NM_PWL_REG_BINS bins over the interior breakpoints [lo, hi] (not the table's
- * hint grid, which has 64..4096 bins): the key is monotone in x, so hint[k] = the number of
+ * Its own grid of NM_PWL_REG_BINS bins over [lo, hi] = [edges[i], edges[n - 2 - j]] with the
+ * i, j in 0..2 that need the fewest steps (far-out end breakpoints fall into the end bins by the
+ * clamp), not the table's hint grid (64..4096 bins): the key is monotone in x, so hint[k] = the number of
  * breakpoints whose key is < k is a lower bound of the segment of every x in bin k and `steps`
  * (the most breakpoints sharing one bin) comparisons reach it.  The segment found is the one the
  * breakpoints define, i.e. the one PWLTable finds, so the output bits are the same.

@@ -254,6 +254,8 @@ NM_AVX512 void nm_ukr_avx512_direct(int64_t kc, const float *a, ptrdiff_t lda, c
         __m512 x0[M], x1[M];                                                                           \
         for (int i = 0; i < M; i++) x0[i] = x1[i] = _mm512_setzero_ps();                               \
         for (int64_t p = 0; p < kc; p++) {                                                             \
+            _mm_prefetch((const char *)(b + p * NM_AVX512_NR + 512), _MM_HINT_T0);                     \
+            _mm_prefetch((const char *)(b + p * NM_AVX512_NR + 528), _MM_HINT_T0);                     \
             const __m512 b0 = _mm512_load_ps(b + p * NM_AVX512_NR);                                    \
             const __m512 b1 = _mm512_load_ps(b + p * NM_AVX512_NR + 16);                               \
             const float *ap = a + p * csa;                                                             \
