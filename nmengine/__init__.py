@@ -8,6 +8,7 @@ The public API (contracts other modules and users rely on)::
     nm.PWLTable(breakpoints, slopes, intercepts)
     nm.approx.fit("gelu", segments=32)
     program = nm.compile(spec, calibration=inputs); program.run(inputs)
+    sess = nm.Session(program_or_bundle_path, threads=None, kernel=None); sess.run(inputs)
     nm.save(program, "model.nmb"); nm.load("model.nmb")
 """
 
@@ -34,6 +35,7 @@ _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "kernel_info": ("kernels", "kernel_info"),
     "pwl_apply": ("kernels", "pwl_apply"),
     "Program": ("program", "Program"),
+    "Session": ("session", "Session"),
     "save": ("bundle", "save"),
     "load": ("bundle", "load"),
     "BundleError": ("bundle", "BundleError"),

@@ -51,8 +51,10 @@ __all__ = ["BundleError", "save", "load", "inspect", "format_inspect", "FORMAT",
 
 #: Value of ``__metadata__["format"]``.
 FORMAT = "nmengine-bundle"
-#: Schema version written by :func:`save`; :func:`load` reads versions ``1..SCHEMA_VERSION``.
-SCHEMA_VERSION = 1
+#: Newest schema version: :func:`load` reads versions ``1..SCHEMA_VERSION``.  :func:`save` writes 2
+#: when the program has fused row ops (``softmax_rows`` / ``layernorm_rows``, which a version-1 reader
+#: does not know) and 1 otherwise; a version-1 file is fused on load (nmengine.compile.fuse_program).
+SCHEMA_VERSION = 2
 #: Largest JSON header accepted (the safetensors limit).
 MAX_HEADER_BYTES = 100_000_000
 #: Largest tensor rank accepted.
@@ -232,7 +234,7 @@ def _build_header(program: Program, tensors: list[tuple[str, str, tuple[int, ...
     program_json = _program_json(program)
     header["__metadata__"] = {
         "format": FORMAT,
-        "schema_version": str(SCHEMA_VERSION),
+        "schema_version": "2" if program.has_fused else "1",
         "producer": f"nmengine {__version__}",
         "created": _created(),
         "program": program_json,
@@ -656,9 +658,14 @@ def load(path: str | os.PathLike[str], *, mmap: bool = True) -> Program:
     inputs = {s["name"]: InputSpec(tuple(s["shape"]), s["dtype"]) for s in doc["inputs"]}
     ops = [Op.from_dict(d) for d in doc["ops"]]
     try:
-        return Program(inputs, doc["outputs"], ops, constants, tables, name=doc["name"], meta=doc["meta"])
+        program = Program(inputs, doc["outputs"], ops, constants, tables, name=doc["name"], meta=doc["meta"])
     except (ProgramError, ValueError, TypeError) as e:
         raise fail(f"invalid program: {e}") from None
+    if parsed.version < 2:  # written before fused row ops existed: fuse its softmax / LayerNorm chains
+        from .compile import fuse_program
+
+        program = fuse_program(program)
+    return program
 
 
 def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:

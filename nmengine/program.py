@@ -19,6 +19,19 @@ Every op of a Program is one of three families (``Op.family``):
     ``pairwise_max``  max over the last axis as a tree of steps ``b + relu(a - b)``: an exact PWL (relu)
                       plus additions, so max pooling and the softmax row bound stay GEMM + PWL.
 
+``fused`` row kernels (decided by the compiler pass :mod:`nmengine.compile.fuse_rows`; each has one
+declared expansion into the ops above, :func:`expand`, which exact mode, recording, the cost model,
+coverage and profiles use, while the runtime runs one C pass per row that gives the expansion's bits)
+    ``softmax_rows``  ``p = softmax(x)`` over the last axis: ``m = pairwise_max(x)``; ``e = scale(x,
+                      res=m, res_beta=-1)`` + exp table; ``r = gemm(e, ones)`` + reciprocal table;
+                      ``p = scale(e, row_scale=r)``.  ``ones`` is a column of ones (e.g. a
+                      ``slice_rows`` of a longer one); attrs ``exp``/``recip`` are the two epilogues,
+                      ``names`` the expansion's intermediate buffers ``[m, e, r]``.
+    ``layernorm_rows`` ``y = scale(c, row_scale=r, col_scale=gamma, bias=beta)`` with ``mean = gemm(x,
+                      w_mean)``, ``c = scale(x, res=mean, res_beta=-1)``, ``sq = scale(c, mul=c)``,
+                      ``r = gemm(sq, w_var, bias=eps)`` + rsqrt table (``gamma``/``beta`` optional);
+                      attrs ``rsqrt`` (the epilogue) and ``names`` ``[mean, c, sq, r]``.
+
 ``move``  (pure data movement: no arithmetic, counted separately by ``coverage()`` and the cost model)
     ``reshape`` (a view), ``transpose`` (a copy), ``im2col``, ``pool_windows``, ``patchify``, ``gather``
     (embedding rows), ``slice_rows``; and token packing: ``pack`` (``x[B, T, ...]`` -> the rows where
@@ -52,10 +65,11 @@ import numpy as np
 from .pwl import PWLTable
 from .spec import InputSpec
 
-__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "ROLES", "apply_view", "view_shape",
-           "resolve_reshape"]
+__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "FUSED_KINDS", "ROLES", "apply_view",
+           "view_shape", "resolve_reshape", "expand"]
 
 GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
+FUSED_KINDS = ("softmax_rows", "layernorm_rows")
 MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
               "pack", "unpack", "positions")
 ACTS = ("none", "relu", "pwl")
@@ -76,7 +90,14 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pack": (("x", "mask"), ()),
     "unpack": (("x", "mask"), ()),
     "positions": (("mask",), ()),
+    "softmax_rows": (("x", "ones"), ()),
+    "layernorm_rows": (("x", "w_mean", "w_var", "eps"), ("gamma", "beta")),
 }
+
+#: Epilogue attributes of each fused kind (each a PWL epilogue of its expansion).
+FUSED_EPILOGUES = {"softmax_rows": ("exp", "recip"), "layernorm_rows": ("rsqrt",)}
+#: Intermediate buffers of each fused kind's expansion (``attrs["names"]``).
+FUSED_NAMES = {"softmax_rows": 3, "layernorm_rows": 4}
 
 
 class ProgramError(ValueError):
@@ -110,7 +131,7 @@ class Op:
 
     @property
     def family(self) -> str:
-        return "gemm" if self.kind in GEMM_KINDS else "move"
+        return "gemm" if self.kind in GEMM_KINDS or self.kind in FUSED_KINDS else "move"
 
     @property
     def epilogue(self) -> dict[str, Any]:
@@ -134,6 +155,45 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused ops: their one declared expansion
+# ---------------------------------------------------------------------------------------------
+_SOFTMAX_WHATS = ("row bound: max as b + relu(a - b) tree", "exp(x - max)", "1 / row sum", "normalise rows")
+_LAYERNORM_WHATS = ("mean by GEMM", "centre", "square (elementwise product)", "rsqrt(variance + eps)",
+                    "normalise")
+
+
+def expand(op: Op) -> list[Op]:
+    """The GEMM + PWL (+ movement) ops a fused op stands for; ``[op]`` for any other op.
+
+    The expansion is the reference the fused C kernel reproduces bit for bit (matrixized mode), and
+    what exact mode, recording, the cost model and coverage see.
+    """
+    if op.kind not in FUSED_KINDS:
+        return [op]
+    a, at, lyr = op.args, op.attrs, op.layer
+    whats = list(at.get("whats") or ())
+    if op.kind == "softmax_rows":
+        m, e, r = at["names"]
+        w = whats if len(whats) == 4 else list(_SOFTMAX_WHATS)
+        return [Op("pairwise_max", m, {"x": a["x"]}, {}, lyr, w[0]),
+                Op("scale", e, {"x": a["x"], "res": m}, {"res_beta": -1.0, "epilogue": dict(at["exp"])}, lyr, w[1]),
+                Op("gemm", r, {"a": e, "b": a["ones"]}, {"epilogue": dict(at["recip"])}, lyr, w[2]),
+                Op("scale", op.out, {"x": e, "row_scale": r}, {}, lyr, w[3])]
+    mean, c, sq, r = at["names"]
+    w = whats if len(whats) == 5 else list(_LAYERNORM_WHATS)
+    last = {"x": c, "row_scale": r}
+    if "gamma" in a:
+        last["col_scale"] = a["gamma"]
+    if "beta" in a:
+        last["bias"] = a["beta"]
+    return [Op("gemm", mean, {"a": a["x"], "b": a["w_mean"]}, {}, lyr, w[0]),
+            Op("scale", c, {"x": a["x"], "res": mean}, {"res_beta": -1.0}, lyr, w[1]),
+            Op("scale", sq, {"x": c, "mul": c}, {}, lyr, w[2]),
+            Op("gemm", r, {"a": sq, "b": a["w_var"], "bias": a["eps"]}, {"epilogue": dict(at["rsqrt"])}, lyr, w[3]),
+            Op("scale", op.out, last, {}, lyr, w[4])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +279,8 @@ class Program:
         self.meta: dict[str, Any] = dict(meta or {})
         self.validate()
         self._runtime = None
+        self._session = None
+        self._expanded: Program | None = None
 
     # -- structure ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -239,6 +301,16 @@ class Program:
             for role, name in op.args.items():
                 if name not in defined:
                     raise ProgramError(f"{where}: operand {role}={name!r} is not an input, constant or earlier output")
+            if op.kind in FUSED_KINDS:
+                names = op.attrs.get("names")
+                if not isinstance(names, (list, tuple)) or len(names) != FUSED_NAMES[op.kind]:
+                    raise ProgramError(f"{where}: attrs['names'] must list the {FUSED_NAMES[op.kind]} "
+                                       f"intermediate buffers of its expansion")
+                for role in FUSED_EPILOGUES[op.kind]:
+                    ep = op.attrs.get(role) or {}
+                    if ep.get("act") != "pwl" or ep.get("table") not in self.tables or not ep.get("fn"):
+                        raise ProgramError(f"{where}: attrs[{role!r}] must be a PWL epilogue with a table "
+                                           f"of this program and its exact function 'fn'")
             ep = op.epilogue
             if ep.get("act", "none") not in ACTS:
                 raise ProgramError(f"{where}: epilogue act {ep.get('act')!r} not in {ACTS}")
@@ -278,6 +350,23 @@ class Program:
                 out[op.layer] = delta
         return out
 
+    @property
+    def has_fused(self) -> bool:
+        """True when some op is a fused row kernel (see :func:`expand`)."""
+        return any(op.kind in FUSED_KINDS for op in self.ops)
+
+    def expanded(self) -> "Program":
+        """This program with every fused op replaced by its expansion (itself when there is none).
+
+        Shares the constants and tables; cached."""
+        if not self.has_fused:
+            return self
+        if self._expanded is None:
+            ops = [e for op in self.ops for e in expand(op)]
+            self._expanded = Program(self.inputs, self.outputs, ops, self.constants, self.tables,
+                                     name=self.name, meta=self.meta)
+        return self._expanded
+
     def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Shape of every buffer (inputs, constants and op outputs) for the given input shapes."""
         from .shapes import infer_shapes
@@ -287,37 +376,50 @@ class Program:
     # -- execution ----------------------------------------------------------------------------
     @property
     def runtime(self) -> Any:
-        """The :class:`nmengine.runtime.Runtime` that runs this program (built on first use)."""
+        """The op-by-op interpreter (:class:`nmengine.runtime.Runtime`): exact mode, recording, profiles."""
         if self._runtime is None:
             from .runtime import Runtime
 
             self._runtime = Runtime(self)
         return self._runtime
 
+    @property
+    def session(self):
+        """The default :class:`nmengine.session.Session` of this program (process thread settings)."""
+        if self._session is None:
+            from .session import Session
+
+            self._session = Session(self)
+        return self._session
+
     def run(self, inputs: Any, mode: str = "matrixized") -> Any:
         """Run the program; ``mode`` is ``"matrixized"`` (PWL tables) or ``"exact"`` (true functions).
 
         ``inputs`` is a dict name -> array, or one array when the program has one input.  Returns one
         array when the program has one output, else a dict name -> array.  Safe to call from many
-        threads at once.
+        threads at once.  A convenience over :attr:`session` (matrixized) and :attr:`runtime` (exact).
         """
+        if mode == "matrixized":
+            return self.session.run(inputs)
         return self.runtime.run(inputs, mode=mode)
 
     def profile(self, inputs: Any, mode: str = "matrixized", repeat: int = 1) -> list[dict[str, Any]]:
-        """Per-op wall time (seconds, best of ``repeat``) with the op's kind, layer and description."""
+        """Per-op wall time (seconds, best of ``repeat``) of the expanded program (see :meth:`expanded`),
+        op by op, with the op's kind, layer and description."""
         return self.runtime.profile(inputs, mode=mode, repeat=repeat)
 
     def coverage(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
         """Share of ops (and, given input shapes, of FLOPs) that run as GEMM + PWL (see :mod:`nmengine.coverage`)."""
         from .coverage import program_coverage
 
-        return program_coverage(self, input_shapes)
+        return program_coverage(self.expanded(), input_shapes)  # fused ops count as their expansion
 
     def cost(self, config: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
-        """Accelerator cost report, a :class:`nmengine.cost.CostReport` (see :mod:`nmengine.cost`)."""
+        """Accelerator cost report, a :class:`nmengine.cost.CostReport` (see :mod:`nmengine.cost`), of
+        the expanded program."""
         from .cost import cost_report
 
-        return cost_report(self, config, input_shapes)
+        return cost_report(self.expanded(), config, input_shapes)
 
     def summary(self) -> str:
         """A one-line-per-op listing."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from .program import ROLES, Op, Program, ProgramError, resolve_reshape, view_shape
 
-__all__ = ["infer_shapes", "gemm_dims", "op_flops", "scale_factors", "conv_out_hw", "pair"]
+__all__ = ["infer_shapes", "op_shape", "gemm_dims", "op_flops", "scale_factors", "conv_out_hw", "pair"]
 
 
 def pair(v: Any) -> tuple[int, int]:
@@ -60,11 +60,11 @@ def infer_shapes(program: Program, input_shapes: Mapping[str, Sequence[int]]) ->
     for name, arr in program.constants.items():
         shapes[name] = tuple(arr.shape)
     for op in program.ops:
-        shapes[op.out] = _op_shape(op, shapes)
+        shapes[op.out] = op_shape(op, shapes)
     return shapes
 
 
-def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+def op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     a = op.args
     k, at = op.kind, op.attrs
     if k == "gemm":
@@ -86,6 +86,8 @@ def _op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         return tuple(np.broadcast_shapes(*(shapes[v] for v in a.values())))
     if k == "pairwise_max":
         return shapes[a["x"]][:-1] + (1,)
+    if k in ("softmax_rows", "layernorm_rows"):
+        return shapes[a["x"]]
     if k == "reshape":
         return resolve_reshape(shapes[a["x"]], at["shape"])
     if k == "transpose":
@@ -188,4 +190,13 @@ def op_flops(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> int:
     if op.kind == "pairwise_max":
         x = shapes[op.args["x"]]
         return 3 * int(np.prod(x[:-1], dtype=np.int64)) * (x[-1] - 1)
+    if op.kind in ("softmax_rows", "layernorm_rows"):
+        from .program import expand
+
+        sub = dict(shapes)
+        total = 0
+        for e in expand(op):
+            sub[e.out] = op_shape(e, sub)
+            total += op_flops(e, sub)
+        return total
     return 0

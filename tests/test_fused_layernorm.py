@@ -1,7 +1,8 @@
-"""The runtime's fused LayerNorm (one C pass per row for the lowered op chain) and its data movement
-without copies (``pack``/``unpack`` of unpadded batches).  Each is checked bit for bit against the
-Runtime's generic per-op path (the GEMM core for the N = 1 mean/variance GEMMs, the scale ops), on
-both kernels, with 1 and 2 threads, on random data and on the real all-MiniLM-L6-v2."""
+"""The fused LayerNorm op (``layernorm_rows``: the compiler pass replaces the lowered op chain, the
+session runs one C pass per row) and data movement without copies (``pack``/``unpack`` of unpadded
+batches).  Each is checked bit for bit against the interpreter running the op's declared expansion
+(the GEMM core for the N = 1 mean/variance GEMMs, the scale ops), on both kernels, with 1 and 2
+threads, on random data and on the real all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from nmengine import hf, kernels, runtime
-from nmengine.compile import compile
+from nmengine.compile import compile, fuse_program
 from nmengine.program import Op, Program
 from nmengine.pwl import PWLTable
 from nmengine.spec import InputSpec
@@ -26,7 +27,7 @@ def _same(a, b):
 
 
 def _generic(prog, inputs):
-    # a recorder forces the generic per-op path (same numerics, no plan)
+    # the interpreter: one generic call per op of the expanded program
     return prog.runtime.run(inputs, record=lambda op, y: None)
 
 
@@ -38,7 +39,11 @@ def _rsqrt_table(n=48, lo=1e-3, hi=64.0):
 
 
 def _ln_program(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
-    """The op chain of compile/lower.py ``_layernorm`` on an input x of [rows, n]."""
+    """The op chain of compile/lower.py ``_layernorm`` on an input x of [rows, n], fused by the pass."""
+    return fuse_program(_ln_chain(n, gamma=gamma, beta=beta, outputs=outputs, eps=eps, w=w))
+
+
+def _ln_chain(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
     rng = np.random.default_rng(n)
     consts = {"w_mean": np.full((n, 1), 1.0 / n, np.float32) if w is None else w,
               "w_var": np.full((n, 1), 1.0 / n, np.float32), "eps": np.array([eps], np.float32)}
@@ -59,7 +64,7 @@ def _ln_program(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
 
 
 def _fused(prog):
-    return [i for i, (_, fn) in enumerate(prog.runtime._plan) if fn.__name__ == "fused_layernorm"]
+    return [i for i, op in enumerate(prog.ops) if op.kind == "layernorm_rows"]
 
 
 def _data(rows, n, seed=0):
@@ -72,11 +77,11 @@ def _data(rows, n, seed=0):
 @pytest.mark.parametrize("rows", [1, 13, 40])
 def test_layernorm_fused_bit_identical(kernel, threads, n, rows):
     """One K block (avx2, n <= 384), two or three equal blocks (scalar kc 256, n 600 / 1000); row
-    groups of 8 plus single rows; every buffer stored (all outputs) or only y."""
+    groups of 8 plus single rows; only y stored (fused), or every buffer an output (not fused)."""
     x = _data(rows, n, seed=rows)
     for outputs in (("y",), ("y", "mean", "c", "sq", "r")):
         prog = _ln_program(n, outputs=outputs)
-        assert len(_fused(prog)) == 1
+        assert len(_fused(prog)) == (1 if outputs == ("y",) else 0)
         for nt in (1, 2):
             kernels.set_num_threads(nt)
             fast, ref = prog.run(x), _generic(prog, x)
@@ -93,6 +98,7 @@ def test_layernorm_fused_affine_variants_and_3d(kernel, threads, gamma, beta):
     assert _fused(prog)
     x = _data(2 * 45, 384, seed=3).reshape(2, 45, 384)
     prog3 = Program({"x": InputSpec((None, None, 384))}, prog.outputs, prog.ops, prog.constants, prog.tables)
+    assert _fused(prog3)
     for nt in (1, 2):
         kernels.set_num_threads(nt)
         _same(prog3.run(x), _generic(prog3, x))
@@ -106,19 +112,27 @@ def test_layernorm_fused_nan_inf_and_large(kernel):
     x[3, :] = -np.inf
     x[4, :] = 0.0
     x[5] *= 1e18
-    prog = _ln_program(384, outputs=("y", "mean", "r"))
-    fast, ref = prog.run(x), _generic(prog, x)
-    for k in ref:
-        _same(fast[k], ref[k])
+    for prog in (_ln_program(384, outputs=("y", "mean", "r")), _ln_program(384)):
+        fast, ref = prog.run(x), _generic(prog, x)
+        for k in (ref if isinstance(ref, dict) else [None]):
+            _same(fast if k is None else fast[k], ref if k is None else ref[k])
 
 
-def test_layernorm_fused_profile_and_later_steps(kernel):
-    """The profile runs the fused step on the mean op; the later ops return its buffers."""
-    prog = _ln_program(384, outputs=("y", "c"))
+def test_layernorm_fused_profile_expansion_and_intermediate_outputs(kernel):
+    """The profile, cost and coverage see the declared expansion; a chain whose intermediate is an
+    output stays unfused."""
+    prog = _ln_program(384)
+    assert [op.kind for op in prog.ops] == ["layernorm_rows"]
     x = _data(9, 384)
     prof = prog.profile(x, repeat=2)
     assert [r["kind"] for r in prof] == ["gemm", "scale", "scale", "gemm", "scale"]
-    _same(prog.run(x)["c"], _generic(prog, x)["c"])
+    raw = _ln_chain(384)
+    assert [op.kind for op in prog.expanded().ops] == [op.kind for op in raw.ops]
+    assert prog.coverage({"x": (9, 384)}) == raw.coverage({"x": (9, 384)})
+    assert prog.cost(input_shapes={"x": (9, 384)}).total == raw.cost(input_shapes={"x": (9, 384)}).total
+    p2 = _ln_program(384, outputs=("y", "c"))
+    assert not _fused(p2)
+    _same(p2.run(x)["c"], _generic(p2, x)["c"])
 
 
 def test_layernorm_not_fused_when_the_chain_differs():
@@ -127,14 +141,15 @@ def test_layernorm_not_fused_when_the_chain_differs():
     prog = _ln_program(16, w=np.full((16, 1), 0.5, np.float32))
     assert _fused(prog)  # any constant column is reproduced exactly
     _same(prog.run(x), _generic(prog, x))
-    ops = list(prog.ops)
+    raw = _ln_chain(16, w=np.full((16, 1), 0.5, np.float32))
+    ops = list(raw.ops)
     ops[2] = Op("scale", "sq", {"x": "c", "mul": "x"}, {})  # not a square
-    p2 = Program(prog.inputs, prog.outputs, ops, prog.constants, prog.tables)
+    p2 = fuse_program(Program(raw.inputs, raw.outputs, ops, raw.constants, raw.tables))
     assert not _fused(p2)
     _same(p2.run(x), _generic(p2, x))
-    ops = list(prog.ops)
+    ops = list(raw.ops)
     ops[4] = Op("scale", "y", {"x": "c", "row_scale": "r"}, {"alpha": 2.0})
-    p3 = Program(prog.inputs, prog.outputs, ops, prog.constants, prog.tables)
+    p3 = fuse_program(Program(raw.inputs, raw.outputs, ops, raw.constants, raw.tables))
     assert not _fused(p3)
     _same(p3.run(x), _generic(p3, x))
 

@@ -9,7 +9,9 @@
 4. calibration: the exact program runs on ``calibration`` and records every PWL input, see
    :mod:`.calibrate`; without calibration data the catalog's default ranges are used;
 5. PWL fitting with :func:`nmengine.approx.fit` (horizontal size optimization) and vertical bias
-   correction folded into the next linear layer's bias.
+   correction folded into the next linear layer's bias;
+6. row-kernel fusion: softmax and LayerNorm chains become ``softmax_rows`` / ``layernorm_rows`` ops
+   (each keeps its chain as its declared expansion), see :mod:`.fuse_rows`.
 
 ``segments="auto"`` with a ``target`` (output cosine, accuracy drop, table bytes) chooses every
 table's segment count and range from measured sensitivities instead, see :mod:`.budget`.
@@ -22,10 +24,20 @@ from typing import Any, Mapping
 from ..program import Program
 from ..spec import ModelSpec
 from .calibrate import correct_biases, fit_tables, record_activations
+from .fuse_rows import fuse_rows
 from .lower import MASK_BIAS, lower
 from .passes import fold_batchnorm, fold_layernorm_affine, fuse
 
-__all__ = ["compile", "lower", "MASK_BIAS"]
+__all__ = ["compile", "lower", "MASK_BIAS", "fuse_rows", "fuse_program"]
+
+
+def fuse_program(program: Program) -> Program:
+    """``program`` with its softmax / LayerNorm chains fused (itself when nothing changes)."""
+    ops = fuse_rows(program.ops, program.outputs, program.constants)
+    if len(ops) == len(program.ops):
+        return program
+    return Program(program.inputs, program.outputs, ops, program.constants, program.tables,
+                   name=program.name, meta=program.meta)
 
 
 def compile(  # noqa: A001 - the contract name is nm.compile
@@ -92,19 +104,20 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     tables = fit_tables(requests, None, options, functions)
     program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
     if calibration is None:
-        return program
+        return fuse_program(program)
     # Runs (and so validates) the calibration inputs even when there is no table to fit.
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
     if not requests:
-        return program
+        return fuse_program(program)
     if auto:
         from .budget import compile_budgeted
 
-        return compile_budgeted(program, requests, calibration, acts, target=target, options=options,
-                                functions=functions, bias_correction=bias_correction, progress=progress)
+        return fuse_program(compile_budgeted(program, requests, calibration, acts, target=target, options=options,
+                                             functions=functions, bias_correction=bias_correction,
+                                             progress=progress))
     tables = fit_tables(requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
     meta["calibrated"] = True
     meta["bias_corrections"] = corrections
-    return Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
+    return fuse_program(Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta))

@@ -401,6 +401,7 @@ def cost_report(program: Program, config: Any = None, input_shapes: Mapping[str,
     :func:`default_input_shapes` with batch 1 and sequence 128).  ``batch`` is the number of inferences
     one run performs (default: the leading dim of the first input), used for per-inference figures.
     """
+    program = program.expanded()  # fused ops are costed as their GEMM + PWL expansion
     cfg = as_config(config)
     if input_shapes is None:
         input_shapes = default_input_shapes(program)

@@ -1,0 +1,520 @@
+"""Execution plans: a Program resolved once for one input-shape signature.
+
+A :class:`Plan` is built by :class:`nmengine.session.Session` for one *signature* (the kernel, the
+thread count, every input's shape and the number of real tokens of every token mask, which fixes the
+packed row counts).  Building it resolves, once:
+
+* the shape of every buffer, and which buffers are *views* of others (``reshape``, ``slice_rows``, and
+  ``pack``/``unpack`` of a batch without padding cost nothing at run time);
+* a buffer plan: every other buffer gets an offset in one arena, reusing memory by liveness (a buffer
+  is free after the last op that reads it, directly or through a view); :attr:`Plan.peak_bytes` is
+  the arena size;
+* one *step* per op: a core function and its arguments (arrays already viewed, strided and
+  broadcast, broadcast modes chosen, PWL tables prepared, constant GEMM operands pre-packed).
+
+:meth:`Plan.bind` makes a :class:`Bound` plan: an arena and the steps with their arrays in it.  A
+Bound plan runs one call at a time (the session keeps a pool of them per plan, so concurrent calls
+each get their own arena); running it copies the inputs into the arena, calls each step with no other
+Python work, and copies the outputs out.
+
+Each op kind has one step builder in :data:`BUILDERS` (``builder(ctx, op, bufs) -> (fn, args) | None``):
+the place to hook a new kernel in (e.g. an int8 GEMM).  An op kind without a builder, or an operand
+layout a builder does not cover, runs through the interpreter (:meth:`nmengine.runtime.Runtime.exec_op`,
+then copied into the arena), which gives the same bits, only slower.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import kernels, movement
+from .program import Op, Program, ProgramError, apply_view, expand
+from .shapes import op_shape
+
+__all__ = ["Plan", "Bound", "BUILDERS", "mask_names"]
+
+ALIGN = 64
+Step = tuple[Callable[..., Any], tuple]
+
+
+def mask_names(program: Program) -> list[str]:
+    """Buffers used as token masks (``pack``/``unpack``/``positions``), in first-use order."""
+    out: dict[str, None] = {}
+    for op in program.ops:
+        if op.kind in ("pack", "unpack", "positions"):
+            out.setdefault(op.args["mask"], None)
+    return list(out)
+
+
+@dataclass
+class _Ctx:
+    """What step builders need besides the op and its buffers."""
+
+    program: Program
+    kernel: int
+    threads: int
+    core: Any
+    packed: Mapping[str, np.ndarray]   # constant name -> B packed for this kernel
+    table: Callable[[str], Any]        # table key -> prepared table
+    interp: Any                        # nmengine.runtime.Runtime
+    masks: Mapping[str, str]           # mask buffer -> its bool buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# The buffer plan
+# ---------------------------------------------------------------------------------------------
+class _Allocator:
+    """First-fit allocation of aligned blocks in one arena, with coalescing frees."""
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted, coalesced
+        self.top = 0
+
+    def alloc(self, size: int) -> int:
+        size = max(ALIGN, -(-size // ALIGN) * ALIGN)
+        for k, (off, sz) in enumerate(self.free):
+            if sz >= size:
+                if sz == size:
+                    del self.free[k]
+                else:
+                    self.free[k] = (off + size, sz - size)
+                return off
+        if self.free and self.free[-1][0] + self.free[-1][1] == self.top:  # grow the last free block
+            off, _ = self.free.pop()
+            self.top = off + size
+            return off
+        off = self.top
+        self.top += size
+        return off
+
+    def release(self, off: int, size: int) -> None:
+        size = max(ALIGN, -(-size // ALIGN) * ALIGN)
+        self.free.append((off, size))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+class Plan:
+    """A Program resolved for one signature; see the module docstring."""
+
+    def __init__(self, ctx: _Ctx, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int]) -> None:
+        prog = ctx.program
+        self.ctx = ctx
+        self.input_shapes = dict(input_shapes)
+        shapes: dict[str, tuple[int, ...]] = dict(input_shapes)
+        dtypes: dict[str, Any] = {n: (np.int64 if s.dtype == "int64" else np.float32) for n, s in prog.inputs.items()}
+        for name, arr in prog.constants.items():
+            shapes[name] = arr.shape
+            dtypes[name] = arr.dtype
+        #: name -> (root, view function) for views; roots map to themselves
+        self.alias: dict[str, tuple[str, Optional[Callable[[np.ndarray], np.ndarray]]]] = {}
+        for op in prog.ops:
+            shapes[op.out], dtypes[op.out] = self._shape(op, shapes, dtypes, counts)
+        self.shapes, self.dtypes = shapes, dtypes
+        self._plan_buffers(prog, counts)
+        self._pool: queue.SimpleQueue[Bound] = queue.SimpleQueue()
+
+    # -- shapes and views -----------------------------------------------------------------------
+    def _shape(self, op: Op, shapes, dtypes, counts) -> tuple[tuple[int, ...], Any]:
+        k, a, at = op.kind, op.args, op.attrs
+        where = f"op {op.out!r} ({op.kind}, layer {op.layer!r})"
+        if k in ("pack", "unpack", "positions"):
+            m = shapes[a["mask"]]
+            if len(m) != 2:
+                raise ValueError(f"{op.layer}: token mask of shape {m} must be [batch, tokens]")
+            ntok = counts[a["mask"]]
+            full = ntok == m[0] * m[1]
+            if k == "positions":
+                return (ntok,), np.int64
+            x = shapes[a["x"]]
+            if k == "pack":
+                if tuple(x[:2]) != tuple(m):
+                    raise ValueError(f"token mask of shape {m} does not fit values of shape {x}")
+                shape = (ntok,) + tuple(x[2:])
+            else:
+                if x[0] != ntok:
+                    raise ValueError(f"{op.layer}: {x[0]} packed rows for a mask with {ntok} tokens")
+                shape = tuple(m) + tuple(x[1:])
+            if full:
+                self.alias[op.out] = (a["x"], lambda v, s=shape: v.reshape(s))
+            return shape, dtypes[a["x"]]
+        if k == "gather":
+            return tuple(shapes[a["ids"]]) + tuple(shapes[a["table"]][1:]), dtypes[a["table"]]
+        if k == "slice_rows":
+            x = shapes[a["x"]]
+            n = shapes[a["like"]][at["axis"]] if "like" in a else at["rows"]
+            if n > x[0]:
+                raise ValueError(f"{op.layer}: needs {n} rows of {a['x']!r}, which has only {x[0]}")
+            self.alias[op.out] = (a["x"], lambda v, n=n: v[:n])
+            return (n,) + tuple(x[1:]), dtypes[a["x"]]
+        try:
+            shape = op_shape(op, shapes)
+        except ValueError as e:
+            raise ProgramError(f"{where}: {e}") from None
+        if k == "reshape":
+            self.alias[op.out] = (a["x"], lambda v, s=shape: v.reshape(s))
+        return tuple(int(d) for d in shape), (dtypes[a["x"]] if k in ("reshape", "transpose") else np.float32)
+
+    def root(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name][0]
+        return name
+
+    def _plan_buffers(self, prog: Program, counts: Mapping[str, int]) -> None:
+        """Arena offsets by liveness: a root buffer is free after the last op reading it or a view of it."""
+        n_ops = len(prog.ops)
+        last: dict[str, int] = {}
+        for i, op in enumerate(prog.ops):
+            for name in op.args.values():
+                last[self.root(name)] = i
+        for name in prog.outputs:
+            last[self.root(name)] = n_ops
+        # bool copies of the token masks: computed first, read by the packing ops
+        self.mask_bufs = {m: f"{m}#bool" for m in counts}
+        for m, b in self.mask_bufs.items():
+            self.shapes[b], self.dtypes[b] = self.shapes[m], np.bool_
+            last[b] = n_ops
+        consts = prog.constants
+        alloc = _Allocator()
+        self.offsets: dict[str, int] = {}
+        nbytes = {}
+
+        def own(name: str) -> None:
+            nb = int(np.prod(self.shapes[name], dtype=np.int64)) * np.dtype(self.dtypes[name]).itemsize
+            nbytes[name] = nb
+            self.offsets[name] = alloc.alloc(nb)
+
+        def release(upto: int) -> None:
+            for name in [n for n in self.offsets if n in nbytes and last.get(n, -1) <= upto]:
+                alloc.release(self.offsets[name], nbytes.pop(name))
+
+        for name in list(prog.inputs) + list(self.mask_bufs.values()):
+            own(name)
+        release(-1)
+        for i, op in enumerate(prog.ops):
+            if op.out not in self.alias and op.out not in consts:
+                own(op.out)
+            release(i)
+        self.peak_bytes = alloc.top
+
+    # -- binding --------------------------------------------------------------------------------
+    def bind(self) -> "Bound":
+        """A runnable instance of this plan with its own arena."""
+        prog, ctx = self.ctx.program, self.ctx
+        raw = np.empty(self.peak_bytes + ALIGN, dtype=np.uint8)
+        base = (-raw.ctypes.data) % ALIGN
+        bufs: dict[str, np.ndarray] = dict(prog.constants)
+
+        def view(name: str) -> np.ndarray:
+            off = base + self.offsets[name]
+            dt = np.dtype(self.dtypes[name])
+            n = int(np.prod(self.shapes[name], dtype=np.int64))
+            return raw[off:off + n * dt.itemsize].view(dt).reshape(self.shapes[name])
+
+        for name in list(prog.inputs) + list(self.mask_bufs.values()):
+            bufs[name] = view(name)
+        steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) for m, b in self.mask_bufs.items()]
+        c = _Ctx(**{**ctx.__dict__, "masks": self.mask_bufs})
+        for op in prog.ops:
+            if op.out in self.alias:
+                src, fn = self.alias[op.out]
+                bufs[op.out] = fn(bufs[src])
+                continue
+            bufs[op.out] = view(op.out)
+            if bufs[op.out].size == 0:
+                continue
+            builder = BUILDERS.get(op.kind)
+            step = builder(c, op, bufs) if builder is not None else None
+            if step is None:
+                step = (_interpret, (c, op, bufs))
+            steps.append(step)
+        inputs = [(name, bufs[name]) for name in prog.inputs]
+        outputs = [(name, bufs[name]) for name in prog.outputs]
+        return Bound(raw, inputs, steps, outputs)
+
+    def take(self) -> "Bound":
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self.bind()
+
+    def give(self, bound: "Bound") -> None:
+        self._pool.put(bound)
+
+
+class Bound:
+    """A plan bound to one arena: runs one call at a time."""
+
+    __slots__ = ("arena", "inputs", "steps", "outputs")
+
+    def __init__(self, arena: np.ndarray, inputs: list, steps: list[Step], outputs: list) -> None:
+        self.arena, self.inputs, self.steps, self.outputs = arena, inputs, steps, outputs
+
+    def run(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, slot in self.inputs:
+            np.copyto(slot, env[name])
+        for fn, args in self.steps:
+            fn(*args)
+        return {name: arr.copy() for name, arr in self.outputs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Python steps (ops without a core call, and the interpreter fallback)
+# ---------------------------------------------------------------------------------------------
+def _mask_bool(mask: np.ndarray, out: np.ndarray) -> None:
+    np.not_equal(mask, 0, out=out)
+
+
+def _interpret(ctx: _Ctx, op: Op, bufs: Mapping[str, np.ndarray]) -> None:
+    """op through the interpreter (its expansion for a fused op), copied into its arena buffer."""
+    env = {name: bufs[name] for name in op.args.values()}
+    with kernels.use_kernel(kernels.KERNEL_NAMES[ctx.kernel]):
+        for e in expand(op):
+            env[e.out] = ctx.interp.exec_op(e, env)
+    np.copyto(bufs[op.out], env[op.out])
+
+
+def _c_contig_f32(*arrs: Optional[np.ndarray]) -> bool:
+    return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned) for a in arrs)
+
+
+def _act(ctx: _Ctx, ep: Mapping[str, Any]) -> tuple[int, Any]:
+    act = ep.get("act", "none")
+    if act == "none":
+        return ctx.core.ACT_NONE, None
+    if act == "relu":
+        return ctx.core.ACT_RELU, None
+    return ctx.core.ACT_PWL, ctx.table(ep["table"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Step builders: (ctx, op, bufs) -> (core function, args) or None (interpreter)
+# ---------------------------------------------------------------------------------------------
+def _gemm(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    a_, at = op.args, op.attrs
+    if at.get("trans_a") or at.get("trans_b"):
+        return None
+    a, b, out = bufs[a_["a"]], bufs[a_["b"]], bufs[op.out]
+    if b.ndim != 2 or not _c_contig_f32(a, b):
+        return None
+    k, n = b.shape
+    a2 = a.reshape(-1, a.shape[-1])
+    m = a2.shape[0]
+    if a2.shape[1] != k:
+        return None
+    bias = bufs[a_["bias"]] if "bias" in a_ else None
+    bias_row = bufs[a_["bias_row"]].reshape(-1) if "bias_row" in a_ else None
+    res = bufs[a_["res"]] if "res" in a_ else None
+    if bias is not None and (bias.shape != (n,) or not _c_contig_f32(bias)):
+        return None
+    if bias_row is not None and (bias_row.shape != (m,) or not _c_contig_f32(bias_row)):
+        return None
+    if res is not None:
+        if res.size != m * n or not _c_contig_f32(res):
+            return None
+        res = res.reshape(m, n)
+    out2 = out.reshape(m, n)
+    code, table = _act(ctx, op.epilogue)
+    pk = ctx.packed.get(a_["b"])
+    if pk is not None:
+        return ctx.core.sgemm_packed, (a2, pk, n, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
+    return ctx.core.sgemm, (a2, b, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
+
+
+def _gemm_batched(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    a_, at = op.args, op.attrs
+    a = apply_view(bufs[a_["a"]], at.get("a_view"))
+    b = apply_view(bufs[a_["b"]], at.get("b_view"))
+    if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 2 or b.ndim < 2:
+        return None
+    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    if not 1 <= len(batch) <= 2:
+        return None
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    shape = batch + (m, n)
+    out = bufs[op.out]
+    perm = at.get("out_perm")
+    target = out if perm is None else out.transpose(np.argsort(perm))
+    res = None
+    if "res" in a_:
+        res = np.broadcast_to(apply_view(bufs[a_["res"]], at.get("res_view")), shape)
+    bias = bufs[a_["bias"]] if "bias" in a_ else None
+    bias_row = bufs[a_["bias_row"]].reshape(-1) if "bias_row" in a_ else None
+    if bias is not None and (bias.shape != (n,) or not _c_contig_f32(bias)):
+        return None
+    if bias_row is not None and (bias_row.shape != (m,) or not _c_contig_f32(bias_row)):
+        return None
+    arrs = [np.broadcast_to(a, batch + (m, k)), np.broadcast_to(b, batch + (k, n)), target, res]
+    if any(x is not None and (x.dtype != np.float32 or not x.flags.aligned or any(s % 4 for s in x.strides))
+           for x in arrs):
+        return None
+    if len(batch) == 1:
+        arrs = [None if x is None else x[None] for x in arrs]
+    A4, B4, C4, R4 = arrs
+    code, table = _act(ctx, op.epilogue)
+    return ctx.core.sgemm_batched, (A4, B4, C4, bias, bias_row, R4, code, table, ctx.threads, ctx.kernel)
+
+
+def _scale(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    core, a_, at = ctx.core, op.args, op.attrs
+    x, y = bufs[a_["x"]], bufs[op.out]
+    shape = x.shape
+    if not shape or x.shape != y.shape or not _c_contig_f32(x):
+        return None
+    n = shape[-1]
+    call: list[Any] = []
+    for role in kernels.SCALE_ROLES:
+        if role not in a_:
+            call += [None, core.BC_NONE]
+            continue
+        v = bufs[a_[role]]
+        s = v.shape
+        if not _c_contig_f32(v):
+            return None
+        if s == shape:
+            mode = core.BC_FULL
+        elif v.size == 1 and len(s) <= len(shape):
+            mode = core.BC_SCALAR
+        elif len(s) == len(shape) and s[-1] == 1 and s[:-1] == shape[:-1]:
+            mode = core.BC_ROW
+        elif s[-1:] == (n,) and len(s) <= len(shape) and v.size == n:
+            mode = core.BC_COL
+        else:
+            return None
+        call += [v, mode]
+    alpha, beta = at.get("alpha", 1.0), at.get("beta", 0.0)
+    code, table = _act(ctx, op.epilogue)
+    return core.scale, (x, y, y.size // n, n, None if alpha == 1.0 else float(alpha),
+                        None if beta == 0.0 else float(beta), float(np.float32(at.get("res_beta", 1.0))),
+                        *call, code, table, ctx.threads, ctx.kernel)
+
+
+def _pairwise_max(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    x, y = bufs[op.args["x"]], bufs[op.out]
+    if x.ndim == 0 or x.shape[-1] == 0 or not _c_contig_f32(x):
+        return None
+    return ctx.core.pairwise_max, (x, y, y.size, x.shape[-1], ctx.threads, ctx.kernel)
+
+
+def _softmax_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    x, ones, p = bufs[op.args["x"]], bufs[op.args["ones"]], bufs[op.out]
+    if x.ndim < 2 or not _c_contig_f32(x):
+        return None
+    n = x.shape[-1]
+    if n < 1 or ones.shape != (n, 1):
+        return None
+    at = op.attrs
+    return ctx.core.softmax_rows, (x, x.size // n, n, ctx.table(at["exp"]["table"]), ctx.table(at["recip"]["table"]),
+                                   None, None, None, p, ctx.threads, ctx.kernel)
+
+
+def _layernorm_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    a_ = op.args
+    x, y = bufs[a_["x"]], bufs[op.out]
+    w_mean, w_var = bufs[a_["w_mean"]], bufs[a_["w_var"]]
+    n = w_mean.shape[0]
+    if x.ndim < 2 or x.shape[-1] != n or not _c_contig_f32(x, w_mean, w_var):
+        return None
+    gamma = bufs[a_["gamma"]] if "gamma" in a_ else None
+    beta = bufs[a_["beta"]] if "beta" in a_ else None
+    eps = float(bufs[a_["eps"]].reshape(-1)[0])
+    return ctx.core.layernorm_rows, (x, x.size // n, n, w_mean.reshape(-1), w_var.reshape(-1), eps,
+                                     ctx.table(op.attrs["rsqrt"]["table"]), gamma, beta, None, None, None, None, y,
+                                     ctx.threads, ctx.kernel)
+
+
+def _pack(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
+    if not x.flags.c_contiguous:
+        return None
+    flat = mask.reshape(-1)
+    width = x.itemsize * int(np.prod(x.shape[2:], dtype=np.int64))
+    return ctx.core.move_rows, (x, out, flat, None, flat.size, width, False, ctx.threads)
+
+
+def _unpack(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
+    if not x.flags.c_contiguous:
+        return None
+    flat = mask.reshape(-1)
+    width = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64))
+    return ctx.core.move_rows, (x, out, flat, None, flat.size, width, True, ctx.threads)
+
+
+def _positions_fn(mask: np.ndarray, out: np.ndarray) -> None:
+    out[...] = np.nonzero(mask)[1]
+
+
+def _positions(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return _positions_fn, (bufs[ctx.masks[op.args["mask"]]], bufs[op.out])
+
+
+def _gather_fn(table: np.ndarray, ids: np.ndarray, out: np.ndarray, layer: str) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"{layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
+    np.take(table, ids, axis=0, out=out, mode="clip")
+
+
+def _gather(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return _gather_fn, (bufs[op.args["table"]], bufs[op.args["ids"]], bufs[op.out], op.layer)
+
+
+def _transpose(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return np.copyto, (bufs[op.out], bufs[op.args["x"]].transpose(op.attrs["perm"]))
+
+
+def _im2col(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out])
+
+
+def _copy_of(fn: Callable[..., np.ndarray]) -> Callable[..., None]:
+    def step(out: np.ndarray, *args: Any) -> None:
+        np.copyto(out, fn(*args))
+    return step
+
+
+_pool_step = _copy_of(movement.pool_windows)
+_patch_step = _copy_of(movement.patchify)
+
+
+def _pool_windows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return _pool_step, (bufs[op.out], bufs[op.args["x"]], op.attrs)
+
+
+def _patchify(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+    return _patch_step, (bufs[op.out], bufs[op.args["x"]], op.attrs["patch"])
+
+
+#: op kind -> step builder.  Builders return None for layouts they do not cover (the interpreter runs
+#: those); views (reshape, slice_rows, unpadded pack/unpack) need no step.
+BUILDERS: dict[str, Callable[[_Ctx, Op, Mapping[str, np.ndarray]], Optional[Step]]] = {
+    "gemm": _gemm,
+    "gemm_batched": _gemm_batched,
+    "scale": _scale,
+    "pairwise_max": _pairwise_max,
+    "softmax_rows": _softmax_rows,
+    "layernorm_rows": _layernorm_rows,
+    "pack": _pack,
+    "unpack": _unpack,
+    "positions": _positions,
+    "gather": _gather,
+    "transpose": _transpose,
+    "im2col": _im2col,
+    "pool_windows": _pool_windows,
+    "patchify": _patchify,
+}
+
+
+def signature_counts(program_masks: Sequence[str], env: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+    """Real-token count of every mask (part of the plan signature)."""
+    return tuple(int(np.count_nonzero(env[m])) for m in program_masks)

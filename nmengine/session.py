@@ -1,0 +1,164 @@
+"""``nm.Session``: run a Program as compiled plans, in the spirit of ONNX Runtime's InferenceSession.
+
+    sess = nm.Session(program_or_bundle_path, threads=None, kernel=None)
+    y = sess.run(inputs)
+
+A session owns the execution settings (thread count, kernel) and a bounded LRU cache of
+:class:`~nmengine.plan.Plan` objects, one per input-shape signature (every input's shape and the real
+token count of every token mask).  The first call with a new signature builds the plan (shapes,
+views, broadcast modes, packed weights and a liveness-based arena layout); later calls run the plan's
+steps with no per-op Python resolution.  Results are bit-identical to the interpreter
+(:class:`nmengine.runtime.Runtime`) in matrixized mode, for any thread count.
+
+Thread safety: :meth:`Session.run` may be called from many threads at once.  Each call takes a bound
+instance of its plan (an arena of its own) from a pool and returns it afterwards; plans and packed
+weights are built under a lock and only read afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Optional
+
+import numpy as np
+
+from . import kernels
+from .plan import Plan, _Ctx, mask_names, signature_counts
+from .program import Program
+from .runtime import bind_inputs
+
+__all__ = ["Session"]
+
+
+class Session:
+    """Runs one Program (or a bundle file) as compiled plans.
+
+    Parameters
+    ----------
+    program_or_path:
+        A :class:`~nmengine.program.Program`, or the path of a bundle written by :func:`nmengine.save`.
+    threads:
+        Threads every call uses (>= 1); None follows :func:`nmengine.set_num_threads` at each call.
+    kernel:
+        "scalar", "avx2" or "auto"; None follows :func:`nmengine.kernels.use_kernel` /
+        ``NMENGINE_KERNEL`` at each call.
+    cache_size:
+        Most plans kept (least recently used dropped first).
+    """
+
+    def __init__(self, program_or_path: Any, *, threads: Optional[int] = None, kernel: Optional[str] = None,
+                 cache_size: int = 16) -> None:
+        if isinstance(program_or_path, (str, os.PathLike)):
+            from .bundle import load
+
+            program_or_path = load(program_or_path)
+        if not isinstance(program_or_path, Program):
+            raise TypeError(f"Session expects a Program or a bundle path, got {type(program_or_path).__name__}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
+        self.program = program_or_path
+        self.threads = None if threads is None else int(threads)
+        self.kernel = kernel
+        self._kernel_code = None
+        if kernel is not None:
+            with kernels.use_kernel(kernel):  # validates the name and the CPU now
+                self._kernel_code = kernels.kernel_code()
+        self.cache_size = cache_size
+        self._core = kernels.compiled_core()
+        self._masks = mask_names(self.program)
+        self._planable = all(m in self.program.inputs for m in self._masks)
+        self._plans: OrderedDict[tuple, Plan] = OrderedDict()
+        self._lock = threading.Lock()
+        self._packed: dict[int, dict[str, np.ndarray]] = {}
+        self._tables: dict[str, Any] = {}
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, inputs: Any) -> Any:
+        """Outputs for ``inputs`` (a dict name -> array, or one array for a one-input program): one
+        array when the program has one output, else a dict name -> array (fresh arrays)."""
+        prog = self.program
+        env = bind_inputs(prog, inputs)
+        if not self._planable:  # a token mask computed inside the program: no static plan
+            return prog.runtime.run(env)
+        plan = self.plan_for(env)
+        bound = plan.take()
+        try:
+            outs = bound.run(env)
+        finally:
+            plan.give(bound)
+        return outs[prog.outputs[0]] if len(outs) == 1 else outs
+
+    __call__ = run
+
+    def plan_for(self, inputs: Any) -> Plan:
+        """The plan (built now or cached) for these inputs' signature."""
+        env = inputs if isinstance(inputs, dict) and all(isinstance(v, np.ndarray) for v in inputs.values()) \
+            else bind_inputs(self.program, inputs)
+        code = self._kernel_code if self._kernel_code is not None else kernels.kernel_code()
+        nt = self.threads if self.threads is not None else kernels.get_num_threads()
+        shapes = tuple(env[n].shape for n in self.program.inputs)
+        key = (code, nt, shapes, signature_counts(self._masks, env))
+        plan = self._plans.get(key)
+        if plan is not None:
+            with self._lock:
+                if key in self._plans:
+                    self._plans.move_to_end(key)
+            return plan
+        return self._build(key, code, nt, env)
+
+    def _build(self, key: tuple, code: int, nt: int, env: dict) -> Plan:
+        ctx = _Ctx(program=self.program, kernel=code, threads=nt, core=self._core, packed=self._packed_for(code),
+                   table=self._table, interp=self.program.runtime, masks={})
+        counts = dict(zip(self._masks, key[3]))
+        plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts)
+        with self._lock:
+            plan = self._plans.setdefault(key, plan)
+            self._plans.move_to_end(key)
+            while len(self._plans) > self.cache_size:
+                self._plans.popitem(last=False)
+        return plan
+
+    # -- shared read-only state -----------------------------------------------------------------
+    def _table(self, key: str) -> Any:
+        t = self._tables.get(key)
+        if t is None:
+            with self._lock:
+                t = self._tables.get(key)
+                if t is None:
+                    t = self._tables[key] = kernels.prepare_table(self.program.tables[key])
+        return t
+
+    def _packed_for(self, code: int) -> dict[str, np.ndarray]:
+        """Constant B operands of plain GEMMs packed for kernel ``code`` (built once, then only read)."""
+        packed = self._packed.get(code)
+        if packed is not None:
+            return packed
+        with self._lock:
+            packed = self._packed.get(code)
+            if packed is None:
+                consts = self.program.constants
+                packed = {}
+                for op in self.program.ops:
+                    b = op.args.get("b")
+                    if (op.kind == "gemm" and b in consts and b not in packed and not op.attrs.get("trans_b")
+                            and not op.attrs.get("trans_a") and consts[b].ndim == 2
+                            and consts[b].dtype == np.float32):
+                        packed[b] = kernels.pack_b(consts[b], kernels.KERNEL_NAMES[code], copy=False).data
+                self._packed[code] = packed
+        return packed
+
+    # -- introspection --------------------------------------------------------------------------
+    def plan_info(self, inputs: Any) -> dict[str, Any]:
+        """``{"steps", "peak_bytes", "views", "cached_plans"}`` of the plan for these inputs."""
+        plan = self.plan_for(inputs)
+        return {"steps": len(plan.bind().steps), "peak_bytes": plan.peak_bytes, "views": len(plan.alias),
+                "cached_plans": len(self._plans)}
+
+    def __repr__(self) -> str:
+        return (f"Session({self.program.name!r}, threads={self.threads}, kernel={self.kernel!r}, "
+                f"{len(self._plans)} cached plans)")
