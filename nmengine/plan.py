@@ -35,7 +35,7 @@ from . import kernels, movement
 from .program import Op, Program, ProgramError, apply_view, expand
 from .shapes import op_shape
 
-__all__ = ["Plan", "Bound", "BUILDERS", "mask_names"]
+__all__ = ["Plan", "Bound", "BUILDERS", "StepContext", "mask_names", "signature_counts"]
 
 ALIGN = 64
 Step = tuple[Callable[..., Any], tuple]
@@ -51,7 +51,7 @@ def mask_names(program: Program) -> list[str]:
 
 
 @dataclass
-class _Ctx:
+class StepContext:
     """What step builders need besides the op and its buffers."""
 
     program: Program
@@ -107,7 +107,7 @@ class _Allocator:
 class Plan:
     """A Program resolved for one signature; see the module docstring."""
 
-    def __init__(self, ctx: _Ctx, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int]) -> None:
+    def __init__(self, ctx: StepContext, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int]) -> None:
         prog = ctx.program
         self.ctx = ctx
         self.input_shapes = dict(input_shapes)
@@ -224,7 +224,7 @@ class Plan:
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
             bufs[name] = view(name)
         steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) for m, b in self.mask_bufs.items()]
-        c = _Ctx(**{**ctx.__dict__, "masks": self.mask_bufs})
+        c = StepContext(**{**ctx.__dict__, "masks": self.mask_bufs})
         for op in prog.ops:
             if op.out in self.alias:
                 src, fn = self.alias[op.out]
@@ -275,7 +275,7 @@ def _mask_bool(mask: np.ndarray, out: np.ndarray) -> None:
     np.not_equal(mask, 0, out=out)
 
 
-def _interpret(ctx: _Ctx, op: Op, bufs: Mapping[str, np.ndarray]) -> None:
+def _interpret(ctx: StepContext, op: Op, bufs: Mapping[str, np.ndarray]) -> None:
     """op through the interpreter (its expansion for a fused op), copied into its arena buffer."""
     env = {name: bufs[name] for name in op.args.values()}
     with kernels.use_kernel(kernels.KERNEL_NAMES[ctx.kernel]):
@@ -288,7 +288,7 @@ def _c_contig_f32(*arrs: Optional[np.ndarray]) -> bool:
     return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned) for a in arrs)
 
 
-def _act(ctx: _Ctx, ep: Mapping[str, Any]) -> tuple[int, Any]:
+def _act(ctx: StepContext, ep: Mapping[str, Any]) -> tuple[int, Any]:
     act = ep.get("act", "none")
     if act == "none":
         return ctx.core.ACT_NONE, None
@@ -300,7 +300,7 @@ def _act(ctx: _Ctx, ep: Mapping[str, Any]) -> tuple[int, Any]:
 # ---------------------------------------------------------------------------------------------
 # Step builders: (ctx, op, bufs) -> (core function, args) or None (interpreter)
 # ---------------------------------------------------------------------------------------------
-def _gemm(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     a_, at = op.args, op.attrs
     if at.get("trans_a") or at.get("trans_b"):
         return None
@@ -331,7 +331,7 @@ def _gemm(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
     return ctx.core.sgemm, (a2, b, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
 
 
-def _gemm_batched(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _gemm_batched(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     a_, at = op.args, op.attrs
     a = apply_view(bufs[a_["a"]], at.get("a_view"))
     b = apply_view(bufs[a_["b"]], at.get("b_view"))
@@ -365,7 +365,7 @@ def _gemm_batched(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
     return ctx.core.sgemm_batched, (A4, B4, C4, bias, bias_row, R4, code, table, ctx.threads, ctx.kernel)
 
 
-def _scale(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     core, a_, at = ctx.core, op.args, op.attrs
     x, y = bufs[a_["x"]], bufs[op.out]
     shape = x.shape
@@ -399,14 +399,14 @@ def _scale(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
                         *call, code, table, ctx.threads, ctx.kernel)
 
 
-def _pairwise_max(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _pairwise_max(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     x, y = bufs[op.args["x"]], bufs[op.out]
     if x.ndim == 0 or x.shape[-1] == 0 or not _c_contig_f32(x):
         return None
     return ctx.core.pairwise_max, (x, y, y.size, x.shape[-1], ctx.threads, ctx.kernel)
 
 
-def _softmax_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _softmax_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     x, ones, p = bufs[op.args["x"]], bufs[op.args["ones"]], bufs[op.out]
     if x.ndim < 2 or not _c_contig_f32(x):
         return None
@@ -418,7 +418,7 @@ def _softmax_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
                                    None, None, None, p, ctx.threads, ctx.kernel)
 
 
-def _layernorm_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _layernorm_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     a_ = op.args
     x, y = bufs[a_["x"]], bufs[op.out]
     w_mean, w_var = bufs[a_["w_mean"]], bufs[a_["w_var"]]
@@ -433,7 +433,7 @@ def _layernorm_rows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
                                      ctx.threads, ctx.kernel)
 
 
-def _pack(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _pack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
     if not x.flags.c_contiguous:
         return None
@@ -442,7 +442,7 @@ def _pack(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
     return ctx.core.move_rows, (x, out, flat, None, flat.size, width, False, ctx.threads)
 
 
-def _unpack(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _unpack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
     if not x.flags.c_contiguous:
         return None
@@ -455,7 +455,7 @@ def _positions_fn(mask: np.ndarray, out: np.ndarray) -> None:
     out[...] = np.nonzero(mask)[1]
 
 
-def _positions(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _positions(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return _positions_fn, (bufs[ctx.masks[op.args["mask"]]], bufs[op.out])
 
 
@@ -465,15 +465,15 @@ def _gather_fn(table: np.ndarray, ids: np.ndarray, out: np.ndarray, layer: str) 
     np.take(table, ids, axis=0, out=out, mode="clip")
 
 
-def _gather(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _gather(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return _gather_fn, (bufs[op.args["table"]], bufs[op.args["ids"]], bufs[op.out], op.layer)
 
 
-def _transpose(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _transpose(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return np.copyto, (bufs[op.out], bufs[op.args["x"]].transpose(op.attrs["perm"]))
 
 
-def _im2col(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out])
 
 
@@ -487,17 +487,17 @@ _pool_step = _copy_of(movement.pool_windows)
 _patch_step = _copy_of(movement.patchify)
 
 
-def _pool_windows(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _pool_windows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return _pool_step, (bufs[op.out], bufs[op.args["x"]], op.attrs)
 
 
-def _patchify(ctx: _Ctx, op: Op, bufs) -> Optional[Step]:
+def _patchify(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return _patch_step, (bufs[op.out], bufs[op.args["x"]], op.attrs["patch"])
 
 
 #: op kind -> step builder.  Builders return None for layouts they do not cover (the interpreter runs
 #: those); views (reshape, slice_rows, unpadded pack/unpack) need no step.
-BUILDERS: dict[str, Callable[[_Ctx, Op, Mapping[str, np.ndarray]], Optional[Step]]] = {
+BUILDERS: dict[str, Callable[[StepContext, Op, Mapping[str, np.ndarray]], Optional[Step]]] = {
     "gemm": _gemm,
     "gemm_batched": _gemm_batched,
     "scale": _scale,

@@ -200,13 +200,23 @@ def expand(op: Op) -> list[Op]:
 # Views: zero-copy reinterpretations of a buffer for gemm_batched operands
 # ---------------------------------------------------------------------------------------------
 def resolve_reshape(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
-    """ONNX-style reshape: 0 copies the input dim at that position, -1 is inferred."""
+    """ONNX-style reshape: 0 copies the input dim at that position, -1 is inferred.
+
+    For an empty input whose zero sits in a copied dim (e.g. a batch of 0 reshaped by ``[0, -1]``), -1
+    is what the same reshape gives a batch of 1: the product of the input dims that are not copied."""
     dims = [int(shape[i]) if d == 0 else int(d) for i, d in enumerate(spec)]
     if dims.count(-1) > 1:
         raise ProgramError(f"reshape spec {list(spec)} has more than one -1")
     total = int(np.prod(shape, dtype=np.int64))
     if -1 in dims:
         known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        if known == 0 and total == 0:
+            rest = [int(shape[i]) for i in range(len(shape)) if not (i < len(spec) and spec[i] == 0)]
+            explicit = [d for d, sp in zip(dims, spec) if sp not in (0, -1)]
+            num, den = int(np.prod(rest, dtype=np.int64)), int(np.prod(explicit, dtype=np.int64))
+            if den and num % den == 0:
+                dims[dims.index(-1)] = num // den
+                return tuple(dims)
         if known == 0 or total % known:
             raise ProgramError(f"cannot reshape {tuple(shape)} to {list(spec)}")
         dims[dims.index(-1)] = total // known

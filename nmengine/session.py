@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import kernels
-from .plan import Plan, _Ctx, mask_names, signature_counts
+from .plan import Plan, StepContext, mask_names, signature_counts
 from .program import Program
 from .runtime import bind_inputs
 
@@ -112,7 +112,7 @@ class Session:
         return self._build(key, code, nt, env)
 
     def _build(self, key: tuple, code: int, nt: int, env: dict) -> Plan:
-        ctx = _Ctx(program=self.program, kernel=code, threads=nt, core=self._core, packed=self._packed_for(code),
+        ctx = StepContext(program=self.program, kernel=code, threads=nt, core=self._core, packed=self._packed_for(code),
                    table=self._table, interp=self.program.runtime, masks={})
         counts = dict(zip(self._masks, key[3]))
         plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts)

@@ -23,11 +23,13 @@ import nmengine
 PKG = Path(nmengine.__file__).resolve().parent
 
 #: Function-level imports from the IR up to the layers that use it (importer, imported): the
-#: conveniences ``Program.infer_shapes`` / ``.coverage`` / ``.runtime`` / ``.run`` / ``.profile`` / ``.cost``.
+#: conveniences ``Program.infer_shapes`` / ``.coverage`` / ``.runtime`` / ``.session`` / ``.run`` / ``.profile`` /
+#: ``.cost``.
 CONVENIENCES = {
     ("nmengine.program", "nmengine.shapes"),
     ("nmengine.program", "nmengine.coverage"),
     ("nmengine.program", "nmengine.runtime"),
+    ("nmengine.program", "nmengine.session"),
     ("nmengine.program", "nmengine.cost"),
 }
 
