@@ -542,3 +542,330 @@ def move_rows(cnp.ndarray src, cnp.ndarray dst, cnp.ndarray mask, object zero, i
     with nogil:
         rc = nm_move_rows(ps, pd, pm, pz, rows, rowbytes, unpack, nthreads)
     _check(rc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: a list of the calls above, run in one C call (csrc/nm_plan.h)
+# ---------------------------------------------------------------------------------------------
+from libc.stdlib cimport realloc, free
+from libc.string cimport memset
+
+cdef extern from "nm_plan.h":
+    int NM_STEP_GEMM
+    int NM_STEP_GEMM_PACKED
+    int NM_STEP_SCALE
+    int NM_STEP_PAIRWISE_MAX
+    int NM_STEP_SOFTMAX
+    int NM_STEP_LAYERNORM
+    int NM_STEP_MOVE_ROWS
+    int NM_STEP_WINDOWS
+
+    ctypedef struct nm_windows_args:
+        const float *x
+        float *out
+        int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo
+        int edge, layout
+
+    int nm_windows(const nm_windows_args *a) nogil
+
+    ctypedef struct nm_step_gemm:
+        int64_t P1, P2, M, N, K
+        const float *A
+        Py_ssize_t ps1a, ps2a, rsa, csa
+        const float *B
+        Py_ssize_t ps1b, ps2b, rsb, csb
+        float *C
+        Py_ssize_t ps1c, ps2c, rsc, csc
+        nm_epilogue ep
+
+    ctypedef struct nm_step_packed:
+        int64_t M, N, K
+        const float *A
+        Py_ssize_t rsa, csa
+        const float *Bp
+        float *C
+        Py_ssize_t rsc, csc
+        nm_epilogue ep
+
+    ctypedef struct nm_step_scale:
+        nm_scale_args a
+        float *y
+
+    ctypedef struct nm_step_pmax:
+        const float *x
+        int64_t rows, n
+        float *y
+
+    ctypedef struct nm_step_softmax:
+        const float *s
+        int64_t rows, n
+        const nm_pwl *exp_pwl
+        const nm_pwl *recip_pwl
+        float *m
+        float *e
+        float *r
+        float *p
+
+    ctypedef struct nm_step_move:
+        const void *src
+        void *dst
+        const unsigned char *mask
+        const unsigned char *zero
+        int64_t rows, rowbytes
+        int unpack
+
+    ctypedef union nm_step_u:
+        nm_step_gemm gemm
+        nm_step_packed packed
+        nm_step_scale scale
+        nm_step_pmax pmax
+        nm_step_softmax softmax
+        nm_ln_args ln
+        nm_step_move move
+        nm_windows_args win
+
+    ctypedef struct nm_step:
+        int kind
+        nm_step_u u
+
+    int nm_plan_run(const nm_step *steps, int64_t lo, int64_t hi, int nthreads, int kernel,
+                    int64_t *failed) nogil
+
+
+cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, bint edge, int layout) except -1:
+    if x.ndim != 4 or x.dtype != np.float32 or out.dtype != np.float32 or not x.flags.c_contiguous \
+            or not out.flags.c_contiguous:
+        raise ValueError("windows: x must be a C-contiguous float32 NCHW array and out C-contiguous float32")
+    w.x = _fptr(x)
+    w.out = _fptr(out)
+    w.n, w.c, w.h, w.w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    w.kh, w.kw, w.sh, w.sw, w.ph, w.pw = kh, kw, sh, sw, ph, pw
+    w.ho = (w.h + 2 * ph - kh) // sh + 1
+    w.wo = (w.w + 2 * pw - kw) // sw + 1
+    w.edge = edge
+    w.layout = layout
+    if w.ho < 1 or w.wo < 1 or out.size != w.n * w.c * kh * kw * w.ho * w.wo:
+        raise ValueError("windows: the window does not fit the image, or out has the wrong size")
+    return 0
+
+
+def windows(cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+            int64_t pw, bint edge, int layout) -> None:
+    """Sliding windows of NCHW x into out (nm_windows): layout 0 im2col [N, C*kh*kw, Ho*Wo], layout 1
+    pooling windows [N, C, Ho, Wo, kh*kw]; padding zeros (edge False) or replicated edges."""
+    cdef nm_windows_args w
+    _fill_windows(&w, x, out, kh, kw, sh, sw, ph, pw, edge, layout)
+    cdef int rc
+    with nogil:
+        rc = nm_windows(&w)
+    _check(rc)
+
+
+cdef class CPlan:
+    """A list of core calls recorded once and run in one C call with the GIL released.
+
+    Each ``add_<name>`` takes exactly the arguments of the module function ``<name>`` (including
+    nthreads and kernel, which must be the same for every step) and records that call instead of
+    making it; :meth:`run` makes the recorded calls ``lo..hi`` in order (nm_plan_run), so results are
+    those of the individual calls.  The plan keeps every array and table it points into alive; the
+    caller must not resize or replace them (writing their contents is the point).
+    """
+    cdef nm_step *steps
+    cdef int64_t n, cap
+    cdef list keep
+    cdef readonly int nthreads, kernel
+
+    def __cinit__(self):
+        self.steps = NULL
+        self.n = 0
+        self.cap = 0
+        self.keep = []
+        self.nthreads = -1
+        self.kernel = -1
+
+    def __dealloc__(self):
+        free(self.steps)
+
+    def __len__(self):
+        return self.n
+
+    cdef nm_step *_new(self, int kind, int nthreads, int kernel) except NULL:
+        cdef nm_step *p
+        # nthreads / kernel < 0: a step that does not use them (row moves, windows)
+        if (nthreads >= 0 and self.nthreads >= 0 and nthreads != self.nthreads) or (
+                kernel >= 0 and self.kernel >= 0 and kernel != self.kernel):
+            raise ValueError("CPlan: every step must use the same thread count and kernel")
+        if nthreads >= 0:
+            self.nthreads = nthreads
+        if kernel >= 0:
+            self.kernel = kernel
+        if self.n == self.cap:
+            cap = 16 if self.cap == 0 else 2 * self.cap
+            p = <nm_step *>realloc(self.steps, cap * sizeof(nm_step))
+            if p == NULL:
+                raise MemoryError("CPlan: out of memory")
+            self.steps = p
+            self.cap = cap
+        p = &self.steps[self.n]
+        memset(p, 0, sizeof(nm_step))
+        p.kind = kind
+        self.n += 1
+        return p
+
+    cdef object _prepared(self, object table):
+        if table is None or isinstance(table, PreparedTable):
+            return table
+        return PreparedTable(table)
+
+    def add_sgemm_batched(self, cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row,
+                          object res, int act, object table, int nthreads, int kernel):
+        if a.ndim != 4 or b.ndim != 4 or c.ndim != 4:
+            raise ValueError("sgemm_batched expects 4-D arrays")
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_step *s = self._new(NM_STEP_GEMM, nthreads, kernel)
+        cdef nm_step_gemm *g = &s.u.gemm
+        g.ep = _epilogue(bias_col, bias_row, res, act, table, NULL, None, True)
+        g.P1, g.P2, g.M, g.N, g.K = c.shape[0], c.shape[1], c.shape[2], c.shape[3], a.shape[3]
+        g.A, g.B, g.C = _fptr(a), _fptr(b), _fptr(c)
+        g.ps1a, g.ps2a, g.rsa, g.csa = _es(a, 0), _es(a, 1), _es(a, 2), _es(a, 3)
+        g.ps1b, g.ps2b, g.rsb, g.csb = _es(b, 0), _es(b, 1), _es(b, 2), _es(b, 3)
+        g.ps1c, g.ps2c, g.rsc, g.csc = _es(c, 0), _es(c, 1), _es(c, 2), _es(c, 3)
+        self.keep.append((a, b, c, bias_col, bias_row, res, table))
+
+    def add_sgemm(self, cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, object bias_col, object bias_row,
+                  object res, int act, object table, int nthreads, int kernel):
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_step *s = self._new(NM_STEP_GEMM, nthreads, kernel)
+        cdef nm_step_gemm *g = &s.u.gemm
+        g.ep = _epilogue(bias_col, bias_row, res, act, table, NULL, None)
+        g.P1, g.P2, g.M, g.N, g.K = 1, 1, c.shape[0], c.shape[1], a.shape[1]
+        g.A, g.B, g.C = _fptr(a), _fptr(b), _fptr(c)
+        g.rsa, g.csa, g.rsb, g.csb, g.rsc, g.csc = _es(a, 0), _es(a, 1), _es(b, 0), _es(b, 1), _es(c, 0), _es(c, 1)
+        self.keep.append((a, b, c, bias_col, bias_row, res, table))
+
+    def add_sgemm_packed(self, cnp.ndarray a, cnp.ndarray bp, int64_t N, cnp.ndarray c, object bias_col,
+                         object bias_row, object res, int act, object table, int nthreads, int kernel):
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_step *s = self._new(NM_STEP_GEMM_PACKED, nthreads, kernel)
+        cdef nm_step_packed *g = &s.u.packed
+        g.ep = _epilogue(bias_col, bias_row, res, act, table, NULL, None)
+        g.M, g.N, g.K = a.shape[0], N, a.shape[1]
+        g.A, g.Bp, g.C = _fptr(a), _fptr(bp), _fptr(c)
+        g.rsa, g.csa, g.rsc, g.csc = _es(a, 0), _es(a, 1), _es(c, 0), _es(c, 1)
+        self.keep.append((a, bp, c, bias_col, bias_row, res, table))
+
+    def add_scale(self, cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, object beta,
+                  float res_beta, object mul, int mul_mode, object row_scale, int rs_mode, object col_scale,
+                  int cs_mode, object bias, int b_mode, object bias_row, int br_mode, object res, int res_mode,
+                  int act, object table, int nthreads, int kernel):
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_step *st = self._new(NM_STEP_SCALE, nthreads, kernel)
+        cdef nm_scale_args *s = &st.u.scale.a
+        s.rows = rows
+        s.n = n
+        s.x = _fptr(x)
+        s.has_alpha = alpha is not None
+        s.alpha = <float>alpha if alpha is not None else 1.0
+        s.has_beta = beta is not None
+        s.beta = <float>beta if beta is not None else 0.0
+        s.res_beta = res_beta
+        s.mul = _operand(mul, mul_mode)
+        s.row_scale = _operand(row_scale, rs_mode)
+        s.col_scale = _operand(col_scale, cs_mode)
+        s.bias = _operand(bias, b_mode)
+        s.bias_row = _operand(bias_row, br_mode)
+        s.res = _operand(res, res_mode)
+        s.act = act
+        s.pwl = NULL
+        if act == NM_ACT_PWL:
+            s.pwl = &(<PreparedTable>table).p
+        st.u.scale.y = _fptr(y)
+        self.keep.append((x, y, mul, row_scale, col_scale, bias, bias_row, res, table))
+
+    def add_pairwise_max(self, cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, int nthreads, int kernel):
+        cdef nm_step *s = self._new(NM_STEP_PAIRWISE_MAX, nthreads, kernel)
+        s.u.pmax.x = _fptr(x)
+        s.u.pmax.y = _fptr(y)
+        s.u.pmax.rows = rows
+        s.u.pmax.n = n
+        self.keep.append((x, y))
+
+    def add_softmax_rows(self, cnp.ndarray s_, int64_t rows, int64_t n, object exp_table, object recip_table,
+                         object m, object e, object r, cnp.ndarray p, int nthreads, int kernel):
+        exp_table = self._prepared(exp_table)
+        recip_table = self._prepared(recip_table)
+        cdef nm_step *s = self._new(NM_STEP_SOFTMAX, nthreads, kernel)
+        cdef nm_step_softmax *f = &s.u.softmax
+        f.s = _fptr(s_)
+        f.rows = rows
+        f.n = n
+        f.exp_pwl = &(<PreparedTable>exp_table).p
+        f.recip_pwl = &(<PreparedTable>recip_table).p
+        f.m = _optr(m)
+        f.e = _optr(e)
+        f.r = _optr(r)
+        f.p = _fptr(p)
+        self.keep.append((s_, exp_table, recip_table, m, e, r, p))
+
+    def add_layernorm_rows(self, cnp.ndarray x, int64_t rows, int64_t n, cnp.ndarray w_mean, cnp.ndarray w_var,
+                           float eps, object rsqrt_table, object gamma, object beta, object mean, object c,
+                           object sq, object rstd, cnp.ndarray y, int nthreads, int kernel):
+        rsqrt_table = self._prepared(rsqrt_table)
+        cdef nm_step *s = self._new(NM_STEP_LAYERNORM, nthreads, kernel)
+        cdef nm_ln_args *a = &s.u.ln
+        a.rows = rows
+        a.n = n
+        a.x = _fptr(x)
+        a.w_mean = _fptr(w_mean)
+        a.w_var = _fptr(w_var)
+        a.gamma = _optr(gamma)
+        a.beta = _optr(beta)
+        a.eps = eps
+        a.rsqrt = &(<PreparedTable>rsqrt_table).p
+        a.mean = _optr(mean)
+        a.c = _optr(c)
+        a.sq = _optr(sq)
+        a.rstd = _optr(rstd)
+        a.y = _fptr(y)
+        self.keep.append((x, w_mean, w_var, rsqrt_table, gamma, beta, mean, c, sq, rstd, y))
+
+    def add_move_rows(self, cnp.ndarray src, cnp.ndarray dst, cnp.ndarray mask, object zero, int64_t rows,
+                      int64_t rowbytes, bint unpack, int nthreads):
+        cdef nm_step *s = self._new(NM_STEP_MOVE_ROWS, nthreads, -1)
+        cdef cnp.ndarray za
+        s.u.move.src = cnp.PyArray_DATA(src)
+        s.u.move.dst = cnp.PyArray_DATA(dst)
+        s.u.move.mask = <const unsigned char *>cnp.PyArray_DATA(mask)
+        s.u.move.zero = NULL
+        if zero is not None:
+            za = zero
+            s.u.move.zero = <const unsigned char *>cnp.PyArray_DATA(za)
+        s.u.move.rows = rows
+        s.u.move.rowbytes = rowbytes
+        s.u.move.unpack = unpack
+        self.keep.append((src, dst, mask, zero))
+
+    def add_windows(self, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                    int64_t ph, int64_t pw, bint edge, int layout):
+        cdef nm_windows_args w
+        _fill_windows(&w, x, out, kh, kw, sh, sw, ph, pw, edge, layout)
+        cdef nm_step *s = self._new(NM_STEP_WINDOWS, -1, -1)
+        s.u.win = w
+        self.keep.append((x, out))
+
+    def run(self, int64_t lo, int64_t hi) -> None:
+        """Make the recorded calls lo..hi (GIL released)."""
+        cdef int rc
+        cdef int64_t failed = 0
+        if lo < 0 or hi > self.n or lo > hi:
+            raise IndexError(f"CPlan.run({lo}, {hi}) outside 0..{self.n}")
+        cdef int kernel = self.kernel if self.kernel >= 0 else NM_KERNEL_SCALAR
+        cdef int nthreads = self.nthreads if self.nthreads >= 1 else 1
+        with nogil:
+            rc = nm_plan_run(self.steps, lo, hi, nthreads, kernel, &failed)
+        if rc != NM_OK:
+            try:
+                _check(rc)
+            except (MemoryError, ValueError) as e:
+                raise type(e)(f"{e} (plan step {failed})") from None

@@ -41,6 +41,7 @@ import numpy as np
 
 from .cache import cached, code_fingerprint, file_fingerprint
 from .compile.budget import add_segments_args, segments_options
+from .session import Session
 from .spec import InputSpec, Layer, ModelSpec
 
 __all__ = [
@@ -726,6 +727,8 @@ class SentenceEmbedder:
         elif load_options:
             raise TypeError(f"load options {sorted(load_options)} cannot be used with an existing program")
         self.program = program
+        #: runs the program (matrixized): compiled plans per batch shape, shared by with_mode copies
+        self.session = Session(program)
         outs = list(program.outputs)
         if outs == ["sentence_embedding"]:
             self._pooled = True
@@ -764,7 +767,7 @@ class SentenceEmbedder:
                         pad_id=self.config.pad_token_id, pad_to=pad_to)
 
     def _forward(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        y = self.program.run(dict(batch), mode=self.mode)
+        y = self.session.run(dict(batch)) if self.mode == "matrixized" else self.program.run(dict(batch), mode=self.mode)
         if self._pooled:
             return np.asarray(y, dtype=np.float32)
         # the Program returned token states: pool (and normalise, if the pipeline does) on the host

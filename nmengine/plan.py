@@ -17,6 +17,11 @@ Bound plan runs one call at a time (the session keeps a pool of them per plan, s
 each get their own arena); running it copies the inputs into the arena, calls each step with no other
 Python work, and copies the outputs out.
 
+Steps that are core calls are then recorded, run by run, into a ``CPlan`` of the compiled core
+(csrc/nm_plan.c): each run of consecutive core calls becomes one call into C that makes them all with
+the GIL released.  Steps with no core function (``gather``, ``positions``, im2col and the other numpy
+movement, the interpreter fallback) stay Python calls between the runs.
+
 Each op kind has one step builder in :data:`BUILDERS` (``builder(ctx, op, bufs) -> (fn, args) | None``):
 the place to hook a new kernel in (e.g. an int8 GEMM).  An op kind without a builder, or an operand
 layout a builder does not cover, runs through the interpreter (:meth:`nmengine.runtime.Runtime.exec_op`,
@@ -26,6 +31,7 @@ then copied into the arena), which gives the same bits, only slower.
 from __future__ import annotations
 
 import queue
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -33,7 +39,8 @@ import numpy as np
 
 from . import kernels, movement
 from .program import Op, Program, ProgramError, apply_view, expand
-from .shapes import op_shape
+from .runtime import scale_numpy
+from .shapes import op_shape, pair
 
 __all__ = ["Plan", "Bound", "BUILDERS", "StepContext", "mask_names", "signature_counts"]
 
@@ -107,9 +114,11 @@ class _Allocator:
 class Plan:
     """A Program resolved for one signature; see the module docstring."""
 
-    def __init__(self, ctx: StepContext, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int]) -> None:
+    def __init__(self, ctx: StepContext, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int],
+                 *, c_executor: bool = True) -> None:
         prog = ctx.program
         self.ctx = ctx
+        self.c_executor = c_executor
         self.input_shapes = dict(input_shapes)
         shapes: dict[str, tuple[int, ...]] = dict(input_shapes)
         dtypes: dict[str, Any] = {n: (np.int64 if s.dtype == "int64" else np.float32) for n, s in prog.inputs.items()}
@@ -201,7 +210,19 @@ class Plan:
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
             own(name)
         release(-1)
+        #: op index -> [(operand, float32 copy)]: GEMM operands of another dtype (e.g. an int64 mask),
+        #: cast in the arena right before the op (what the GEMM API's cast does)
+        self.casts: dict[int, list[tuple[str, str]]] = {}
         for i, op in enumerate(prog.ops):
+            if op.kind in ("gemm", "gemm_batched"):
+                for role in ("a", "b"):
+                    name = op.args[role]
+                    if self.dtypes[name] != np.float32:
+                        cast = f"{name}#f32@{i}"
+                        self.shapes[cast], self.dtypes[cast] = self.shapes[name], np.float32
+                        last[cast] = i
+                        own(cast)
+                        self.casts.setdefault(i, []).append((name, cast))
             if op.out not in self.alias and op.out not in consts:
                 own(op.out)
             release(i)
@@ -225,7 +246,7 @@ class Plan:
             bufs[name] = view(name)
         steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) for m, b in self.mask_bufs.items()]
         c = StepContext(**{**ctx.__dict__, "masks": self.mask_bufs})
-        for op in prog.ops:
+        for i, op in enumerate(prog.ops):
             if op.out in self.alias:
                 src, fn = self.alias[op.out]
                 bufs[op.out] = fn(bufs[src])
@@ -233,13 +254,20 @@ class Plan:
             bufs[op.out] = view(op.out)
             if bufs[op.out].size == 0:
                 continue
+            operands: Mapping[str, np.ndarray] = bufs
+            if i in self.casts:
+                cast = {name: view(c_name) for name, c_name in self.casts[i]}
+                steps += [(np.copyto, (cast[name], bufs[name], "unsafe")) for name in cast]
+                operands = ChainMap(cast, bufs)
             builder = BUILDERS.get(op.kind)
-            step = builder(c, op, bufs) if builder is not None else None
+            step = builder(c, op, operands) if builder is not None else None
             if step is None:
-                step = (_interpret, (c, op, bufs))
+                step = (_interpret, (c, op, operands))
             steps.append(step)
         inputs = [(name, bufs[name]) for name in prog.inputs]
         outputs = [(name, bufs[name]) for name in prog.outputs]
+        if self.c_executor:
+            steps = _to_c(ctx.core, steps)
         return Bound(raw, inputs, steps, outputs)
 
     def take(self) -> "Bound":
@@ -266,6 +294,33 @@ class Bound:
         for fn, args in self.steps:
             fn(*args)
         return {name: arr.copy() for name, arr in self.outputs}
+
+
+def _to_c(core: Any, steps: list[Step]) -> list[Step]:
+    """Runs of consecutive core calls recorded into one ``core.CPlan``: each run becomes one step
+    that makes all its calls in C with the GIL released; other steps stay as they are."""
+    cplan = core.CPlan()
+    out: list[Step] = []
+    lo = None
+    for fn, args in steps:
+        name = getattr(fn, "__name__", "")
+        if name in C_CALLS and fn is getattr(core, name, None):
+            getattr(cplan, "add_" + name)(*args)
+            if lo is None:
+                lo = len(cplan) - 1
+            continue
+        if lo is not None:
+            out.append((cplan.run, (lo, len(cplan))))
+            lo = None
+        out.append((fn, args))
+    if lo is not None:
+        out.append((cplan.run, (lo, len(cplan))))
+    return out
+
+
+#: Core functions a CPlan can record (``CPlan.add_<name>`` takes the function's arguments).
+C_CALLS = frozenset({"sgemm", "sgemm_packed", "sgemm_batched", "scale", "pairwise_max", "softmax_rows",
+                     "layernorm_rows", "move_rows", "windows"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,12 +420,27 @@ def _gemm_batched(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return ctx.core.sgemm_batched, (A4, B4, C4, bias, bias_row, R4, code, table, ctx.threads, ctx.kernel)
 
 
+def _scale_numpy_step(ctx: StepContext, op: Op, bufs) -> Step:
+    """The numpy path of a scale op (layouts and dtypes the C kernel does not take)."""
+    env = {name: bufs[name] for name in op.args.values()}
+    y = bufs[op.out]
+    pwl = None
+    if op.epilogue.get("act") == "pwl":
+        flat = y.reshape(-1)
+        table = ctx.table(op.epilogue["table"])
+        core, nt, kc = ctx.core, ctx.threads, ctx.kernel
+
+        def pwl(_y: np.ndarray) -> None:
+            core.pwl_apply(table, flat, flat, nt, kc)
+    return scale_numpy, (y, env[op.args["x"]], op, env, pwl)
+
+
 def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     core, a_, at = ctx.core, op.args, op.attrs
     x, y = bufs[a_["x"]], bufs[op.out]
     shape = x.shape
     if not shape or x.shape != y.shape or not _c_contig_f32(x):
-        return None
+        return _scale_numpy_step(ctx, op, bufs)
     n = shape[-1]
     call: list[Any] = []
     for role in kernels.SCALE_ROLES:
@@ -380,7 +450,7 @@ def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
         v = bufs[a_[role]]
         s = v.shape
         if not _c_contig_f32(v):
-            return None
+            return _scale_numpy_step(ctx, op, bufs)
         if s == shape:
             mode = core.BC_FULL
         elif v.size == 1 and len(s) <= len(shape):
@@ -390,7 +460,7 @@ def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
         elif s[-1:] == (n,) and len(s) <= len(shape) and v.size == n:
             mode = core.BC_COL
         else:
-            return None
+            return _scale_numpy_step(ctx, op, bufs)
         call += [v, mode]
     alpha, beta = at.get("alpha", 1.0), at.get("beta", 0.0)
     code, table = _act(ctx, op.epilogue)
@@ -473,8 +543,19 @@ def _transpose(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return np.copyto, (bufs[op.out], bufs[op.args["x"]].transpose(op.attrs["perm"]))
 
 
+def _windows(ctx: StepContext, op: Op, bufs, layout: int) -> Optional[Step]:
+    x, out, at = bufs[op.args["x"]], bufs[op.out], op.attrs
+    if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return None
+    kh, kw = pair(at["kernel"])
+    sh, sw = pair(at.get("stride", 1 if layout == 0 else at["kernel"]))
+    ph, pw = pair(at.get("padding", 0))
+    edge = layout == 1 and at.get("pad", "zero") == "edge"
+    return ctx.core.windows, (x, out, kh, kw, sh, sw, ph, pw, edge, layout)
+
+
 def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
-    return movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out])
+    return _windows(ctx, op, bufs, 0) or (movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out]))
 
 
 def _copy_of(fn: Callable[..., np.ndarray]) -> Callable[..., None]:
@@ -488,7 +569,7 @@ _patch_step = _copy_of(movement.patchify)
 
 
 def _pool_windows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
-    return _pool_step, (bufs[op.out], bufs[op.args["x"]], op.attrs)
+    return _windows(ctx, op, bufs, 1) or (_pool_step, (bufs[op.out], bufs[op.args["x"]], op.attrs))
 
 
 def _patchify(ctx: StepContext, op: Op, bufs) -> Optional[Step]:

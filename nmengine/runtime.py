@@ -26,7 +26,7 @@ import numpy as np
 from . import kernels, movement, shapes
 from .program import Op, Program, ProgramError, resolve_reshape, apply_view
 
-__all__ = ["Runtime", "Arena", "MODES", "bind_inputs"]
+__all__ = ["Runtime", "Arena", "MODES", "bind_inputs", "scale_numpy"]
 
 MODES = ("matrixized", "exact")
 
@@ -86,6 +86,42 @@ def bind_inputs(program: Program, inputs: Any) -> dict[str, np.ndarray]:
             raise ProgramError(f"input {name!r} must have shape {want}, got {arr.shape}")
         env[name] = arr
     return env
+
+
+def scale_numpy(y: np.ndarray, x: np.ndarray, op: Op, env: Mapping[str, np.ndarray],
+                pwl_after: Callable[[np.ndarray], None]) -> np.ndarray:
+    """A ``scale`` op step by step in numpy into ``y`` (the output shape), for the operand layouts and
+    dtypes the C kernel does not take (e.g. an int64 mask, or operands larger than x); ``pwl_after(y)``
+    applies a PWL epilogue in place."""
+    args, attrs = op.args, op.attrs
+    alpha = attrs.get("alpha", 1.0)
+    if alpha != 1.0:
+        np.multiply(x, np.float32(alpha), out=y, casting="unsafe")
+    else:
+        np.copyto(y, np.broadcast_to(x, y.shape), casting="unsafe")
+    for role in ("mul", "row_scale", "col_scale"):
+        if role in args:
+            np.multiply(y, env[args[role]], out=y, casting="unsafe")
+    beta = attrs.get("beta", 0.0)
+    if beta != 0.0:
+        np.add(y, np.float32(beta), out=y)
+    for role in ("bias", "bias_row"):
+        if role in args:
+            np.add(y, env[args[role]], out=y, casting="unsafe")
+    if "res" in args:
+        res_beta = attrs.get("res_beta", 1.0)
+        if res_beta == 1.0:
+            np.add(y, env[args["res"]], out=y, casting="unsafe")
+        elif res_beta == -1.0:
+            np.subtract(y, env[args["res"]], out=y, casting="unsafe")
+        else:
+            np.add(y, np.float32(res_beta) * env[args["res"]], out=y, casting="unsafe")
+    act = op.epilogue.get("act", "none")
+    if act == "relu":
+        np.maximum(y, np.float32(0), out=y)
+    elif act == "pwl":
+        pwl_after(y)
+    return y
 
 
 class Runtime:
@@ -337,35 +373,4 @@ class Runtime:
             if act == "pwl" and fused is None:
                 self._pwl_after(op, y, mode, record)
             return y
-        return self._scale_numpy(y, x, shape, op, env, mode, record)
-
-    def _scale_numpy(self, y, x, shape, op, env, mode, record):
-        args, attrs = op.args, op.attrs
-        alpha = attrs.get("alpha", 1.0)
-        if alpha != 1.0:
-            np.multiply(x, np.float32(alpha), out=y, casting="unsafe")
-        else:
-            np.copyto(y, np.broadcast_to(x, shape), casting="unsafe")
-        for role in ("mul", "row_scale", "col_scale"):
-            if role in args:
-                np.multiply(y, env[args[role]], out=y, casting="unsafe")
-        beta = attrs.get("beta", 0.0)
-        if beta != 0.0:
-            np.add(y, np.float32(beta), out=y)
-        for role in ("bias", "bias_row"):
-            if role in args:
-                np.add(y, env[args[role]], out=y, casting="unsafe")
-        if "res" in args:
-            res_beta = attrs.get("res_beta", 1.0)
-            if res_beta == 1.0:
-                np.add(y, env[args["res"]], out=y, casting="unsafe")
-            elif res_beta == -1.0:
-                np.subtract(y, env[args["res"]], out=y, casting="unsafe")
-            else:
-                np.add(y, np.float32(res_beta) * env[args["res"]], out=y, casting="unsafe")
-        act = op.epilogue.get("act", "none")
-        if act == "relu":
-            np.maximum(y, np.float32(0), out=y)
-        elif act == "pwl":
-            self._pwl_after(op, y, mode, record)
-        return y
+        return scale_numpy(y, x, op, env, lambda v: self._pwl_after(op, v, mode, record))

@@ -46,10 +46,13 @@ class Session:
         ``NMENGINE_KERNEL`` at each call.
     cache_size:
         Most plans kept (least recently used dropped first).
+    executor:
+        "c" (default): runs of core calls execute in one C call each (csrc/nm_plan.c); "python": one
+        Python call per op (the same core functions, the same bits; for comparison and debugging).
     """
 
     def __init__(self, program_or_path: Any, *, threads: Optional[int] = None, kernel: Optional[str] = None,
-                 cache_size: int = 16) -> None:
+                 cache_size: int = 16, executor: str = "c") -> None:
         if isinstance(program_or_path, (str, os.PathLike)):
             from .bundle import load
 
@@ -61,6 +64,9 @@ class Session:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
+        if executor not in ("c", "python"):
+            raise ValueError(f"executor must be 'c' or 'python', got {executor!r}")
+        self.executor = executor
         self.program = program_or_path
         self.threads = None if threads is None else int(threads)
         self.kernel = kernel
@@ -115,7 +121,7 @@ class Session:
         ctx = StepContext(program=self.program, kernel=code, threads=nt, core=self._core, packed=self._packed_for(code),
                    table=self._table, interp=self.program.runtime, masks={})
         counts = dict(zip(self._masks, key[3]))
-        plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts)
+        plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts, c_executor=self.executor == "c")
         with self._lock:
             plan = self._plans.setdefault(key, plan)
             self._plans.move_to_end(key)

@@ -190,3 +190,31 @@ def test_thread_count_does_not_change_bits(bert):
     outs = [nm.Session(bert, threads=n).run(inp) for n in (1, 2, 4)]
     _same(outs[0], outs[1])
     _same(outs[0], outs[2])
+
+
+def test_c_executor_matches_python_steps(bert, cnn):
+    """executor="c" runs runs of core calls in one C call each: same bits, far fewer Python steps."""
+    for prog, inputs in ((bert, [_padded(4, 3, 11), _full(5, 2, 6)]),
+                         (cnn, [np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)])):
+        fast, slow = nm.Session(prog, threads=2), nm.Session(prog, threads=2, executor="python")
+        for inp in inputs:
+            _same(fast.run(inp), slow.run(inp))
+            assert fast.plan_info(inp)["steps"] < slow.plan_info(inp)["steps"]
+    with pytest.raises(ValueError, match="executor"):
+        nm.Session(bert, executor="gpu")
+
+
+def test_cplan_records_and_checks():
+    core = kernels.compiled_core()
+    a = np.ones((3, 4), np.float32)
+    b = np.full((4, 2), 2.0, np.float32)
+    c = np.zeros((3, 2), np.float32)
+    plan = core.CPlan()
+    plan.add_sgemm(a, b, c, None, None, None, core.ACT_NONE, None, 1, kernels.kernel_code())
+    assert len(plan) == 1 and not c.any()  # recorded, not run
+    plan.run(0, 1)
+    np.testing.assert_array_equal(c, np.full((3, 2), 8.0))
+    with pytest.raises(ValueError, match="same thread count"):
+        plan.add_pairwise_max(a, c[:, :1].copy(), 3, 4, 2, kernels.kernel_code())
+    with pytest.raises(IndexError):
+        plan.run(0, 5)

@@ -1,0 +1,86 @@
+/* The plan executor (nm_plan.h): a loop over core calls. */
+#include "nm_plan.h"
+
+static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+int nm_windows(const nm_windows_args *a)
+{
+    if (!a || !a->x || !a->out || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1
+        || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0)
+        return NM_EINVAL;
+    const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
+    for (int64_t img = 0; img < a->n; img++)
+        for (int64_t ch = 0; ch < a->c; ch++) {
+            const float *src = a->x + (img * a->c + ch) * a->h * a->w;
+            for (int64_t i = 0; i < a->kh; i++)
+                for (int64_t j = 0; j < a->kw; j++)
+                    for (int64_t oy = 0; oy < a->ho; oy++) {
+                        int64_t y = oy * a->sh + i - a->ph;
+                        int inside_y = y >= 0 && y < a->h;
+                        int64_t yc = clamp64(y, 0, a->h - 1);
+                        for (int64_t ox = 0; ox < a->wo; ox++) {
+                            int64_t xx = ox * a->sw + j - a->pw;
+                            float v;
+                            if (inside_y && xx >= 0 && xx < a->w) v = src[y * a->w + xx];
+                            else if (a->edge) v = src[yc * a->w + clamp64(xx, 0, a->w - 1)];
+                            else v = 0.0f;
+                            int64_t o;
+                            if (a->layout == 0)
+                                o = (img * a->c * kk + (ch * a->kh + i) * a->kw + j) * hw + oy * a->wo + ox;
+                            else
+                                o = (((img * a->c + ch) * a->ho + oy) * a->wo + ox) * kk + i * a->kw + j;
+                            a->out[o] = v;
+                        }
+                    }
+        }
+    return NM_OK;
+}
+
+static int run_step(const nm_step *s, int nthreads, int kernel)
+{
+    switch (s->kind) {
+    case NM_STEP_GEMM: {
+        const nm_step_gemm *g = &s->u.gemm;
+        return nm_sgemm_batched(g->P1, g->P2, g->M, g->N, g->K, g->A, g->ps1a, g->ps2a, g->rsa, g->csa,
+                                g->B, g->ps1b, g->ps2b, g->rsb, g->csb, g->C, g->ps1c, g->ps2c, g->rsc, g->csc,
+                                &g->ep, nthreads, kernel);
+    }
+    case NM_STEP_GEMM_PACKED: {
+        const nm_step_packed *g = &s->u.packed;
+        return nm_sgemm_packed(g->M, g->N, g->K, g->A, g->rsa, g->csa, g->Bp, g->C, g->rsc, g->csc, &g->ep,
+                               nthreads, kernel);
+    }
+    case NM_STEP_SCALE:
+        return nm_scale(&s->u.scale.a, s->u.scale.y, nthreads, kernel);
+    case NM_STEP_PAIRWISE_MAX:
+        return nm_pairwise_max(s->u.pmax.x, s->u.pmax.rows, s->u.pmax.n, s->u.pmax.y, nthreads, kernel);
+    case NM_STEP_SOFTMAX: {
+        const nm_step_softmax *f = &s->u.softmax;
+        return nm_softmax_rows(f->s, f->rows, f->n, f->exp_pwl, f->recip_pwl, f->m, f->e, f->r, f->p, nthreads,
+                               kernel);
+    }
+    case NM_STEP_LAYERNORM:
+        return nm_layernorm_rows(&s->u.ln, nthreads, kernel);
+    case NM_STEP_MOVE_ROWS: {
+        const nm_step_move *m = &s->u.move;
+        return nm_move_rows(m->src, m->dst, m->mask, m->zero, m->rows, m->rowbytes, m->unpack, nthreads);
+    }
+    case NM_STEP_WINDOWS:
+        return nm_windows(&s->u.win);
+    default:
+        return NM_EINVAL;
+    }
+}
+
+int nm_plan_run(const nm_step *steps, int64_t lo, int64_t hi, int nthreads, int kernel, int64_t *failed)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        int rc = run_step(&steps[i], nthreads, kernel);
+        if (rc != NM_OK) {
+            if (failed) *failed = i;
+            return rc;
+        }
+    }
+    if (failed) *failed = hi;
+    return NM_OK;
+}

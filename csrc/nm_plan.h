@@ -1,0 +1,90 @@
+/* A plan executor: runs a list of core calls (GEMM, scale, pairwise max, fused softmax / LayerNorm
+ * rows, token row moves) in one C call, so a whole network runs without returning to the caller.
+ *
+ * Each step holds the exact arguments of one core function (nm_gemm.h, nm_rowops.h); running the list
+ * calls those functions in order with the given thread count and kernel, so results are those of the
+ * individual calls, bit for bit.  The caller keeps every pointed-to buffer and table alive and
+ * unchanged-in-layout while the list runs.  This layer knows nothing of Python.
+ */
+#ifndef NM_PLAN_H
+#define NM_PLAN_H
+#include <stddef.h>
+#include <stdint.h>
+#include "nm_gemm.h"
+#include "nm_rowops.h"
+
+enum {
+    NM_STEP_GEMM = 1,      /* nm_sgemm_batched (a plain GEMM is a 1 x 1 batch) */
+    NM_STEP_GEMM_PACKED,   /* nm_sgemm_packed */
+    NM_STEP_SCALE,         /* nm_scale */
+    NM_STEP_PAIRWISE_MAX,  /* nm_pairwise_max */
+    NM_STEP_SOFTMAX,       /* nm_softmax_rows */
+    NM_STEP_LAYERNORM,     /* nm_layernorm_rows */
+    NM_STEP_MOVE_ROWS,     /* nm_move_rows */
+    NM_STEP_WINDOWS        /* nm_windows */
+};
+
+/* Sliding windows of an NCHW float32 image batch x[n, c, h, w] (C order), for convolution (im2col)
+ * and pooling; a pure copy.  Output element (img, ch, i, j, oy, ox) reads x[img, ch, oy*sh + i - ph,
+ * ox*sw + j - pw]; outside the image it is 0.0 (edge == 0) or the nearest edge pixel (edge == 1).
+ *   layout 0 (im2col):       out[img, (ch*kh + i)*kw + j, oy*wo + ox]
+ *   layout 1 (pool windows): out[img, ch, oy, ox, i*kw + j]
+ * ho = (h + 2ph - kh) / sh + 1, wo likewise (the caller checks ho, wo >= 1). */
+typedef struct nm_windows_args {
+    const float *x; float *out;
+    int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo;
+    int edge, layout;
+} nm_windows_args;
+int nm_windows(const nm_windows_args *a);
+
+typedef struct nm_step_gemm {
+    int64_t P1, P2, M, N, K;
+    const float *A; ptrdiff_t ps1a, ps2a, rsa, csa;
+    const float *B; ptrdiff_t ps1b, ps2b, rsb, csb;
+    float *C; ptrdiff_t ps1c, ps2c, rsc, csc;
+    nm_epilogue ep;
+} nm_step_gemm;
+
+typedef struct nm_step_packed {
+    int64_t M, N, K;
+    const float *A; ptrdiff_t rsa, csa;
+    const float *Bp;
+    float *C; ptrdiff_t rsc, csc;
+    nm_epilogue ep;
+} nm_step_packed;
+
+typedef struct nm_step_pmax { const float *x; int64_t rows, n; float *y; } nm_step_pmax;
+
+typedef struct nm_step_softmax {
+    const float *s; int64_t rows, n;
+    const nm_pwl *exp_pwl, *recip_pwl;
+    float *m, *e, *r, *p;
+} nm_step_softmax;
+
+typedef struct nm_step_move {
+    const void *src; void *dst; const unsigned char *mask, *zero;
+    int64_t rows, rowbytes; int unpack;
+} nm_step_move;
+
+typedef struct nm_step_scale { nm_scale_args a; float *y; } nm_step_scale;
+
+typedef union nm_step_u {
+    nm_step_gemm gemm;
+    nm_step_packed packed;
+    nm_step_scale scale;
+    nm_step_pmax pmax;
+    nm_step_softmax softmax;
+    nm_ln_args ln;
+    nm_step_move move;
+    nm_windows_args win;
+} nm_step_u;
+
+typedef struct nm_step {
+    int kind; /* NM_STEP_* */
+    nm_step_u u;
+} nm_step;
+
+/* Run steps[lo..hi) in order.  Returns NM_OK, or the first failing step's code; *failed (may be NULL)
+ * receives that step's index (hi when all succeed).  An unknown kind is NM_EINVAL. */
+int nm_plan_run(const nm_step *steps, int64_t lo, int64_t hi, int nthreads, int kernel, int64_t *failed);
+#endif
