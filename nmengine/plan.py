@@ -4,8 +4,9 @@ A :class:`Plan` is built by :class:`nmengine.session.Session` for one *signature
 thread count, every input's shape and the number of real tokens of every token mask, which fixes the
 packed row counts).  Building it resolves, once:
 
-* the shape of every buffer, and which buffers are *views* of others (``reshape``, ``slice_rows``, and
-  ``pack``/``unpack`` of a batch without padding cost nothing at run time);
+* the shape of every buffer, and which buffers are *views* of others (``reshape``, ``slice_rows``,
+  ``pack``/``unpack`` of a batch without padding, and any op identical to an earlier one -- same kind,
+  operands and attributes -- cost nothing at run time);
 * a buffer plan: every other buffer gets an offset in one arena, reusing memory by liveness (a buffer
   is free after the last op that reads it, directly or through a view); :attr:`Plan.peak_bytes` is
   the arena size;
@@ -30,6 +31,7 @@ then copied into the arena), which gives the same bits, only slower.
 
 from __future__ import annotations
 
+import json
 import queue
 from collections import ChainMap
 from dataclasses import dataclass
@@ -46,6 +48,10 @@ __all__ = ["Plan", "Bound", "BUILDERS", "StepContext", "mask_names", "signature_
 
 ALIGN = 64
 Step = tuple[Callable[..., Any], tuple]
+
+
+def _same_view(v: np.ndarray) -> np.ndarray:
+    return v
 
 
 def mask_names(program: Program) -> list[str]:
@@ -127,7 +133,17 @@ class Plan:
             dtypes[name] = arr.dtype
         #: name -> (root, view function) for views; roots map to themselves
         self.alias: dict[str, tuple[str, Optional[Callable[[np.ndarray], np.ndarray]]]] = {}
+        seen: dict[str, str] = {}
         for op in prog.ops:
+            # an op identical to an earlier one (same kind, operands and attributes: e.g. the attention
+            # mask bias every layer recomputes) is a view of that op's result
+            key = json.dumps([op.kind, sorted(op.args.items()), op.attrs], sort_keys=True, default=str)
+            if key in seen:
+                first = seen[key]
+                self.alias[op.out] = (first, _same_view)
+                shapes[op.out], dtypes[op.out] = shapes[first], dtypes[first]
+                continue
+            seen[key] = op.out
             shapes[op.out], dtypes[op.out] = self._shape(op, shapes, dtypes, counts)
         self.shapes, self.dtypes = shapes, dtypes
         self._plan_buffers(prog, counts)

@@ -218,3 +218,13 @@ def test_cplan_records_and_checks():
         plan.add_pairwise_max(a, c[:, :1].copy(), 3, 4, 2, kernels.kernel_code())
     with pytest.raises(IndexError):
         plan.run(0, 5)
+
+
+def test_identical_ops_computed_once(bert):
+    """Every layer's attention-mask bias is the same op: the plan computes it once (a view after)."""
+    inp = _padded(6, 3, 9)
+    plan = nm.Session(bert).plan_for(inp)
+    bias_ops = [op.out for op in bert.ops if op.kind == "scale" and op.args == {"x": "mask"}]
+    assert len(bias_ops) >= 2
+    assert bias_ops[0] in plan.offsets and all(plan.root(o) == bias_ops[0] for o in bias_ops[1:])
+    _same(nm.Session(bert).run(inp), _interp(bert, inp))

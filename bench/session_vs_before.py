@@ -1,0 +1,99 @@
+"""nm.Session vs the runtime before #11, and MiniLM vs ONNX Runtime, timed in turn in one process (#11).
+
+    git archive 2750df0 | tar x -C /tmp/before && (cd /tmp/before && python setup.py build_ext --inplace -q)
+    mv /tmp/before/nmengine /tmp/before/nmengine_old      # the old package under another name
+    python -m bench.session_vs_before /tmp/before DIR       # DIR: cnn.nmb, vit.nmb, minilm.nmb + inputs.npz
+
+DIR holds bundles of the digits CNN / ViT and MiniLM and ``inputs.npz`` (keys ``cnn/b1|x``,
+``vit/b1|x``) written by any nmengine; both engines load the same files.  Prints median times and
+ratios: digits batch 1, MiniLM batch 1 / 32 real sentences / fixed 32 x 128 (2 threads), with ORT
+(``session.intra_op.allow_spinning=0``) and ``SentenceEmbedder.encode`` (tokenization included).
+"""
+
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(1, sys.argv[1])
+
+import numpy as np  # noqa: E402
+
+import nmengine as nm  # noqa: E402
+import nmengine_old as old  # noqa: E402
+from nmengine import corpus, hf  # noqa: E402
+
+ref = sys.argv[2]
+T = 2
+
+
+def digits() -> None:
+    raw = np.load(f"{ref}/inputs.npz")
+    nm.set_num_threads(T)
+    old.set_num_threads(T)
+    for label, name in (("cnn b1", "cnn"), ("vit b1", "vit")):
+        inp = {"x": raw[f"{name}/b1|x"]}
+        po, pn = old.load(f"{ref}/{name}.nmb"), nm.load(f"{ref}/{name}.nmb")
+        sess = nm.Session(pn)
+        fo, fn = (lambda: po.run(inp)), (lambda: sess.run(inp))
+        assert np.asarray(fo()).tobytes() == np.asarray(fn()).tobytes()
+        to, tn = [], []
+        for _ in range(200):
+            t0 = time.perf_counter(); fo(); to.append(time.perf_counter() - t0)  # noqa: E702
+            t0 = time.perf_counter(); fn(); tn.append(time.perf_counter() - t0)  # noqa: E702
+        mo, mn = np.median(to) * 1e3, np.median(tn) * 1e3
+        print(f"{label:10s} before {mo:8.3f} ms  session {mn:8.3f} ms  speed-up {mo / mn:5.2f}x")
+
+
+def minilm() -> None:
+    import torch, onnxruntime as ort, transformers
+    nm.set_num_threads(T); old.set_num_threads(T); torch.set_num_threads(T)
+    md = hf.default_model_dir()
+    prog = nm.load(f"{ref}/minilm.nmb"); prog_old = old.load(f"{ref}/minilm.nmb")
+    emb = hf.SentenceEmbedder(program=prog)
+    sess = nm.Session(prog, threads=T)
+    tok = hf.load_tokenizer(md)
+    sents = corpus.sentences(64)
+    long_texts = [" ".join(sents[i:] + sents[:i]) for i in range(32)]
+    inputs = {"batch1": hf.tokenize(tok, sents[40:41]), "batch32": hf.tokenize(tok, sents[:32]),
+              "fixed32x128": hf.tokenize(tok, long_texts, max_length=128)}
+    class Pooled(torch.nn.Module):
+        def __init__(s, b): super().__init__(); s.bert = b
+        def forward(s, i, t, m):
+            h = s.bert(input_ids=i, token_type_ids=t, attention_mask=m).last_hidden_state
+            mm = m.unsqueeze(-1).to(h.dtype); e = (h * mm).sum(1) / mm.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(e, dim=1)
+    model = Pooled(transformers.BertModel.from_pretrained(md)).eval()
+    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    ex = tuple(torch.from_numpy(inputs["batch32"][k]) for k in hf.INPUT_NAMES)
+    axes = {k: {0: "b", 1: "t"} for k in hf.INPUT_NAMES}; axes["e"] = {0: "b"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, ex, path, input_names=list(hf.INPUT_NAMES), output_names=["e"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    so = ort.SessionOptions(); so.intra_op_num_threads = T; so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    osess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    one = sents[40]
+    for scen, b in inputs.items():
+        n = b["input_ids"].shape[0]
+        eng = {"nm-session": lambda: sess.run(b), "nm-before": lambda: prog_old.run(b),
+               "ort": lambda: osess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0]}
+        if scen == "batch1":
+            eng["nm-encode"] = lambda: emb.encode(one)
+        for f in eng.values(): f()
+        times = {k: [] for k in eng}
+        for _ in range(40 if scen == "batch1" else 5):
+            for k, f in eng.items():
+                t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        print(scen, b["input_ids"].shape, "  ".join(f"{k} {v*1e3:.2f} ms" for k, v in med.items()),
+              f"| session/ort time {med['nm-session']/med['ort']:.2f}x, before/session {med['nm-before']/med['nm-session']:.2f}x"
+              + (f", encode/ort {med['nm-encode']/med['ort']:.2f}x" if "nm-encode" in med else ""), flush=True)
+
+
+if __name__ == "__main__":
+    digits()
+    minilm()
