@@ -26,7 +26,7 @@ from .compile import compile  # noqa: E402  (loads the program, runtime and comp
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli", "workflow", "corpus", "serve", "onnx"}
+_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli", "workflow", "corpus", "serve", "onnx", "distributed"}
 _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "gemm": ("kernels", "gemm"),
     "gemm_batched": ("kernels", "gemm_batched"),

@@ -59,6 +59,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     """Each module registers the subcommands it implements."""
     from . import cost, hf, workflow
     from .approx import cli as approx_cli
+    from .distributed import cli as distributed_cli
     from .serve import cli as serve_cli
 
     workflow.add_parsers(sub)
@@ -68,6 +69,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     hf.add_hf_report_parser(sub)
     hf.add_export_parser(sub)
     serve_cli.add_parser(sub)
+    distributed_cli.add_parser(sub)
     try:
         from .onnx import cli as onnx_cli
     except ImportError as e:  # pragma: no cover - the onnx extra is not installed
