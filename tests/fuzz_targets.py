@@ -111,6 +111,11 @@ def fuzz_npz_inputs(data: bytes) -> None:
     read_arrays(io.BytesIO(data))
 
 
+def fuzz_onnx(data: bytes) -> None:
+    """``nm.onnx.to_spec`` of arbitrary bytes (the ONNX importer: protobuf, checker, graph rules)."""
+    nm.onnx.to_spec(data)
+
+
 #: target name -> (function, the exception types it documents)
 TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[type[BaseException], ...]]] = {
     "bundle": (fuzz_bundle, (BundleError,)),
@@ -119,6 +124,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[type[BaseException], ...
     "hf_tokenizer": (fuzz_hf_tokenizer, (ValueError,)),
     "hf_pipeline": (fuzz_hf_pipeline, (ValueError,)),
     "npz_inputs": (fuzz_npz_inputs, (ValueError,)),
+    "onnx": (fuzz_onnx, (ValueError,)),  # nm.onnx.OnnxImportError (UnsupportedModelError) are ValueErrors
 }
 
 
@@ -167,6 +173,10 @@ def seeds(target: str) -> list[bytes]:
                              "type": "sentence_transformers.models.Pooling"},
                             {"idx": 2, "name": "2", "path": "2_Normalize",
                              "type": "sentence_transformers.models.Normalize"}]).encode()]
+    if target == "onnx":
+        from .test_onnx_cnn import resnet_style
+
+        return [resnet_style()]
     if target == "npz_inputs":
         buf = io.BytesIO()
         np.savez(buf, x=np.ones((2, 3), np.float32), ids=np.arange(4, dtype=np.int64))

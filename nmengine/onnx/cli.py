@@ -20,23 +20,13 @@ import numpy as np
 __all__ = ["add_parser"]
 
 
-def _read_arrays(path: str) -> dict[str, np.ndarray] | np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"input file {path!r} does not exist")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
-        raise ValueError(f"{path}: not a readable .npz/.npy file: {e}") from None
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        return {k: data[k] for k in data.files}
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    from ..io import read_arrays
+
+    return read_arrays(path)
 
 
-def _fit_inputs(program: Any, arrays: dict[str, np.ndarray] | np.ndarray, what: str) -> Any:
-    if isinstance(arrays, np.ndarray):
-        return arrays
+def _fit_inputs(program: Any, arrays: dict[str, np.ndarray], what: str) -> Any:
     names = list(program.inputs)
     if len(names) == 1 and len(arrays) == 1 and names[0] not in arrays:
         return next(iter(arrays.values()))
@@ -56,11 +46,11 @@ def _import(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = {"method": args.method}
     if args.segments is not None:
         opts["segments"] = args.segments
-    if isinstance(calib, np.ndarray):
+    if calib is not None and len(calib) == 1:  # one array (e.g. an .npy) for a one-input model
         graph = nm.onnx.to_spec(args.model)
-        if len(graph.inputs) != 1:
-            raise ValueError(f"--calibration: an .npy holds one array but the model has inputs {list(graph.inputs)}")
-        calib = {next(iter(graph.inputs)): calib}
+        names = list(graph.inputs)
+        if len(names) == 1 and names[0] not in calib:
+            calib = {names[0]: next(iter(calib.values()))}
     program = load(args.model, calibration=calib, exact=args.exact, **opts)
     out = Path(args.output)
     nm.save(program, out)
@@ -82,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
     result = program.run(inputs, mode="exact" if args.exact else "matrixized")
     outs = result if isinstance(result, dict) else {program.outputs[0]: result}
     if args.output:
-        np.savez(args.output, **outs)
+        from ..io import write_arrays
+
+        write_arrays(args.output, outs)
         print(f"wrote {args.output}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in outs.items()))
     else:
         np.set_printoptions(threshold=50, edgeitems=3, linewidth=120)
