@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     def row(name, program, calib=None):
+        program.meta.setdefault("hf", default.meta["hf"])  # tokenizer and pipeline of the same checkpoint
         vec = hf.SentenceEmbedder(d, program=program).encode(sents)
         r = {"program": name, "bytes": sum(table_bytes(t) for t in program.tables.values()),
              **{k: v for k, v in hf.fidelity(vec, exact).items() if k != "n"}}

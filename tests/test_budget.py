@@ -205,3 +205,18 @@ def test_cli_segments_argument():
     with pytest.raises(ValueError, match="--segments auto"):
         segments_options(argparse.Namespace(segments=16, target="cosine=0.9"))
     assert segments_options(argparse.Namespace(segments="auto", target="bytes=4k")) == {"segments": "auto", "target": "bytes=4k"}
+
+
+def test_sentence_embedder_passes_auto_and_target_through(tmp_path):
+    from nmengine import corpus, hf
+
+    from .test_hf import _write_tiny_model
+
+    d = _write_tiny_model(tmp_path / "tiny")
+    emb = hf.SentenceEmbedder(d, segments="auto", target="cosine=0.9999", cache=False,
+                              calibration_sentences=corpus.sentences(8, split="calibration"))
+    budget = emb.program.meta["budget"]
+    assert budget["met"] and budget["target"]["cosine"] == 0.9999
+    sents = corpus.sentences(24)
+    a, e = emb.encode(sents), emb.with_mode("exact").encode(sents)
+    assert _cos_min(a, e) >= 0.9999
