@@ -607,6 +607,8 @@ def plot_curve(budget: Mapping[str, Any], path: str | None = None, *, ax: Any = 
     t = budget["target"]
     if t.get("cosine") is not None:
         ax.axhline(1.0 - t["cosine"], color="r", ls="--", lw=1, label="target")
+        ax.axhline(t.get("margin", 1.0) * (1.0 - t["cosine"]), color="r", ls=":", lw=1,
+                   label="required on calibration (x margin)")
     ax.axvline(budget["measured"]["bytes"], color="g", ls=":", lw=1, label="chosen")
     ax.set_xlabel("total PWL table bytes")
     ax.set_ylabel("1 - cosine min (calibration rows)")
@@ -616,7 +618,7 @@ def plot_curve(budget: Mapping[str, Any], path: str | None = None, *, ax: Any = 
         ax2 = ax.twinx()
         ax2.plot(xs, [p[second] for p in pts], "s--", color="tab:orange", label=second.replace("_", " "))
         ax2.set_ylabel(second.replace("_", " "))
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("segments='auto': table bytes vs fidelity")
     fig.tight_layout()
     if path is not None:
