@@ -660,6 +660,6 @@ def segments_options(args: argparse.Namespace) -> dict[str, Any]:
     if segments is not None:
         opts["segments"] = segments
     if target is not None:
-        parse_target(target)  # fail early on a malformed --target
+        parse_target(target, labels=np.zeros(1, dtype=np.int64))  # fail early on a malformed --target
         opts["target"] = target
     return opts
