@@ -205,6 +205,10 @@ def test_cli_segments_argument():
     with pytest.raises(ValueError, match="--segments auto"):
         segments_options(argparse.Namespace(segments=16, target="cosine=0.9"))
     assert segments_options(argparse.Namespace(segments="auto", target="bytes=4k")) == {"segments": "auto", "target": "bytes=4k"}
+    # labels come from the frontend (nmengine train: the calibration images' labels)
+    assert segments_options(argparse.Namespace(segments="auto", target="accuracy_drop=0.01"))["target"] == "accuracy_drop=0.01"
+    with pytest.raises(ValueError, match="unknown key"):
+        segments_options(argparse.Namespace(segments="auto", target="speed=3"))
 
 
 def test_sentence_embedder_passes_auto_and_target_through(tmp_path):
