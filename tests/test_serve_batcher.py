@@ -125,3 +125,16 @@ def test_load_model_kinds(tmp_path):
         load_model(str(tmp_path / "missing.nmb"))
     with pytest.raises(ValueError, match="precision"):
         load_model(str(bundle), mode="fast")
+
+
+def test_onnx_model_without_the_frontend_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    from nmengine.serve import load_model
+
+    if importlib.util.find_spec("nmengine.onnx") is not None:
+        pytest.skip("the ONNX frontend is installed: .onnx files load through it")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not read")
+    with pytest.raises(ValueError, match="ONNX frontend"):
+        load_model(str(path))
