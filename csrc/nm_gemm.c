@@ -68,7 +68,7 @@ static const nm_kctx nm_kctx_table[] = {
     {NM_KERNEL_SCALAR, "scalar", {NM_SCALAR_MR, NM_SCALAR_NR, 128, 256, 4096}, 0, 0, nm_ukr_scalar, NULL, NULL,
      nm_act_scalar, nm_act_scalar, 0},
 #if NM_X86
-    {NM_KERNEL_AVX2, "avx2", {NM_AVX2_MR, NM_AVX2_NR, 144, 384, 4080}, 1, 0, nm_ukr_avx2, NULL, NULL, nm_act_avx2,
+    {NM_KERNEL_AVX2, "avx2", {NM_AVX2_MR, NM_AVX2_NR, 144, 384, 4080}, 1, 0, nm_ukr_avx2, nm_ukr_avx2_direct, NULL, nm_act_avx2,
      nm_act_avx2, 1},
     {NM_KERNEL_AVX512, "avx512", {NM_AVX512_MR, NM_AVX512_NR, NM_AVX512_MC, 384, NM_AVX512_NC}, 1,
      NM_AVX512_A_RESIDENT, nm_ukr_avx512, nm_ukr_avx512_direct,
@@ -188,10 +188,18 @@ static void nm_run_k0(const nm_prob *p, const nm_kdesc *kd)
     }
 }
 
-/* When to read A in place (avx512, row-major A): always, for now (the tile reads the same 14 rows
- * either way; packing only pays for strided or transposed A). */
+/* B-resident paths (avx2) read A in place only when a unit has at most this many B panels (N <= 256):
+ * there packing A costs a large share of the few tiles it feeds (measured, 1 thread, thread CPU time:
+ * in place 4-19% faster at N = 64..256; 3-8% slower at N >= 1024, where each A panel feeds many
+ * tiles from a contiguous packed copy). */
+#ifndef NM_AVX2_DIRECT_MAX_PANELS
+#define NM_AVX2_DIRECT_MAX_PANELS 16
+#endif
+
+/* When to read a row-major A in place: always on the A-resident avx512 path (the tile reads the same
+ * 14 rows either way; packing only pays for strided or transposed A), for small N on avx2. */
 #ifndef NM_DIRECT_A_OK
-#define NM_DIRECT_A_OK(p, npanels) ((void)(npanels), 1)
+#define NM_DIRECT_A_OK(kd, npanels) ((kd)->a_resident || (npanels) <= NM_AVX2_DIRECT_MAX_PANELS)
 #endif
 
 /* One work unit: rows [i0, i1) (within one K block) against NR panels [jp0, jp1) of the packed B. */
@@ -203,14 +211,18 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
     nm_tile_ctx t;
     for (int64_t ic = i0; ic < i1; ic += mc) {
         const int64_t mcur = min64(mc, i1 - ic);
-        /* A-resident paths with in-place kernels (avx512): full micro-panels of a row-major A are
-         * read in place, a partial last panel (any strides) too; whatever remains is packed */
-        const int direct = kd->a_resident && kd->ukr_direct != NULL && p->csa == 1 && NM_DIRECT_A_OK(p, jp1 - jp0);
+        /* Paths with in-place kernels (avx512, avx2): full micro-panels of a row-major A are read in
+         * place; a partial last panel is read in place too where there is a small-row kernel
+         * (avx512), else packed at its panel index; without in-place kernels everything is packed */
+        const int direct = kd->ukr_direct != NULL && p->csa == 1 && NM_DIRECT_A_OK(kd, jp1 - jp0);
         const int small_tail = kd->a_resident && kd->ukr_small != NULL;
         const int64_t nfull = mcur / mr;
         if (!direct) {
             const int64_t rows = small_tail ? nfull * mr : mcur;
             if (rows > 0) nm_pack_a(mr, rows, kcur, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, abuf);
+        } else if (!small_tail && mcur > nfull * mr) {
+            nm_pack_a(mr, mcur - nfull * mr, kcur, p->A + (ic + nfull * mr) * p->rsa + pc, p->rsa, 1,
+                      abuf + nfull * mr * kcur);
         }
         /* a one-row last micro-panel (avx2): several B panels per pass instead of a 6-row tile each */
         const int64_t npan = (mcur + mr - 1) / mr;
@@ -246,9 +258,10 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
                 for (int64_t ip = 0; ip < ipn; ip++) {
                     const int64_t r0 = ic + ip * mr;
                     const int m = (int)min64(mr, ic + mcur - r0);
+                    float *cp = p->C + r0 * p->rsc + j0 * p->csc;
                     nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
-                    kd->ukr(kcur, abuf + ip * mr * kcur, bp, p->C + r0 * p->rsc + j0 * p->csc, p->rsc,
-                            p->csc, m, n, &t);
+                    if (direct && ip < nfull) kd->ukr_direct(kcur, p->A + r0 * p->rsa + pc, p->rsa, bp, cp, p->rsc, p->csc, n, &t);
+                    else kd->ukr(kcur, abuf + ip * mr * kcur, bp, cp, p->rsc, p->csc, m, n, &t);
                 }
             }
         }

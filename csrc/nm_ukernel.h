@@ -39,6 +39,9 @@ void nm_ukr_scalar(int64_t kc, const float *a, const float *b, float *c, ptrdiff
 #define NM_AVX2_NR 16
 NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                          ptrdiff_t csc, int m, int n, const nm_tile_ctx *t);
+/* nm_ukr_avx2 reading a row-major A in place (nm_ukr_direct_fn). */
+NM_AVX2 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+                                ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t);
 /* Single-row tails (m == 1): the sums of a row against np <= 4 B micro-panels into acc[np * NR],
  * each element the same FMA chain as nm_ukr_avx2's; the caller finishes with nm_tile_finish. */
 NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdiff_t bstride, int np,

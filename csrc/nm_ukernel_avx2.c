@@ -16,7 +16,7 @@
 
 #define FMA_ROW(oa, i)                                               \
     do {                                                             \
-        const __m256 ai = _mm256_broadcast_ss(a + (oa) + (i));      \
+        const __m256 ai = _mm256_broadcast_ss(a + (oa) * acs + (i) * ars); \
         c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                  \
         c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                  \
     } while (0)
@@ -91,8 +91,10 @@ NM_AVX2 NM_INLINE void finish_row(int i, __m256 x0, __m256 x1, float *c, ptrdiff
     _mm256_storeu_ps(cr + 8, x1);
 }
 
-NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
-                         ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
+/* The kernel body for A element (i, p) at a[i * ars + p * acs]: packed micro-panels (ars 1, acs 6,
+ * constants after inlining) or a row-major A read in place (ars = row stride, acs 1). */
+NM_AVX2 NM_INLINE void nm_ukr_avx2_body(int64_t kc, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                                        float *c, ptrdiff_t rsc, ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -109,18 +111,18 @@ NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, p
 
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
-        _mm_prefetch((const char *)(a + 96), _MM_HINT_T0);
+        if (acs == NM_AVX2_MR) _mm_prefetch((const char *)(a + 96), _MM_HINT_T0);
         _mm_prefetch((const char *)(b + 256), _MM_HINT_T0);
         STEP(0, 0);
-        STEP(6, 16);
-        STEP(12, 32);
-        STEP(18, 48);
-        a += 24;
+        STEP(1, 16);
+        STEP(2, 32);
+        STEP(3, 48);
+        a += 4 * acs;
         b += 64;
     }
     for (; p < kc; p++) {
         STEP(0, 0);
-        a += 6;
+        a += acs;
         b += 16;
     }
 
@@ -156,6 +158,18 @@ NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, p
         _mm256_store_ps(buf + 80, c50); _mm256_store_ps(buf + 88, c51);
         nm_tile_finish(buf, NM_AVX2_NR, m, n, c, rsc, csc, t, nm_act_avx2);
     }
+}
+
+NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+                         ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
+{
+    nm_ukr_avx2_body(kc, a, 1, NM_AVX2_MR, b, c, rsc, csc, m, n, t);
+}
+
+NM_AVX2 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+                                ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t)
+{
+    nm_ukr_avx2_body(kc, a, lda, 1, b, c, rsc, csc, NM_AVX2_MR, n, t);
 }
 
 /* One row of A (the first row of a packed micro-panel) against np <= 4 consecutive B micro-panels
