@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import kernels, movement
-from .program import Op, Program, ProgramError, apply_view, expand
+from .program import PLUMBING_KINDS, Op, Program, ProgramError, apply_view, expand
 from .runtime import scale_numpy
 from .shapes import op_shape, pair
 
@@ -188,7 +188,8 @@ class Plan:
             raise ProgramError(f"{where}: {e}") from None
         if k == "reshape":
             self.alias[op.out] = (a["x"], lambda v, s=shape: v.reshape(s))
-        return tuple(int(d) for d in shape), (dtypes[a["x"]] if k in ("reshape", "transpose") else np.float32)
+        keeps = k in ("reshape", "transpose") or k in PLUMBING_KINDS  # int64 ids stay ids through movement
+        return tuple(int(d) for d in shape), (dtypes[a["x"]] if keeps else np.float32)
 
     def root(self, name: str) -> str:
         while name in self.alias:

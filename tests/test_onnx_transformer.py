@@ -334,3 +334,19 @@ def test_l2_normalize_pattern_uses_one_rsqrt_table(opset, axis):
               [init("ax", np.array([axis], np.int64)), init("eps", np.float32(1e-12))], opset=opset)
     prog = check(d, {"a": _x(5, 16, scale=3)})
     assert [t.name for t in prog.tables.values()] == ["rsqrt"]
+
+
+def test_integer_ids_stay_integers_through_slice_concat_take():
+    """Run-time Slice / Concat / Gather of int64 ids feeding an embedding lookup (both run modes)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Slice", ["ids", "st", "en", "ax"], ["s"]),
+             helper.make_node("Concat", ["s", "ids"], ["c"], axis=1),
+             helper.make_node("Gather", ["c", "i0"], ["t"], axis=1),
+             helper.make_node("Unsqueeze", ["t", "ax"], ["tu"]),
+             helper.make_node("Concat", ["tu", "c"], ["c2"], axis=1),
+             helper.make_node("Gather", ["emb", "c2"], ["y"], axis=0)]
+    d = model(nodes, [vi("ids", I64, ["B", 6])], [vi("y", F, None)],
+              [init("st", np.array([1], np.int64)), init("en", np.array([100], np.int64)),
+               init("ax", np.array([1], np.int64)), init("i0", np.int64(2)),
+               init("emb", rng.standard_normal((10, 4)).astype(np.float32))])
+    check(d, {"ids": rng.integers(0, 10, (2, 6)).astype(np.int64)})
