@@ -41,7 +41,6 @@ cdef extern from "nm_gemm.h":
     int NM_ACT_NONE
     int NM_ACT_RELU
     int NM_ACT_PWL
-    int NM_KERNEL_AUTO
     int NM_KERNEL_SCALAR
     int NM_KERNEL_AVX2
     int NM_KERNEL_AVX512
@@ -73,7 +72,6 @@ cdef extern from "nm_gemm.h":
                         const nm_epilogue *ep, int nthreads, int kernel) nogil
     int nm_cpu_has_avx2_fma()
     int nm_cpu_has_avx512()
-    int nm_resolve_kernel(int kernel)
     int nm_has_openmp()
     nm_blocking nm_get_blocking(int kernel)
 
@@ -137,7 +135,6 @@ BC_SCALAR = NM_BC_SCALAR
 ACT_NONE = NM_ACT_NONE
 ACT_RELU = NM_ACT_RELU
 ACT_PWL = NM_ACT_PWL
-KERNEL_AUTO = NM_KERNEL_AUTO
 KERNEL_SCALAR = NM_KERNEL_SCALAR
 KERNEL_AVX2 = NM_KERNEL_AVX2
 KERNEL_AVX512 = NM_KERNEL_AVX512
@@ -159,11 +156,6 @@ def measure_ghz() -> float:
     with nogil:
         g = nm_cpu_measure_ghz()
     return g
-
-
-def resolve_kernel(int kernel) -> int:
-    """The kernel code a request resolves to (negative when unavailable)."""
-    return nm_resolve_kernel(kernel)
 
 
 def has_openmp() -> bool:
@@ -340,11 +332,6 @@ def pwl_apply(object table, cnp.ndarray x, cnp.ndarray y, int nthreads, int kern
     with nogil:
         nm_pwl_apply(pp, px, py, n, nthreads, kernel)
     del keep
-
-
-def packed_b_floats(int kernel, int64_t K, int64_t N) -> int:
-    """Floats of B[K, N] packed for kernel (negative: unknown kernel)."""
-    return nm_packed_b_floats(kernel, K, N)
 
 
 def pack_b(cnp.ndarray b, int kernel) -> cnp.ndarray:

@@ -23,6 +23,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from scipy.special import erf
 
+from .reference import gelu_tanh
+
 
 class ReferenceBert:
     """A BERT encoder evaluated in float64 with plain numpy."""
@@ -53,7 +55,7 @@ class ReferenceBert:
         if act == "gelu":
             return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
         if act in ("gelu_new", "gelu_pytorch_tanh"):
-            return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+            return gelu_tanh(x)
         raise ValueError(f"reference does not implement hidden_act={act!r}")
 
     # -- forward -------------------------------------------------------------------------------------

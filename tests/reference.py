@@ -1,9 +1,13 @@
 """An independent float64 numpy forward of a ModelSpec, written from the layer definitions alone.
 
-It shares no code with the compiler or the runtime: it is the yardstick for both of them.
+It shares no code with the compiler, the runtime or the trainer: it is the yardstick for all of them
+(``test_compile``, ``test_train_spec``), and its scalar functions (:data:`ACT`, :func:`gelu_tanh`) are the
+tests' one reference for those formulas.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy.special import erf
@@ -52,6 +56,14 @@ def gelu(x):
     return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
+#: ``sqrt(2 / pi)`` of the tanh form of GELU (Hendrycks & Gimpel, 2016).
+GELU_TANH_K = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(GELU_TANH_K * (x + 0.044715 * x**3)))
+
+
 def softmax(x, axis=-1):
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
@@ -67,7 +79,7 @@ def layernorm(x, g, b, eps):
 ACT = {
     "relu": lambda x: np.maximum(x, 0),
     "gelu": gelu,
-    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu_tanh": gelu_tanh,
     "tanh": np.tanh,
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "silu": lambda x: x / (1 + np.exp(-x)),
@@ -137,7 +149,7 @@ def forward(spec: ModelSpec, inputs: dict) -> dict:
             else:
                 y = x.mean(1)
         elif L.op == "l2_normalize":
-            y = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), p.get("eps", 1e-12))
+            y = x / np.sqrt((x * x).sum(-1, keepdims=True) + p.get("eps", 1e-12) ** 2)  # as spec.py defines it
         else:
             raise NotImplementedError(L.op)
         env[L.output] = y

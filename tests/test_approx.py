@@ -25,11 +25,12 @@ from nmengine.approx import (
 )
 from nmengine.pwl import PWLTable
 
+from . import reference
+
 # -- independent float64 references --------------------------------------------------------------
-K_TANH = math.sqrt(2.0 / math.pi)
 REF = {
     "gelu": lambda x: x * special.ndtr(x),
-    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(K_TANH * (x + 0.044715 * x**3))),
+    "gelu_tanh": reference.gelu_tanh,
     "exp": np.exp,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "tanh": np.tanh,

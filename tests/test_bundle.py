@@ -25,6 +25,8 @@ from nmengine.program import Op, Program
 from nmengine.pwl import PWLTable
 from nmengine.spec import InputSpec
 
+from .reference import gelu_tanh
+
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 
@@ -33,7 +35,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 # ---------------------------------------------------------------------------------------------
 def gelu_table(n: int = 16) -> PWLTable:
     b = np.linspace(-4.0, 4.0, n + 1)
-    y = 0.5 * b * (1 + np.tanh(0.7978845608 * (b + 0.044715 * b ** 3)))
+    y = gelu_tanh(b)
     s = np.diff(y) / np.diff(b)
     c = y[:-1] - s * b[:-1]
     return PWLTable(b, s, c, name="gelu", meta={"segments": n, "max_abs": 1e-3, "bound": float("inf")})

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pytest
-from scipy.special import erf
 
 from nmengine.spec import InputSpec, ModelSpec
 from nmengine.train import nn
@@ -15,112 +14,15 @@ from nmengine.train.models import small_cnn, small_vit
 from nmengine.train.tensor import Tensor, no_grad
 from nmengine.train.trainer import predict, train
 
-# ------------------------------------------------------------------------------------------------
-# An independent, deliberately naive float64 interpreter of the ModelSpec layer table.
+from . import reference
 
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
-
-
-def _windows(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], fill: float) -> np.ndarray:
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=fill)
-    w = np.lib.stride_tricks.sliding_window_view(xp, k, axis=(2, 3))  # N, C, H', W', kh, kw
-    return w[:, :, :: s[0], :: s[1]]
-
-
-def _softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+# The independent float64 interpreter of the ModelSpec layer table is tests/reference.py (shared with
+# test_compile): one reference forward for every frontend.
 
 
 def run_spec(spec: ModelSpec, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in feeds.items()}
-    for L in spec.layers:
-        ins = [env[n] for n in L.inputs]
-        x = ins[0].astype(np.float64) if ins[0].dtype.kind == "f" else ins[0]
-        W = {k: v.astype(np.float64) for k, v in L.weights.items()}
-        P = L.params
-        op = L.op
-        if op == "linear":
-            y = x @ W["weight"].T + W.get("bias", 0.0)
-        elif op == "conv2d":
-            kh, kw = W["weight"].shape[2:]
-            win = _windows(x, (kh, kw), _pair(P.get("stride", 1)), _pair(P.get("padding", 0)), 0.0)
-            y = np.einsum("nchwij,ocij->nohw", win, W["weight"])
-            if "bias" in W:
-                y = y + W["bias"][None, :, None, None]
-        elif op == "batchnorm2d":
-            r = lambda v: v[None, :, None, None]  # noqa: E731
-            y = (x - r(W["running_mean"])) / np.sqrt(r(W["running_var"]) + P.get("eps", 1e-5)) * r(W["weight"]) + r(W["bias"])
-        elif op == "relu":
-            y = np.maximum(x, 0.0)
-        elif op == "gelu":
-            y = 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-        elif op == "gelu_tanh":
-            y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-        elif op == "tanh":
-            y = np.tanh(x)
-        elif op == "sigmoid":
-            y = 1.0 / (1.0 + np.exp(-x))
-        elif op == "silu":
-            y = x / (1.0 + np.exp(-x))
-        elif op in ("maxpool2d", "avgpool2d"):
-            k = _pair(P["kernel"])
-            win = _windows(x, k, _pair(P.get("stride", P["kernel"])), _pair(P.get("padding", 0)), -np.inf if op == "maxpool2d" else 0.0)
-            y = win.max(axis=(4, 5)) if op == "maxpool2d" else win.mean(axis=(4, 5))
-        elif op == "global_avgpool":
-            y = x.mean(axis=(2, 3))
-        elif op == "flatten":
-            y = x.reshape(x.shape[0], -1)
-        elif op == "patchify":
-            p = P["patch"]
-            N, C, H, Wd = x.shape
-            toks = [x[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p].reshape(N, -1) for i in range(H // p) for j in range(Wd // p)]
-            y = np.stack(toks, axis=1)
-        elif op == "add":
-            y = x + ins[1]
-        elif op == "position_add":
-            y = x + W["weight"][: x.shape[1]]
-        elif op == "layernorm":
-            mu = x.mean(-1, keepdims=True)
-            var = ((x - mu) ** 2).mean(-1, keepdims=True)
-            y = (x - mu) / np.sqrt(var + P.get("eps", 1e-5)) * W["weight"] + W["bias"]
-        elif op == "embedding":
-            T = x.shape[1]
-            y = W["word"][x]
-            if "position" in W:
-                y = y + W["position"][:T]
-            if "token_type" in W:
-                tt = ins[1] if len(ins) > 1 else np.zeros_like(x)
-                y = y + W["token_type"][tt]
-        elif op == "mhsa":
-            H = P["heads"]
-            N, T, D = x.shape
-            dh = D // H
-            q, k, v = (x @ W[f"{c}_weight"].T + W[f"{c}_bias"] for c in "qkv")
-            out = np.zeros_like(q)
-            for h in range(H):
-                s = slice(h * dh, (h + 1) * dh)
-                sc = q[:, :, s] @ k[:, :, s].transpose(0, 2, 1) / np.sqrt(dh)
-                if len(ins) > 1:
-                    sc = np.where(ins[1][:, None, :] != 0, sc, -np.inf)
-                out[:, :, s] = _softmax(sc) @ v[:, :, s]
-            y = out @ W["o_weight"].T + W["o_bias"]
-        elif op == "l2_normalize":
-            y = x / np.sqrt((x * x).sum(-1, keepdims=True) + P.get("eps", 1e-12) ** 2)
-        elif op == "softmax":
-            y = _softmax(x)
-        elif op == "mean_pool":
-            if len(ins) > 1:
-                m = (ins[1] != 0).astype(np.float64)[:, :, None]
-                y = (x * m).sum(1) / m.sum(1)
-            else:
-                y = x.mean(1)
-        else:
-            raise AssertionError(f"interpreter has no op {op!r}")
-        env[L.output] = y
-    return [env[o] for o in spec.outputs]
+    out = reference.forward(spec, dict(feeds))
+    return [out[o] for o in spec.outputs]
 
 
 # ------------------------------------------------------------------------------------------------

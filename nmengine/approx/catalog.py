@@ -42,6 +42,12 @@ __all__ = [
     "get_function",
     "exact_float32",
     "function_names",
+    "gelu",
+    "gelu_derivative",
+    "gelu_tanh",
+    "gelu_tanh_derivative",
+    "GELU_TANH_K",
+    "GELU_TANH_A",
 ]
 
 Array = np.ndarray
@@ -50,8 +56,10 @@ RealFn = Callable[[Array], Array]
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-_GELU_TANH_K = math.sqrt(2.0 / math.pi)
-_GELU_TANH_A = 0.044715
+#: The tanh approximation of GELU, ``0.5 x (1 + tanh(K (x + A x^3)))`` (Hendrycks & Gimpel, 2016): the one
+#: place these constants live (the catalog entry, the trainer and the docs use :func:`gelu_tanh`).
+GELU_TANH_K = math.sqrt(2.0 / math.pi)
+GELU_TANH_A = 0.044715
 
 
 #: How far past the range end a ``clamp_far`` tail switches from the constant to the asymptote.
@@ -229,26 +237,27 @@ def _quiet(core: RealFn) -> RealFn:
 
 
 # -- reference implementations (float64; accurate in the tails: no 1 - 1 cancellation) ---------
-def _gelu(x: Array) -> Array:
+def gelu(x: Array) -> Array:
     """x * Phi(x), Phi the standard normal CDF (erfc form avoids cancellation for x < 0)."""
     return x * 0.5 * special.erfc(-x / _SQRT2)
 
 
-def _gelu_d(x: Array) -> Array:
+def gelu_derivative(x: Array) -> Array:
     """Phi(x) + x * phi(x)."""
     return 0.5 * special.erfc(-x / _SQRT2) + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
 
 
-def _gelu_tanh(x: Array) -> Array:
+def gelu_tanh(x: Array) -> Array:
     """0.5 x (1 + tanh(k (x + a x^3))) written as x * sigmoid(2 k (x + a x^3))."""
-    z = _GELU_TANH_K * (x + _GELU_TANH_A * x**3)
+    z = GELU_TANH_K * (x + GELU_TANH_A * x**3)
     return x * special.expit(2.0 * z)
 
 
-def _gelu_tanh_d(x: Array) -> Array:
-    z = _GELU_TANH_K * (x + _GELU_TANH_A * x**3)
+def gelu_tanh_derivative(x: Array) -> Array:
+    """d/dx of :func:`gelu_tanh`."""
+    z = GELU_TANH_K * (x + GELU_TANH_A * x**3)
     s = special.expit(2.0 * z)
-    dz = _GELU_TANH_K * (1.0 + 3.0 * _GELU_TANH_A * x * x)
+    dz = GELU_TANH_K * (1.0 + 3.0 * GELU_TANH_A * x * x)
     return s + x * 2.0 * s * (1.0 - s) * dz
 
 
@@ -320,11 +329,11 @@ _POS = (1e-37, 1e37)  # positive float32 range where 1/x, 1/sqrt(x), sqrt(x) sta
 def _entries() -> dict[str, Function]:
     zero, ident = Tail.line(0.0, 0.0), Tail.line(1.0, 0.0)
     entries = [
-        Function("gelu", _with_limits(_gelu, 0.0, math.inf), _with_limits(_gelu_d, 0.0, 1.0),
+        Function("gelu", _with_limits(gelu, 0.0, math.inf), _with_limits(gelu_derivative, 0.0, 1.0),
                  -8.0, 8.0, left=zero, right=ident, domain=(-10.0, 10.0),
                  description="x * Phi(x) (exact erf form)"),
-        Function("gelu_tanh", _with_limits(_gelu_tanh, 0.0, math.inf),
-                 _with_limits(_gelu_tanh_d, 0.0, 1.0),
+        Function("gelu_tanh", _with_limits(gelu_tanh, 0.0, math.inf),
+                 _with_limits(gelu_tanh_derivative, 0.0, 1.0),
                  -8.0, 8.0, left=zero, right=ident, domain=(-10.0, 10.0),
                  description="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"),
         Function("exp", _quiet(np.exp), _quiet(np.exp), -16.0, 0.0, left=zero, right=Tail.extend(),

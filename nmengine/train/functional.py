@@ -36,6 +36,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.special import erf, expit
 
+from ..approx.catalog import gelu as exact_gelu
+from ..approx.catalog import gelu_derivative as exact_gelu_derivative
+from ..approx.catalog import gelu_tanh as exact_gelu_tanh
+from ..approx.catalog import gelu_tanh_derivative as exact_gelu_tanh_derivative
 from ..pwl import PWLTable
 from .tensor import Tensor, as_tensor, make_result
 
@@ -52,7 +56,6 @@ Nonlinearity = Callable[..., Tensor]
 
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_TANH_C = math.sqrt(2.0 / math.pi)
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -67,23 +70,7 @@ def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 # scalar functions: numpy forms (float64 references for tables and straight-through gradients)
 
-def _np_gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + erf(x / _SQRT2))
-
-
-def _np_gelu_grad(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + erf(x / _SQRT2)) + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-
-
-def _np_gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(_GELU_TANH_C * (x + 0.044715 * x**3)))
-
-
-def _np_gelu_tanh_grad(x: np.ndarray) -> np.ndarray:
-    t = np.tanh(_GELU_TANH_C * (x + 0.044715 * x**3))
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_TANH_C * (1.0 + 3 * 0.044715 * x * x)
-
-
+# (the GELU forms are the approximation catalog's: one definition for tables, trainer and runtime)
 def _np_silu_grad(x: np.ndarray) -> np.ndarray:
     s = expit(x)
     return s * (1.0 + x * (1.0 - s))
@@ -92,8 +79,8 @@ def _np_silu_grad(x: np.ndarray) -> np.ndarray:
 #: role/op name -> exact numpy function (used to fit reference tables and by tests).
 EXACT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, 0),
-    "gelu": _np_gelu,
-    "gelu_tanh": _np_gelu_tanh,
+    "gelu": exact_gelu,
+    "gelu_tanh": exact_gelu_tanh,
     "tanh": np.tanh,
     "sigmoid": expit,
     "silu": lambda x: x * expit(x),
@@ -105,8 +92,8 @@ EXACT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 #: role/op name -> exact derivative (for straight-through approximation-aware training).
 EXACT_DERIVATIVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: (x > 0).astype(x.dtype),
-    "gelu": _np_gelu_grad,
-    "gelu_tanh": _np_gelu_tanh_grad,
+    "gelu": exact_gelu_derivative,
+    "gelu_tanh": exact_gelu_tanh_derivative,
     "tanh": lambda x: 1.0 - np.tanh(x) ** 2,
     "sigmoid": lambda x: expit(x) * (1.0 - expit(x)),
     "silu": _np_silu_grad,
@@ -143,7 +130,7 @@ def gelu(x: Tensor) -> Tensor:
 
 def gelu_tanh(x: Tensor) -> Tensor:
     """GELU, tanh approximation (``gelu_tanh`` in the spec)."""
-    return _elementwise(x, _np_gelu_tanh, "gelu_tanh")
+    return _elementwise(x, exact_gelu_tanh, "gelu_tanh")
 
 
 def tanh(x: Tensor) -> Tensor:
