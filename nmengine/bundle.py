@@ -446,14 +446,14 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
 
     # -- tensor index -------------------------------------------------------------------------
     entries: dict[str, _Entry] = {}
-    for name, e in header.items():
+    for name, ent in header.items():
         if name == "__metadata__":
             continue
         where = f"tensor {name!r}"
-        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
-            keys = sorted(e) if isinstance(e, dict) else type(e).__name__
+        if not isinstance(ent, dict) or set(ent) != {"dtype", "shape", "data_offsets"}:
+            keys = sorted(ent) if isinstance(ent, dict) else type(ent).__name__
             raise fail(f"{where}: entry must have exactly 'dtype', 'shape', 'data_offsets', got {keys}")
-        code, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+        code, shape, offs = ent["dtype"], ent["shape"], ent["data_offsets"]
         if code not in DTYPES:
             raise fail(f"{where}: unsupported dtype {code!r}; bundles hold {sorted(DTYPES)}")
         if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and d >= 0 for d in shape):
@@ -469,19 +469,19 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
                        f"{code} needs {need}")
         entries[name] = _Entry(name, code, tuple(shape), begin, end)
     data_size = file_size - 8 - n
-    for e in entries.values():
-        if e.end > data_size:
-            raise fail(f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] run past the data section "
+    for ent in entries.values():
+        if ent.end > data_size:
+            raise fail(f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] run past the data section "
                        f"({data_size} bytes): truncated or corrupt")
     pos = 0
-    for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
-        if e.begin < pos:
-            raise fail(f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] overlap the previous tensor "
+    for ent in sorted(entries.values(), key=lambda ent: (ent.begin, ent.end)):
+        if ent.begin < pos:
+            raise fail(f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] overlap the previous tensor "
                        f"(which ends at {pos})")
-        if e.begin > pos:
-            raise fail(f"tensor {e.name!r}: data_offsets start at {e.begin}, leaving a gap after byte {pos}; "
+        if ent.begin > pos:
+            raise fail(f"tensor {ent.name!r}: data_offsets start at {ent.begin}, leaving a gap after byte {pos}; "
                        f"tensors must be contiguous")
-        pos = e.end
+        pos = ent.end
     if pos != data_size:
         raise fail(f"data section is {data_size} bytes but the tensors cover {pos}: "
                    f"{'trailing bytes' if data_size > pos else 'truncated'}")
@@ -604,7 +604,7 @@ def _map_data(f: Any, parsed: _Parsed, use_mmap: bool) -> np.ndarray:
     else:
         out = np.empty(size, dtype=np.uint8)
         f.seek(parsed.data_start)
-        view, got = memoryview(out), 0
+        view, got = out.data, 0
         while got < size:
             k = f.readinto(view[got:])
             if not k:
@@ -717,10 +717,10 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
 def format_inspect(info: Mapping[str, Any], *, tensors: bool = False) -> str:
     """Human-readable text of an :func:`inspect` result (for ``nmengine inspect``)."""
 
-    def size(n: int) -> str:
+    def size(n: float) -> str:
         for unit in ("B", "KiB", "MiB", "GiB"):
             if n < 1024 or unit == "GiB":
-                return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+                return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
             n /= 1024
         return ""  # unreachable
 

@@ -94,7 +94,9 @@ def compiled_core() -> Any:
     global _core_mod, _cpu_avx2, _cpu_avx512
     if _core_mod is None:
         try:
-            from . import _core as mod  # type: ignore[attr-defined]
+            from . import _core  # type: ignore[attr-defined]
+
+            mod: Any = _core
         except ImportError as exc:  # pragma: no cover - only without a build
             raise ImportError(
                 "nmengine's compiled core (nmengine._core) is not built; run "

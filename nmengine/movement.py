@@ -64,8 +64,8 @@ def pool_windows(x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
     n, c, h, w = x.shape
     ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
     if ph or pw:
-        mode = "edge" if attrs.get("pad", "zero") == "edge" else "constant"
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode=mode)
+        widths = ((0, 0), (0, 0), (ph, ph), (pw, pw))
+        x = np.pad(x, widths, mode="edge") if attrs.get("pad", "zero") == "edge" else np.pad(x, widths)
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
     return np.ascontiguousarray(win).reshape(n, c, ho, wo, kh * kw)
 

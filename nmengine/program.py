@@ -288,8 +288,8 @@ class Program:
         self.name = name
         self.meta: dict[str, Any] = dict(meta or {})
         self.validate()
-        self._runtime = None
-        self._session = None
+        self._runtime: Any = None
+        self._session: Any = None
         self._expanded: Program | None = None
 
     # -- structure ----------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class PWLTable:
     def _build_hint(self) -> None:
         b = self.breakpoints
         interior = b[1:-1]
-        best: tuple | None = None
+        best: Any = None
         # Linear grids over [b0, bn]: the finest power of two (<= MAX_HINT_BINS) wins ties on steps.
         for nhint in (64, 256, 1024, MAX_HINT_BINS):
             origin = np.float32(b[0])

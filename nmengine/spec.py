@@ -214,7 +214,7 @@ def _check_weight_shapes(lyr: Layer, where: str) -> None:
             if w in lyr.weights:
                 need(len(_shape(lyr, w)) == 2 and _shape(lyr, w)[1] == d[1], f"{w} must be (n, {d[1]}), got {_shape(lyr, w)}")
     elif op == "mhsa":
-        heads = lyr.params.get("heads")
+        heads: Any = lyr.params.get("heads")
         need(isinstance(heads, int) and heads >= 1, f"params['heads'] must be a positive int, got {heads!r}")
         d = _shape(lyr, "q_weight")
         need(len(d) == 2 and d[0] == d[1], f"q_weight must be square (D, D), got {d}")
@@ -228,5 +228,5 @@ def _check_weight_shapes(lyr: Layer, where: str) -> None:
         k = lyr.params.get("kernel")
         need(k is not None, "params['kernel'] is required")
     elif op == "patchify":
-        p = lyr.params.get("patch")
-        need(isinstance(p, int) and p >= 1, f"params['patch'] must be a positive int, got {p!r}")
+        patch = lyr.params.get("patch")
+        need(isinstance(patch, int) and patch >= 1, f"params['patch'] must be a positive int, got {patch!r}")

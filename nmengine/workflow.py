@@ -97,7 +97,7 @@ def run_flow(
         raise ValueError(f"aat_epochs must be >= 0, got {aat_epochs}")
     timings: dict[str, float] = {}
     data = nt.load_digits_split(seed=seed)
-    config = nt.default_config(model)
+    config: dict[str, Any] = nt.default_config(model)
     if epochs is not None:
         config["epochs"] = epochs
     net = nt.create_model(model, seed=seed, **(model_options or {}))

@@ -96,7 +96,7 @@ def format_rows(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
 
 def format_comparison(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     """Uniform vs optimized max error (and their ratio) per (function, segments)."""
-    key = {}
+    key: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
         key.setdefault((r["function"], r["segments"]), {})[r["method"]] = r
     head = ["function", "range", "segments", "uniform max_abs", "optimized max_abs", "ratio",
@@ -105,7 +105,7 @@ def format_comparison(rows: Sequence[dict[str, Any]], markdown: bool = False) ->
     for (name, n), by in key.items():
         u, o = by.get("uniform"), by.get("optimized")
         ratio = u["max_abs"] / o["max_abs"] if u and o and o["max_abs"] > 0 else float("nan")
-        any_row = o or u
+        any_row: dict[str, Any] = o or u or {}
         body.append([
             name, f"[{any_row['lo']:.6g}, {any_row['hi']:.6g}]", str(n),
             _fmt(u["max_abs"]) if u else "-", _fmt(o["max_abs"]) if o else "-",

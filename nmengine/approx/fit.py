@@ -89,7 +89,7 @@ class _Problem:
     def relative(self) -> bool:
         return self.func.relative
 
-    def to_u(self, x: Array) -> Array:
+    def to_u(self, x: Array | float) -> Array:
         return np.log(x) if self.relative else np.asarray(x, dtype=np.float64)
 
     def from_u(self, u: Array) -> Array:
@@ -417,7 +417,7 @@ def _range_from_data(x: Array, domain: tuple[float, float], relative: bool) -> t
         lo, hi = a - m, b + m
     lo, hi = max(lo, dlo), min(hi, dhi)
     if relative:
-        lo = max(lo, np.finfo(np.float32).tiny)
+        lo = max(lo, float(np.finfo(np.float32).tiny))
     return lo, hi
 
 

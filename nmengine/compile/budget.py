@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..program import Op, Program
+from ..program import Program
 from ..pwl import PWLTable
 from .calibrate import calibrated_options, correct_biases, informative, iter_batches
 

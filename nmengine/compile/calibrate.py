@@ -88,7 +88,7 @@ def calibrated_options(fn: str, activations: np.ndarray, opts: Mapping[str, Any]
     func = approx.get_function(fn)
     if func.relative and "lo" not in out and "hi" not in out:
         lo, hi = float(data.min()), float(data.max())
-        lo = max(lo, func.domain[0], np.finfo(np.float32).tiny) / RELATIVE_RANGE_FACTOR
+        lo = max(lo, float(func.domain[0]), float(np.finfo(np.float32).tiny)) / RELATIVE_RANGE_FACTOR
         hi = max(hi, lo * RELATIVE_RANGE_FACTOR) * RELATIVE_RANGE_FACTOR
         out["lo"], out["hi"] = lo, hi
     return out
@@ -156,7 +156,7 @@ def correct_biases(ops: list[Op], constants: dict[str, np.ndarray], tables: Mapp
             name = f"{u.out}#bias_corrected"
             if "bias" in u.args:
                 u.args.setdefault("bias_exact", u.args["bias"])
-                old = constants[u.args["bias_exact"]].astype(np.float64)
+                old: Any = constants[u.args["bias_exact"]].astype(np.float64)
             else:
                 u.args["bias_exact"] = f"{u.out}#bias_zero"
                 constants[u.args["bias_exact"]] = np.zeros(w.shape[1], dtype=np.float32)

@@ -462,6 +462,7 @@ def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[
     unpacked: dict[str, str] = {}
 
     def unpack(name: str, lyr: Layer) -> str:
+        assert mask is not None  # only packed programs unpack
         if name not in unpacked:
             unpacked[name] = b.op("unpack", f"{name}#unpacked", {"x": name, "mask": mask}, lyr,
                                   "scatter real tokens back to [B, T, ...]")

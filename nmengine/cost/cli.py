@@ -45,7 +45,7 @@ def run_report(bundle_path: str | os.PathLike, config_path: str | os.PathLike | 
     if measure:
         inputs = example_inputs(program, shapes)
         report.attach_measurements(program.profile(inputs, repeat=repeat), cpu_power_w=cpu_power_w)
-    text = {"table": report.table, "json": report.to_json, "csv": report.to_csv}[fmt]()
+    text = report.table() if fmt == "table" else report.to_json() if fmt == "json" else report.to_csv()
     if plot:
         report.plot(plot, metric=metric)
         if fmt == "table":
