@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..coverage import source_layers
 from ..program import Program
 from ..spec import ModelSpec
 from .calibrate import correct_biases, fit_tables, record_activations
@@ -98,8 +99,10 @@ def compile(  # noqa: A001 - the contract name is nm.compile
         options["max_error"] = max_error
     else:
         options["segments"] = 32 if auto else segments
+    folded_into = {f: lyr.name for lyr in folded.layers for f in lyr.params.get("folded", [])}
     meta = {"producer": "nmengine.compile", "source": spec.name, "pack_tokens": pack_tokens,
-            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
+            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}},
+            "source_layers": source_layers(spec.layers, folded_into)}
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
     tables = fit_tables(requests, None, options, functions)
     program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
