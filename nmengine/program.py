@@ -70,7 +70,7 @@ __all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "FUSED_K
 
 GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
 FUSED_KINDS = ("softmax_rows", "layernorm_rows")
-MOVE_KINDS = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
+MOVE_KINDS: tuple[str, ...] = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
               "pack", "unpack", "positions")
 ACTS = ("none", "relu", "pwl")
 

@@ -68,7 +68,7 @@ def reshape_to(cx: Ctx, x: Val, out_shape: tuple, out: str, what: str = "reshape
             spec.append(0)
         else:
             spec.append(-1)
-    if spec.count(-1) <= 1 and not (0 in [int(d) for d in out_shape if not isinstance(d, Sym)]):
+    if spec.count(-1) <= 1 and 0 not in [int(d) for d in out_shape if not isinstance(d, Sym)]:
         return tensor(cx.op("reshape", out, {"x": x.name}, what, shape=spec), out_shape, x.dtype)
     # only size-1 axes differ: move them last, reshape, move them where they go
     keep_in = [i for i, d in enumerate(x.shape) if d != 1]
@@ -84,7 +84,7 @@ def reshape_to(cx: Ctx, x: Val, out_shape: tuple, out: str, what: str = "reshape
     perm2 = [0] * len(out_shape)
     ones = iter(range(len(keep_in), len(out_shape)))
     kept = iter(range(len(keep_in)))
-    for j, d in enumerate(out_shape):
+    for j, _d in enumerate(out_shape):
         perm2[j] = next(kept) if j in keep_out else next(ones)
     if perm2 == list(range(len(out_shape))):
         return tensor(cx.op("reshape", out, {"x": mid}, what, shape=[0] * len(out_shape)), out_shape, x.dtype)
