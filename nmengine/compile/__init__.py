@@ -83,14 +83,9 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"compile expects a ModelSpec, got {type(spec).__name__}")
     spec.validate()
-    auto = isinstance(segments, str)
-    if auto and segments != "auto":
-        raise ValueError(f"segments must be an int or 'auto', got {segments!r}")
-    if auto and (calibration is None or max_error is not None):
-        raise ValueError("segments='auto' measures the tables on calibration data: give calibration= "
-                         "(and no max_error)")
-    if target is not None and not auto:
-        raise ValueError("target= needs segments='auto'")
+    from .budget import check_auto
+
+    auto = check_auto(segments, calibration, max_error, target)
     folded = fold_layernorm_affine(fold_batchnorm(spec))
     ops, constants, requests = lower(folded, pack_tokens=pack_tokens)
     ops = fuse(ops, list(folded.outputs), set(constants))

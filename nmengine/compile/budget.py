@@ -44,7 +44,7 @@ from ..program import Program
 from ..pwl import PWLTable
 from .calibrate import calibrated_options, correct_biases, informative, iter_batches
 
-__all__ = ["Target", "parse_target", "compile_budgeted", "BudgetPlan", "table_bytes", "format_report", "plot_curve",
+__all__ = ["Target", "parse_target", "compile_budgeted", "BudgetPlan", "check_auto", "table_bytes", "format_report", "plot_curve",
            "LADDER", "PROBE_SEGMENTS", "segments_arg", "add_segments_args", "segments_options"]
 
 #: Segment counts the budget chooses from (inside the table's range; outer asymptote segments extra).
@@ -307,6 +307,19 @@ def _label(table: PWLTable, key: str, fn: str) -> PWLTable:
 # ---------------------------------------------------------------------------------------------
 # The budgeted compile
 # ---------------------------------------------------------------------------------------------
+def check_auto(segments: Any, calibration: Any, max_error: Any, target: Any) -> bool:
+    """Validate the ``segments``/``target`` pair of a compile; True for ``segments="auto"``."""
+    auto = isinstance(segments, str)
+    if auto and segments != "auto":
+        raise ValueError(f"segments must be an int or 'auto', got {segments!r}")
+    if auto and (calibration is None or max_error is not None):
+        raise ValueError("segments='auto' measures the tables on calibration data: give calibration= "
+                         "(and no max_error)")
+    if target is not None and not auto:
+        raise ValueError("target= needs segments='auto'")
+    return auto
+
+
 def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: Any,
                      activations: Mapping[str, np.ndarray], *, target: Any, options: Mapping[str, Any],
                      functions: Mapping[str, Mapping[str, Any]] | None, bias_correction: bool = True,

@@ -44,20 +44,24 @@ def _finish(program: Program) -> Program:
     return post(program) if callable(post) else program
 
 
-def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: int | None = 32,
+def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: int | str | None = 32,
                     method: str = "optimized", max_error: float | None = None,
                     functions: Mapping[str, Mapping[str, Any]] | None = None, bias_correction: bool = True,
-                    max_calibration_rows: int = 65536, progress: bool = False) -> Program:
-    """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`."""
+                    max_calibration_rows: int = 65536, progress: bool = False, target: Any = None) -> Program:
+    """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`
+    (``segments="auto"`` with ``target``: the budgeted compile, :mod:`.budget`)."""
+    from .budget import check_auto
+
     if not isinstance(graph, LoweredGraph):
         raise TypeError(f"compile_lowered expects a LoweredGraph, got {type(graph).__name__}")
+    auto = check_auto(segments, calibration, max_error, target)
     ops = fuse(list(graph.ops), list(graph.outputs), set(graph.constants))
     constants = dict(graph.constants)
     options: dict[str, Any] = {"method": method}
     if max_error is not None:
         options["max_error"] = max_error
     else:
-        options["segments"] = segments
+        options["segments"] = 32 if auto else segments
     meta = {**graph.meta, "producer": "nmengine.compile", "source": graph.name,
             "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
     tables = fit_tables(graph.requests, None, options, functions)
@@ -67,6 +71,11 @@ def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: i
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
     if not graph.requests:
         return _finish(program)
+    if auto:
+        from .budget import compile_budgeted
+
+        return _finish(compile_budgeted(program, graph.requests, calibration, acts, target=target, options=options,
+                                        functions=functions, bias_correction=bias_correction, progress=progress))
     tables = fit_tables(graph.requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
