@@ -1,5 +1,6 @@
 /* The plan executor (nm_plan.h): a loop over core calls. */
 #include "nm_plan.h"
+#include <string.h>
 
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
@@ -36,6 +37,37 @@ int nm_windows(const nm_windows_args *a)
     return NM_OK;
 }
 
+int nm_tokens(const nm_tokens_args *a)
+{
+    if (!a || !a->src || !a->dst || a->n < 0) return NM_EINVAL;
+    if (a->mode == NM_TOKENS_MASK) {
+        const int64_t *src = (const int64_t *)a->src;
+        unsigned char *dst = (unsigned char *)a->dst;
+        for (int64_t i = 0; i < a->n; i++) dst[i] = src[i] != 0;
+        return NM_OK;
+    }
+    if (a->mode == NM_TOKENS_POSITIONS) {
+        if (a->cols < 1) return NM_EINVAL;
+        const unsigned char *m = (const unsigned char *)a->src;
+        int64_t *dst = (int64_t *)a->dst, k = 0;
+        for (int64_t i = 0; i < a->n; i++)
+            if (m[i]) dst[k++] = i % a->cols;
+        return NM_OK;
+    }
+    if (a->mode == NM_TOKENS_GATHER) {
+        if (!a->ids || a->rows < 0 || a->rowbytes < 0) return NM_EINVAL;
+        const char *src = (const char *)a->src;
+        char *dst = (char *)a->dst;
+        for (int64_t k = 0; k < a->n; k++) {
+            int64_t id = a->ids[k];
+            if (id < 0 || id >= a->rows) return NM_ERANGE;
+            memcpy(dst + k * a->rowbytes, src + id * a->rowbytes, (size_t)a->rowbytes);
+        }
+        return NM_OK;
+    }
+    return NM_EINVAL;
+}
+
 static int run_step(const nm_step *s, int nthreads, int kernel)
 {
     switch (s->kind) {
@@ -67,6 +99,8 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
     }
     case NM_STEP_WINDOWS:
         return nm_windows(&s->u.win);
+    case NM_STEP_TOKENS:
+        return nm_tokens(&s->u.tok);
     default:
         return NM_EINVAL;
     }

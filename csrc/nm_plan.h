@@ -21,8 +21,25 @@ enum {
     NM_STEP_SOFTMAX,       /* nm_softmax_rows */
     NM_STEP_LAYERNORM,     /* nm_layernorm_rows */
     NM_STEP_MOVE_ROWS,     /* nm_move_rows */
-    NM_STEP_WINDOWS        /* nm_windows */
+    NM_STEP_WINDOWS,       /* nm_windows */
+    NM_STEP_TOKENS         /* nm_tokens */
 };
+
+/* Token bookkeeping, pure copies:
+ *   NM_TOKENS_MASK       dst[i] = (src_int64[i] != 0) for i < n  (uint8)
+ *   NM_TOKENS_POSITIONS  dst_int64[k] = i % cols for the k-th nonzero src_uint8[i], i < n (row-major)
+ *   NM_TOKENS_GATHER     row k of dst = row ids[k] of src (rows rows of rowbytes bytes), k < n;
+ *                        NM_ERANGE (nothing defined past the first bad id) when an id is outside [0, rows) */
+#define NM_TOKENS_MASK 0
+#define NM_TOKENS_POSITIONS 1
+#define NM_TOKENS_GATHER 2
+#define NM_ERANGE (-3)
+typedef struct nm_tokens_args {
+    const void *src; const int64_t *ids; void *dst;
+    int64_t n, rows, cols, rowbytes;
+    int mode;
+} nm_tokens_args;
+int nm_tokens(const nm_tokens_args *a);
 
 /* Sliding windows of an NCHW float32 image batch x[n, c, h, w] (C order), for convolution (im2col)
  * and pooling; a pure copy.  Output element (img, ch, i, j, oy, ox) reads x[img, ch, oy*sh + i - ph,
@@ -77,6 +94,7 @@ typedef union nm_step_u {
     nm_ln_args ln;
     nm_step_move move;
     nm_windows_args win;
+    nm_tokens_args tok;
 } nm_step_u;
 
 typedef struct nm_step {

@@ -555,6 +555,17 @@ cdef extern from "nm_plan.h":
 
     int nm_windows(const nm_windows_args *a) nogil
 
+    int NM_STEP_TOKENS
+    int NM_ERANGE
+    ctypedef struct nm_tokens_args:
+        const void *src
+        const int64_t *ids
+        void *dst
+        int64_t n, rows, cols, rowbytes
+        int mode
+
+    int nm_tokens(const nm_tokens_args *a) nogil
+
     ctypedef struct nm_step_gemm:
         int64_t P1, P2, M, N, K
         const float *A
@@ -610,6 +621,7 @@ cdef extern from "nm_plan.h":
         nm_ln_args ln
         nm_step_move move
         nm_windows_args win
+        nm_tokens_args tok
 
     ctypedef struct nm_step:
         int kind
@@ -646,6 +658,50 @@ def windows(cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, 
     cdef int rc
     with nogil:
         rc = nm_windows(&w)
+    _check(rc)
+
+
+TOKENS_MASK = 0
+TOKENS_POSITIONS = 1
+TOKENS_GATHER = 2
+
+
+cdef int _fill_tokens(nm_tokens_args *t, int mode, cnp.ndarray src, object ids, cnp.ndarray dst, int64_t n,
+                      int64_t rows, int64_t cols, int64_t rowbytes) except -1:
+    cdef cnp.ndarray ia
+    if not src.flags.c_contiguous or not dst.flags.c_contiguous:
+        raise ValueError("tokens: src and dst must be C-contiguous")
+    if mode == 0 and (src.dtype != np.int64 or src.size != n or dst.itemsize != 1 or dst.size != n):
+        raise ValueError("tokens (mask): src int64 and dst uint8/bool of n entries")
+    if mode == 1 and (src.itemsize != 1 or src.size != n or dst.dtype != np.int64 or cols < 1):
+        raise ValueError("tokens (positions): src uint8/bool of n entries, dst int64, cols >= 1")
+    t.ids = NULL
+    if mode == 2:
+        ia = ids
+        if ia.dtype != np.int64 or not ia.flags.c_contiguous or ia.size != n or dst.nbytes != n * rowbytes \
+                or src.nbytes != rows * rowbytes:
+            raise ValueError("tokens (gather): ids int64 [n], src [rows, rowbytes], dst [n, rowbytes]")
+        t.ids = <const int64_t *>cnp.PyArray_DATA(ia)
+    elif mode not in (0, 1):
+        raise ValueError(f"tokens: unknown mode {mode}")
+    t.src = cnp.PyArray_DATA(src)
+    t.dst = cnp.PyArray_DATA(dst)
+    t.n, t.rows, t.cols, t.rowbytes, t.mode = n, rows, cols, rowbytes, mode
+    return 0
+
+
+def tokens(int mode, cnp.ndarray src, object ids, cnp.ndarray dst, int64_t n, int64_t rows, int64_t cols,
+           int64_t rowbytes) -> None:
+    """Token bookkeeping (nm_tokens): TOKENS_MASK dst = src != 0; TOKENS_POSITIONS the column of every
+    nonzero of a bool mask; TOKENS_GATHER rows of src by int64 ids (ValueError for an id outside
+    [0, rows))."""
+    cdef nm_tokens_args t
+    _fill_tokens(&t, mode, src, ids, dst, n, rows, cols, rowbytes)
+    cdef int rc
+    with nogil:
+        rc = nm_tokens(&t)
+    if rc == NM_ERANGE:
+        raise ValueError(f"ids must be in [0, {rows})")
     _check(rc)
 
 
@@ -841,6 +897,14 @@ cdef class CPlan:
         s.u.win = w
         self.keep.append((x, out))
 
+    def add_tokens(self, int mode, cnp.ndarray src, object ids, cnp.ndarray dst, int64_t n, int64_t rows,
+                   int64_t cols, int64_t rowbytes):
+        cdef nm_tokens_args t
+        _fill_tokens(&t, mode, src, ids, dst, n, rows, cols, rowbytes)
+        cdef nm_step *s = self._new(NM_STEP_TOKENS, -1, -1)
+        s.u.tok = t
+        self.keep.append((src, ids, dst))
+
     def run(self, int64_t lo, int64_t hi) -> None:
         """Make the recorded calls lo..hi (GIL released)."""
         cdef int rc
@@ -851,6 +915,8 @@ cdef class CPlan:
         cdef int nthreads = self.nthreads if self.nthreads >= 1 else 1
         with nogil:
             rc = nm_plan_run(self.steps, lo, hi, nthreads, kernel, &failed)
+        if rc == NM_ERANGE:
+            raise ValueError(f"ids must be in [0, {self.steps[failed].u.tok.rows}) (plan step {failed})")
         if rc != NM_OK:
             try:
                 _check(rc)

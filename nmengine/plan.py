@@ -261,7 +261,10 @@ class Plan:
 
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
             bufs[name] = view(name)
-        steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) for m, b in self.mask_bufs.items()]
+        core = ctx.core
+        steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) if bufs[m].dtype != np.int64 else
+                             (core.tokens, (core.TOKENS_MASK, bufs[m], None, bufs[b], bufs[m].size, 0, 0, 0))
+                             for m, b in self.mask_bufs.items()]
         c = StepContext(**{**ctx.__dict__, "masks": self.mask_bufs})
         for i, op in enumerate(prog.ops):
             if op.out in self.alias:
@@ -337,7 +340,7 @@ def _to_c(core: Any, steps: list[Step]) -> list[Step]:
 
 #: Core functions a CPlan can record (``CPlan.add_<name>`` takes the function's arguments).
 C_CALLS = frozenset({"sgemm", "sgemm_packed", "sgemm_batched", "scale", "pairwise_max", "softmax_rows",
-                     "layernorm_rows", "move_rows", "windows"})
+                     "layernorm_rows", "move_rows", "windows", "tokens"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,12 +541,9 @@ def _unpack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return ctx.core.move_rows, (x, out, flat, None, flat.size, width, True, ctx.threads)
 
 
-def _positions_fn(mask: np.ndarray, out: np.ndarray) -> None:
-    out[...] = np.nonzero(mask)[1]
-
-
 def _positions(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
-    return _positions_fn, (bufs[ctx.masks[op.args["mask"]]], bufs[op.out])
+    mask = bufs[ctx.masks[op.args["mask"]]]
+    return ctx.core.tokens, (ctx.core.TOKENS_POSITIONS, mask, None, bufs[op.out], mask.size, 0, mask.shape[-1], 0)
 
 
 def _gather_fn(table: np.ndarray, ids: np.ndarray, out: np.ndarray, layer: str) -> None:
@@ -553,7 +553,12 @@ def _gather_fn(table: np.ndarray, ids: np.ndarray, out: np.ndarray, layer: str) 
 
 
 def _gather(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
-    return _gather_fn, (bufs[op.args["table"]], bufs[op.args["ids"]], bufs[op.out], op.layer)
+    table, ids, out = bufs[op.args["table"]], bufs[op.args["ids"]], bufs[op.out]
+    if (ids.dtype != np.int64 or not ids.flags.c_contiguous or not table.flags.c_contiguous or table.ndim < 1
+            or table.dtype != out.dtype):
+        return _gather_fn, (table, ids, out, op.layer)
+    rowbytes = table.itemsize * int(np.prod(table.shape[1:], dtype=np.int64))
+    return ctx.core.tokens, (ctx.core.TOKENS_GATHER, table, ids, out, ids.size, table.shape[0], 0, rowbytes)
 
 
 def _transpose(ctx: StepContext, op: Op, bufs) -> Optional[Step]:

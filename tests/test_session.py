@@ -228,3 +228,35 @@ def test_identical_ops_computed_once(bert):
     assert len(bias_ops) >= 2
     assert bias_ops[0] in plan.offsets and all(plan.root(o) == bias_ops[0] for o in bias_ops[1:])
     _same(nm.Session(bert).run(inp), _interp(bert, inp))
+
+
+def test_token_steps_in_c_match_numpy():
+    """The C token steps (mask, positions, gather) against numpy, and their range check."""
+    core = kernels.compiled_core()
+    rng = np.random.default_rng(0)
+    mask = (rng.random((3, 7)) < 0.6).astype(np.int64)
+    mask[0, 0] = 2  # any nonzero is a real token
+    b = np.empty(mask.shape, np.bool_)
+    core.tokens(core.TOKENS_MASK, mask, None, b, mask.size, 0, 0, 0)
+    np.testing.assert_array_equal(b, mask != 0)
+    pos = np.empty(int(b.sum()), np.int64)
+    core.tokens(core.TOKENS_POSITIONS, b, None, pos, b.size, 0, 7, 0)
+    np.testing.assert_array_equal(pos, np.nonzero(b)[1])
+    table = rng.standard_normal((11, 5)).astype(np.float32)
+    ids = rng.integers(0, 11, 9)
+    out = np.empty((9, 5), np.float32)
+    core.tokens(core.TOKENS_GATHER, table, ids, out, 9, 11, 0, 20)
+    assert out.tobytes() == table[ids].tobytes()
+    ids[4] = 11
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 11\)"):
+        core.tokens(core.TOKENS_GATHER, table, ids, out, 9, 11, 0, 20)
+    with pytest.raises(ValueError):
+        core.tokens(7, table, ids, out, 9, 11, 0, 20)
+
+
+def test_minilm_like_plan_is_a_few_steps(bert):
+    """Token bookkeeping, embeddings, every layer: the per-call Python steps do not grow with layers."""
+    plan = nm.Session(bert).plan_for(_padded(1, 2, 8))
+    b = plan.bind()
+    names = [getattr(fn, "__name__", "") for fn, _ in b.steps]
+    assert len(names) <= 8, names
