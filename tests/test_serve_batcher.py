@@ -127,6 +127,32 @@ def test_load_model_kinds(tmp_path):
         load_model(str(bundle), mode="fast")
 
 
+def test_onnx_model_serves_v1_run(tmp_path):
+    import warnings
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("nmengine.onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nmengine.serve import load_model
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(str(path))
+    assert not model.is_text and model.name == "tiny"
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.program.run({"x": x}), np.maximum(x.astype(np.float64) @ w, 0), atol=1e-5)
+
+
 def test_onnx_model_without_the_frontend_is_a_clear_error(tmp_path):
     import importlib.util
 

@@ -79,7 +79,9 @@ def load_model(path: str, *, mode: str = "matrixized", name: Optional[str] = Non
         except ImportError:
             raise ValueError(f"{path}: serving .onnx files needs the ONNX frontend (nmengine.onnx), which this "
                              "build does not have; export a bundle (.nmb) instead") from None
-        program = nm_onnx.load(path)
+        # no calibration inputs at hand: the importer calibrates on synthetic inputs (and says so);
+        # export a bundle calibrated on real data for accuracy-critical use
+        program = nm_onnx.load(path, exact=(mode == "exact"))
     else:
         program = nm.load(path)
         if "hf" in program.meta:
