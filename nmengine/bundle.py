@@ -22,6 +22,11 @@ read-only views of a memory map of the file, kept alive by the arrays themselves
 
 :func:`save` writes to a temporary file next to the target, fsyncs it and renames it into place, so
 readers (and a crash) only ever see the old file or the complete new one.
+
+Why one module of this length: the file layout, every validation before use and the atomic writer are
+one contract (docs/bundle.md) that reads best in one place.  The writer stays hand-framed on purpose:
+safetensors 0.8's ``save`` orders ``__metadata__`` keys differently on every call, which would break
+byte-reproducible bundles (``SOURCE_DATE_EPOCH``); any safetensors reader loads the files.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ actually fall at a bounded cost in the worst case.
 
 ``max_error=`` finds the fewest segments whose measured error (absolute, or relative for relative
 functions) meets the bound.
+
+Why one module of this length: breakpoint placement, the Remez line fits, float32 assembly and the
+measured error report are the steps of one algorithm sharing the ``_Problem`` state.
 """
 
 from __future__ import annotations

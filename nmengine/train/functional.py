@@ -26,6 +26,9 @@ marks the entries that are meaningful (attention keys that are not padding), for
 :func:`pwl` evaluates a :class:`~nmengine.pwl.PWLTable` in the tensor's dtype (bit-identical to the
 table's own float32 evaluation for float32 inputs); its backward uses the table's slope on the segment,
 or the exact derivative of the approximated function (``straight_through=True``).
+
+Why one module of this length: it is the trainer's op library, one forward/backward pair per op; the
+scalar functions' exact forms come from :mod:`nmengine.approx.catalog`.
 """
 
 from __future__ import annotations

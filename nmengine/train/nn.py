@@ -21,6 +21,9 @@ Approximation hook: modules with scalar nonlinearities list them in ``nl_roles``
 their op name; LayerNorm and L2Normalize: ``rsqrt``; attention and softmax: ``exp`` and ``reciprocal``;
 MeanPool: ``reciprocal`` of the token count when masked) and evaluate them
 through ``self._nl`` when it is set (``None`` = exact, fused fast path).
+
+Why one module of this length: one class per layer, each with its forward and its ModelSpec export
+(``_emit``) side by side, so a layer and its spec can be read together.
 """
 
 from __future__ import annotations
