@@ -34,7 +34,10 @@ import functools
 import hashlib
 import importlib
 import inspect
+import json
+import os
 import re
+import subprocess
 import sys
 import warnings
 from typing import Iterator, Optional
@@ -165,9 +168,8 @@ def split_of(sentence: str) -> str:
     return "calibration" if int(_key(sentence)[:8], 16) % CALIBRATION_EVERY == 0 else "eval"
 
 
-@functools.lru_cache(maxsize=1)
-def build() -> tuple[str, ...]:
-    """All corpus sentences, deduplicated and ordered by SHA-256 (both splits together)."""
+def _extract() -> tuple[str, ...]:
+    """The corpus as this interpreter's modules give it (see :func:`build` for why it runs elsewhere)."""
     if sys.flags.optimize >= 2:
         raise CorpusError("the corpus is made of docstrings, which python -OO strips; run without -OO")
     seen: dict[str, str] = {}
@@ -180,6 +182,27 @@ def build() -> tuple[str, ...]:
                     if _is_prose(s):
                         seen.setdefault(s.lower(), s)
     return tuple(sorted(seen.values(), key=_key))
+
+
+@functools.lru_cache(maxsize=1)
+def build() -> tuple[str, ...]:
+    """All corpus sentences, deduplicated and ordered by SHA-256 (both splits together).
+
+    The docstrings are read in a fresh interpreter (this file run as a script, ``-E -s``: no
+    environment variables or user site), because a process's modules are not pristine: libraries
+    imported before (a test runner, dask, a web server) replace hooks such as ``threading.excepthook``
+    or add members to standard modules, which changed the corpus from one process to the next.
+    """
+    if sys.flags.optimize >= 2:
+        raise CorpusError("the corpus is made of docstrings, which python -OO strips; run without -OO")
+    try:
+        proc = subprocess.run([sys.executable, "-E", "-s", os.path.abspath(__file__), "--emit"],
+                              capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CorpusError(f"could not start a clean interpreter to build the corpus: {exc}") from None
+    if proc.returncode != 0:
+        raise CorpusError(f"building the corpus failed in a clean interpreter: {proc.stderr.strip()[-2000:]}")
+    return tuple(json.loads(proc.stdout))
 
 
 def sentences(n: Optional[int] = None, *, split: str = "eval") -> list[str]:
@@ -198,3 +221,7 @@ def sentences(n: Optional[int] = None, *, split: str = "eval") -> list[str]:
     if n > len(pool):
         raise CorpusError(f"the {split!r} split has {len(pool)} sentences, {n} were asked for")
     return pool[:n]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--emit"]:  # the clean interpreter of build()
+    json.dump(list(_extract()), sys.stdout)
