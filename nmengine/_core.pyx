@@ -922,3 +922,5 @@ cdef class CPlan:
                 _check(rc)
             except (MemoryError, ValueError) as e:
                 raise type(e)(f"{e} (plan step {failed})") from None
+
+include "_core_int8.pxi"

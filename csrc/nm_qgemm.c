@@ -1,0 +1,400 @@
+/* The int8 GEMM driver: CPU dispatch, B packing, activation quantization, threads, tile epilogue.
+ *
+ *   quantize A rows (per row and K group, or static scales) into a row-major byte buffer
+ *   (q + 128 for the VNNI kernels, q otherwise), rows padded to the tile height, K to 4;
+ *   barrier
+ *   units of (row block x column range) from a dynamic schedule; in a unit, for each NR-column
+ *   tile, for each MR-row tile: microkernel over all of K (group by group), then the float GEMM's
+ *   tile finisher (bias, bias_row, residual, relu / PWL) on the float tile.
+ *
+ * Everything the kernels read fits the L2 of the shapes this serves (a transformer layer's packed
+ * weights are <= 2.4 MB for d = 384, the quantized activations M x K bytes), so there is no K
+ * blocking: the int32 sum of a group never leaves registers, and no cache blocking beyond the row
+ * blocks.  See nm_qgemm.h for the arithmetic contract.
+ */
+#include "nm_qgemm.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nm_cpu.h"
+#include "nm_pwl_avx2.h"
+#include "nm_qukernel.h"
+#include "nm_threads.h"
+
+/* ---- CPU features --------------------------------------------------------------------------- */
+
+#if NM_X86
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static void nm_qcpuid(unsigned leaf, unsigned sub, unsigned r[4])
+{
+    int v[4];
+    __cpuidex(v, (int)leaf, (int)sub);
+    for (int i = 0; i < 4; i++) r[i] = (unsigned)v[i];
+}
+static uint64_t nm_qxgetbv0(void) { return (uint64_t)_xgetbv(0); }
+#else
+#include <cpuid.h>
+static void nm_qcpuid(unsigned leaf, unsigned sub, unsigned r[4])
+{
+    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+}
+static uint64_t nm_qxgetbv0(void)
+{
+    uint32_t eax, edx;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+#endif
+
+/* bit q set when kernel q is available; computed once (every thread computes the same value) */
+static atomic_int nm_qfeatures = -1;
+
+static int nm_qdetect(void)
+{
+    int mask = 1 << NM_QKERNEL_SCALAR;
+    if (!nm_cpu_has_avx2_fma()) return mask;
+    mask |= 1 << NM_QKERNEL_AVX2;
+    unsigned r[4];
+    nm_qcpuid(0, 0, r);
+    if (r[0] < 7) return mask;
+    const uint64_t xcr0 = nm_qxgetbv0();
+    nm_qcpuid(7, 0, r);
+    const unsigned ebx = r[1], ecx = r[2], max_sub = r[0];
+    const int f = (ebx >> 16) & 1, dq = (ebx >> 17) & 1, bw = (ebx >> 30) & 1, vl = (ebx >> 31) & 1;
+    const int vnni512 = (ecx >> 11) & 1;
+    if (f && dq && bw && vl && vnni512 && (xcr0 & 0xE6) == 0xE6) mask |= 1 << NM_QKERNEL_AVX512VNNI;
+    if (max_sub >= 1) {
+        nm_qcpuid(7, 1, r);
+        if ((r[0] >> 4) & 1) mask |= 1 << NM_QKERNEL_AVXVNNI;
+    }
+    return mask;
+}
+#else
+static atomic_int nm_qfeatures = -1;
+static int nm_qdetect(void) { return 1 << NM_QKERNEL_SCALAR; }
+#endif
+
+int nm_qkernel_available(int qkernel)
+{
+    int m = atomic_load(&nm_qfeatures);
+    if (m < 0) {
+        m = nm_qdetect();
+        atomic_store(&nm_qfeatures, m);
+    }
+    if (qkernel < NM_QKERNEL_SCALAR || qkernel > NM_QKERNEL_AVX512VNNI) return 0;
+    return (m >> qkernel) & 1;
+}
+
+int nm_qkernel_resolve(int qkernel)
+{
+    if (qkernel == NM_QKERNEL_AUTO) {
+        static const int order[] = {NM_QKERNEL_AVX512VNNI, NM_QKERNEL_AVXVNNI, NM_QKERNEL_AVX2};
+        for (int i = 0; i < 3; i++)
+            if (nm_qkernel_available(order[i])) return order[i];
+        return NM_QKERNEL_SCALAR;
+    }
+    return nm_qkernel_available(qkernel) ? qkernel : NM_EINVAL;
+}
+
+typedef struct nm_qkdesc {
+    int mr, nr, offset;
+    nm_qukr_fn ukr;
+    nm_act_fn act;
+} nm_qkdesc;
+
+static nm_qkdesc nm_qkdesc_for(int k)
+{
+    nm_qkdesc d;
+#if NM_X86
+    if (k == NM_QKERNEL_AVX512VNNI) {
+        d.mr = NM_QAVX512_MR, d.nr = NM_QAVX512_NR, d.offset = 1, d.ukr = nm_qukr_avx512, d.act = nm_act_avx2;
+        return d;
+    }
+    if (k == NM_QKERNEL_AVXVNNI) {
+        d.mr = NM_QAVXVNNI_MR, d.nr = NM_QAVXVNNI_NR, d.offset = 1, d.ukr = nm_qukr_avxvnni, d.act = nm_act_avx2;
+        return d;
+    }
+    if (k == NM_QKERNEL_AVX2) {
+        d.mr = NM_QAVX2_MR, d.nr = NM_QAVX2_NR, d.offset = 0, d.ukr = nm_qukr_avx2, d.act = nm_act_avx2;
+        return d;
+    }
+#endif
+    (void)k;
+    d.mr = NM_QSCALAR_MR, d.nr = NM_QSCALAR_NR, d.offset = 0, d.ukr = nm_qukr_scalar, d.act = nm_act_scalar;
+    return d;
+}
+
+/* ---- sizes and packing ---------------------------------------------------------------------- */
+
+static int64_t nm_qceil(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t nm_qmin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+int64_t nm_qpack_b_bytes(int64_t K, int64_t N)
+{
+    if (K < 0 || N < 0) return NM_EINVAL;
+    return nm_qceil(K, 4) * 4 * nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD;
+}
+
+/* groups: (ng, g4) for K and G; returns 0 when G is invalid */
+static int nm_qgroups(int64_t K, int64_t G, int64_t *ng, int64_t *g4)
+{
+    const int64_t k4 = nm_qceil(K, 4);
+    if (G <= 0 || G >= K) {
+        *ng = 1;
+        *g4 = k4 > 0 ? k4 : 1;
+        return 1;
+    }
+    if (G % 4) return 0;
+    *ng = nm_qceil(K, G);
+    *g4 = G / 4;
+    return 1;
+}
+
+int nm_qpack_b(int64_t K, int64_t N, int64_t G, const int8_t *B, ptrdiff_t rsb, ptrdiff_t csb,
+               int8_t *dst, int32_t *colsum)
+{
+    int64_t ng, g4;
+    if (K < 0 || N < 0 || !nm_qgroups(K, G, &ng, &g4) || !colsum || (K > 0 && N > 0 && (!B || !dst)))
+        return NM_EINVAL;
+    const int64_t Kp = nm_qceil(K, 4) * 4, Np = nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD;
+    if (dst) memset(dst, 0, (size_t)(Kp * Np));
+    memset(colsum, 0, (size_t)(ng * Np) * sizeof(int32_t));
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t g = (k / 4) / g4;
+        for (int64_t j = 0; j < N; j++) {
+            const int8_t v = B[k * rsb + j * csb];
+            dst[(j / 16) * Kp * 16 + (k / 4) * 64 + (j % 16) * 4 + k % 4] = v;
+            colsum[g * Np + j] += v;
+        }
+    }
+    return NM_OK;
+}
+
+/* ---- activation quantization ---------------------------------------------------------------- */
+
+typedef struct nm_qplan {
+    const nm_qgemm_args *x;
+    nm_qkdesc kd;
+    int64_t M, N, K, Kp, Np, lda, Mp, ng, g4, G;
+    uint8_t *abuf;
+    float *sa;
+    const float *rows;  /* derived PWL rows or NULL */
+} nm_qplan;
+
+/* round half to even for |v| <= 2^22 (here |v| <= 127): two float additions */
+static inline float nm_qrne(float v)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    return (v + magic) - magic;
+}
+
+static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
+{
+    const nm_qgemm_args *x = p->x;
+    uint8_t *dst = p->abuf + i * p->lda;
+    float *sa = p->sa + i * p->ng;
+    const int64_t K = p->K;
+    const uint8_t zero = p->kd.offset ? 128 : 0;
+    if (i >= p->M) { /* tile padding rows */
+        memset(dst, zero, (size_t)p->lda);
+        for (int64_t g = 0; g < p->ng; g++) sa[g] = 0.0f;
+        return;
+    }
+    memset(dst + K, zero, (size_t)(p->lda - K));
+    if (x->Aq) {
+        const int8_t *a = x->Aq + i * x->rsa;
+        for (int64_t k = 0; k < K; k++) dst[k] = (uint8_t)((int)a[k * x->csa] + (int)zero);
+        for (int64_t g = 0; g < p->ng; g++) sa[g] = x->a_scale ? x->a_scale[i * p->ng + g] : 0.0f;
+        return;
+    }
+    const float *a = x->A + i * x->rsa;
+    if (x->inv_smooth) {
+        for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa] * x->inv_smooth[k];
+    } else {
+        for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa];
+    }
+    for (int64_t g = 0; g < p->ng; g++) {
+        const int64_t k0 = g * p->G, k1 = p->ng == 1 ? K : nm_qmin(K, k0 + p->G);
+        float amax = 0.0f;
+        int bad = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            const float ax = fabsf(tmp[k]);
+            bad |= !(ax <= FLT_MAX);
+            amax = ax > amax ? ax : amax;
+        }
+        float s, inv;
+        if (x->a_static) {
+            s = x->a_static[g];
+            inv = s > 0.0f && s <= FLT_MAX ? 1.0f / s : 0.0f;
+        } else {
+            s = amax / 127.0f;
+            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        }
+        if (bad) {
+            s = NAN;
+            inv = 0.0f;
+            for (int64_t k = k0; k < k1; k++) tmp[k] = 0.0f;
+        }
+        for (int64_t k = k0; k < k1; k++) {
+            float v = tmp[k] * inv;
+            v = v > 127.0f ? 127.0f : v;
+            v = v < -127.0f ? -127.0f : v;
+            dst[k] = (uint8_t)((int)nm_qrne(v) + (int)zero);
+        }
+        sa[g] = s;
+    }
+}
+
+/* ---- tiles ---------------------------------------------------------------------------------- */
+
+static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0)
+{
+    const nm_qgemm_args *x = p->x;
+    const int mr = p->kd.mr, nr = p->kd.nr;
+    _Alignas(64) float f[NM_QMAX_MR * NM_QMAX_NR];
+    _Alignas(64) int32_t ci[NM_QMAX_MR * NM_QMAX_NR];
+    nm_qtile t;
+    t.k4 = p->Kp / 4;
+    t.g4 = p->g4;
+    t.ng = (int)p->ng;
+    t.a = p->abuf + i0 * p->lda;
+    t.lda = p->lda;
+    t.sa = p->sa + i0 * p->ng;
+    t.b = x->Bp + (j0 / 16) * p->Kp * 16;
+    t.pstride = p->Kp * 16;
+    t.colsum = x->colsum + j0;
+    t.ws = x->Ci ? NULL : x->w_scale + j0;
+    t.ldg = p->Np;
+    t.f = f;
+    t.ci = x->Ci ? ci : NULL;
+    p->kd.ukr(&t);
+    const int m = (int)nm_qmin(mr, p->M - i0);
+    const int n = (int)nm_qmin(nr, p->N - j0);
+    if (x->Ci) {
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) x->Ci[(i0 + i) * x->rsc + (j0 + j) * x->csc] = ci[i * nr + j];
+        return;
+    }
+    const nm_epilogue *ep = x->ep;
+    for (int h = 0; h < n; h += NM_MAX_NR) {
+        const int64_t jh = j0 + h;
+        nm_tile_ctx c;
+        c.load_c = 0;
+        c.last = 1;
+        c.act = ep ? ep->act : NM_ACT_NONE;
+        c.pwl = ep ? ep->pwl : NULL;
+        c.rows = p->rows;
+        c.bias_col = ep && ep->bias_col ? ep->bias_col + jh : NULL;
+        c.bias_row = ep && ep->bias_row ? ep->bias_row + i0 : NULL;
+        c.res = ep && ep->res ? ep->res + i0 * ep->res_rs + jh * ep->res_cs : NULL;
+        c.res_rs = ep ? ep->res_rs : 0;
+        c.res_cs = ep ? ep->res_cs : 0;
+        nm_tile_finish(f + h, nr, m, (int)nm_qmin(NM_MAX_NR, n - h), x->C + i0 * x->rsc + jh * x->csc, x->rsc,
+                       x->csc, &c, p->kd.act);
+    }
+}
+
+/* unit u of nmu x ns: rows [u / ns block), columns tiles [range of u % ns) */
+static void nm_qunit(const nm_qplan *p, int64_t u, int64_t mu, int64_t ns, int64_t ntile)
+{
+    const int64_t mi = u / ns, ni = u % ns;
+    const int64_t r0 = mi * mu, r1 = nm_qmin(p->Mp, r0 + mu);
+    const int64_t t0 = ntile * ni / ns, t1 = ntile * (ni + 1) / ns;
+    for (int64_t jt = t0; jt < t1; jt++)
+        for (int64_t i0 = r0; i0 < r1; i0 += p->kd.mr) nm_qtile_run(p, i0, jt * p->kd.nr);
+}
+
+int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
+{
+    if (!x) return NM_EINVAL;
+    const int64_t M = x->M, N = x->N, K = x->K;
+    int64_t ng, g4;
+    if (M < 0 || N < 0 || K < 0 || !nm_qgroups(K, x->G, &ng, &g4)) return NM_EINVAL;
+    if (!x->A == !x->Aq || !x->C == !x->Ci) return NM_EINVAL;
+    if (x->Ci && ng != 1) return NM_EINVAL;
+    if (x->C && !x->w_scale) return NM_EINVAL;
+    if (x->C && x->Aq && !x->a_scale) return NM_EINVAL;
+    const int act = x->ep && x->C ? x->ep->act : NM_ACT_NONE;
+    if (act != NM_ACT_NONE && act != NM_ACT_RELU && act != NM_ACT_PWL) return NM_EINVAL;
+    if (act == NM_ACT_PWL && (!x->ep->pwl || x->ep->pwl->n < 1 || x->ep->pwl->nhint < 1)) return NM_EINVAL;
+    const int kres = nm_qkernel_resolve(qkernel);
+    if (kres < 0) return NM_EINVAL;
+    if (M == 0 || N == 0) return NM_OK;
+    if (!x->colsum || (K > 0 && !x->Bp)) return NM_EINVAL;
+
+    nm_qplan p;
+    memset(&p, 0, sizeof p);
+    p.x = x;
+    p.kd = nm_qkdesc_for(kres);
+    p.M = M, p.N = N, p.K = K;
+    p.Kp = nm_qceil(K, 4) * 4;
+    p.Np = nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD;
+    p.lda = nm_qceil(p.Kp > 0 ? p.Kp : 4, 64) * 64;
+    p.Mp = nm_qceil(M, p.kd.mr) * p.kd.mr;
+    p.ng = ng, p.g4 = g4;
+    p.G = ng == 1 ? K : x->G;
+
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (!NM_HAVE_OPENMP) nt = 1;
+    if ((double)M * (double)N * (double)(K > 0 ? K : 1) < 64.0 * 64.0 * 64.0) nt = 1;
+
+    /* scratch: quantized A, row scales, one float row per thread, PWL rows */
+    const int64_t rows_f = (act == NM_ACT_PWL && p.kd.act != nm_act_scalar &&
+                            M * N >= 4 * (int64_t)x->ep->pwl->nhint) ? nm_pwl_rows_floats(x->ep->pwl) : 0;
+    const size_t abytes = (size_t)(p.Mp * p.lda);
+    const size_t sabytes = (size_t)(p.Mp * ng) * sizeof(float);
+    const size_t tmpf = (size_t)(K > 0 ? K : 1) + 16;
+    const size_t total = abytes + 64 + sabytes + 64 + (size_t)nt * tmpf * sizeof(float) + 64 +
+                         (size_t)rows_f * sizeof(float) + 64;
+    void *raw = malloc(total);
+    if (!raw) return NM_ENOMEM;
+    uintptr_t cur = ((uintptr_t)raw + 63) & ~(uintptr_t)63;
+    p.abuf = (uint8_t *)cur;
+    cur = (cur + abytes + 63) & ~(uintptr_t)63;
+    p.sa = (float *)cur;
+    cur = (cur + sabytes + 63) & ~(uintptr_t)63;
+    float *tmps = (float *)cur;
+    cur = (cur + (size_t)nt * tmpf * sizeof(float) + 63) & ~(uintptr_t)63;
+    if (rows_f) {
+        float *rows = (float *)cur;
+        nm_pwl_rows_build(x->ep->pwl, rows);
+        p.rows = rows;
+    }
+
+    /* work units: row blocks of mu rows x ns column ranges, ~4 per thread */
+    const int64_t ntile = nm_qceil(N, p.kd.nr);
+    const int64_t mpan = p.Mp / p.kd.mr;
+    const int64_t want = nt > 1 ? 4 * (int64_t)nt : 1;
+    int64_t mu = nm_qceil(mpan, want) * p.kd.mr;
+    const int64_t mu_max = (96 / p.kd.mr) * p.kd.mr;
+    if (mu > mu_max) mu = mu_max;
+    const int64_t nmu = nm_qceil(p.Mp, mu);
+    int64_t ns = nmu >= want ? 1 : nm_qceil(want, nmu);
+    if (ns > ntile) ns = ntile;
+    const int64_t units = nmu * ns;
+
+    if (nt == 1) {
+        for (int64_t i = 0; i < p.Mp; i++) nm_qrow(&p, i, tmps);
+        for (int64_t u = 0; u < units; u++) nm_qunit(&p, u, mu, ns, ntile);
+    }
+#ifdef _OPENMP
+    else {
+#pragma omp parallel num_threads(nt)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            float *tmp = tmps + (size_t)tid * tmpf;
+            for (int64_t i = p.Mp * tid / team; i < p.Mp * (tid + 1) / team; i++) nm_qrow(&p, i, tmp);
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t u = 0; u < units; u++) nm_qunit(&p, u, mu, ns, ntile);
+        }
+    }
+#endif
+    free(raw);
+    return NM_OK;
+}

@@ -1,0 +1,65 @@
+/* int8 GEMM microkernels (internal to nm_qgemm*.c): one MR x NR tile over the whole K, group by group.
+ *
+ *   for g:  acc = sum over the group's k of a[i, k] * b[k, j]           (exact int32)
+ *           [VNNI: a holds q + 128 (u8) and acc -= 128 * colsum[g, j]]
+ *           int output: ci[i, j] = acc          (one group)
+ *           float:      f = f + (float)acc * (sa[i, g] * ws[g, j])     (f starts at 0)
+ *
+ * The float tile (MR x NR, ld NR) is then finished by the float GEMM's epilogue (nm_tile_finish).
+ * A is the quantized row-major buffer (lda bytes per row, rows padded to a multiple of MR); B is
+ * nm_qpack_b's layout (16-column panels, pstride bytes apart). */
+#ifndef NM_QUKERNEL_H
+#define NM_QUKERNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nm_epilogue.h"
+
+typedef struct nm_qtile {
+    int64_t k4;              /* Kp / 4 */
+    int64_t g4;              /* k4 steps per group */
+    int ng;                  /* groups */
+    const uint8_t *a;        /* row i0 of the quantized A */
+    ptrdiff_t lda;
+    const float *sa;         /* sa[i * ng + g] from row i0 */
+    const int8_t *b;         /* panel of column j0 */
+    ptrdiff_t pstride;       /* bytes between 16-column panels */
+    const int32_t *colsum;   /* colsum[g * ldg + j] from column j0 */
+    const float *ws;         /* ws[g * ldg + j] from column j0, NULL for int output */
+    ptrdiff_t ldg;           /* Np */
+    float *f;                /* float tile [MR][NR] */
+    int32_t *ci;             /* int tile [MR][NR] (int output) */
+} nm_qtile;
+
+typedef void (*nm_qukr_fn)(const nm_qtile *t);
+
+#define NM_QMAX_MR 8
+#define NM_QMAX_NR 32
+
+#define NM_QSCALAR_MR 4
+#define NM_QSCALAR_NR 16
+void nm_qukr_scalar(const nm_qtile *t);
+
+#if NM_X86
+#if defined(__GNUC__) || defined(__clang__)
+#define NM_QAVX2 __attribute__((target("avx2,fma")))
+#define NM_QAVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+#define NM_QAVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#else
+#define NM_QAVX2
+#define NM_QAVXVNNI
+#define NM_QAVX512
+#endif
+#define NM_QAVX2_MR 2
+#define NM_QAVX2_NR 16
+NM_QAVX2 void nm_qukr_avx2(const nm_qtile *t);
+#define NM_QAVXVNNI_MR 3
+#define NM_QAVXVNNI_NR 16
+NM_QAVXVNNI void nm_qukr_avxvnni(const nm_qtile *t);
+#define NM_QAVX512_MR 6
+#define NM_QAVX512_NR 32
+NM_QAVX512 void nm_qukr_avx512(const nm_qtile *t);
+#endif
+
+#endif
