@@ -184,6 +184,7 @@ typedef struct nm_qplan {
     uint8_t *abuf;
     float *sa;
     const float *rows;  /* derived PWL rows or NULL */
+    int simd;           /* AVX2 quantizer (any x86 kernel but scalar; same bits as the C loops) */
 } nm_qplan;
 
 /* round half to even for |v| <= 2^22 (here |v| <= 127): two float additions */
@@ -192,6 +193,64 @@ static inline float nm_qrne(float v)
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
     return (v + magic) - magic;
 }
+
+
+#if NM_X86
+/* max |t[k]| and the non-finite flag over the first n - n % 32 elements (returns that count), the
+ * same values as the scalar loop: max is exact, and a non-finite element only sets *bad. */
+NM_QAVX2 static int64_t nm_qabsmax_avx2(const float *t, int64_t n, float *amax, int *bad)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 big = _mm256_set1_ps(FLT_MAX);
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        const __m256 a0 = _mm256_and_ps(_mm256_loadu_ps(t + k), absmask);
+        const __m256 a1 = _mm256_and_ps(_mm256_loadu_ps(t + k + 8), absmask);
+        const __m256 a2 = _mm256_and_ps(_mm256_loadu_ps(t + k + 16), absmask);
+        const __m256 a3 = _mm256_and_ps(_mm256_loadu_ps(t + k + 24), absmask);
+        ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a0, big, _CMP_LE_OQ), _mm256_cmp_ps(a1, big, _CMP_LE_OQ)),
+                                             _mm256_and_ps(_mm256_cmp_ps(a2, big, _CMP_LE_OQ), _mm256_cmp_ps(a3, big, _CMP_LE_OQ))));
+        m0 = _mm256_max_ps(m0, a0);
+        m1 = _mm256_max_ps(m1, a1);
+        m2 = _mm256_max_ps(m2, a2);
+        m3 = _mm256_max_ps(m3, a3);
+    }
+    if (k == 0) return 0;
+    if (_mm256_movemask_ps(ok) != 0xff) *bad = 1;
+    __m256 m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    const float v = _mm_cvtss_f32(h);
+    if (v > *amax) *amax = v;
+    return k;
+}
+
+/* q = rne(clamp(t * inv, -127, 127)) (+ 128 when offset) for the first n - n % 32 elements. */
+NM_QAVX2 static int64_t nm_qround_avx2(const float *t, int64_t n, float inv, int offset, uint8_t *dst)
+{
+    const __m256 vi = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i flip = _mm256_set1_epi8(offset ? (char)0x80 : 0);
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        __m256i q[4];
+        for (int u = 0; u < 4; u++) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t + k + 8 * u), vi);
+            v = _mm256_min_ps(v, hi);  /* v is never NaN here (non-finite groups are zeroed) */
+            v = _mm256_max_ps(v, lo);
+            v = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+            q[u] = _mm256_cvtps_epi32(v); /* integral already: exact */
+        }
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(dst + k), _mm256_xor_si256(_mm256_permutevar8x32_epi32(p, perm), flip));
+    }
+    return k;
+}
+#endif
 
 static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
 {
@@ -213,8 +272,15 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
         return;
     }
     const float *a = x->A + i * x->rsa;
-    if (x->inv_smooth) {
-        for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa] * x->inv_smooth[k];
+    const float *sm = x->inv_smooth;
+    if (x->csa == 1) {
+        if (sm) {
+            for (int64_t k = 0; k < K; k++) tmp[k] = a[k] * sm[k];
+        } else {
+            memcpy(tmp, a, (size_t)K * sizeof(float));
+        }
+    } else if (sm) {
+        for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa] * sm[k];
     } else {
         for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa];
     }
@@ -222,7 +288,11 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
         const int64_t k0 = g * p->G, k1 = p->ng == 1 ? K : nm_qmin(K, k0 + p->G);
         float amax = 0.0f;
         int bad = 0;
-        for (int64_t k = k0; k < k1; k++) {
+        int64_t k = k0;
+#if NM_X86
+        if (p->simd) k = nm_qabsmax_avx2(tmp + k0, k1 - k0, &amax, &bad) + k0;
+#endif
+        for (; k < k1; k++) {
             const float ax = fabsf(tmp[k]);
             bad |= !(ax <= FLT_MAX);
             amax = ax > amax ? ax : amax;
@@ -240,7 +310,11 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
             inv = 0.0f;
             for (int64_t k = k0; k < k1; k++) tmp[k] = 0.0f;
         }
-        for (int64_t k = k0; k < k1; k++) {
+        k = k0;
+#if NM_X86
+        if (p->simd) k = nm_qround_avx2(tmp + k0, k1 - k0, inv, p->kd.offset, dst + k0) + k0;
+#endif
+        for (; k < k1; k++) {
             float v = tmp[k] * inv;
             v = v > 127.0f ? 127.0f : v;
             v = v < -127.0f ? -127.0f : v;
@@ -338,6 +412,7 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
     p.Mp = nm_qceil(M, p.kd.mr) * p.kd.mr;
     p.ng = ng, p.g4 = g4;
     p.G = ng == 1 ? K : x->G;
+    p.simd = NM_X86 && kres != NM_QKERNEL_SCALAR;
 
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     if (!NM_HAVE_OPENMP) nt = 1;
