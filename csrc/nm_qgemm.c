@@ -354,22 +354,38 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0)
             for (int j = 0; j < n; j++) x->Ci[(i0 + i) * x->rsc + (j0 + j) * x->csc] = ci[i * nr + j];
         return;
     }
+    /* the float GEMM's epilogue (nm_tile_finish's operations in its order: + bias_col, + bias_row,
+     * + residual, act), one row at a time in branch-free loops */
     const nm_epilogue *ep = x->ep;
-    for (int h = 0; h < n; h += NM_MAX_NR) {
-        const int64_t jh = j0 + h;
-        nm_tile_ctx c;
-        c.load_c = 0;
-        c.last = 1;
-        c.act = ep ? ep->act : NM_ACT_NONE;
-        c.pwl = ep ? ep->pwl : NULL;
-        c.rows = p->rows;
-        c.bias_col = ep && ep->bias_col ? ep->bias_col + jh : NULL;
-        c.bias_row = ep && ep->bias_row ? ep->bias_row + i0 : NULL;
-        c.res = ep && ep->res ? ep->res + i0 * ep->res_rs + jh * ep->res_cs : NULL;
-        c.res_rs = ep ? ep->res_rs : 0;
-        c.res_cs = ep ? ep->res_cs : 0;
-        nm_tile_finish(f + h, nr, m, (int)nm_qmin(NM_MAX_NR, n - h), x->C + i0 * x->rsc + jh * x->csc, x->rsc,
-                       x->csc, &c, p->kd.act);
+    const int act = ep ? ep->act : NM_ACT_NONE;
+    for (int i = 0; i < m; i++) {
+        const int64_t r = i0 + i;
+        float v[NM_QMAX_NR];
+        memcpy(v, f + i * nr, (size_t)n * sizeof(float));
+        if (ep && ep->bias_col) {
+            const float *bc = ep->bias_col + j0;
+            for (int j = 0; j < n; j++) v[j] = v[j] + bc[j];
+        }
+        if (ep && ep->bias_row) {
+            const float br = ep->bias_row[r];
+            for (int j = 0; j < n; j++) v[j] = v[j] + br;
+        }
+        if (ep && ep->res) {
+            const float *rr = ep->res + r * ep->res_rs + j0 * ep->res_cs;
+            const ptrdiff_t cs = ep->res_cs;
+            if (cs == 1) {
+                for (int j = 0; j < n; j++) v[j] = v[j] + rr[j];
+            } else {
+                for (int j = 0; j < n; j++) v[j] = v[j] + rr[j * cs];
+            }
+        }
+        if (act != NM_ACT_NONE) p->kd.act(act, ep->pwl, p->rows, v, v, n);
+        float *cr = x->C + r * x->rsc + j0 * x->csc;
+        if (x->csc == 1) {
+            memcpy(cr, v, (size_t)n * sizeof(float));
+        } else {
+            for (int j = 0; j < n; j++) cr[j * x->csc] = v[j];
+        }
     }
 }
 
