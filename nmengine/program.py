@@ -6,6 +6,9 @@ Every op of a Program is one of three families (``Op.family``):
     ``gemm``          ``out = ep(A @ B + bias + bias_row + res)``; a buffer operand ``A`` of rank > 2 is
                       viewed as rows ``(-1, K)`` and the output keeps its leading dims; ``B`` may be a
                       constant ``(K, N)``.  Attributes ``trans_a``/``trans_b`` read an operand transposed.
+                      With ``attrs["precision"] == "int8"`` (:mod:`nmengine.compile.quantize`) ``B`` is an
+                      int8 constant with scales ``w_scale`` (K groups x N) and optional ``inv_smooth`` (K,)
+                      / ``a_static`` (K groups,); see :mod:`nmengine.runtime_int8`.
     ``gemm_batched``  ``out[p1, p2] = ep(A[p1, p2] @ B[p1, p2] + bias + bias_row + res)`` with numpy batch
                       broadcasting (a constant operand is shared by every batch); operands are read
                       through zero-copy *views* (``reshape``/``select``/``perm``, see :func:`apply_view`),
@@ -76,7 +79,7 @@ ACTS = ("none", "relu", "pwl")
 
 #: Operand roles each op kind accepts: (required, optional).
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "gemm": (("a", "b"), ("bias", "bias_row", "res", "bias_exact")),
+    "gemm": (("a", "b"), ("bias", "bias_row", "res", "bias_exact", "w_scale", "inv_smooth", "a_static")),
     "gemm_batched": (("a", "b"), ("bias", "bias_row", "res")),
     "scale": (("x",), ("mul", "row_scale", "col_scale", "bias", "bias_row", "res")),
     "pairwise_max": (("x",), ()),
@@ -280,7 +283,7 @@ class Program:
         self.constants: dict[str, np.ndarray] = {}
         for k, v in constants.items():
             arr = np.require(v, requirements="C")
-            if arr.dtype not in (np.float32, np.int64):
+            if arr.dtype not in (np.float32, np.int64, np.int8):  # int8: quantized weights
                 arr = arr.astype(np.float32)
             arr.setflags(write=False)
             self.constants[k] = arr

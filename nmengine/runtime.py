@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import kernels, movement, shapes
+from . import kernels, movement, runtime_int8, shapes
 from .program import Op, Program, ProgramError, resolve_reshape, apply_view
 
 __all__ = ["Runtime", "Arena", "MODES", "bind_inputs", "scale_numpy"]
@@ -132,6 +132,8 @@ class Runtime:
         self.program = program
         #: the ops this interpreter runs: fused row ops replaced by their expansion
         self.ops: list[Op] = program.expanded().ops
+        #: op output -> packed operands of the int8 GEMM ops (runtime_int8)
+        self.int8 = runtime_int8.prepare(program)
         self._pool: queue.SimpleQueue[Arena] = queue.SimpleQueue()
         self._prepared: dict[str, Any] = {}
 
@@ -327,7 +329,11 @@ class Runtime:
         bias_row = env[args["bias_row"]].reshape(-1) if "bias_row" in args else None
         res = env[args["res"]].reshape(m, n) if "res" in args else None
         epi, post = self._epilogue(op, mode, record)
-        kernels.gemm(a2, b, bias=bias, bias_row=bias_row, residual=res, epilogue=epi, out=out)
+        q = self.int8.get(op.out)
+        if q is not None:
+            q.run(a2, out, bias=bias, bias_row=bias_row, residual=res, epilogue=epi, exact=mode == "exact")
+        else:
+            kernels.gemm(a2, b, bias=bias, bias_row=bias_row, residual=res, epilogue=epi, out=out)
         if post is not None:
             post(out)
         return out.reshape(lead + (n,))

@@ -13,6 +13,10 @@
 6. row-kernel fusion: softmax and LayerNorm chains become ``softmax_rows`` / ``layernorm_rows`` ops
    (each keeps its chain as its declared expansion), see :mod:`.fuse_rows`.
 
+6. with ``precision="int8"``: the int8 pass (:mod:`.quantize`) turns every weight GEMM into an int8
+   GEMM, choosing per GEMM (by the error measured on the calibration data) between per-row and per
+   K-group scales, SmoothQuant migration, dynamic and static activation scales.
+
 ``segments="auto"`` with a ``target`` (output cosine, accuracy drop, table bytes) chooses every
 table's segment count and range from measured sensitivities instead, see :mod:`.budget`.
 """
@@ -28,6 +32,7 @@ from .calibrate import correct_biases, fit_tables, record_activations
 from .fuse_rows import fuse_rows
 from .lower import MASK_BIAS, lower
 from .passes import fold_batchnorm, fold_layernorm_affine, fuse
+from .quantize import PRECISIONS, quantize
 
 __all__ = ["compile", "lower", "MASK_BIAS", "fuse_rows", "fuse_program"]
 
@@ -54,6 +59,8 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     pack_tokens: bool = True,
     progress: bool = False,
     target: Any = None,
+    precision: str = "float32",
+    int8_tolerance: float = 0.01,
 ) -> Program:
     """Matrixize ``spec`` into a :class:`~nmengine.program.Program`.
 
@@ -79,10 +86,17 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     pack_tokens:
         For transformers with a key mask, compute token-wise layers on the real tokens only
         (see :func:`.lower.lower`); padding then costs nothing in the linear layers.
+    precision:
+        ``"float32"`` (default) or ``"int8"``: weight GEMMs in int8 (see :mod:`.quantize`).
+    int8_tolerance:
+        With int8, the relative output error on the calibration data a GEMM's cheapest int8
+        configuration must stay within (else a more accurate one is chosen).
     """
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"compile expects a ModelSpec, got {type(spec).__name__}")
     spec.validate()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     from .budget import check_auto
 
     auto = check_auto(segments, calibration, max_error, target)
@@ -101,21 +115,28 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
     tables = fit_tables(requests, None, options, functions)
     program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
+
+    def finish(p: Program, calib: Any) -> Program:
+        if precision != "float32":
+            p = quantize(p, calib, tolerance=int8_tolerance)
+        return fuse_program(p)
+
     if calibration is None:
-        return fuse_program(program)
+        return finish(program, None)
     # Runs (and so validates) the calibration inputs even when there is no table to fit.
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
     if not requests:
-        return fuse_program(program)
+        return finish(program, calibration)
     if auto:
         from .budget import compile_budgeted
 
-        return fuse_program(compile_budgeted(program, requests, calibration, acts, target=target, options=options,
-                                             functions=functions, bias_correction=bias_correction,
-                                             progress=progress))
+        return finish(compile_budgeted(program, requests, calibration, acts, target=target, options=options,
+                                       functions=functions, bias_correction=bias_correction,
+                                       progress=progress), calibration)
     tables = fit_tables(requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
     meta["calibrated"] = True
     meta["bias_corrections"] = corrections
-    return fuse_program(Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta))
+    return finish(Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta),
+                  calibration)

@@ -1,0 +1,256 @@
+"""The int8 pass: every weight GEMM of a Program becomes an int8 x int8 -> int32 GEMM, chosen by measured error.
+
+``quantize(program, calibration)`` rewrites each ``gemm`` op whose ``b`` is a constant ``(K, N)`` weight
+matrix (``K, N >= MIN_DIM``: the LayerNorm / softmax reductions against a column of ones stay float)
+into an int8 op:
+
+* weights: symmetric int8 per output channel (one scale per column), or per (K group, column);
+* activations: int8 per row (and K group) with the scale computed at run time ("dynamic"), or one
+  scale per K group fixed from calibration ("static");
+* optionally SmoothQuant-style migration: activation column k is divided by
+  ``s_k = max|A_k|^alpha / max|W_k|^(1 - alpha)`` (from calibration) and weight row k multiplied by it.
+
+Candidates are tried from the cheapest (one group, no smoothing) to the most accurate (K groups of 32);
+for each GEMM the first whose relative error on the calibration rows is at most ``tolerance`` wins
+(else the most accurate one).  The error is measured by running the real int8 kernel on the recorded
+activations against the float64 product: ``||Y_q - Y|| / ||Y||`` over the whole output.
+
+The op keeps kind ``gemm`` (coverage, shapes, cost and reports see a GEMM) with
+``attrs["precision"] = "int8"`` and ``attrs["quant"]`` (group, activations, smoothing alpha, the measured
+error of every candidate); its ``b`` becomes the int8 constant and new operands carry ``w_scale``
+(ngroups, N) float32, optionally ``inv_smooth`` (K,) and ``a_static`` (ngroups,).  Exact mode runs such
+an op in float with the dequantized weights (the quantized weights are the model's weights now).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..program import Op, Program
+
+__all__ = ["quantize", "Candidate", "DEFAULT_CANDIDATES", "quantize_weights", "smoothing_factors",
+           "eligible", "PRECISIONS", "QuantizationError"]
+
+PRECISIONS = ("float32", "int8")
+
+#: Smallest K and N of a GEMM worth quantizing (reductions against a ones column have N = 1).
+MIN_DIM = 16
+
+#: Rows of recorded activations kept per GEMM (a seeded random subset beyond this).
+MAX_ROWS = 4096
+
+
+class QuantizationError(ValueError):
+    """The int8 pass cannot quantize this program with these inputs (what was expected, what came)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One int8 configuration of a GEMM: K group (None: one scale per row / column), activation
+    scales ("dynamic" per row at run time, or "static" from calibration), SmoothQuant alpha or None."""
+
+    group: int | None = None
+    activations: str = "dynamic"
+    smooth: float | None = None
+
+    @property
+    def name(self) -> str:
+        g = f"g{self.group}" if self.group else "row"
+        s = f"+smooth{self.smooth:g}" if self.smooth is not None else ""
+        return f"{self.activations}-{g}{s}"
+
+
+#: Cheapest first: one group (no per-group float work in the kernel), then smoothing, then K groups.
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate(None, "dynamic", None),
+    Candidate(None, "dynamic", 0.5),
+    Candidate(128, "dynamic", 0.5),
+    Candidate(64, "dynamic", 0.5),
+    Candidate(32, "dynamic", 0.5),
+)
+
+
+def quantize_weights(w: np.ndarray, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights: ``(q (K, N) int8, scale (ngroups, N) float32)`` with
+    ``scale = max |w| / 127`` over each (K group, column) (1 where the group is all zeros) and
+    ``q = round_half_even(w / scale)`` clamped to [-127, 127]."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_weights expects a 2-D (K, N) matrix, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise QuantizationError("weights contain NaN or Inf")
+    K = w.shape[0]
+    G = group if group and group < K else max(K, 1)
+    ng = max(1, -(-K // G))
+    scale = np.ones((ng, w.shape[1]), np.float32)
+    for g in range(ng):
+        blk = w[g * G:(g + 1) * G]
+        if blk.size:
+            m = np.abs(blk).max(axis=0) / np.float32(127)
+            scale[g] = np.where(m > 0, m, np.float32(1))
+    rows = np.repeat(scale, G, axis=0)[:K]
+    q = np.clip(np.rint(w / rows), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def smoothing_factors(act_absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant factors ``s_k = max|A_k|^alpha / max|W_k,:|^(1-alpha)`` (float32, (K,)); rows or
+    columns that are all zero get 1."""
+    wmax = np.abs(np.asarray(w, np.float64)).max(axis=1)
+    amax = np.asarray(act_absmax, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = amax ** alpha / wmax ** (1.0 - alpha)
+    s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
+    return s.astype(np.float32)
+
+
+def eligible(program: Program, op: Op) -> bool:
+    """Whether ``op`` is a weight GEMM the pass quantizes."""
+    if op.kind != "gemm" or op.attrs.get("precision", "float32") != "float32":
+        return False
+    if op.attrs.get("trans_a") or op.attrs.get("trans_b"):
+        return False
+    b = program.constants.get(op.args["b"])
+    return b is not None and b.ndim == 2 and b.dtype == np.float32 and min(b.shape) >= MIN_DIM
+
+
+def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, seed: int) -> dict[int, np.ndarray]:
+    """Rows of the A operand of every target op, from the exact program on the calibration data."""
+    from .calibrate import iter_batches
+
+    names = sorted({program.ops[i].args["a"] for i in targets})
+    probe = Program(program.inputs, names, program.ops, program.constants, program.tables,
+                    name=program.name, meta={})
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in iter_batches(calibration):
+        outs = probe.run(batch, mode="exact")
+        if len(names) == 1:
+            outs = {names[0]: outs}
+        for n in names:
+            x = np.asarray(outs[n], np.float32)
+            rows[n].append(x.reshape(-1, x.shape[-1]))
+    got: dict[int, np.ndarray] = {}
+    for i in targets:
+        n = program.ops[i].args["a"]
+        x = np.concatenate(rows[n]) if rows[n] else np.zeros((0, program.constants[program.ops[i].args["b"]].shape[0]),
+                                                             np.float32)
+        if x.shape[0] > MAX_ROWS:
+            x = x[np.sort(rng.choice(x.shape[0], MAX_ROWS, replace=False))]
+        got[i] = x
+    return got
+
+
+def _build(w: np.ndarray, cand: Candidate, x: np.ndarray | None) -> dict[str, Any]:
+    """Constants of one candidate: q, w_scale, inv_smooth, a_static (None when unused)."""
+    inv_smooth = None
+    weff = w
+    if cand.smooth is not None and x is not None and x.shape[0]:
+        s = smoothing_factors(np.abs(x).max(axis=0), w, cand.smooth)
+        inv_smooth = (np.float32(1) / s).astype(np.float32)
+        weff = (w * s[:, None]).astype(np.float32)
+    q, scale = quantize_weights(weff, cand.group)
+    a_static = None
+    if cand.activations == "static":
+        if x is None or not x.shape[0]:
+            raise QuantizationError("static activation scales need calibration rows")
+        xs = x * inv_smooth[None, :] if inv_smooth is not None else x
+        K = w.shape[0]
+        G = cand.group if cand.group and cand.group < K else K
+        ng = max(1, -(-K // G))
+        a_static = np.array([max(float(np.abs(xs[:, g * G:(g + 1) * G]).max(initial=0.0)) / 127.0, 1e-12)
+                             for g in range(ng)], np.float32)
+    return {"q": q, "w_scale": scale, "inv_smooth": inv_smooth, "a_static": a_static,
+            "group": cand.group if cand.group and cand.group < w.shape[0] else None}
+
+
+def _error(consts: dict[str, Any], x: np.ndarray, ref: np.ndarray, ref_norm: float) -> float:
+    from .. import kernels
+
+    Q = kernels.QuantizedMatrix(consts["q"], consts["w_scale"], consts["group"])
+    y = kernels.qgemm(x, Q, inv_smooth=consts["inv_smooth"], static_scale=consts["a_static"])
+    return float(np.linalg.norm(y.astype(np.float64) - ref) / ref_norm) if ref_norm > 0 else 0.0
+
+
+def quantize(program: Program, calibration: Any = None, *, tolerance: float = 0.01,
+             candidates: Iterable[Candidate] | None = None, seed: int = 0) -> Program:
+    """A copy of ``program`` with its weight GEMMs in int8 (see the module docstring).
+
+    ``calibration``: program inputs (as for :func:`nmengine.compile`) the exact program runs on to record
+    every GEMM's activations.  Without it, every GEMM gets the most accurate candidate (the last),
+    without smoothing or static scales, since nothing can be measured.
+    """
+    cands = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+    if not cands:
+        raise ValueError("candidates must not be empty")
+    for c in cands:
+        if c.activations not in ("dynamic", "static"):
+            raise ValueError(f"candidate activations must be 'dynamic' or 'static', got {c.activations!r}")
+        if c.group is not None and (c.group <= 0 or c.group % 4):
+            raise ValueError(f"candidate group must be a positive multiple of 4 or None, got {c.group!r}")
+        if c.smooth is not None and not 0.0 <= c.smooth <= 1.0:
+            raise ValueError(f"candidate smooth alpha must be in [0, 1], got {c.smooth!r}")
+    if not 0.0 < tolerance:
+        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+    targets = [i for i, op in enumerate(program.ops) if eligible(program, op)]
+    acts = _record_inputs(program, targets, calibration, seed) if calibration is not None and targets else {}
+    consts = dict(program.constants)
+    ops = [copy.deepcopy(op) for op in program.ops]
+    users: dict[str, int] = {}
+    for op in program.ops:
+        for name in op.args.values():
+            users[name] = users.get(name, 0) + 1
+    for i in targets:
+        op = ops[i]
+        w = program.constants[op.args["b"]]
+        x = acts.get(i)
+        if x is not None and not np.all(np.isfinite(x)):
+            raise QuantizationError(f"op {i} ({op.layer}: {op.what}): calibration activations contain NaN or Inf")
+        measured: dict[str, float] = {}
+        if x is None or not x.shape[0]:
+            fallback = Candidate(cands[-1].group, "dynamic", None)
+            chosen, best = fallback, _build(w, fallback, None)
+            reason = "no calibration data for this GEMM: most accurate candidate without smoothing"
+        else:
+            ref = x.astype(np.float64) @ w.astype(np.float64)
+            ref_norm = float(np.linalg.norm(ref))
+            chosen, best, best_err = None, None, np.inf
+            reason = f"first candidate with error <= {tolerance:g}"
+            for cand in cands:
+                built = _build(w, cand, x)
+                err = _error(built, x, ref, ref_norm)
+                measured[cand.name] = err
+                if err < best_err:
+                    chosen, best, best_err = cand, built, err
+                if err <= tolerance:
+                    chosen, best = cand, built
+                    break
+            else:
+                reason = f"no candidate within {tolerance:g}: the most accurate"
+        base = op.args["b"]
+        qname = f"{base}:int8"
+        consts[qname] = best["q"]
+        consts[f"{qname}:w_scale"] = best["w_scale"]
+        op.args["b"] = qname
+        op.args["w_scale"] = f"{qname}:w_scale"
+        if best["inv_smooth"] is not None:
+            consts[f"{qname}:inv_smooth"] = best["inv_smooth"]
+            op.args["inv_smooth"] = f"{qname}:inv_smooth"
+        if best["a_static"] is not None:
+            consts[f"{qname}:a_static"] = best["a_static"]
+            op.args["a_static"] = f"{qname}:a_static"
+        op.attrs["precision"] = "int8"
+        op.attrs["quant"] = {"group": best["group"], "activations": chosen.activations, "smooth": chosen.smooth,
+                             "candidate": chosen.name, "error": measured.get(chosen.name), "measured": measured,
+                             "reason": reason}
+        users[base] -= 1
+        if users[base] == 0 and base not in program.outputs:
+            consts.pop(base, None)
+    meta = dict(program.meta)
+    meta["precision"] = "int8"
+    meta["quantized_gemms"] = len(targets)
+    return Program(program.inputs, program.outputs, ops, consts, program.tables, name=program.name, meta=meta)
