@@ -730,9 +730,9 @@ _qkernel_cache: dict[int, int] = {}
 def _qkernel_code(kernel: Optional[str]) -> int:
     """int8 kernel code (never auto).  Default: the fastest the CPU has, or scalar inside
     ``use_kernel("scalar")`` / ``NMENGINE_KERNEL=scalar`` (the portable path everywhere)."""
-    core = _core()
+    core = compiled_core()
     if kernel is None:
-        key = "scalar" if _kernel_code() == core.KERNEL_SCALAR else "auto"
+        key = "scalar" if kernel_code() == core.KERNEL_SCALAR else "auto"
     else:
         key = str(kernel).strip().lower() if isinstance(kernel, str) else None
         if key not in _QKERNEL_CODES:
@@ -749,7 +749,7 @@ def _qkernel_code(kernel: Optional[str]) -> int:
 
 def qkernel_info() -> dict[str, Any]:
     """``{"kernel": the int8 kernel the next call uses, "available": [names this CPU can run]}``."""
-    core = _core()
+    core = compiled_core()
     return {"kernel": _QKERNEL_NAMES[_qkernel_code(None)],
             "available": [n for c, n in sorted(_QKERNEL_NAMES.items()) if core.qkernel_available(c)]}
 
@@ -774,7 +774,7 @@ class QuantizedMatrix:
     __slots__ = ("shape", "group", "ngroups", "q", "scale", "data", "colsum", "w_scale")
 
     def __init__(self, q: Any, scale: Any = None, group: Optional[int] = None) -> None:
-        core = _core()
+        core = compiled_core()
         Q = np.asarray(q)
         if Q.dtype != np.int8 or Q.ndim != 2:
             raise ValueError(f"QuantizedMatrix expects a 2-D int8 q (K, N), got {Q.dtype} {_shape(Q.shape)}")
@@ -832,7 +832,7 @@ def qgemm_int32(a: Any, b: Any, *, out: Optional[np.ndarray] = None, kernel: Opt
     """Exact ``a @ b`` of int8 matrices as int32 (every kernel, bit for bit numpy's int64 product
     while it fits int32, i.e. for K < 2**17).  ``b`` is an int8 ``(K, N)`` array or a one-group
     :class:`QuantizedMatrix`; any element strides; ``out`` an optional int32 (M, N) array."""
-    core = _core()
+    core = compiled_core()
     A = _as_int8_2d("a", a)
     P = b if isinstance(b, QuantizedMatrix) else QuantizedMatrix(_as_int8_2d("b", b))
     K, N = P.shape
@@ -875,7 +875,7 @@ def qgemm(
     activations with their ``a_scale`` (M, ngroups).  ``b`` a :class:`QuantizedMatrix` with scales.
     The int32 sums are exact; see csrc/nm_qgemm.h for the float steps (identical in every kernel).
     """
-    core = _core()
+    core = compiled_core()
     if not isinstance(b, QuantizedMatrix):
         raise TypeError(f"qgemm expects b as a QuantizedMatrix, got {type(b).__name__}")
     if b.w_scale is None:
