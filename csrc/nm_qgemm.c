@@ -326,7 +326,8 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
 
 /* ---- tiles ---------------------------------------------------------------------------------- */
 
-static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0)
+/* defer_act: leave the activation to the caller (nm_qunit applies it to whole output rows) */
+static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_act)
 {
     const nm_qgemm_args *x = p->x;
     const int mr = p->kd.mr, nr = p->kd.nr;
@@ -379,7 +380,7 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0)
                 for (int j = 0; j < n; j++) v[j] = v[j] + rr[j * cs];
             }
         }
-        if (act != NM_ACT_NONE) p->kd.act(act, ep->pwl, p->rows, v, v, n);
+        if (act != NM_ACT_NONE && !defer_act) p->kd.act(act, ep->pwl, p->rows, v, v, n);
         float *cr = x->C + r * x->rsc + j0 * x->csc;
         if (x->csc == 1) {
             memcpy(cr, v, (size_t)n * sizeof(float));
@@ -395,8 +396,18 @@ static void nm_qunit(const nm_qplan *p, int64_t u, int64_t mu, int64_t ns, int64
     const int64_t mi = u / ns, ni = u % ns;
     const int64_t r0 = mi * mu, r1 = nm_qmin(p->Mp, r0 + mu);
     const int64_t t0 = ntile * ni / ns, t1 = ntile * (ni + 1) / ns;
+    const int defer = p->x->C && p->x->csc == 1 && p->x->ep && p->x->ep->act != NM_ACT_NONE;
     for (int64_t jt = t0; jt < t1; jt++)
-        for (int64_t i0 = r0; i0 < r1; i0 += p->kd.mr) nm_qtile_run(p, i0, jt * p->kd.nr);
+        for (int64_t i0 = r0; i0 < r1; i0 += p->kd.mr) nm_qtile_run(p, i0, jt * p->kd.nr, defer);
+    if (!defer) return;
+    /* the activation over each output row of the unit at once (one call per row instead of per
+     * tile row: the vector PWL's setup is amortized); elementwise, so the same bits */
+    const nm_epilogue *ep = p->x->ep;
+    const int64_t c0 = t0 * p->kd.nr, c1 = nm_qmin(p->N, t1 * p->kd.nr);
+    for (int64_t r = r0; r < nm_qmin(r1, p->M); r++) {
+        float *cr = p->x->C + r * p->x->rsc + c0;
+        p->kd.act(ep->act, ep->pwl, p->rows, cr, cr, c1 - c0);
+    }
 }
 
 int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
