@@ -5,7 +5,7 @@ reader can list and load its tensors, with the program itself stored in the head
 
     offset 0        u64 little-endian N: length of the JSON header in bytes
     offset 8        N bytes of UTF-8 JSON (padded with spaces to a multiple of 8), an object
-                      {"<tensor>": {"dtype": "F32"|"I64", "shape": [...], "data_offsets": [begin, end]},
+                      {"<tensor>": {"dtype": "F32"|"I64"|"I8", "shape": [...], "data_offsets": [begin, end]},
                        ...,
                        "__metadata__": {"format": "nmengine-bundle", "schema_version": "1", ...}}
     offset 8 + N    the tensor bytes, little-endian, back to back; offsets are relative to here
@@ -66,8 +66,8 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_RANK = 32
 
 #: Bundle dtype code -> little-endian numpy dtype.
-DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "I64": np.dtype("<i8")}
-_DTYPE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "I64": np.dtype("<i8"), "I8": np.dtype("i1")}
+_DTYPE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.int8): "I8"}
 
 TABLE_PARTS = ("breakpoints", "slopes", "intercepts")
 _META_KEYS = ("format", "schema_version", "producer", "created", "program", "checksums",
@@ -203,7 +203,7 @@ def _collect_tensors(program: Program) -> list[tuple[str, str, tuple[int, ...], 
         arr = np.asarray(arr)
         code = _DTYPE_CODES.get(arr.dtype.newbyteorder("="))
         if code is None:
-            raise BundleError(f"constant {name!r} has dtype {arr.dtype}; bundles hold float32 and int64 only")
+            raise BundleError(f"constant {name!r} has dtype {arr.dtype}; bundles hold float32, int64 and int8 only")
         items.append((name, code, tuple(int(d) for d in arr.shape), _le_bytes(arr)))
     for key, table in program.tables.items():
         for part in TABLE_PARTS:
@@ -215,7 +215,8 @@ def _collect_tensors(program: Program) -> list[tuple[str, str, tuple[int, ...], 
             raise BundleError(f"tensor name {name!r} is reserved or used twice (constant names must not be "
                               f"'__metadata__' nor collide with 'table/<key>/<part>' names of the PWL tables)")
         seen.add(name)
-    items.sort(key=lambda t: 0 if t[1] == "I64" else 1)  # stable: program order within a dtype
+    # stable (program order within a dtype); widest first, so every tensor is aligned to its item size
+    items.sort(key=lambda t: {"I64": 0, "F32": 1}.get(t[1], 2))
     return items
 
 

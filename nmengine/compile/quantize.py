@@ -1,8 +1,8 @@
 """The int8 pass: every weight GEMM of a Program becomes an int8 x int8 -> int32 GEMM, chosen by measured error.
 
 ``quantize(program, calibration)`` rewrites each ``gemm`` op whose ``b`` is a constant ``(K, N)`` weight
-matrix (``K, N >= MIN_DIM``: the LayerNorm / softmax reductions against a column of ones stay float)
-into an int8 op:
+matrix (``K >= MIN_K``, ``N >= 2``: the LayerNorm / softmax reductions against a column of ones stay float)
+into an int8 op (convolutions, lowered as ``gemm_batched`` with the weights on the left, stay float32):
 
 * weights: symmetric int8 per output channel (one scale per column), or per (K group, column);
 * activations: int8 per row (and K group) with the scale computed at run time ("dynamic"), or one
@@ -37,8 +37,8 @@ __all__ = ["quantize", "Candidate", "DEFAULT_CANDIDATES", "quantize_weights", "s
 
 PRECISIONS = ("float32", "int8")
 
-#: Smallest K and N of a GEMM worth quantizing (reductions against a ones column have N = 1).
-MIN_DIM = 16
+#: Smallest K of a GEMM worth quantizing (N must be >= 2: reductions against a ones column have N = 1).
+MIN_K = 16
 
 #: Rows of recorded activations kept per GEMM (a seeded random subset beyond this).
 MAX_ROWS = 4096
@@ -115,7 +115,7 @@ def eligible(program: Program, op: Op) -> bool:
     if op.attrs.get("trans_a") or op.attrs.get("trans_b"):
         return False
     b = program.constants.get(op.args["b"])
-    return b is not None and b.ndim == 2 and b.dtype == np.float32 and min(b.shape) >= MIN_DIM
+    return b is not None and b.ndim == 2 and b.dtype == np.float32 and b.shape[0] >= MIN_K and b.shape[1] >= 2
 
 
 def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, seed: int) -> dict[int, np.ndarray]:

@@ -36,6 +36,8 @@ def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("npy", "jsonl"), default="npy", help="output format (default npy)")
     p.add_argument("--batch-size", type=int, default=32)
     add_segments_args(p, DEFAULT_SEGMENTS)
+    p.add_argument("--precision", choices=("float32", "int8"), default=None,
+                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
     p.add_argument("--input", "-i", default="-", help="input file (default stdin)")
     p.add_argument("--output", "-o", default="-", help="output file (default stdout)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise beyond the model's pipeline")
@@ -57,10 +59,15 @@ def run_embed(args: argparse.Namespace) -> int:
         if getattr(args, "segments", None) is not None:
             raise ValueError(f"--segments cannot change the compiled bundle {args.model!r}; "
                              "export it again with `nmengine export-hf --segments N`")
+        if getattr(args, "precision", None) is not None:
+            raise ValueError(f"--precision cannot change the compiled bundle {args.model!r}; "
+                             "export it again with `nmengine export-hf --precision P`")
         emb = SentenceEmbedder(args.model, mode=mode)
     else:
         opts: dict[str, Any] = segments_options(args)
-        if args.exact:
+        if getattr(args, "precision", None) is not None:
+            opts["precision"] = args.precision
+        if args.exact and opts.get("precision", "float32") == "float32":
             opts["calibrate"] = False  # exact mode does not use the tables
         emb = SentenceEmbedder(args.model, mode=mode, progress=bool(args.progress), **opts)
     vecs = emb.encode(lines, batch_size=args.batch_size, normalize=not args.no_normalize,
@@ -93,6 +100,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="Hugging Face BERT / sentence-transformers directory")
     p.add_argument("--output", "-o", required=True, help="bundle to write (.nmb)")
     add_segments_args(p, DEFAULT_SEGMENTS)
+    p.add_argument("--precision", choices=("float32", "int8"), default=None,
+                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
     p.add_argument("--no-cache", action="store_true", help="compile even when a cached program exists")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     p.set_defaults(func=run_export)
@@ -102,6 +111,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_export(args: argparse.Namespace) -> int:
     """Run ``nmengine export-hf``; returns the exit code."""
     opts: dict[str, Any] = {"progress": bool(args.progress), **segments_options(args)}
+    if args.precision is not None:
+        opts["precision"] = args.precision
     if args.no_cache:
         opts["cache"] = False
     path = export(args.model_dir, args.output, **opts)
@@ -118,6 +129,8 @@ def add_hf_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--config", default=None, help="accelerator configuration for the cost model (default: its default)")
     p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
+    p.add_argument("--precision", choices=("float32", "int8"), default=None,
+                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
     p.set_defaults(func=run_hf_report)
     return p
 
@@ -134,6 +147,8 @@ def run_hf_report(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = {"calibrate": False}
     if getattr(args, "segments", None) is not None:
         opts["segments"] = args.segments
+    if getattr(args, "precision", None) is not None:
+        opts["precision"] = args.precision
     program = load_bert(args.model, **opts)
     shape = (int(args.batch), int(args.seq_len))
     report = program.cost(args.config, {k: shape for k in INPUT_NAMES})

@@ -64,6 +64,7 @@ def load_bert(
     progress: bool = False,
     cache: Optional[bool] = None,
     target: Any = None,
+    precision: str = "float32",
 ):
     """Import a Hugging Face BERT checkpoint and compile it to a matrixized :class:`~nmengine.program.Program`.
 
@@ -93,6 +94,9 @@ def load_bert(
         Reuse a previously compiled program from the disk cache (:mod:`nmengine.cache`), keyed by the
         checkpoint's files, every option above and the nmengine code; ``None`` (default) follows
         ``NMENGINE_CACHE`` (on unless set to 0), ``False`` always compiles.
+    precision:
+        ``"float32"`` (default) or ``"int8"``: the linear layers run as int8 GEMMs, each quantized as
+        the compiler's int8 pass chooses on the calibration sentences (docs/int8.md).
 
     The program is self-contained: ``program.meta["hf"]`` carries the model configuration, the
     sentence pipeline and the tokenizer, so a saved bundle is all :class:`SentenceEmbedder` needs.
@@ -116,12 +120,14 @@ def load_bert(
            "code": code_fingerprint(), "segments": segments, "method": method, "max_error": max_error,
            "functions": functions, "calibration_sentences": calibration_sentences, "calibrate": calibrate,
            "max_length": max_len, "pooling": pooling, "normalize": bool(normalize),
-           "bias_correction": bias_correction, "target": None if target is None else repr(target)}
+           "bias_correction": bias_correction, "target": None if target is None else repr(target),
+           "precision": precision}
     return cached(key, lambda: _compile_bert(d, config, pipeline, max_len, segments=segments, method=method,
                                              max_error=max_error, functions=functions,
                                              calibration_sentences=calibration_sentences, calibrate=calibrate,
                                              pooling=pooling, normalize=bool(normalize),
-                                             bias_correction=bias_correction, progress=progress, target=target),
+                                             bias_correction=bias_correction, progress=progress, target=target,
+                                             precision=precision),
                   enabled=cache)
 
 
@@ -133,7 +139,7 @@ _CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "t
 def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_len: int, *, segments: Any,
                   method: str, max_error: Optional[float], functions: Optional[Mapping[str, Mapping[str, Any]]],
                   calibration_sentences: Optional[Sequence[str]], calibrate: bool, pooling: str, normalize: bool,
-                  bias_correction: bool, progress: bool, target: Any = None):
+                  bias_correction: bool, progress: bool, target: Any = None, precision: str = "float32"):
     from ..compile import compile as nm_compile
 
     weights = load_weights(d)
@@ -149,7 +155,7 @@ def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_le
                                     pad_id=config.pad_token_id, lowercase=pipeline.do_lower_case)
     program = nm_compile(spec, calibration=calib, segments=segments, method=method, max_error=max_error,
                          functions=fn_opts or None, bias_correction=bias_correction, progress=progress,
-                         target=target)
+                         target=target, precision=precision)
     with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
         tokenizer_json = f.read()
     program.meta["hf"] = {"model_dir": d, "config": asdict(config), "pooling": pooling,

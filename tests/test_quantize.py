@@ -1,0 +1,138 @@
+"""The int8 pass (nm.compile(precision="int8")): program structure, accuracy against the float64 forward
+of the same spec (tests/reference.py), bundles, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nmengine as nm
+from nmengine import kernels
+from nmengine.compile import compile
+from nmengine.compile.quantize import Candidate, QuantizationError, quantize, quantize_weights
+
+from . import reference
+from .specs import cnn_spec, transformer_inputs, transformer_spec
+
+
+def _cos(a, b):
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    spec = transformer_spec(seed=3, d=64, heads=4, ff=128, layers=2)
+    calib = [transformer_inputs(seed=s, batch=8, t=12) for s in range(3)]
+    return spec, calib
+
+
+def test_int8_program_structure(encoder):
+    spec, calib = encoder
+    p = compile(spec, calibration=calib, precision="int8")
+    q = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    # QKV, attention output, FFN in, FFN out per layer
+    assert len(q) == 8 and p.meta["precision"] == "int8"
+    for op in q:
+        assert p.constants[op.args["b"]].dtype == np.int8
+        w_scale = p.constants[op.args["w_scale"]]
+        info = op.attrs["quant"]
+        assert w_scale.shape[1] == p.constants[op.args["b"]].shape[1]
+        assert info["candidate"] in info["measured"] and info["error"] == info["measured"][info["candidate"]]
+        assert 0 <= info["error"] < 0.05
+    # the float weights of quantized GEMMs are gone; reductions against ones stay float
+    assert not any(c.dtype == np.float32 and c.ndim == 2 and min(c.shape) >= 64 for c in p.constants.values())
+    assert any(op.kind == "gemm" and op.attrs.get("precision", "float32") == "float32" for op in p.ops)
+
+
+def test_int8_matches_float64_reference(encoder):
+    spec, calib = encoder
+    p = compile(spec, calibration=calib, precision="int8")
+    x = transformer_inputs(seed=11, batch=8, t=12)
+    ref = reference.forward(spec, x)["embedding"]
+    got = p.run(x)
+    cos = _cos(got, ref)
+    assert cos.min() >= 0.995, cos
+    # exact mode: the dequantized weights with exact activations, closer still
+    assert _cos(p.run(x, mode="exact"), ref).min() >= cos.min() - 1e-4
+
+
+def test_cnn_int8(tmp_path):
+    spec = cnn_spec(seed=2, c=16, hw=8)
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((8, 1, 8, 8)).astype(np.float32) for _ in range(2)]
+    p = compile(spec, calibration=calib, precision="int8")
+    # the classifier head is int8; convolutions (weights on the left of gemm_batched) stay float32
+    assert [op.layer for op in p.ops if op.attrs.get("precision") == "int8"] == ["head"]
+    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    ref = reference.forward(spec, {"x": x})
+    ref = ref[spec.outputs[0]]
+    assert _cos(p.run(x), ref).min() >= 0.99
+
+
+def test_bundle_round_trip(encoder, tmp_path):
+    spec, calib = encoder
+    p = compile(spec, calibration=calib, precision="int8")
+    path = nm.save(p, tmp_path / "q.nmb")
+    back = nm.load(path)
+    x = transformer_inputs(seed=5)
+    assert np.array_equal(back.run(x), p.run(x))
+    assert back.constants[[op for op in back.ops if op.attrs.get("precision") == "int8"][0].args["b"]].dtype == np.int8
+
+
+def test_without_calibration_uses_the_most_accurate_candidate(encoder):
+    spec, _ = encoder
+    p = compile(spec, precision="int8")
+    q = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert q and all("no calibration" in op.attrs["quant"]["reason"] for op in q)
+    x = transformer_inputs(seed=2)
+    assert _cos(p.run(x), reference.forward(spec, x)["embedding"]).min() >= 0.99
+
+
+def test_tolerance_picks_cheaper_or_more_accurate(encoder):
+    spec, calib = encoder
+    loose = compile(spec, calibration=calib, precision="int8", int8_tolerance=1.0)
+    assert all(op.attrs["quant"]["candidate"] == "dynamic-row" for op in loose.ops if op.attrs.get("precision") == "int8")
+    tight = compile(spec, calibration=calib, precision="int8", int8_tolerance=1e-9)
+    for op in tight.ops:
+        if op.attrs.get("precision") == "int8":
+            info = op.attrs["quant"]
+            assert info["error"] == min(info["measured"].values())
+
+
+def test_static_candidate_and_smoothing_are_recorded(encoder):
+    spec, calib = encoder
+    base = compile(spec, calibration=calib)
+    p = quantize(base, calib, candidates=[Candidate(32, "static", 0.5)])
+    ops = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert all("a_static" in op.args and "inv_smooth" in op.args for op in ops)
+    x = transformer_inputs(seed=4)
+    assert _cos(p.run(x), base.run(x, mode="exact")).min() >= 0.98
+
+
+def test_quantize_weights_properties():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((70, 9)).astype(np.float32)
+    w[:, 3] = 0
+    q, s = quantize_weights(w, 32)
+    assert q.dtype == np.int8 and s.shape == (3, 9) and np.abs(q).max() == 127
+    deq = q.astype(np.float64) * np.repeat(s, 32, axis=0)[:70]
+    assert np.all(np.abs(deq - w) <= np.repeat(s, 32, axis=0)[:70] / 2 + 1e-7)
+    assert np.all(q[:, 3] == 0)
+
+
+def test_bad_inputs(encoder):
+    spec, calib = encoder
+    with pytest.raises(ValueError, match="precision"):
+        compile(spec, precision="int4")
+    bad = [dict(c) for c in calib]
+    base = compile(spec, calibration=calib)
+    nan_w = dict(base.constants)
+    with pytest.raises(ValueError, match="tolerance"):
+        quantize(base, calib, tolerance=0)
+    with pytest.raises(ValueError, match="group"):
+        quantize(base, calib, candidates=[Candidate(30)])
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_weights(np.array([[np.nan]], np.float32))
+    del bad, nan_w
