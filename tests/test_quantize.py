@@ -136,3 +136,26 @@ def test_bad_inputs(encoder):
     with pytest.raises(ValueError, match="NaN"):
         quantize_weights(np.array([[np.nan]], np.float32))
     del bad, nan_w
+
+
+def test_cost_and_coverage_show_int8(encoder):
+    spec, calib = encoder
+    p = compile(spec, calibration=calib, precision="int8")
+    f = compile(spec, calibration=calib)
+    shapes = {k: (4, 12) for k in p.inputs}
+    cov = p.coverage(shapes)
+    q = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert cov["gemm_precision"]["int8"] == len(q) and cov["int8_gemms"] == [op.out for op in q]
+    rq, rf = p.cost(None, shapes), f.cost(None, shapes)
+    by_out = {o["out"]: o for o in rf.ops}
+    w = rq.config.bytes_per_element
+    for o in rq.ops:
+        if o["precision"] != "int8":
+            continue
+        K, N = o["K"], o["N"]
+        assert o["int8_macs"] == o["macs"] == by_out[o["out"]]["macs"]
+        # weights are read as one byte each instead of w: at least K*N*(w-1) bytes less, minus the scales
+        saved = by_out[o["out"]]["dram_read_bytes"] - o["dram_read_bytes"]
+        assert saved >= K * N * (w - 1) - 4 * (2 * N + K), (o["what"], saved)
+    assert rq.total["int8_macs"] == sum(o["macs"] for o in rq.ops if o["precision"] == "int8") > 0
+    assert "int8" in rq.table()

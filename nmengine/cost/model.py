@@ -286,6 +286,10 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
     }
     macs = pwl = relu = 0
     rd = wr = sram = 0  # elements
+    # int8 GEMMs (nmengine.compile.quantize): one byte per weight, plus the float scales
+    precision = op.attrs.get("precision", "float32") if op.family == "gemm" else None
+    b_rd = 0
+    int8_extra = 0.0
     compute = 0
     if op.kind in ("gemm", "gemm_batched"):
         batch, m, n, k = gemm_dims(op, shapes)
@@ -307,6 +311,9 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
         if "res" in op.args:
             extra += min(_size(shapes[op.args["res"]]), batch * m * n)
         macs = batch * m * n * k
+        if precision == "int8":
+            int8_extra = sum(4.0 * _size(shapes[op.args[r]]) for r in ("w_scale", "inv_smooth", "a_static")
+                             if r in op.args)
         rd = a_rd + b_rd + batch * g.c_reads + extra
         wr = batch * g.c_writes
         sram = batch * g.sram_elems
@@ -348,6 +355,8 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
     elif act == "relu":
         relu += out_elems
     dram_read = rd * w
+    if precision == "int8":
+        dram_read += int8_extra - b_rd * (w - 1)
     dram_write = wr * w
     dram = dram_read + dram_write
     # Every DRAM byte also passes through a buffer once (filled on read, drained on write).
@@ -364,6 +373,7 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
     energy = e_mac + e_pwl + e_cmp + e_sram + e_dram + e_static
     unfused = 2 * w * out_elems if act in ("pwl", "relu") else 0.0
     d.update(
+        precision=precision, int8_macs=int(macs) if precision == "int8" else 0,
         macs=int(macs), pwl_evals=int(pwl), relu_evals=int(relu),
         dram_read_bytes=float(dram_read), dram_write_bytes=float(dram_write), dram_bytes=float(dram),
         sram_bytes=float(sram_bytes),

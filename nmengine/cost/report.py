@@ -22,7 +22,7 @@ _SUM_KEYS = ("macs", "pwl_evals", "relu_evals", "dram_read_bytes", "dram_write_b
              "sram_bytes", "compute_cycles", "memory_cycles", "cycles", "seconds", "energy_pj",
              "energy_mac_pj", "energy_pwl_pj", "energy_cmp_pj", "energy_sram_pj", "energy_dram_pj",
              "energy_static_pj", "unfused_extra_bytes", "unfused_extra_cycles", "unfused_extra_energy_pj",
-             "flops")
+             "flops", "int8_macs")
 
 
 def _aggregate(ops: Sequence[Mapping[str, Any]], cfg: AcceleratorConfig) -> dict[str, Any]:
@@ -195,9 +195,12 @@ class CostReport:
         """A terminal table, one line per layer, then the totals and the throughput summary."""
         cfg = self.config
         head = ["layer", "ops", "MACs", "PWL", "DRAM", "cycles", "bound", "util", "energy"]
+        int8 = bool(self.total.get("int8_macs"))
+        if int8:  # the GEMM precision of each layer: the share of its MACs that run in int8
+            head.insert(3, "int8")
         if self.measured:
             head += ["measured", "GFLOP/s"]
-        right = set(range(1, len(head))) - {6}
+        right = set(range(1, len(head))) - {head.index("bound")}
         rows: list[list[str]] = []
         layers = self.layers if max_layers is None else self.layers[:max_layers]
 
@@ -207,6 +210,8 @@ class CostReport:
                 bound = "movement" if r["dram_bytes"] else "-"
             cells = [name, str(n_ops), _si(r["macs"]), _si(r["pwl_evals"]), _bytes(r["dram_bytes"]),
                      _si(r["cycles"]), bound, f"{100 * r['utilisation']:.1f}%", _energy(r["energy_pj"])]
+            if int8:
+                cells.insert(3, f"{100 * r['int8_macs'] / r['macs']:.0f}%" if r["macs"] else "-")
             if self.measured:
                 cells += [_time(r.get("measured_s", 0.0)), f"{r.get('measured_gflops', 0.0):.2f}"]
             return cells
