@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from nmengine import corpus, hf
+from nmengine import corpus, hf, kernels
 
 from .bert_reference import ReferenceBert
 
@@ -519,4 +519,83 @@ def test_cli_export_then_embed_from_bundle(tiny_dir, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(npy), ref)
     args = _parser().parse_args(["embed", "--model", str(out), "--segments", "4", "-i", str(inp)])
     with pytest.raises(ValueError, match="export it again"):
+        args.func(args)
+
+
+# =================================================================================================
+# all-MiniLM-L6-v2 in int8 (issue #13), no fine-tuning, against the float32 exact embeddings above.
+# Floors: cosine mean >= 0.995, min >= 0.98, nearest-neighbour agreement >= 97% (N_EVAL sentences).
+# =================================================================================================
+@pytest.fixture(scope="module")
+def int8_embedder():
+    return hf.SentenceEmbedder(MODEL_DIR, precision="int8")
+
+
+@pytest.fixture(scope="module")
+def int8_embeddings(int8_embedder, minilm_corpus):
+    """(sentences, float32 exact embeddings, int8 embeddings)."""
+    sents, exact, _ = minilm_corpus
+    return sents, exact, int8_embedder.encode(sents)
+
+
+@requires_model
+def test_every_linear_layer_is_int8(int8_embedder):
+    p = int8_embedder.program
+    q = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert len(q) == 6 * 4 and p.meta["precision"] == "int8"
+    w8 = sum(p.constants[op.args["b"]].nbytes for op in q)
+    assert w8 == 6 * (384 * 1152 + 384 * 384 + 2 * 384 * 1536)  # one byte per weight
+    for op in q:
+        info = op.attrs["quant"]
+        assert info["error"] is not None and info["error"] <= max(info["measured"].values())
+
+
+@requires_model
+def test_minilm_int8_fidelity_floors(int8_embeddings):
+    sents, exact, approx = int8_embeddings
+    assert len(sents) >= 500
+    f = hf.fidelity(approx, exact)
+    assert f["mean_cosine"] >= 0.995, f
+    assert f["min_cosine"] >= 0.98, f
+    assert f["nn_agreement"] >= 0.97, f
+
+
+@requires_model
+def test_int8_semantics(int8_embedder):
+    a, b, c = int8_embedder.encode(["Return the number of items in the list.",
+                                    "Count how many elements a list holds.",
+                                    "Open a network connection to the mail server."])
+    assert a @ b > a @ c + 0.1
+
+
+@requires_model
+def test_int8_scalar_kernel_path(int8_embedder, int8_embeddings):
+    """The portable int8 kernel (what a CPU without AVX2/VNNI runs): same int8 GEMM arithmetic; the float
+    parts differ by the float GEMM kernel's summation (FMA vs multiply-add), which can flip an activation's
+    int8 rounding, so the embeddings agree to quantization noise, not bit for bit."""
+    sents, _, approx = int8_embeddings
+    with kernels.use_kernel("scalar"):
+        assert kernels.qkernel_info()["kernel"] == "scalar"
+        got = int8_embedder.encode(sents[:16])
+    cos = np.sum(got * approx[:16], 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(approx[:16], axis=1)
+    assert cos.min() >= 0.999
+
+
+def test_cli_precision_int8(tiny_dir, tmp_path, capsysbinary):
+    """--precision int8: embed from a checkpoint, export-hf, and a clear error when asking a bundle to change."""
+    src = tmp_path / "in.txt"
+    src.write_text("The file is new.\nReturn a list of names.\n")
+    ap = _parser()
+    args = ap.parse_args(["embed", "--model", tiny_dir, "--precision", "int8", "--segments", "8", "--input", str(src)])
+    assert hf.run_embed(args) == 0
+    arr = np.load(io.BytesIO(capsysbinary.readouterr().out))
+    ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(["The file is new.", "Return a list of names."])
+    assert arr.shape == (2, 16) and _cos(arr, ref).min() >= 0.99
+    bundle = tmp_path / "tiny8.nmb"
+    args = ap.parse_args(["export-hf", tiny_dir, "-o", str(bundle), "--precision", "int8", "--segments", "8", "--no-cache"])
+    assert hf.run_export(args) == 0
+    emb = hf.SentenceEmbedder(str(bundle))
+    assert emb.program.meta["precision"] == "int8"
+    args = ap.parse_args(["embed", "--model", str(bundle), "--precision", "int8", "--input", str(src)])
+    with pytest.raises(ValueError, match="--precision cannot change"):
         args.func(args)

@@ -60,7 +60,7 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     progress: bool = False,
     target: Any = None,
     precision: str = "float32",
-    int8_tolerance: float = 0.01,
+    int8_tolerance: float = 0.006,
 ) -> Program:
     """Matrixize ``spec`` into a :class:`~nmengine.program.Program`.
 

@@ -41,7 +41,7 @@ PRECISIONS = ("float32", "int8")
 MIN_K = 16
 
 #: Rows of recorded activations kept per GEMM (a seeded random subset beyond this).
-MAX_ROWS = 4096
+MAX_ROWS = 2048
 
 
 class QuantizationError(ValueError):
@@ -176,7 +176,7 @@ def _error(consts: dict[str, Any], x: np.ndarray, ref: np.ndarray, ref_norm: flo
     return float(np.linalg.norm(y.astype(np.float64) - ref) / ref_norm) if ref_norm > 0 else 0.0
 
 
-def quantize(program: Program, calibration: Any = None, *, tolerance: float = 0.01,
+def quantize(program: Program, calibration: Any = None, *, tolerance: float = 0.006,
              candidates: Iterable[Candidate] | None = None, seed: int = 0) -> Program:
     """A copy of ``program`` with its weight GEMMs in int8 (see the module docstring).
 
