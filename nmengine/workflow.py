@@ -7,6 +7,8 @@ is a frontend: it drives the trainer, the compiler and the bundle writer, and no
 
 from __future__ import annotations
 
+import contextlib
+
 import argparse
 import time
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ def run_flow(
     learn_tables: bool = False,
     table_lr: float = 1e-2,
     target: Any = None,
+    precision: str = "float32",
 ) -> FlowResult:
     """Train ``model`` ("cnn" or "vit") on digits, fine-tune it with the engine's PWL tables, compile it.
 
@@ -89,9 +92,13 @@ def run_flow(
     tables (no bias correction: the learned intercepts and the fine-tuned biases absorb the mean error).
     ``segments="auto"`` with ``target`` (e.g. ``{"accuracy_drop": 0.005}``; labels are the calibration
     images' own) lets the compiler choose each table's size (:mod:`nmengine.compile.budget`).
+    ``precision="int8"`` compiles the linear layers to int8 GEMMs (the compiler's int8 pass; convolutions
+    stay float32), and AAT then also runs them fake-quantized (quantization-aware training,
+    :mod:`nmengine.train.qat`).
     """
     from . import train as nt
     from .compile import compile
+    from .train.qat import quantization_aware
 
     if aat_epochs < 0:
         raise ValueError(f"aat_epochs must be >= 0, got {aat_epochs}")
@@ -110,7 +117,7 @@ def run_flow(
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data.x_train), min(calibration_size, len(data.x_train)), replace=False)
     calib = data.x_train[pick]
-    pwl: dict[str, Any] = {"segments": segments, "method": method}
+    pwl: dict[str, Any] = {"segments": segments, "method": method, "precision": precision}
     if segments == "auto":
         from .compile.budget import parse_target
 
@@ -123,20 +130,25 @@ def run_flow(
     timings["compile"] = time.perf_counter() - t0
     before = program_accuracy(program, data.x_test, data.y_test)
 
-    if aat_epochs > 0 and program.tables:
+    if aat_epochs > 0 and (program.tables or precision == "int8"):
         t0 = time.perf_counter()
         aat_config = dict(config, epochs=aat_epochs, lr=config["lr"] * 0.1, warmup_epochs=0.0)
         if learn_tables:
             program = _learn_tables(net, data, program, calib, pwl, aat_config, table_lr, seed, progress, model)
         else:
-            # The trainer computes exactly what the program computes: its tables and its bias corrections.
-            with nt.approximate(net, program.tables_by_layer(), bias_shifts=program.bias_shifts()):
+            # The trainer computes exactly what the program computes: its tables and its bias corrections,
+            # and with int8 the fake-quantized linear layers (straight-through gradient).
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(nt.approximate(net, program.tables_by_layer(), bias_shifts=program.bias_shifts()))
+                if precision == "int8":
+                    stack.enter_context(quantization_aware(net, group=32))
                 nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT {model}", **aat_config)
             program = compile(net.to_spec(), calibration=calib, **pwl)
         timings["aat"] = time.perf_counter() - t0
     after = program_accuracy(program, data.x_test, data.y_test)
     exact_after = program_accuracy(program, data.x_test, data.y_test, mode="exact")
     program.meta.update({"dataset": "sklearn digits (fixed stratified split, 1437/360)", "model": model,
+                         "precision": precision,
                          "accuracy": {"exact": exact_acc, "matrixized_before_aat": before,
                                       "matrixized_after_aat": after, "exact_after_aat": exact_after}})
     path = None
@@ -206,7 +218,8 @@ def _train(args: argparse.Namespace) -> int:
     result = run_flow(args.model, epochs=args.epochs, aat_epochs=args.aat_epochs,
                       segments=sizes.get("segments", 16), target=sizes.get("target"),
                       method=args.method, out=args.out, seed=args.seed, progress=not args.quiet,
-                      model_options=options, learn_tables=args.learn_tables, table_lr=args.table_lr)
+                      model_options=options, learn_tables=args.learn_tables, table_lr=args.table_lr,
+                      precision=args.precision)
     print(result.summary())
     return 0
 
@@ -246,6 +259,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="AAT also trains the tables' breakpoints and values (kept sorted and continuous)")
     p.add_argument("--table-lr", type=float, default=1e-2, help="learning rate of the tables' parameters")
     p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
+    p.add_argument("--precision", choices=("float32", "int8"), default="float32",
+                   help="GEMM precision of the linear layers in the exported program (docs/int8.md)")
     p.add_argument("--out", default="model.nmb", help="bundle to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

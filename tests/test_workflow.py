@@ -59,3 +59,12 @@ def test_cli_train_eval_inspect(tmp_path, capsys):
     assert "nmengine-bundle" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "missing.nmb")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_flow_int8_vit():
+    """--precision int8: the ViT's linear layers run as int8 GEMMs and keep the accuracy (no QAT)."""
+    result = run_flow("vit", epochs=3, aat_epochs=0, progress=False, precision="int8")
+    p = result.program
+    assert p.meta["precision"] == "int8"
+    assert sum(op.attrs.get("precision") == "int8" for op in p.ops) >= 4
+    assert result.matrixized_after_aat >= result.exact_accuracy - 0.02, result.summary()
