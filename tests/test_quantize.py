@@ -126,16 +126,13 @@ def test_bad_inputs(encoder):
     spec, calib = encoder
     with pytest.raises(ValueError, match="precision"):
         compile(spec, precision="int4")
-    bad = [dict(c) for c in calib]
     base = compile(spec, calibration=calib)
-    nan_w = dict(base.constants)
     with pytest.raises(ValueError, match="tolerance"):
         quantize(base, calib, tolerance=0)
     with pytest.raises(ValueError, match="group"):
         quantize(base, calib, candidates=[Candidate(30)])
     with pytest.raises(ValueError, match="NaN"):
         quantize_weights(np.array([[np.nan]], np.float32))
-    del bad, nan_w
 
 
 def test_cost_and_coverage_show_int8(encoder):
@@ -159,3 +156,28 @@ def test_cost_and_coverage_show_int8(encoder):
         assert saved >= K * N * (w - 1) - 4 * (2 * N + K), (o["what"], saved)
     assert rq.total["int8_macs"] == sum(o["macs"] for o in rq.ops if o["precision"] == "int8") > 0
     assert "int8" in rq.table()
+
+
+def _mlp():
+    from nmengine.spec import InputSpec, Layer, ModelSpec
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    return ModelSpec({"x": InputSpec((None, 32))}, [
+        Layer("linear", "l1", ["x"], "h", {}, {"weight": w, "bias": np.zeros(64, np.float32)}),
+        Layer("relu", "r", ["h"], "y")], ["y"], name="mlp"), w
+
+
+def test_calibration_without_rows_and_with_nan():
+    spec, w = _mlp()
+    # calibration that never reaches the GEMM with a row: the fallback, said so, and still correct
+    p = compile(spec, calibration=np.zeros((0, 32), np.float32), precision="int8")
+    (op,) = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert "no calibration data" in op.attrs["quant"]["reason"]
+    x = np.random.default_rng(1).standard_normal((9, 32)).astype(np.float32)
+    ref = np.maximum(x.astype(np.float64) @ w.T, 0)
+    assert np.abs(p.run(x) - ref).max() <= 0.02 * np.abs(ref).max()
+    bad = x.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(QuantizationError, match="NaN"):
+        compile(spec, calibration=bad, precision="int8")
