@@ -747,6 +747,12 @@ def _qkernel_code(kernel: Optional[str]) -> int:
     return got
 
 
+def qkernel_for(float_kernel: int) -> int:
+    """The int8 kernel code that goes with a float kernel code: scalar with the scalar kernel, else the
+    fastest int8 kernel this CPU runs."""
+    return _qkernel_code("scalar" if float_kernel == compiled_core().KERNEL_SCALAR else "auto")
+
+
 def qkernel_info() -> dict[str, Any]:
     """``{"kernel": the int8 kernel the next call uses, "available": [names this CPU can run]}``."""
     core = compiled_core()

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import kernels, movement
+from . import kernels, movement, runtime_int8
 from .program import PLUMBING_KINDS, Op, Program, ProgramError, apply_view, expand
 from .runtime import scale_numpy
 from .shapes import op_shape, pair
@@ -232,7 +232,7 @@ class Plan:
         self.casts: dict[int, list[tuple[str, str]]] = {}
         for i, op in enumerate(prog.ops):
             if op.kind in ("gemm", "gemm_batched"):
-                for role in ("a", "b"):
+                for role in ("a",) if runtime_int8.is_int8(op) else ("a", "b"):
                     name = op.args[role]
                     if self.dtypes[name] != np.float32:
                         cast = f"{name}#f32@{i}"
@@ -380,7 +380,8 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     if at.get("trans_a") or at.get("trans_b"):
         return None
     a, b, out = bufs[a_["a"]], bufs[a_["b"]], bufs[op.out]
-    if b.ndim != 2 or not _c_contig_f32(a, b):
+    int8 = runtime_int8.is_int8(op)
+    if b.ndim != 2 or not _c_contig_f32(a, None if int8 else b):
         return None
     k, n = b.shape
     a2 = a.reshape(-1, a.shape[-1])
@@ -400,6 +401,10 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
         res = res.reshape(m, n)
     out2 = out.reshape(m, n)
     code, table = _act(ctx, op.epilogue)
+    if int8:  # int8 x int8 -> int32 GEMM (runtime_int8), a Python step between the C runs
+        g = ctx.interp.int8.get(op.out)
+        return None if g is None else runtime_int8.plan_step(g, ctx.core, a2, out2, bias, bias_row, res, code,
+                                                             table, ctx.threads, ctx.kernel)
     pk = ctx.packed.get(a_["b"])
     if pk is not None:
         return ctx.core.sgemm_packed, (a2, pk, n, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
