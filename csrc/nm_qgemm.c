@@ -2,7 +2,7 @@
  *
  *   quantize A rows (per row and K group, or static scales) into a row-major byte buffer
  *   (q + 128 for the VNNI kernels, q otherwise), rows padded to the tile height, K to 4;
- *   barrier
+ *   barrier (threads: the core's pthread pool, nm_parallel in nm_threads.h)
  *   units of (row block x column range) from a dynamic schedule; in a unit, for each NR-column
  *   tile, for each MR-row tile: microkernel over all of K (group by group), then the float GEMM's
  *   tile finisher (bias, bias_row, residual, relu / PWL) on the float tile.
@@ -410,6 +410,33 @@ static void nm_qunit(const nm_qplan *p, int64_t u, int64_t mu, int64_t ns, int64
     }
 }
 
+typedef struct nm_qtask_arg {
+    const nm_qplan *p;
+    float *tmps;
+    size_t tmpf;
+    int64_t mu, ns, ntile, units;
+} nm_qtask_arg;
+
+/* One thread of the team (the core's pthread pool, nm_threads.h): quantize a static share of the
+ * rows, meet, then take work units from the team's dynamic counter.  team is NULL when alone. */
+static void nm_qtask(void *arg, nm_team *team, int tid, int nt)
+{
+    const nm_qtask_arg *a = (const nm_qtask_arg *)arg;
+    const nm_qplan *p = a->p;
+    float *tmp = a->tmps + (size_t)tid * a->tmpf;
+    for (int64_t i = p->Mp * tid / nt; i < p->Mp * (tid + 1) / nt; i++) nm_qrow(p, i, tmp);
+    if (!team) {
+        for (int64_t u = 0; u < a->units; u++) nm_qunit(p, u, a->mu, a->ns, a->ntile);
+        return;
+    }
+    nm_team_barrier(team);
+    for (;;) {
+        const int64_t u = nm_team_next(team);
+        if (u >= a->units) break;
+        nm_qunit(p, u, a->mu, a->ns, a->ntile);
+    }
+}
+
 int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
 {
     if (!x) return NM_EINVAL;
@@ -442,7 +469,7 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
     p.simd = NM_X86 && kres != NM_QKERNEL_SCALAR;
 
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (!NM_HAVE_OPENMP) nt = 1;
+    if (!NM_HAVE_THREADS) nt = 1;
     if ((double)M * (double)N * (double)(K > 0 ? K : 1) < 64.0 * 64.0 * 64.0) nt = 1;
 
     /* scratch: quantized A, row scales, one float row per thread, PWL rows */
@@ -480,23 +507,12 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
     if (ns > ntile) ns = ntile;
     const int64_t units = nmu * ns;
 
+    nm_qtask_arg ta = {&p, tmps, tmpf, mu, ns, ntile, units};
     if (nt == 1) {
-        for (int64_t i = 0; i < p.Mp; i++) nm_qrow(&p, i, tmps);
-        for (int64_t u = 0; u < units; u++) nm_qunit(&p, u, mu, ns, ntile);
+        nm_qtask(&ta, NULL, 0, 1);
+    } else {
+        nm_parallel(nt, nm_qtask, &ta);
     }
-#ifdef _OPENMP
-    else {
-#pragma omp parallel num_threads(nt)
-        {
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            float *tmp = tmps + (size_t)tid * tmpf;
-            for (int64_t i = p.Mp * tid / team; i < p.Mp * (tid + 1) / team; i++) nm_qrow(&p, i, tmp);
-#pragma omp barrier
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t u = 0; u < units; u++) nm_qunit(&p, u, mu, ns, ntile);
-        }
-    }
-#endif
     free(raw);
     return NM_OK;
 }
