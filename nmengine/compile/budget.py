@@ -240,7 +240,7 @@ class _Evaluator:
         nn = [float(np.mean(_nn(a) == ref)) for a, ref in zip(rows, self.exact_nn) if ref is not None]
         if nn:
             out["nn_agreement"] = nn[0]
-        if self.labels is not None:
+        if self.labels is not None and self.exact_acc is not None:
             acc = float(np.mean(rows[0].argmax(1) == self.labels))
             out["accuracy"], out["accuracy_drop"] = acc, self.exact_acc - acc
         out["program"] = prog
@@ -284,12 +284,13 @@ class _Candidates:
         if i not in self._cache:
             from .. import approx
 
-            best = None
+            best: tuple[PWLTable, float, str] | None = None
             for src, opts in self.sources.items():
                 t = approx.fit(self.fn, segments=self.ladder[i], **opts)
                 e = self._error(t)
                 if best is None or e < best[1]:
                     best = (t, e, src)
+            assert best is not None  # there is always the calibrated source
             self._cache[i] = best
         return self._cache[i]
 
