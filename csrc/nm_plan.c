@@ -2,41 +2,6 @@
 #include "nm_plan.h"
 #include <string.h>
 
-static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
-int nm_windows(const nm_windows_args *a)
-{
-    if (!a || !a->x || !a->out || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1
-        || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0)
-        return NM_EINVAL;
-    const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
-    for (int64_t img = 0; img < a->n; img++)
-        for (int64_t ch = 0; ch < a->c; ch++) {
-            const float *src = a->x + (img * a->c + ch) * a->h * a->w;
-            for (int64_t i = 0; i < a->kh; i++)
-                for (int64_t j = 0; j < a->kw; j++)
-                    for (int64_t oy = 0; oy < a->ho; oy++) {
-                        int64_t y = oy * a->sh + i - a->ph;
-                        int inside_y = y >= 0 && y < a->h;
-                        int64_t yc = clamp64(y, 0, a->h - 1);
-                        for (int64_t ox = 0; ox < a->wo; ox++) {
-                            int64_t xx = ox * a->sw + j - a->pw;
-                            float v;
-                            if (inside_y && xx >= 0 && xx < a->w) v = src[y * a->w + xx];
-                            else if (a->edge) v = src[yc * a->w + clamp64(xx, 0, a->w - 1)];
-                            else v = 0.0f;
-                            int64_t o;
-                            if (a->layout == 0)
-                                o = (img * a->c * kk + (ch * a->kh + i) * a->kw + j) * hw + oy * a->wo + ox;
-                            else
-                                o = (((img * a->c + ch) * a->ho + oy) * a->wo + ox) * kk + i * a->kw + j;
-                            a->out[o] = v;
-                        }
-                    }
-        }
-    return NM_OK;
-}
-
 int nm_tokens(const nm_tokens_args *a)
 {
     if (!a || !a->src || !a->dst || a->n < 0) return NM_EINVAL;
@@ -98,7 +63,7 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
         return nm_move_rows(m->src, m->dst, m->mask, m->zero, m->rows, m->rowbytes, m->unpack, nthreads);
     }
     case NM_STEP_WINDOWS:
-        return nm_windows(&s->u.win);
+        return nm_windows_mt(&s->u.win, nthreads);
     case NM_STEP_TOKENS:
         return nm_tokens(&s->u.tok);
     default:

@@ -53,6 +53,8 @@ typedef struct nm_windows_args {
     int edge, layout;
 } nm_windows_args;
 int nm_windows(const nm_windows_args *a);
+/* nm_windows on up to nthreads threads of the pool (a copy: the result does not depend on them). */
+int nm_windows_mt(const nm_windows_args *a, int nthreads);
 
 typedef struct nm_step_gemm {
     int64_t P1, P2, M, N, K;

@@ -554,6 +554,7 @@ cdef extern from "nm_plan.h":
         int edge, layout
 
     int nm_windows(const nm_windows_args *a) nogil
+    int nm_windows_mt(const nm_windows_args *a, int nthreads) nogil
 
     int NM_STEP_TOKENS
     int NM_ERANGE
@@ -650,14 +651,15 @@ cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64
 
 
 def windows(cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-            int64_t pw, bint edge, int layout) -> None:
+            int64_t pw, bint edge, int layout, int nthreads=1) -> None:
     """Sliding windows of NCHW x into out (nm_windows): layout 0 im2col [N, C*kh*kw, Ho*Wo], layout 1
-    pooling windows [N, C, Ho, Wo, kh*kw]; padding zeros (edge False) or replicated edges."""
+    pooling windows [N, C, Ho, Wo, kh*kw]; padding zeros (edge False) or replicated edges.  A copy on up
+    to nthreads threads (same bits for any count)."""
     cdef nm_windows_args w
     _fill_windows(&w, x, out, kh, kw, sh, sw, ph, pw, edge, layout)
     cdef int rc
     with nogil:
-        rc = nm_windows(&w)
+        rc = nm_windows_mt(&w, nthreads)
     _check(rc)
 
 
@@ -890,10 +892,10 @@ cdef class CPlan:
         self.keep.append((src, dst, mask, zero))
 
     def add_windows(self, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                    int64_t ph, int64_t pw, bint edge, int layout):
+                    int64_t ph, int64_t pw, bint edge, int layout, int nthreads=1):
         cdef nm_windows_args w
         _fill_windows(&w, x, out, kh, kw, sh, sw, ph, pw, edge, layout)
-        cdef nm_step *s = self._new(NM_STEP_WINDOWS, -1, -1)
+        cdef nm_step *s = self._new(NM_STEP_WINDOWS, nthreads, -1)
         s.u.win = w
         self.keep.append((x, out))
 

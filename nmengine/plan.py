@@ -578,7 +578,7 @@ def _windows(ctx: StepContext, op: Op, bufs, layout: int) -> Optional[Step]:
     sh, sw = pair(at.get("stride", 1 if layout == 0 else at["kernel"]))
     ph, pw = pair(at.get("padding", 0))
     edge = layout == 1 and at.get("pad", "zero") == "edge"
-    return ctx.core.windows, (x, out, kh, kw, sh, sw, ph, pw, edge, layout)
+    return ctx.core.windows, (x, out, kh, kw, sh, sw, ph, pw, edge, layout, ctx.threads)
 
 
 def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:

@@ -1,0 +1,115 @@
+/* Sliding windows (nm_plan.h: nm_windows): im2col for convolutions and pooling windows, a pure copy.
+ *
+ * im2col (layout 0) is split by output row (img, ch, i, j): each row is Ho segments of Wo floats,
+ * each segment a zero head, a copied middle (memcpy when the stride is 1) and a zero tail, worked out
+ * once per segment instead of per element.  Pooling windows (layout 1) and replicated-edge padding
+ * use the per-element loop, split by (img, ch) plane.  Rows/planes go to the pool's threads
+ * (nm_threads.h) statically; every output element is one copy, so the result is the same bits for
+ * any thread count.
+ */
+#include <string.h>
+
+#include "nm_plan.h"
+#include "nm_threads.h"
+
+#define NM_WIN_PAR_MIN 65536 /* output elements below which one thread does everything */
+
+static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* First ox in [0, wo) with ox*s + off >= 0, and the end of the range with ox*s + off < w. */
+static void inside_range(int64_t off, int64_t s, int64_t w, int64_t wo, int64_t *lo, int64_t *hi)
+{
+    int64_t a = off >= 0 ? 0 : (-off + s - 1) / s;
+    int64_t b = (w - off <= 0) ? 0 : (w - off + s - 1) / s; /* ox*s + off < w  <=>  ox < (w - off)/s */
+    if (a > wo) a = wo;
+    if (b > wo) b = wo;
+    if (b < a) b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* im2col rows r0..r1 (row = (img*c + ch)*kh*kw + i*kw + j), zero padding */
+static void im2col_rows(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    const nm_windows_args *a = (const nm_windows_args *)arg;
+    const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t plane = r / kk, ij = r % kk, i = ij / a->kw, j = ij % a->kw;
+        const float *src = a->x + plane * a->h * a->w;
+        float *dst = a->out + r * hw;
+        int64_t lo, hi;
+        inside_range(j - a->pw, a->sw, a->w, a->wo, &lo, &hi);
+        for (int64_t oy = 0; oy < a->ho; oy++) {
+            float *d = dst + oy * a->wo;
+            const int64_t y = oy * a->sh + i - a->ph;
+            if (y < 0 || y >= a->h) {
+                memset(d, 0, (size_t)a->wo * sizeof(float));
+                continue;
+            }
+            if (lo > 0) memset(d, 0, (size_t)lo * sizeof(float));
+            const float *s = src + y * a->w + j - a->pw;
+            if (a->sw == 1) {
+                if (hi > lo) memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(float));
+            } else {
+                for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[ox * a->sw];
+            }
+            if (hi < a->wo) memset(d + hi, 0, (size_t)(a->wo - hi) * sizeof(float));
+        }
+    }
+}
+
+/* Any layout / padding, planes p0..p1 (plane = img*c + ch): the per-element definition. */
+static void windows_planes(void *arg, int64_t p0, int64_t p1, int tid)
+{
+    (void)tid;
+    const nm_windows_args *a = (const nm_windows_args *)arg;
+    const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
+    for (int64_t plane = p0; plane < p1; plane++) {
+        const int64_t img = plane / (a->c > 0 ? a->c : 1), ch = plane % (a->c > 0 ? a->c : 1);
+        const float *src = a->x + plane * a->h * a->w;
+        for (int64_t i = 0; i < a->kh; i++)
+            for (int64_t j = 0; j < a->kw; j++)
+                for (int64_t oy = 0; oy < a->ho; oy++) {
+                    int64_t y = oy * a->sh + i - a->ph;
+                    int inside_y = y >= 0 && y < a->h;
+                    int64_t yc = clamp64(y, 0, a->h - 1);
+                    for (int64_t ox = 0; ox < a->wo; ox++) {
+                        int64_t xx = ox * a->sw + j - a->pw;
+                        float v;
+                        if (inside_y && xx >= 0 && xx < a->w) v = src[y * a->w + xx];
+                        else if (a->edge) v = src[yc * a->w + clamp64(xx, 0, a->w - 1)];
+                        else v = 0.0f;
+                        int64_t o;
+                        if (a->layout == 0)
+                            o = (img * a->c * kk + (ch * a->kh + i) * a->kw + j) * hw + oy * a->wo + ox;
+                        else
+                            o = (((img * a->c + ch) * a->ho + oy) * a->wo + ox) * kk + i * a->kw + j;
+                        a->out[o] = v;
+                    }
+                }
+    }
+}
+
+int nm_windows_mt(const nm_windows_args *a, int nthreads)
+{
+    if (!a || !a->x || !a->out || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1
+        || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0
+        || (a->layout != 0 && a->layout != 1))
+        return NM_EINVAL;
+    const int64_t planes = a->n * a->c, kk = a->kh * a->kw;
+    const int64_t elems = planes * kk * a->ho * a->wo;
+    if (elems == 0) return NM_OK;
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (elems < NM_WIN_PAR_MIN) nt = 1;
+    if (a->layout == 0 && !a->edge) {
+        if (nt > planes * kk) nt = (int)(planes * kk);
+        nm_parallel_for(nt, planes * kk, im2col_rows, (void *)a);
+    } else {
+        if (nt > planes) nt = (int)planes;
+        nm_parallel_for(nt, planes, windows_planes, (void *)a);
+    }
+    return NM_OK;
+}
+
+int nm_windows(const nm_windows_args *a) { return nm_windows_mt(a, 1); }

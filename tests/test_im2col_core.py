@@ -1,0 +1,79 @@
+"""The core's sliding windows (csrc/nm_im2col.c: im2col and pooling windows) against a float64 numpy
+reference written from the definition: out(img, ch, i, j, oy, ox) = x[img, ch, oy*sh + i - ph,
+ox*sw + j - pw], 0 (or the nearest edge pixel) outside the image; for any thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmengine import _core as core
+
+
+def _reference(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, edge: bool,
+               layout: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    x64 = x.astype(np.float64)
+    ref = np.zeros((n, c, kh, kw, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            for oy in range(ho):
+                for ox in range(wo):
+                    y, xx = oy * sh + i - ph, ox * sw + j - pw
+                    if 0 <= y < h and 0 <= xx < w:
+                        ref[:, :, i, j, oy, ox] = x64[:, :, y, xx]
+                    elif edge:
+                        ref[:, :, i, j, oy, ox] = x64[:, :, min(max(y, 0), h - 1), min(max(xx, 0), w - 1)]
+    if layout == 0:
+        return ref.reshape(n, c * kh * kw, ho * wo)
+    return ref.transpose(0, 1, 4, 5, 2, 3).reshape(n, c, ho, wo, kh * kw)
+
+
+CASES = [  # n, c, h, w, kh, kw, sh, sw, ph, pw
+    (1, 1, 5, 5, 3, 3, 1, 1, 1, 1),
+    (2, 3, 7, 9, 3, 3, 2, 2, 1, 1),
+    (1, 4, 8, 6, 1, 1, 2, 2, 0, 0),
+    (3, 2, 11, 10, 5, 3, 1, 3, 2, 1),
+    (2, 5, 6, 6, 7, 7, 2, 2, 3, 3),   # kernel wider than the unpadded image
+    (1, 3, 4, 13, 2, 4, 3, 1, 0, 3),
+    (2, 16, 40, 40, 3, 3, 1, 1, 1, 1),  # big enough to run on several threads
+    (1, 8, 56, 56, 3, 3, 2, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout,edge", [(0, False), (1, False), (1, True)])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_windows_match_reference(case, layout, edge, nthreads):
+    n, c, h, w, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    ref = _reference(x, kh, kw, sh, sw, ph, pw, edge, layout)
+    out = np.full(ref.shape, np.nan, np.float32)  # every element must be written
+    core.windows(x, out, kh, kw, sh, sw, ph, pw, edge, layout, nthreads)
+    np.testing.assert_array_equal(out.astype(np.float64), ref)
+
+
+def test_windows_random_shapes_thread_independent():
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        n, c = int(rng.integers(1, 3)), int(rng.integers(1, 6))
+        h, w = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        ph, pw = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            continue
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        ref = _reference(x, kh, kw, sh, sw, ph, pw, False, 0)
+        for nt in (1, 2):
+            out = np.full(ref.shape, np.nan, np.float32)
+            core.windows(x, out, kh, kw, sh, sw, ph, pw, False, 0, nt)
+            np.testing.assert_array_equal(out.astype(np.float64), ref)
+
+
+def test_windows_rejects_bad_output_size():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="wrong size"):
+        core.windows(x, np.zeros(7, np.float32), 3, 3, 1, 1, 1, 1, False, 0)
