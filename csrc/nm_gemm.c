@@ -598,10 +598,11 @@ static void nm_pwl_apply_range(void *arg, int64_t c0, int64_t c1, int tid)
     a->kd->act(NM_ACT_PWL, a->pwl, a->rows, a->x + c0 * 64, a->y + c0 * 64, (c1 - c0) * 64);
 }
 
-void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel)
+int nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel)
 {
     const int k = nm_resolve_kernel(kernel);
-    if (!pwl || n <= 0 || k < 0 || pwl->n < 1 || pwl->nhint < 1) return;
+    if (!pwl || n < 0 || k < 0 || pwl->n < 1 || pwl->nhint < 1 || (n > 0 && (!x || !y))) return NM_EINVAL;
+    if (n == 0) return NM_OK;
     const nm_kdesc kd = nm_kdesc_for(k);
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     if (n < 65536) nt = 1;
@@ -616,4 +617,5 @@ void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nt
     else if (whole) kd.act(NM_ACT_PWL, pwl, rows, x, y, whole);
     if (whole < n) kd.act(NM_ACT_PWL, pwl, rows, x + whole, y + whole, n - whole);
     free(raw);
+    return NM_OK;
 }

@@ -75,9 +75,9 @@ int nm_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, ptrdiff_t r
                     const nm_epilogue *ep, int nthreads, int kernel);
 
 /* y[i] = pwl(x[i]) for a contiguous vector (x == y allowed): the standalone table unit.
- * Same vector code and bits as the fused epilogue.  Invalid arguments (n < 0, NULL table, unknown
- * kernel) make it a no-op. */
-void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel);
+ * Same vector code and bits as the fused epilogue.  Returns NM_OK (n == 0 does nothing), or NM_EINVAL
+ * for n < 0, a NULL table or vector, a table without segments, or an unknown kernel; then y is untouched. */
+int nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads, int kernel);
 
 /* 1 when this CPU and OS support AVX2 + FMA (cpuid + xgetbv), else 0. */
 int nm_cpu_has_avx2_fma(void);

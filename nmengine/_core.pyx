@@ -62,8 +62,8 @@ cdef extern from "nm_gemm.h":
                          const float *B, Py_ssize_t ps1b, Py_ssize_t ps2b, Py_ssize_t rsb, Py_ssize_t csb,
                          float *C, Py_ssize_t ps1c, Py_ssize_t ps2c, Py_ssize_t rsc, Py_ssize_t csc,
                          const nm_epilogue *ep, int nthreads, int kernel) nogil
-    void nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads,
-                      int kernel) nogil
+    int nm_pwl_apply(const nm_pwl *pwl, const float *x, float *y, int64_t n, int nthreads,
+                     int kernel) nogil
     int64_t nm_packed_b_floats(int kernel, int64_t K, int64_t N) nogil
     int nm_pack_b_full(int kernel, int64_t K, int64_t N, const float *B, Py_ssize_t rsb, Py_ssize_t csb,
                        float *dst) nogil
@@ -329,8 +329,10 @@ def pwl_apply(object table, cnp.ndarray x, cnp.ndarray y, int nthreads, int kern
     cdef int64_t n = x.size
     if y.size != n:
         raise ValueError(f"pwl_apply: x has {n} elements but y has {y.size}")
+    cdef int rc
     with nogil:
-        nm_pwl_apply(pp, px, py, n, nthreads, kernel)
+        rc = nm_pwl_apply(pp, px, py, n, nthreads, kernel)
+    _check(rc)
     del keep
 
 
