@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import nmengine as nm
-from nmengine import kernels
 from nmengine.compile import compile
 from nmengine.compile.quantize import Candidate, QuantizationError, quantize, quantize_weights
 
@@ -184,3 +183,22 @@ def test_calibration_without_rows_and_with_nan():
     bad[2, 5] = np.nan
     with pytest.raises(QuantizationError, match="NaN"):
         compile(spec, calibration=bad, precision="int8")
+
+
+def test_onnx_load_int8():
+    """nm.onnx.load(..., precision="int8"): the imported linear layers run as int8 GEMMs."""
+    pytest.importorskip("onnx")
+    from tests.onnx_models import bert_like
+
+    data = bert_like(d=64, heads=4, ff=128)
+    rng = np.random.default_rng(0)
+    calib = [{"input_ids": rng.integers(0, 50, (4, 10)).astype(np.int64),
+              "attention_mask": np.ones((4, 10), np.int64)} for _ in range(2)]
+    p8 = nm.onnx.load(data, calibration=calib, precision="int8")
+    p32 = nm.onnx.load(data, calibration=calib)
+    assert sum(op.attrs.get("precision") == "int8" for op in p8.ops) >= 8
+    x = {"input_ids": rng.integers(0, 50, (3, 9)).astype(np.int64), "attention_mask": np.ones((3, 9), np.int64)}
+    got, ref = p8.run(x), p32.run(x, mode="exact")
+    assert _cos(got.reshape(-1, 64), ref.reshape(-1, 64)).min() >= 0.99
+    with pytest.raises(ValueError, match="precision"):
+        nm.onnx.load(data, calibration=calib, precision="fp8")

@@ -36,7 +36,7 @@ class LoweredGraph:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _finish(program: Program) -> Program:
+def _post(program: Program) -> Program:
     """The compiler's post-passes on a finished program, where the package has them."""
     from .. import compile as compile_pkg
 
@@ -47,10 +47,21 @@ def _finish(program: Program) -> Program:
 def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: int | str | None = 32,
                     method: str = "optimized", max_error: float | None = None,
                     functions: Mapping[str, Mapping[str, Any]] | None = None, bias_correction: bool = True,
-                    max_calibration_rows: int = 65536, progress: bool = False, target: Any = None) -> Program:
+                    max_calibration_rows: int = 65536, progress: bool = False, target: Any = None,
+                    precision: str = "float32", int8_tolerance: float = 0.006) -> Program:
     """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`
-    (``segments="auto"`` with ``target``: the budgeted compile, :mod:`.budget`)."""
+    (``segments="auto"`` with ``target``: the budgeted compile, :mod:`.budget`; ``precision="int8"``:
+    the int8 pass, :mod:`.quantize`)."""
     from .budget import check_auto
+    from .quantize import PRECISIONS, quantize
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+    def _finish(p: Program, calib: Any = None) -> Program:
+        if precision != "float32":
+            p = quantize(p, calib, tolerance=int8_tolerance)
+        return _post(p)
 
     if not isinstance(graph, LoweredGraph):
         raise TypeError(f"compile_lowered expects a LoweredGraph, got {type(graph).__name__}")
@@ -70,15 +81,17 @@ def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: i
         return _finish(program)
     acts = record_activations(program, calibration, max_rows=max_calibration_rows, progress=progress)
     if not graph.requests:
-        return _finish(program)
+        return _finish(program, calibration)
     if auto:
         from .budget import compile_budgeted
 
         return _finish(compile_budgeted(program, graph.requests, calibration, acts, target=target, options=options,
-                                        functions=functions, bias_correction=bias_correction, progress=progress))
+                                        functions=functions, bias_correction=bias_correction, progress=progress),
+                       calibration)
     tables = fit_tables(graph.requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
     meta["calibrated"] = True
     meta["bias_corrections"] = corrections
-    return _finish(Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta))
+    return _finish(Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta),
+                   calibration)
