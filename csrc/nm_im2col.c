@@ -9,6 +9,7 @@
  */
 #include <string.h>
 
+#include "nm_epilogue.h"
 #include "nm_plan.h"
 #include "nm_threads.h"
 
@@ -113,3 +114,66 @@ int nm_windows_mt(const nm_windows_args *a, int nthreads)
 }
 
 int nm_windows(const nm_windows_args *a) { return nm_windows_mt(a, 1); }
+
+/* ---- depthwise convolution (nm_plan.h: nm_depthwise) ------------------------------------------ */
+
+static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
+{
+    (void)tid;
+    const nm_depthwise_args *d = (const nm_depthwise_args *)arg;
+    const nm_windows_args *a = &d->win;
+    const nm_epilogue *ep = &d->ep;
+    const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
+    for (int64_t plane = p0; plane < p1; plane++) {
+        const int64_t img = plane / a->c, ch = plane % a->c;
+        const float *src = a->x + plane * a->h * a->w;
+        const float *wk = d->w + ch * kk;
+        float *out = a->out + plane * hw;
+        for (int64_t oy = 0; oy < a->ho; oy++) {
+            float *acc = out + oy * a->wo;
+            for (int64_t ox = 0; ox < a->wo; ox++) acc[ox] = 0.0f;
+            for (int64_t i = 0; i < a->kh; i++) {
+                const int64_t y = oy * a->sh + i - a->ph;
+                if (y < 0 || y >= a->h) continue;
+                for (int64_t j = 0; j < a->kw; j++) {
+                    int64_t lo, hi;
+                    inside_range(j - a->pw, a->sw, a->w, a->wo, &lo, &hi);
+                    const float wv = wk[i * a->kw + j];
+                    const float *s = src + y * a->w + j - a->pw;
+                    if (a->sw == 1)
+                        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox]; acc[ox] = acc[ox] + t; }
+                    else
+                        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox * a->sw]; acc[ox] = acc[ox] + t; }
+                }
+            }
+        }
+        /* the GEMM epilogue, element by element: x (+ bias_col[p]) (+ bias_row[0]) (+ res); act */
+        const float *res = ep->res ? ep->res + img * ep->res_ps1 + ch * ep->res_ps2 : NULL;
+        for (int64_t p = 0; p < hw; p++) {
+            float x = out[p];
+            if (ep->bias_col) x = x + ep->bias_col[p];
+            if (ep->bias_row) x = x + ep->bias_row[0];
+            if (res) x = x + res[p * ep->res_cs];
+            out[p] = nm_act_s(ep->act, ep->pwl, x);
+        }
+    }
+}
+
+int nm_depthwise(const nm_depthwise_args *d, int nthreads)
+{
+    const nm_windows_args *a = d ? &d->win : NULL;
+    if (!a || !a->x || !a->out || !d->w || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1
+        || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0
+        || a->layout != 0 || a->edge)
+        return NM_EINVAL;
+    const nm_epilogue *ep = &d->ep;
+    if (ep->act != NM_ACT_NONE && ep->act != NM_ACT_RELU && ep->act != NM_ACT_PWL) return NM_EINVAL;
+    if (ep->act == NM_ACT_PWL && !ep->pwl) return NM_EINVAL;
+    const int64_t planes = a->n * a->c;
+    if (planes == 0 || a->ho * a->wo == 0) return NM_OK;
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (planes * a->ho * a->wo * a->kh * a->kw < NM_WIN_PAR_MIN) nt = 1;
+    if (nt > planes) nt = (int)planes;
+    nm_parallel_for(nt, planes, depthwise_planes, (void *)d);
+    return NM_OK;
+}

@@ -66,6 +66,8 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
         return nm_windows_mt(&s->u.win, nthreads);
     case NM_STEP_TOKENS:
         return nm_tokens(&s->u.tok);
+    case NM_STEP_DEPTHWISE:
+        return nm_depthwise(&s->u.dw, nthreads);
     default:
         return NM_EINVAL;
     }

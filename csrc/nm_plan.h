@@ -22,7 +22,8 @@ enum {
     NM_STEP_LAYERNORM,     /* nm_layernorm_rows */
     NM_STEP_MOVE_ROWS,     /* nm_move_rows */
     NM_STEP_WINDOWS,       /* nm_windows */
-    NM_STEP_TOKENS         /* nm_tokens */
+    NM_STEP_TOKENS,        /* nm_tokens */
+    NM_STEP_DEPTHWISE      /* nm_depthwise */
 };
 
 /* Token bookkeeping, pure copies:
@@ -55,6 +56,19 @@ typedef struct nm_windows_args {
 int nm_windows(const nm_windows_args *a);
 /* nm_windows on up to nthreads threads of the pool (a copy: the result does not depend on them). */
 int nm_windows_mt(const nm_windows_args *a, int nthreads);
+
+/* Depthwise convolution straight from the image: what im2col (layout 0, zero padding) followed by
+ * nm_sgemm_batched with P1 = n, P2 = c, M = 1, K = kh*kw, N = ho*wo computes, without the copy:
+ *   out[img, ch, p] = epilogue(sum_k w[ch*kk + k] * col[img, ch, k, p])   (p = oy*wo + ox)
+ * each term one multiply and one add in ascending k (padding terms skipped: they add +0), then the
+ * epilogue of nm_gemm.h with (i, j) = (0, p) and the residual's batch strides (res_ps1, res_ps2) per
+ * (img, ch).  Planes (img, ch) are split over the pool's threads; the result does not depend on them. */
+typedef struct nm_depthwise_args {
+    nm_windows_args win;   /* x, out (= the GEMM's C, [n, c, ho*wo] contiguous), geometry; layout 0 */
+    const float *w;        /* [c, kh*kw] contiguous */
+    nm_epilogue ep;
+} nm_depthwise_args;
+int nm_depthwise(const nm_depthwise_args *a, int nthreads);
 
 typedef struct nm_step_gemm {
     int64_t P1, P2, M, N, K;
@@ -97,6 +111,7 @@ typedef union nm_step_u {
     nm_step_move move;
     nm_windows_args win;
     nm_tokens_args tok;
+    nm_depthwise_args dw;
 } nm_step_u;
 
 typedef struct nm_step {

@@ -558,7 +558,15 @@ cdef extern from "nm_plan.h":
     int nm_windows(const nm_windows_args *a) nogil
     int nm_windows_mt(const nm_windows_args *a, int nthreads) nogil
 
+    ctypedef struct nm_depthwise_args:
+        nm_windows_args win
+        const float *w
+        nm_epilogue ep
+
+    int nm_depthwise(const nm_depthwise_args *a, int nthreads) nogil
+
     int NM_STEP_TOKENS
+    int NM_STEP_DEPTHWISE
     int NM_ERANGE
     ctypedef struct nm_tokens_args:
         const void *src
@@ -625,6 +633,7 @@ cdef extern from "nm_plan.h":
         nm_step_move move
         nm_windows_args win
         nm_tokens_args tok
+        nm_depthwise_args dw
 
     ctypedef struct nm_step:
         int kind
@@ -706,6 +715,46 @@ def tokens(int mode, cnp.ndarray src, object ids, cnp.ndarray dst, int64_t n, in
         rc = nm_tokens(&t)
     if rc == NM_ERANGE:
         raise ValueError(f"ids must be in [0, {rows})")
+    _check(rc)
+
+
+cdef int _fill_depthwise(nm_depthwise_args *d, cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh,
+                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) except -1:
+    if x.ndim != 4 or x.dtype != np.float32 or out.dtype != np.float32 or w.dtype != np.float32 \
+            or not x.flags.c_contiguous or not out.flags.c_contiguous or not w.flags.c_contiguous:
+        raise ValueError("depthwise: x (NCHW), w and out must be C-contiguous float32 arrays")
+    cdef nm_windows_args *a = &d.win
+    a.x = _fptr(x)
+    a.out = _fptr(out)
+    a.n, a.c, a.h, a.w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    a.kh, a.kw, a.sh, a.sw, a.ph, a.pw = kh, kw, sh, sw, ph, pw
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError("depthwise: kernel and stride must be >= 1, padding >= 0")
+    a.ho = (a.h + 2 * ph - kh) // sh + 1
+    a.wo = (a.w + 2 * pw - kw) // sw + 1
+    a.edge = 0
+    a.layout = 0
+    if a.ho < 1 or a.wo < 1 or out.size != a.n * a.c * a.ho * a.wo or w.size != a.c * kh * kw:
+        raise ValueError("depthwise: the window does not fit the image, or out / w has the wrong size")
+    d.w = _fptr(w)
+    return 0
+
+
+def depthwise(cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+              int64_t ph, int64_t pw, object bias_col, object bias_row, object res, int act, object table,
+              int nthreads, int kernel) -> None:
+    """Depthwise conv of NCHW x with w [C, kh*kw] into out [N, C, Ho*Wo] (nm_depthwise): what im2col +
+    sgemm_batched (P1 = N, P2 = C, M = 1) computes, with that GEMM's epilogue (res 4-D [N, C, 1, Ho*Wo],
+    any strides).  kernel is accepted for the step signature (the loop is portable C)."""
+    cdef nm_depthwise_args d
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef int rc
+    _fill_depthwise(&d, x, w, out, kh, kw, sh, sw, ph, pw)
+    d.ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep, True)
+    with nogil:
+        rc = nm_depthwise(&d, nthreads)
+    del keep
     _check(rc)
 
 
@@ -892,6 +941,17 @@ cdef class CPlan:
         s.u.move.rowbytes = rowbytes
         s.u.move.unpack = unpack
         self.keep.append((src, dst, mask, zero))
+
+    def add_depthwise(self, cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t ph, int64_t pw, object bias_col, object bias_row, object res, int act,
+                      object table, int nthreads, int kernel):
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_depthwise_args d
+        _fill_depthwise(&d, x, w, out, kh, kw, sh, sw, ph, pw)
+        d.ep = _epilogue(bias_col, bias_row, res, act, table, NULL, None, True)
+        cdef nm_step *s = self._new(NM_STEP_DEPTHWISE, nthreads, kernel)
+        s.u.dw = d
+        self.keep.append((x, w, out, bias_col, bias_row, res, table))
 
     def add_windows(self, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                     int64_t ph, int64_t pw, bint edge, int layout, int nthreads=1):

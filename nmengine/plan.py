@@ -48,6 +48,9 @@ __all__ = ["Plan", "Bound", "BUILDERS", "StepContext", "mask_names", "signature_
 
 ALIGN = 64
 Step = tuple[Callable[..., Any], tuple]
+#: What a builder returns for an op whose work another op's step does (an im2col read directly by a
+#: depthwise conv step).
+NO_STEP: Step = (lambda: None, ())
 
 
 def _same_view(v: np.ndarray) -> np.ndarray:
@@ -200,9 +203,14 @@ class Plan:
         """Arena offsets by liveness: a root buffer is free after the last op reading it or a view of it."""
         n_ops = len(prog.ops)
         last: dict[str, int] = {}
+        # an op reading an im2col's windows may read its image instead (the depthwise step): the image
+        # stays live until the windows' readers are done
+        image_of = {op.out: op.args["x"] for op in prog.ops if op.kind == "im2col"}
         for i, op in enumerate(prog.ops):
             for name in op.args.values():
                 last[self.root(name)] = i
+                if name in image_of:
+                    last[self.root(image_of[name])] = i
         for name in prog.outputs:
             last[self.root(name)] = n_ops
         # bool copies of the token masks: computed first, read by the packing ops
@@ -283,7 +291,8 @@ class Plan:
             step = builder(c, op, operands) if builder is not None else None
             if step is None:
                 step = (_interpret, (c, op, operands))
-            steps.append(step)
+            if step is not NO_STEP:
+                steps.append(step)
         inputs = [(name, bufs[name]) for name in prog.inputs]
         outputs = [(name, bufs[name]) for name in prog.outputs]
         if self.c_executor:
@@ -340,7 +349,7 @@ def _to_c(core: Any, steps: list[Step]) -> list[Step]:
 
 #: Core functions a CPlan can record (``CPlan.add_<name>`` takes the function's arguments).
 C_CALLS = frozenset({"sgemm", "sgemm_packed", "sgemm_batched", "scale", "pairwise_max", "softmax_rows",
-                     "layernorm_rows", "move_rows", "windows", "tokens"})
+                     "layernorm_rows", "move_rows", "windows", "tokens", "depthwise"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,8 +420,54 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     return ctx.core.sgemm, (a2, b, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
 
 
+def _depthwise_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
+    """The im2col op feeding gemm_batched ``op`` when the pair is a depthwise conv the core computes
+    straight from the image (nm_depthwise: same sums and epilogue, without the 9x copy), else None.
+    The im2col output must be read by ``op`` alone."""
+    a_, at = op.args, op.attrs
+    if op.kind != "gemm_batched" or at.get("out_perm") is not None or at.get("a_view") or "bias" in a_ \
+            or "bias_row" in a_ or set(a_) - {"a", "b", "res"}:
+        return None
+    src = next((o for o in ctx.program.ops if o.out == a_["b"]), None)
+    if src is None or src.kind != "im2col":
+        return None
+    if any(o is not op and a_["b"] in o.args.values() for o in ctx.program.ops) or a_["b"] in ctx.program.outputs:
+        return None
+    x, w = bufs[src.args["x"]], bufs[a_["a"]]
+    kh, kw = pair(src.attrs["kernel"])
+    if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous or w.dtype != np.float32:
+        return None
+    g = x.shape[1]
+    if at.get("b_view") != {"reshape": [0, g, kh * kw, -1]} or w.shape != (g, 1, kh * kw):
+        return None
+    if "res" in a_:
+        r = apply_view(bufs[a_["res"]], at.get("res_view"))
+        if r.dtype != np.float32 or r.ndim > 4 or not r.flags.aligned or any(s % 4 for s in r.strides):
+            return None
+    return src
+
+
+def _depthwise(ctx: StepContext, op: Op, src: Op, bufs) -> Optional[Step]:
+    x, out = bufs[src.args["x"]], bufs[op.out]
+    g = x.shape[1]
+    w = np.ascontiguousarray(bufs[op.args["a"]].reshape(g, -1))
+    kh, kw = pair(src.attrs["kernel"])
+    sh, sw = pair(src.attrs.get("stride", 1))
+    ph, pw = pair(src.attrs.get("padding", 0))
+    shape = (x.shape[0], g, 1, out.size // max(1, x.shape[0] * g))
+    res = None
+    if "res" in op.args:
+        res = np.broadcast_to(apply_view(bufs[op.args["res"]], op.attrs.get("res_view")), shape)
+    code, table = _act(ctx, op.epilogue)
+    return ctx.core.depthwise, (x, w, out.reshape(shape), kh, kw, sh, sw, ph, pw, None, None, res, code, table,
+                                ctx.threads, ctx.kernel)
+
+
 def _gemm_batched(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     a_, at = op.args, op.attrs
+    src = _depthwise_source(ctx, op, bufs)
+    if src is not None:
+        return _depthwise(ctx, op, src, bufs)
     a = apply_view(bufs[a_["a"]], at.get("a_view"))
     b = apply_view(bufs[a_["b"]], at.get("b_view"))
     if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 2 or b.ndim < 2:
@@ -582,6 +637,9 @@ def _windows(ctx: StepContext, op: Op, bufs, layout: int) -> Optional[Step]:
 
 
 def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
+    users = [o for o in ctx.program.ops if op.out in o.args.values()]
+    if len(users) == 1 and _depthwise_source(ctx, users[0], bufs) is op:
+        return NO_STEP  # the depthwise step reads the image itself
     return _windows(ctx, op, bufs, 0) or (movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out]))
 
 

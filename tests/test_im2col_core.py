@@ -77,3 +77,57 @@ def test_windows_rejects_bad_output_size():
     x = np.zeros((1, 2, 5, 5), np.float32)
     with pytest.raises(ValueError, match="wrong size"):
         core.windows(x, np.zeros(7, np.float32), 3, 3, 1, 1, 1, 1, False, 0)
+
+
+def _depthwise_reference(x, w, kh, kw, sh, sw, ph, pw, bias, relu):
+    """float64 depthwise conv from the definition (per channel, zero padding) + per-channel bias (+ relu)."""
+    n, c, h, wd = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros((n, c, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            y += w[None, :, i * kw + j, None, None].astype(np.float64) * xp[:, :, i:i + sh * (ho - 1) + 1:sh,
+                                                                             j:j + sw * (wo - 1) + 1:sw]
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    return np.maximum(y, 0) if relu else y
+
+
+def test_depthwise_matches_reference():
+    """core.depthwise (direct depthwise conv with the GEMM epilogue) against float64, random shapes,
+    strides, pads, bias and activation, 1 and 2 threads (same bits for both)."""
+    rng = np.random.default_rng(11)
+    done = 0
+    while done < 30:
+        n, c = int(rng.integers(1, 3)), int(rng.integers(1, 9))
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        ph, pw = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            continue
+        done += 1
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        wt = rng.standard_normal((c, kh * kw)).astype(np.float32)
+        bias = rng.standard_normal(c).astype(np.float32) if done % 2 else None
+        relu = done % 3 == 0
+        res = None if bias is None else np.broadcast_to(bias.reshape(1, c, 1, 1), (n, c, 1, ho * wo))
+        ref = _depthwise_reference(x, wt, kh, kw, sh, sw, ph, pw, bias, relu)
+        outs = []
+        for nt in (1, 2):
+            out = np.full((n, c, 1, ho * wo), np.nan, np.float32)
+            core.depthwise(x, wt, out, kh, kw, sh, sw, ph, pw, None, None, res,
+                           core.ACT_RELU if relu else core.ACT_NONE, None, nt, 0)
+            outs.append(out)
+            scale = np.abs(ref).max() + 1e-30
+            assert np.abs(out.reshape(ref.shape) - ref).max() / scale <= 1e-5
+        np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_depthwise_rejects_bad_sizes():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="wrong size"):
+        core.depthwise(x, np.zeros((2, 9), np.float32), np.zeros(7, np.float32), 3, 3, 1, 1, 1, 1, None, None,
+                       None, core.ACT_NONE, None, 1, 0)
