@@ -69,6 +69,8 @@ def bind_inputs(program: Program, inputs: Any) -> dict[str, np.ndarray]:
     if missing or extra:
         raise ProgramError(f"program inputs are {list(program.inputs)}; missing {missing}, unexpected {extra}")
     env: dict[str, np.ndarray] = {}
+    #: frontends record what a dynamic dimension may reach, e.g. BERT's positions: {name: [[dim, max, what]]}
+    limits = program.meta.get("input_limits", {})
     for name, spec in program.inputs.items():
         arr = np.asarray(inputs[name])
         if spec.dtype == "int64":
@@ -84,6 +86,10 @@ def bind_inputs(program: Program, inputs: Any) -> dict[str, np.ndarray]:
         ):
             want = tuple("?" if d is None else d for d in spec.shape)
             raise ProgramError(f"input {name!r} must have shape {want}, got {arr.shape}")
+        for dim, most, what in limits.get(name, ()):
+            if arr.shape[dim] > most:
+                raise ProgramError(f"input {name!r} has {arr.shape[dim]} {what} (dimension {dim} of shape "
+                                   f"{arr.shape}); the model accepts at most {most}")
         env[name] = arr
     return env
 

@@ -29,7 +29,42 @@ from .plan import Plan, StepContext, mask_names, signature_counts
 from .program import Program
 from .runtime import bind_inputs
 
-__all__ = ["Session"]
+__all__ = ["Session", "MemoryLimitError", "parse_bytes"]
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class MemoryLimitError(MemoryError):
+    """Inputs whose plan needs a larger working arena than the session's memory limit allows."""
+
+
+def parse_bytes(value: Any) -> int:
+    """A byte count from an int or a string like ``"512M"``, ``"4G"``, ``"1.5GiB"`` (binary units)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in _UNITS and text[-1:] else ""
+        try:
+            n = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
+        except ValueError:
+            raise ValueError(f"memory limit {value!r} is not a byte count such as 536870912, '512M' or '4G'") from None
+    else:
+        raise TypeError(f"memory limit must be an int or a string such as '4G', got {type(value).__name__}")
+    if n <= 0:
+        raise ValueError(f"memory limit must be positive, got {value!r}")
+    return n
+
+
+def _memory_limit(value: Any) -> Optional[int]:
+    if value is None:
+        env = os.environ.get("NMENGINE_MEMORY_LIMIT", "").strip()
+        return parse_bytes(env) if env else None
+    return parse_bytes(value)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
 class Session:
@@ -46,13 +81,17 @@ class Session:
         ``NMENGINE_KERNEL`` at each call.
     cache_size:
         Most plans kept (least recently used dropped first).
+    memory_limit:
+        Most bytes one call's working arena may take (an int, or a string such as "512M" or "4G");
+        inputs whose plan needs more raise :class:`MemoryLimitError` before anything is allocated.
+        None (default) reads ``NMENGINE_MEMORY_LIMIT``; unset means no limit.
     executor:
         "c" (default): runs of core calls execute in one C call each (csrc/nm_plan.c); "python": one
         Python call per op (the same core functions, the same bits; for comparison and debugging).
     """
 
     def __init__(self, program_or_path: Any, *, threads: Optional[int] = None, kernel: Optional[str] = None,
-                 cache_size: int = 16, executor: str = "c") -> None:
+                 cache_size: int = 16, executor: str = "c", memory_limit: Any = None) -> None:
         if isinstance(program_or_path, (str, os.PathLike)):
             from .bundle import load
 
@@ -67,6 +106,7 @@ class Session:
         if executor not in ("c", "python"):
             raise ValueError(f"executor must be 'c' or 'python', got {executor!r}")
         self.executor = executor
+        self.memory_limit = _memory_limit(memory_limit)
         self.program = program_or_path
         self.threads = None if threads is None else int(threads)
         self.kernel = kernel
@@ -122,6 +162,11 @@ class Session:
                    table=self._table, interp=self.program.runtime, masks={})
         counts = dict(zip(self._masks, key[3]))
         plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts, c_executor=self.executor == "c")
+        if self.memory_limit is not None and plan.peak_bytes > self.memory_limit:
+            shapes = {n: env[n].shape for n in self.program.inputs}
+            raise MemoryLimitError(f"inputs of shapes {shapes} need a {_mib(plan.peak_bytes)} working arena, over "
+                                   f"this session's memory limit of {_mib(self.memory_limit)} (memory_limit= or "
+                                   f"NMENGINE_MEMORY_LIMIT); run a smaller batch or raise the limit")
         with self._lock:
             plan = self._plans.setdefault(key, plan)
             self._plans.move_to_end(key)

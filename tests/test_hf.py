@@ -599,3 +599,19 @@ def test_cli_precision_int8(tiny_dir, tmp_path, capsysbinary):
     args = ap.parse_args(["embed", "--model", str(bundle), "--precision", "int8", "--input", str(src)])
     with pytest.raises(ValueError, match="--precision cannot change"):
         args.func(args)
+
+
+def test_too_many_positions_say_so(tiny_embedder):
+    """A sequence longer than the model's position table fails naming the limit, not an internal buffer."""
+    most = tiny_embedder.config.max_position_embeddings
+    batch = tiny_embedder.tokenize(["The file is new."], pad_to=most + 1)
+    with pytest.raises(ValueError, match=f"{most + 1} positions .*at most {most}"):
+        tiny_embedder.program.run(batch)
+    ok = tiny_embedder.tokenize(["The file is new."], pad_to=most)
+    assert tiny_embedder.program.run(ok).shape == (1, tiny_embedder.dim)
+
+
+def test_empty_inputs_give_empty_outputs(tiny_embedder):
+    assert tiny_embedder.encode([]).shape == (0, tiny_embedder.dim)
+    empty = {k: np.zeros((0, 5), np.int64) for k in hf.INPUT_NAMES}
+    assert tiny_embedder.program.run(empty).shape == (0, tiny_embedder.dim)

@@ -161,6 +161,8 @@ def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_le
     program.meta["hf"] = {"model_dir": d, "config": asdict(config), "pooling": pooling,
                           "normalize": bool(normalize and pooling == "mean"), "max_length": max_len,
                           "pipeline": asdict(pipeline), "tokenizer_json": tokenizer_json}
+    positions = [[1, config.max_position_embeddings, "positions (max_position_embeddings)"]]
+    program.meta["input_limits"] = {name: positions for name in program.inputs}
     return program
 
 
