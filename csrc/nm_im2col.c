@@ -117,6 +117,16 @@ int nm_windows(const nm_windows_args *a) { return nm_windows_mt(a, 1); }
 
 /* ---- depthwise convolution (nm_plan.h: nm_depthwise) ------------------------------------------ */
 
+/* acc[lo..hi) += wv * s[ox * sw]: one multiply and one add per term (-ffp-contract=off) */
+static inline void dw_axpy(float *restrict acc, const float *restrict s, float wv, int64_t lo, int64_t hi,
+                           int64_t sw)
+{
+    if (sw == 1)
+        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox]; acc[ox] = acc[ox] + t; }
+    else
+        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox * sw]; acc[ox] = acc[ox] + t; }
+}
+
 static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
 {
     (void)tid;
@@ -131,31 +141,35 @@ static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
         float *out = a->out + plane * hw;
         for (int64_t oy = 0; oy < a->ho; oy++) {
             float *acc = out + oy * a->wo;
-            for (int64_t ox = 0; ox < a->wo; ox++) acc[ox] = 0.0f;
+            memset(acc, 0, (size_t)a->wo * sizeof(float));
             for (int64_t i = 0; i < a->kh; i++) {
                 const int64_t y = oy * a->sh + i - a->ph;
                 if (y < 0 || y >= a->h) continue;
                 for (int64_t j = 0; j < a->kw; j++) {
                     int64_t lo, hi;
                     inside_range(j - a->pw, a->sw, a->w, a->wo, &lo, &hi);
-                    const float wv = wk[i * a->kw + j];
-                    const float *s = src + y * a->w + j - a->pw;
-                    if (a->sw == 1)
-                        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox]; acc[ox] = acc[ox] + t; }
-                    else
-                        for (int64_t ox = lo; ox < hi; ox++) { float t = wv * s[ox * a->sw]; acc[ox] = acc[ox] + t; }
+                    dw_axpy(acc, src + y * a->w + j - a->pw, wk[i * a->kw + j], lo, hi, a->sw);
                 }
             }
         }
-        /* the GEMM epilogue, element by element: x (+ bias_col[p]) (+ bias_row[0]) (+ res); act */
+        /* the GEMM epilogue: x (+ bias_col[p]) (+ bias_row[0]) (+ res); act */
         const float *res = ep->res ? ep->res + img * ep->res_ps1 + ch * ep->res_ps2 : NULL;
-        for (int64_t p = 0; p < hw; p++) {
-            float x = out[p];
-            if (ep->bias_col) x = x + ep->bias_col[p];
-            if (ep->bias_row) x = x + ep->bias_row[0];
-            if (res) x = x + res[p * ep->res_cs];
-            out[p] = nm_act_s(ep->act, ep->pwl, x);
+        if (ep->bias_col)
+            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + ep->bias_col[p];
+        if (ep->bias_row) {
+            const float b = ep->bias_row[0];
+            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + b;
         }
+        if (res && ep->res_cs == 0) {
+            const float r = res[0];
+            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + r;
+        } else if (res) {
+            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];
+        }
+        if (ep->act == NM_ACT_RELU)
+            for (int64_t p = 0; p < hw; p++) out[p] = nm_relu_s(out[p]);
+        else if (ep->act == NM_ACT_PWL)
+            for (int64_t p = 0; p < hw; p++) out[p] = nm_pwl_s(ep->pwl, out[p]);
     }
 }
 
