@@ -56,14 +56,20 @@ def render(data: dict[str, Any], machine: str) -> str:
         rows = sorted(groups[group], key=lambda b: b["stats"]["min"])
         best = rows[0]["stats"]["min"]
         extras = [k for k in SHOWN if any(k in r.get("extra_info", {}) for r in rows)]
-        lines += [f"### {group}", "", "| benchmark | min | median | speed vs fastest | " + " | ".join(extras) + " |",
-                  "|---|---:|---:|---:|" + "---:|" * len(extras)]
+        lines += [
+            f"### {group}",
+            "",
+            "| benchmark | min | median | speed vs fastest | " + " | ".join(extras) + " |",
+            "|---|---:|---:|---:|" + "---:|" * len(extras),
+        ]
         for r in rows:
             st, ex = r["stats"], r.get("extra_info", {})
             name = r["name"].split("[", 1)[-1].rstrip("]") if "[" in r["name"] else r["name"]
             cells = [_fmt_value(ex.get(k)) for k in extras]
-            lines.append(f"| {name} | {_fmt_time(st['min'])} | {_fmt_time(st['median'])} | "
-                         f"{best / st['min']:.2f}x | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {_fmt_time(st['min'])} | {_fmt_time(st['median'])} | "
+                f"{best / st['min']:.2f}x | " + " | ".join(cells) + " |"
+            )
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
@@ -91,8 +97,18 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, suite in enumerate(sorted(HERE.glob("test_bench_*.py"))):
             out = os.path.join(tmp, f"{i}.json")
-            cmd = [sys.executable, "-m", "pytest", str(suite), "--benchmark-only", f"--benchmark-json={out}",
-                   "-q", "-p", "no:cacheprovider", *argv]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(suite),
+                "--benchmark-only",
+                f"--benchmark-json={out}",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                *argv,
+            ]
             rc = subprocess.call(cmd, cwd=HERE.parent)
             worst = rc if rc not in (0, 5) and worst == 0 else worst  # 5: nothing selected in this suite
             if os.path.exists(out):

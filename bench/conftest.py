@@ -87,5 +87,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             r = rows[n]
             g = f"{r['gflops']:7.1f} GFLOP/s ({100 * r.get('peak_frac', 0):4.1f}% peak)" if "gflops" in r else " " * 30
             ratio = base["min"] / r["min"]
-            tr.write_line(f"  {n:34s} min {r['min'] * 1e3:8.3f} ms  median {r['median'] * 1e3:8.3f} ms  {g}"
-                          f"  speed vs {names[0]}: {ratio:5.3f}x")
+            tr.write_line(
+                f"  {n:34s} min {r['min'] * 1e3:8.3f} ms  median {r['median'] * 1e3:8.3f} ms  {g}"
+                f"  speed vs {names[0]}: {ratio:5.3f}x"
+            )

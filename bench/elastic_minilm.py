@@ -17,31 +17,37 @@ import json
 import sys
 import time
 
-import numpy as np
-
 
 def _plan(progress: bool):
     from nmengine import hf
-    from nmengine.compile.lower import lower
-    from nmengine.compile.passes import fold_batchnorm, fold_layernorm_affine, fuse
     from nmengine.compile.budget import BudgetPlan
     from nmengine.compile.calibrate import fit_tables, record_activations
+    from nmengine.compile.lower import lower
+    from nmengine.compile.passes import fold_batchnorm, fold_layernorm_affine, fuse
     from nmengine.program import Program
 
     d = hf.default_model_dir()
     cfg, pipe = hf.read_config(d), hf.read_pipeline(d)
     spec = hf.build_spec(cfg, hf.load_weights(d), pooling="mean", normalize=pipe.normalize, name="all-MiniLM-L6-v2")
     max_len = pipe.max_seq_length or 128
-    calib = hf.calibration_batches(hf.load_tokenizer(d), max_length=max_len, pad_id=cfg.pad_token_id,
-                                   lowercase=pipe.do_lower_case)
+    calib = hf.calibration_batches(
+        hf.load_tokenizer(d), max_length=max_len, pad_id=cfg.pad_token_id, lowercase=pipe.do_lower_case
+    )
     functions = {k: dict(v) for k, v in hf.DEFAULT_FUNCTIONS.items()}
     folded = fold_layernorm_affine(fold_batchnorm(spec))
     ops, constants, requests = lower(folded)
     ops = fuse(ops, list(folded.outputs), set(constants))
     options = {"method": hf.DEFAULT_METHOD, "segments": hf.DEFAULT_SEGMENTS}
     tables = fit_tables(requests, None, options, functions)
-    base = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name,
-                   meta={"producer": "nmengine.compile", "pack_tokens": True})
+    base = Program(
+        folded.inputs,
+        folded.outputs,
+        ops,
+        constants,
+        tables,
+        name=spec.name,
+        meta={"producer": "nmengine.compile", "pack_tokens": True},
+    )
     acts = record_activations(base, calib)
     return BudgetPlan(base, requests, calib, acts, options=options, functions=functions, progress=progress), d
 
@@ -68,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     def row(name, program, calib=None):
         program.meta.setdefault("hf", default.meta["hf"])  # tokenizer and pipeline of the same checkpoint
         vec = hf.SentenceEmbedder(d, program=program).encode(sents)
-        r = {"program": name, "bytes": sum(table_bytes(t) for t in program.tables.values()),
-             **{k: v for k, v in hf.fidelity(vec, exact).items() if k != "n"}}
+        r = {
+            "program": name,
+            "bytes": sum(table_bytes(t) for t in program.tables.values()),
+            **{k: v for k, v in hf.fidelity(vec, exact).items() if k != "n"},
+        }
         if calib is not None:
             r["calibration_cosine_min"] = calib
         rows.append(r)
@@ -85,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         cal = f"{r['calibration_cosine_min']:.7f}" if "calibration_cosine_min" in r else "-"
-        print(f"| {r['program']} | {r['bytes']} | {r['min_cosine']:.7f} | {r['mean_cosine']:.8f} | "
-              f"{100 * r['nn_agreement']:.2f}% | {cal} |")
+        print(
+            f"| {r['program']} | {r['bytes']} | {r['min_cosine']:.7f} | {r['mean_cosine']:.8f} | "
+            f"{100 * r['nn_agreement']:.2f}% | {cal} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -27,8 +27,13 @@ CONFIGS: dict[str, object] = {
 
 def main() -> None:
     emb = hf.SentenceEmbedder()
-    calib = hf.calibration_batches(emb.tokenizer, None, max_length=emb.max_length,
-                                   pad_id=emb.config.pad_token_id, lowercase=emb.pipeline.do_lower_case)
+    calib = hf.calibration_batches(
+        emb.tokenizer,
+        None,
+        max_length=emb.max_length,
+        pad_id=emb.config.pad_token_id,
+        lowercase=emb.pipeline.do_lower_case,
+    )
     sents = corpus.sentences(600)
     exact = emb.with_mode("exact").encode(sents)
     for name, how in CONFIGS.items():

@@ -75,9 +75,8 @@ def peak_gflops(n_cores: int, ghz: float, flops_per_cycle: int = FLOPS_PER_CYCLE
 def blas_info() -> list[dict[str, Any]]:
     """Loaded BLAS/OpenMP libraries (threadpoolctl), or numpy's build config."""
     try:
-        from threadpoolctl import threadpool_info
-
         import numpy  # noqa: F401  (loads the BLAS)
+        from threadpoolctl import threadpool_info
 
         return [
             {k: d.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")}
@@ -90,8 +89,13 @@ def blas_info() -> list[dict[str, Any]]:
 
         cfg = np.show_config(mode="dicts")  # numpy >= 1.25
         blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        return [{"name": blas.get("name"), "version": blas.get("version"),
-                 "openblas configuration": blas.get("openblas configuration")}]
+        return [
+            {
+                "name": blas.get("name"),
+                "version": blas.get("version"),
+                "openblas configuration": blas.get("openblas configuration"),
+            }
+        ]
     except Exception:  # pragma: no cover
         return []
 
@@ -137,7 +141,8 @@ def format_machine(info: dict[str, Any]) -> str:
         f"CPU: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags'])}",
         f"clock: nominal {_ghz(info['ghz_nominal'])}, measured {_ghz(info['ghz_measured'])} "
         f"-> peak {info['peak_gflops']:.0f} GFLOP/s fp32 ({info['peak_gflops_per_core']:.0f}/core)"
-        if info.get("peak_gflops") else "clock: unknown",
+        if info.get("peak_gflops")
+        else "clock: unknown",
         f"numpy {info['numpy']}, python {info['python']}",
     ]
     for b in info.get("blas", []):

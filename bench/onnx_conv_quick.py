@@ -18,7 +18,6 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import nmengine as nm  # noqa: E402
-
 from bench import onnx_torch_models as tm  # noqa: E402
 from bench import test_bench_onnx as tb  # noqa: E402
 
@@ -33,8 +32,7 @@ def main(names: list[str], rounds: int) -> None:
         path = os.path.join(d, f"{name}.onnx")
         if not os.path.exists(path):
             ex = tb._inputs(name, 2)
-            tm.export(tb._torch_model(name), (torch.from_numpy(ex["x"]),), path, ["x"], ["logits"],
-                      {"x": {0: "batch"}})
+            tm.export(tb._torch_model(name), (torch.from_numpy(ex["x"]),), path, ["x"], ["logits"], {"x": {0: "batch"}})
         prog = nm.onnx.load(path, calibration=[tb._inputs(name, 2, seed=1)])
         sess = tb._session(path)
         for batch in (1, 8):
@@ -48,10 +46,15 @@ def main(names: list[str], rounds: int) -> None:
                     t = time.perf_counter()
                     f()
                     best[k] = min(best[k], time.perf_counter() - t)
-            print(f"{name} batch {batch}: nm {best['nm'] * 1e3:.0f} ms  ORT {best['ort'] * 1e3:.0f} ms  "
-                  f"nm/ORT throughput {best['ort'] / best['nm']:.2f}x", flush=True)
+            print(
+                f"{name} batch {batch}: nm {best['nm'] * 1e3:.0f} ms  ORT {best['ort'] * 1e3:.0f} ms  "
+                f"nm/ORT throughput {best['ort'] / best['nm']:.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(",") if len(sys.argv) > 1 else ["resnet50", "mobilenetv2"],
-         int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+    main(
+        sys.argv[1].split(",") if len(sys.argv) > 1 else ["resnet50", "mobilenetv2"],
+        int(sys.argv[2]) if len(sys.argv) > 2 else 7,
+    )

@@ -68,7 +68,7 @@ class ResNet(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
         cin, blocks = 64, []
         for i, n in enumerate(layers):
-            c = 64 * 2 ** i
+            c = 64 * 2**i
             for j in range(n):
                 blocks.append(block(cin, c, 2 if (j == 0 and i > 0) else 1))
                 cin = c * block.expansion
@@ -170,8 +170,9 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, img: int = 224, patch: int = 16, d: int = 192, depth: int = 12, heads: int = 3,
-                 classes: int = 1000) -> None:
+    def __init__(
+        self, img: int = 224, patch: int = 16, d: int = 192, depth: int = 12, heads: int = 3, classes: int = 1000
+    ) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, d, patch, patch)
         n = (img // patch) ** 2
@@ -209,8 +210,12 @@ class MiniLM(nn.Module):
     def __init__(self, weights: dict, cfg) -> None:
         super().__init__()
         self.cfg = cfg
-        self.w = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(torch.from_numpy(v.copy()), requires_grad=False)
-                                   for k, v in weights.items()})
+        self.w = nn.ParameterDict(
+            {
+                k.replace(".", "__"): nn.Parameter(torch.from_numpy(v.copy()), requires_grad=False)
+                for k, v in weights.items()
+            }
+        )
 
     def p(self, name: str) -> torch.Tensor:
         return self.w[name.replace(".", "__")]
@@ -219,17 +224,20 @@ class MiniLM(nn.Module):
         return x @ self.p(name + ".weight").T + self.p(name + ".bias")
 
     def ln(self, x, name):
-        return nn.functional.layer_norm(x, (self.cfg.hidden_size,), self.p(name + ".weight"), self.p(name + ".bias"),
-                                        self.cfg.layer_norm_eps)
+        return nn.functional.layer_norm(
+            x, (self.cfg.hidden_size,), self.p(name + ".weight"), self.p(name + ".bias"), self.cfg.layer_norm_eps
+        )
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         c = self.cfg
         t = input_ids.shape[1]
         emb = nn.functional.embedding
         pos = torch.arange(t, device=input_ids.device).unsqueeze(0)
-        e = (emb(input_ids, self.p("embeddings.word_embeddings.weight"))
-             + emb(pos, self.p("embeddings.position_embeddings.weight"))
-             + emb(token_type_ids, self.p("embeddings.token_type_embeddings.weight")))
+        e = (
+            emb(input_ids, self.p("embeddings.word_embeddings.weight"))
+            + emb(pos, self.p("embeddings.position_embeddings.weight"))
+            + emb(token_type_ids, self.p("embeddings.token_type_embeddings.weight"))
+        )
         h = self.ln(e, "embeddings.LayerNorm")
         ext = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         nh, hd = c.num_attention_heads, c.hidden_size // c.num_attention_heads
@@ -253,10 +261,25 @@ class MiniLM(nn.Module):
         return nn.functional.normalize(emb, dim=1)
 
 
-def export(model: nn.Module, args: tuple, path: str, input_names: list[str], output_names: list[str],
-           dynamic: dict, opset: int = 17) -> str:
+def export(
+    model: nn.Module,
+    args: tuple,
+    path: str,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic: dict,
+    opset: int = 17,
+) -> str:
     model.eval()
     with torch.no_grad():
-        torch.onnx.export(model, args, path, input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            model,
+            args,
+            path,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
     return path

@@ -30,6 +30,7 @@ def overhead(sess: nm.Session, inp: dict, calls: int = 400) -> tuple[float, floa
             t0 = time.perf_counter()
             fn(*a)
             c_time[0] += time.perf_counter() - t0
+
         return run
 
     steps = [(timed(fn), args) if getattr(fn, "__name__", "") == "run" else (fn, args) for fn, args in b.steps]
@@ -56,8 +57,10 @@ def main() -> None:
     real = hf.tokenize(tok, corpus.sentences(1))
     for name, inp in (("tiny 1x2", tiny), (f"one sentence 1x{real['input_ids'].shape[1]}", real)):
         med, lo, wall, n, n_c = overhead(sess, inp)
-        print(f"{name:22s} python overhead median {med * 1e3:.3f} ms, min {lo * 1e3:.3f} ms "
-              f"(run {wall * 1e3:.2f} ms; {n} steps per call, {n_c} of them C runs)")
+        print(
+            f"{name:22s} python overhead median {med * 1e3:.3f} ms, min {lo * 1e3:.3f} ms "
+            f"(run {wall * 1e3:.2f} ms; {n} steps per call, {n_c} of them C runs)"
+        )
 
 
 if __name__ == "__main__":

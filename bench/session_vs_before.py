@@ -19,10 +19,10 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(1, sys.argv[1])
 
+import nmengine_old as old  # noqa: E402
 import numpy as np  # noqa: E402
 
 import nmengine as nm  # noqa: E402
-import nmengine_old as old  # noqa: E402
 from nmengine import corpus, hf  # noqa: E402
 
 ref = sys.argv[2]
@@ -41,57 +41,99 @@ def digits() -> None:
         assert np.asarray(fo()).tobytes() == np.asarray(fn()).tobytes()
         to, tn = [], []
         for _ in range(200):
-            t0 = time.perf_counter(); fo(); to.append(time.perf_counter() - t0)  # noqa: E702
-            t0 = time.perf_counter(); fn(); tn.append(time.perf_counter() - t0)  # noqa: E702
+            t0 = time.perf_counter()
+            fo()
+            to.append(time.perf_counter() - t0)  # noqa: E702
+            t0 = time.perf_counter()
+            fn()
+            tn.append(time.perf_counter() - t0)  # noqa: E702
         mo, mn = np.median(to) * 1e3, np.median(tn) * 1e3
         print(f"{label:10s} before {mo:8.3f} ms  session {mn:8.3f} ms  speed-up {mo / mn:5.2f}x")
 
 
 def minilm() -> None:
-    import torch, onnxruntime as ort, transformers
-    nm.set_num_threads(T); old.set_num_threads(T); torch.set_num_threads(T)
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    nm.set_num_threads(T)
+    old.set_num_threads(T)
+    torch.set_num_threads(T)
     md = hf.default_model_dir()
-    prog = nm.load(f"{ref}/minilm.nmb"); prog_old = old.load(f"{ref}/minilm.nmb")
+    prog = nm.load(f"{ref}/minilm.nmb")
+    prog_old = old.load(f"{ref}/minilm.nmb")
     emb = hf.SentenceEmbedder(program=prog)
     sess = nm.Session(prog, threads=T)
     tok = hf.load_tokenizer(md)
     sents = corpus.sentences(64)
     long_texts = [" ".join(sents[i:] + sents[:i]) for i in range(32)]
-    inputs = {"batch1": hf.tokenize(tok, sents[40:41]), "batch32": hf.tokenize(tok, sents[:32]),
-              "fixed32x128": hf.tokenize(tok, long_texts, max_length=128)}
+    inputs = {
+        "batch1": hf.tokenize(tok, sents[40:41]),
+        "batch32": hf.tokenize(tok, sents[:32]),
+        "fixed32x128": hf.tokenize(tok, long_texts, max_length=128),
+    }
+
     class Pooled(torch.nn.Module):
-        def __init__(s, b): super().__init__(); s.bert = b
+        def __init__(s, b):
+            super().__init__()
+            s.bert = b
+
         def forward(s, i, t, m):
             h = s.bert(input_ids=i, token_type_ids=t, attention_mask=m).last_hidden_state
-            mm = m.unsqueeze(-1).to(h.dtype); e = (h * mm).sum(1) / mm.sum(1).clamp(min=1e-9)
+            mm = m.unsqueeze(-1).to(h.dtype)
+            e = (h * mm).sum(1) / mm.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(e, dim=1)
+
     model = Pooled(transformers.BertModel.from_pretrained(md)).eval()
     path = os.path.join(tempfile.mkdtemp(), "m.onnx")
     ex = tuple(torch.from_numpy(inputs["batch32"][k]) for k in hf.INPUT_NAMES)
-    axes = {k: {0: "b", 1: "t"} for k in hf.INPUT_NAMES}; axes["e"] = {0: "b"}
+    axes = {k: {0: "b", 1: "t"} for k in hf.INPUT_NAMES}
+    axes["e"] = {0: "b"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, ex, path, input_names=list(hf.INPUT_NAMES), output_names=["e"], dynamic_axes=axes, opset_version=17, dynamo=False)
-    so = ort.SessionOptions(); so.intra_op_num_threads = T; so.inter_op_num_threads = 1
+        torch.onnx.export(
+            model,
+            ex,
+            path,
+            input_names=list(hf.INPUT_NAMES),
+            output_names=["e"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = T
+    so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     osess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     one = sents[40]
     for scen, b in inputs.items():
         n = b["input_ids"].shape[0]
-        eng = {"nm-session": lambda: sess.run(b), "nm-before": lambda: prog_old.run(b),
-               "ort": lambda: osess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0]}
+        eng = {
+            "nm-session": lambda: sess.run(b),
+            "nm-before": lambda: prog_old.run(b),
+            "ort": lambda: osess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
+        }
         if scen == "batch1":
             eng["nm-encode"] = lambda: emb.encode(one)
-        for f in eng.values(): f()
+        for f in eng.values():
+            f()
         times = {k: [] for k in eng}
         for _ in range(40 if scen == "batch1" else 5):
             for k, f in eng.items():
-                t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        print(scen, b["input_ids"].shape, "  ".join(f"{k} {v*1e3:.2f} ms" for k, v in med.items()),
-              f"| session/ort time {med['nm-session']/med['ort']:.2f}x, before/session {med['nm-before']/med['nm-session']:.2f}x"
-              + (f", encode/ort {med['nm-encode']/med['ort']:.2f}x" if "nm-encode" in med else ""), flush=True)
+        print(
+            scen,
+            b["input_ids"].shape,
+            "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items()),
+            f"| session/ort time {med['nm-session'] / med['ort']:.2f}x, before/session {med['nm-before'] / med['nm-session']:.2f}x"
+            + (f", encode/ort {med['nm-encode'] / med['ort']:.2f}x" if "nm-encode" in med else ""),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t0
     rss1 = _rss_bytes()
     growth = 100.0 * (rss1 - rss0) / rss0
-    print(f"soak: {args.threads} threads x {len(jobs)} jobs ({', '.join(n for n, _, _ in jobs)}) for {elapsed:.0f} s: "
-          f"{sum(runs):,} runs, {len(errors)} mismatches/errors; RSS after warm-up {rss0 / 2**20:.1f} MiB -> "
-          f"{rss1 / 2**20:.1f} MiB ({growth:+.2f}%)")
+    print(
+        f"soak: {args.threads} threads x {len(jobs)} jobs ({', '.join(n for n, _, _ in jobs)}) for {elapsed:.0f} s: "
+        f"{sum(runs):,} runs, {len(errors)} mismatches/errors; RSS after warm-up {rss0 / 2**20:.1f} MiB -> "
+        f"{rss1 / 2**20:.1f} MiB ({growth:+.2f}%)"
+    )
     for e in errors[:10]:
         print("  " + e)
     return 1 if errors or growth >= 1.0 else 0

@@ -1,6 +1,6 @@
 """How long table fitting takes (the compiler fits one table per nonlinearity of a network).
 
-    pytest bench/test_bench_approx.py --benchmark-only
+pytest bench/test_bench_approx.py --benchmark-only
 """
 
 from __future__ import annotations

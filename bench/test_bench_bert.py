@@ -71,7 +71,9 @@ class _Pooled(torch.nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, token_type_ids, attention_mask):
-        h = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        ).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(e, dim=1)
@@ -107,8 +109,16 @@ def engines(tmp_path_factory, inputs):
     axes["sentence_embedding"] = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, path, input_names=list(hf.INPUT_NAMES),
-                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            example,
+            path,
+            input_names=list(hf.INPUT_NAMES),
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
@@ -144,8 +154,11 @@ def modelled():
     def figures(shape: tuple[int, int]) -> dict[str, int]:
         if shape not in cache:
             total = program.cost(None, {k: shape for k in hf.INPUT_NAMES}).total
-            cache[shape] = {"macs": int(total["macs"]), "pwl_evals": int(total["pwl_evals"]),
-                            "dram_bytes_modelled": int(total["dram_bytes"])}
+            cache[shape] = {
+                "macs": int(total["macs"]),
+                "pwl_evals": int(total["pwl_evals"]),
+                "dram_bytes_modelled": int(total["dram_bytes"]),
+            }
         return cache[shape]
 
     return figures
@@ -158,9 +171,15 @@ def test_throughput(benchmark, engines, inputs, modelled, scenario, engine):
     fn = engines[engine]
     n = b["input_ids"].shape[0]
     benchmark.group = scenario
-    benchmark.extra_info.update({"engine": engine, "batch": list(b["input_ids"].shape),
-                                 "real_tokens": int(b["attention_mask"].sum()), "threads": THREADS,
-                                 **modelled(tuple(b["input_ids"].shape))})
+    benchmark.extra_info.update(
+        {
+            "engine": engine,
+            "batch": list(b["input_ids"].shape),
+            "real_tokens": int(b["attention_mask"].sum()),
+            "threads": THREADS,
+            **modelled(tuple(b["input_ids"].shape)),
+        }
+    )
     benchmark.pedantic(fn, args=(b,), rounds=ROUNDS[scenario], iterations=1, warmup_rounds=1)
     per_call = benchmark.stats.stats.median
     RESULTS[(scenario, engine)] = n / per_call
@@ -197,7 +216,9 @@ def _table(results: dict[tuple[str, str], float]) -> str:
     lines = [f"{'scenario':<13s}" + "".join(f"{e:>15s}" for e in ENGINES) + f"{'mx/ort':>9s}{'mx/torch':>10s}"]
     for scen in SCENARIOS:
         row = [results.get((scen, e), float("nan")) for e in ENGINES]
-        lines.append(f"{scen:<13s}" + "".join(f"{v:15.1f}" for v in row) + f"{row[0] / row[3]:9.2f}{row[0] / row[2]:10.2f}")
+        lines.append(
+            f"{scen:<13s}" + "".join(f"{v:15.1f}" for v in row) + f"{row[0] / row[3]:9.2f}{row[0] / row[2]:10.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -52,8 +52,9 @@ def test_distributed_overhead(tmp_path):
     base = corpus.sentences()  # about 2,200 eval sentences, repeated up to N
     sents = (base * (N // len(base) + 1))[:N]
     emb = load_embedder(bundle)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
     client = distributed.Client(cluster)
     try:
         bag = db.from_sequence(sents, npartitions=PARTITIONS)
@@ -91,15 +92,21 @@ def test_distributed_overhead(tmp_path):
         cluster.close()
     rate = {k: N / min(v) for k, v in times.items()}
     ratio = rate["dask-2x1"] / rate["in-process-2threads"]
-    lines = [f"{k:22s} best {min(v):7.2f} s  median {sorted(v)[len(v) // 2]:7.2f} s  {rate[k]:7.1f} sentences/s"
-             for k, v in times.items()]
+    lines = [
+        f"{k:22s} best {min(v):7.2f} s  median {sorted(v)[len(v) // 2]:7.2f} s  {rate[k]:7.1f} sentences/s"
+        for k, v in times.items()
+    ]
     lines.append(f"dask-2x1 / in-process-2threads = {ratio:.3f}x wall (target >= 0.85)")
     per_cpu = {k: N / min(v) for k, v in cpu.items()}
     lines += [f"{k:22s} {per_cpu[k]:7.1f} sentences per CPU-second (best round)" for k in cpu]
-    lines.append(f"dask-2x1 / in-process-2threads = {per_cpu['dask-2x1'] / per_cpu['in-process-2threads']:.3f}x "
-                 "per CPU-second (independent of the share of a loaded machine each peer got)")
+    lines.append(
+        f"dask-2x1 / in-process-2threads = {per_cpu['dask-2x1'] / per_cpu['in-process-2threads']:.3f}x "
+        "per CPU-second (independent of the share of a loaded machine each peer got)"
+    )
     lines.append(f"per-core rate (dask-2x1 / 2) = {rate['dask-2x1'] / 2:.1f} sentences/s per core")
-    lines.append(f"encode-2threads / in-process-2threads = {rate['encode-2threads'] / rate['in-process-2threads']:.3f}x")
+    lines.append(
+        f"encode-2threads / in-process-2threads = {rate['encode-2threads'] / rate['in-process-2threads']:.3f}x"
+    )
     print("\n" + "\n".join(lines))
     if os.environ.get("NMENGINE_BENCH_ASSERT") == "1":
         assert ratio >= 0.85

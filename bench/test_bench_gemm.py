@@ -31,8 +31,16 @@ from nmengine.pwl import PWLTable
 SUMMARY: list[str] = []
 
 # (M, K, N): A is M x K, B is K x N
-SGEMM_SHAPES = [(1024, 1024, 1024), (4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384),
-                (12544, 147, 64), (3136, 576, 64), (784, 1152, 128), (196, 2304, 256)]
+SGEMM_SHAPES = [
+    (1024, 1024, 1024),
+    (4096, 384, 384),
+    (4096, 384, 1536),
+    (4096, 1536, 384),
+    (12544, 147, 64),
+    (3136, 576, 64),
+    (784, 1152, 128),
+    (196, 2304, 256),
+]
 
 
 def _name(shape) -> str:
@@ -94,8 +102,14 @@ def report(benchmark, group: str, times: dict[str, np.ndarray], flops: float | N
         parts.append(f"{n} {m * 1e3:8.3f} ms{g}")
         benchmark.extra_info[f"{n}_median_ms"] = round(m * 1e3, 4)
     ratios = {n: med[base] / m for n, m in med.items()}
-    line = f"[{group}] " + " | ".join(parts) + " | speed vs " + base + ": " + ", ".join(
-        f"{n} {r:.3f}x" for n, r in ratios.items() if n != base)
+    line = (
+        f"[{group}] "
+        + " | ".join(parts)
+        + " | speed vs "
+        + base
+        + ": "
+        + ", ".join(f"{n} {r:.3f}x" for n, r in ratios.items() if n != base)
+    )
     SUMMARY.append(line)
     benchmark.extra_info["ratios_vs_" + base] = {n: round(r, 4) for n, r in ratios.items()}
     return med
@@ -111,8 +125,13 @@ def _summary():
             from threadpoolctl import threadpool_info
 
             for lib in threadpool_info():
-                print("BLAS:", {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
-                                                         "threading_layer")})
+                print(
+                    "BLAS:",
+                    {
+                        k: lib.get(k)
+                        for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+                    },
+                )
         except ImportError:  # pragma: no cover
             pass
         for line in SUMMARY:
@@ -125,8 +144,11 @@ def test_sgemm(benchmark, shape):
     a, b = _operands(M, K, N)
     o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
     benchmark.group = f"sgemm-{_name(shape)}"
-    t = run_interleaved(benchmark, {"numpy": lambda: np.matmul(a, b, out=o1),
-                                    "nmengine": lambda: nm.gemm(a, b, out=o2)}, _rounds(M, K, N))
+    t = run_interleaved(
+        benchmark,
+        {"numpy": lambda: np.matmul(a, b, out=o1), "nmengine": lambda: nm.gemm(a, b, out=o2)},
+        _rounds(M, K, N),
+    )
     report(benchmark, benchmark.group, t, 2.0 * M * N * K, "numpy")
     ref = a.astype(np.float64) @ b.astype(np.float64)
     assert np.abs(o2 - ref).max() <= 1e-4 * np.sqrt(K) * max(1.0, float(np.abs(ref).max()))
@@ -155,8 +177,11 @@ def test_small_m_prepacked(benchmark, M):
     o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
     benchmark.group = f"smallm-{M}x{K}x{N}"
     rounds = 200 if M <= 64 else 15
-    t = run_interleaved(benchmark, {"numpy": lambda: np.matmul(a, b, out=o1),
-                                    "nmengine_packed": lambda: nm.gemm(a, packed, out=o2)}, rounds)
+    t = run_interleaved(
+        benchmark,
+        {"numpy": lambda: np.matmul(a, b, out=o1), "nmengine_packed": lambda: nm.gemm(a, packed, out=o2)},
+        rounds,
+    )
     report(benchmark, benchmark.group, t, 2.0 * M * N * K, "numpy")
     assert np.array_equal(o2, nm.gemm(a, b))
 
@@ -179,8 +204,11 @@ def test_gelu(benchmark):
         return t
 
     benchmark.group = f"gelu-{M}x{K}x{N}"
-    t = run_interleaved(benchmark, {"numpy_erf_gelu": numpy_gelu,
-                                    "nm_fused_pwl_gelu": lambda: nm.gemm(a, b, epilogue=table, out=o2)}, 15)
+    t = run_interleaved(
+        benchmark,
+        {"numpy_erf_gelu": numpy_gelu, "nm_fused_pwl_gelu": lambda: nm.gemm(a, b, epilogue=table, out=o2)},
+        15,
+    )
     report(benchmark, benchmark.group, t, 2.0 * M * N * K, "numpy_erf_gelu")
 
 

@@ -56,7 +56,9 @@ class _Pooled(torch.nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, token_type_ids, attention_mask):
-        h = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        ).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(e, dim=1)
@@ -66,8 +68,10 @@ class _Pooled(torch.nn.Module):
 def batches():
     tok = hf.load_tokenizer(MODEL_DIR)
     sents = corpus.sentences(96)
-    return {"batch32": [hf.tokenize(tok, sents[i:i + 32]) for i in (0, 32, 64)],
-            "batch1": [hf.tokenize(tok, sents[40:41])]}
+    return {
+        "batch32": [hf.tokenize(tok, sents[i : i + 32]) for i in (0, 32, 64)],
+        "batch1": [hf.tokenize(tok, sents[40:41])],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +88,16 @@ def engines(tmp_path_factory, batches):
     axes["sentence_embedding"] = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, path, input_names=list(hf.INPUT_NAMES),
-                          output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            example,
+            path,
+            input_names=list(hf.INPUT_NAMES),
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
         quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
 
     def session(p):
@@ -122,8 +134,9 @@ def test_throughput(benchmark, engines, batches, scenario, engine):
     RESULTS[(scenario, engine)] = n / benchmark.stats.stats.min
 
 
-@pytest.mark.parametrize("shape", [(1024, 1024, 1024), (640, 384, 1152), (640, 384, 384), (640, 384, 1536),
-                                   (640, 1536, 384)])
+@pytest.mark.parametrize(
+    "shape", [(1024, 1024, 1024), (640, 384, 1152), (640, 384, 384), (640, 384, 1536), (640, 1536, 384)]
+)
 @pytest.mark.parametrize("precision", ["float32", "int8-row", "int8-g32"])
 def test_gemm(benchmark, shape, precision):
     """One GEMM (M, K, N), activations float32 in and out: float32 gemm with packed B, or qgemm
@@ -154,7 +167,7 @@ def test_summary(engines, batches):
     """Print throughput ratios and the fidelity of both int8 engines (against float32 exact)."""
     sents = corpus.sentences(320)
     tok = hf.load_tokenizer(MODEL_DIR)
-    chunks = [hf.tokenize(tok, sents[i:i + 32]) for i in range(0, len(sents), 32)]
+    chunks = [hf.tokenize(tok, sents[i : i + 32]) for i in range(0, len(sents), 32)]
     exact = np.concatenate([engines["_exact"](b) for b in chunks])
     print("\n\nint8 (#13), 2 threads, shared machine: sentences/s and ratios")
     for scen in ("batch32", "batch1"):
@@ -162,18 +175,26 @@ def test_summary(engines, batches):
         if None in row.values():
             continue
         print(f"  {scen:8s} " + "  ".join(f"{e} {v:8.1f}/s" for e, v in row.items()))
-        print(f"  {'':8s} nm-int8 / nm-float32 = {row['nm-int8'] / row['nm-float32']:.2f}x, "
-              f"nm-int8 / ort-int8 = {row['nm-int8'] / row['ort-int8']:.2f}x, "
-              f"ort-int8 / ort-float32 = {row['ort-int8'] / row['ort-float32']:.2f}x")
+        print(
+            f"  {'':8s} nm-int8 / nm-float32 = {row['nm-int8'] / row['nm-float32']:.2f}x, "
+            f"nm-int8 / ort-int8 = {row['nm-int8'] / row['ort-int8']:.2f}x, "
+            f"ort-int8 / ort-float32 = {row['ort-int8'] / row['ort-float32']:.2f}x"
+        )
     for shape, row in GEMM.items():
         f32 = row.get("float32")
-        print(f"  GEMM {shape}: " + "  ".join(
-            f"{k} {v:.0f} GOP/s" + (f" ({v / f32:.2f}x)" if f32 and k != "float32" else "") for k, v in row.items()))
+        print(
+            f"  GEMM {shape}: "
+            + "  ".join(
+                f"{k} {v:.0f} GOP/s" + (f" ({v / f32:.2f}x)" if f32 and k != "float32" else "") for k, v in row.items()
+            )
+        )
     for name in ("nm-int8", "ort-int8"):
         got = np.concatenate([np.asarray(engines[name](b)) for b in chunks])
         f = hf.fidelity(got, exact)
-        print(f"  fidelity {name} vs float32 exact ({f['n']} sentences): cosine mean {f['mean_cosine']:.5f} "
-              f"min {f['min_cosine']:.5f}, NN agreement {100 * f['nn_agreement']:.1f}%")
+        print(
+            f"  fidelity {name} vs float32 exact ({f['n']} sentences): cosine mean {f['mean_cosine']:.5f} "
+            f"min {f['min_cosine']:.5f}, NN agreement {100 * f['nn_agreement']:.1f}%"
+        )
     if os.environ.get("NMENGINE_BENCH_ASSERT") == "1":
         r = {e: RESULTS[("batch32", e)] for e in ENGINES}
         assert r["nm-int8"] >= 1.5 * r["nm-float32"], r

@@ -40,10 +40,15 @@ def test_model_inference(benchmark, trained, digits, batch, mode):
     x = np.ascontiguousarray(digits.x_test[:batch])
     report = program.cost(nm.AcceleratorConfig(), {"x": x.shape})
     benchmark.group = f"{name}-batch{batch}"
-    benchmark.extra_info.update({
-        "model": name, "mode": mode, "batch": batch,
-        "macs": int(report.total["macs"]), "pwl_evals": int(report.total["pwl_evals"]),
-        "dram_bytes_modelled": int(report.total["dram_bytes"]),
-    })
+    benchmark.extra_info.update(
+        {
+            "model": name,
+            "mode": mode,
+            "batch": batch,
+            "macs": int(report.total["macs"]),
+            "pwl_evals": int(report.total["pwl_evals"]),
+            "dram_bytes_modelled": int(report.total["dram_bytes"]),
+        }
+    )
     benchmark(program.run, x, mode=mode)
     benchmark.extra_info["images_per_s"] = round(batch / benchmark.stats.stats.median, 1)

@@ -35,7 +35,6 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX benchmark needs onnxru
 pytest.importorskip("onnx", reason="the ONNX benchmark needs onnx")
 
 import nmengine as nm  # noqa: E402
-
 from bench import onnx_torch_models as tm  # noqa: E402
 
 THREADS = 2
@@ -52,8 +51,13 @@ MACS: dict[str, float] = {}
 
 def _torch_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    m = {"resnet18": tm.resnet18, "resnet50": tm.resnet50, "mobilenetv2": tm.MobileNetV2, "vit": tm.ViT,
-         "gpt2": lambda: tm.GPT(vocab=8192, n_ctx=256, d=384, depth=6, heads=6)}[name]()
+    m = {
+        "resnet18": tm.resnet18,
+        "resnet50": tm.resnet50,
+        "mobilenetv2": tm.MobileNetV2,
+        "vit": tm.ViT,
+        "gpt2": lambda: tm.GPT(vocab=8192, n_ctx=256, d=384, depth=6, heads=6),
+    }[name]()
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.normal_(0, 0.1)
@@ -92,8 +96,14 @@ def models(tmp_path_factory):
             path = str(d / f"{name}.onnx")
             example = _inputs(name, 2)
             if name == "gpt2":
-                tm.export(m, (torch.from_numpy(example["input_ids"]),), path, ["input_ids"], ["logits"],
-                          {"input_ids": {0: "batch", 1: "seq"}})
+                tm.export(
+                    m,
+                    (torch.from_numpy(example["input_ids"]),),
+                    path,
+                    ["input_ids"],
+                    ["logits"],
+                    {"input_ids": {0: "batch", 1: "seq"}},
+                )
             else:
                 tm.export(m, (torch.from_numpy(example["x"]),), path, ["x"], ["logits"], {"x": {0: "batch"}})
             t0 = time.perf_counter()
@@ -169,10 +179,17 @@ def test_minilm_onnx_matches_sentence_embedder(tmp_path):
     names = ["input_ids", "token_type_ids", "attention_mask"]
     feeds = {k: batch[k].astype(np.int64) for k in names}
     path = str(tmp_path / "minilm.onnx")
-    tm.export(module, tuple(torch.from_numpy(feeds[k]) for k in names), path, names, ["sentence_embedding"],
-              {k: {0: "batch", 1: "seq"} for k in names})
-    calib = [{k: v.astype(np.int64) for k, v in b.items() if k in names}
-             for b in hf.calibration_batches(emb_exact.tokenizer)]
+    tm.export(
+        module,
+        tuple(torch.from_numpy(feeds[k]) for k in names),
+        path,
+        names,
+        ["sentence_embedding"],
+        {k: {0: "batch", 1: "seq"} for k in names},
+    )
+    calib = [
+        {k: v.astype(np.int64) for k, v in b.items() if k in names} for b in hf.calibration_batches(emb_exact.tokenizer)
+    ]
     prog = nm.onnx.load(path, calibration=calib)
     ours_x = prog.run(feeds, mode="exact")
     ours_m = prog.run(feeds)
@@ -184,9 +201,12 @@ def test_minilm_onnx_matches_sentence_embedder(tmp_path):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
-    ACCURACY["minilm"] = {"exact_vs_hf_exact": rowcos(ours_x, ref_x), "matrixized_vs_hf_matrixized": rowcos(ours_m, ref_m),
-                          "matrixized_vs_ort": rowcos(ours_m, ref_ort),
-                          "exact_rel_vs_ort": float(np.max(np.abs(ours_x - ref_ort)) / np.max(np.abs(ref_ort)))}
+    ACCURACY["minilm"] = {
+        "exact_vs_hf_exact": rowcos(ours_x, ref_x),
+        "matrixized_vs_hf_matrixized": rowcos(ours_m, ref_m),
+        "matrixized_vs_ort": rowcos(ours_m, ref_ort),
+        "exact_rel_vs_ort": float(np.max(np.abs(ours_x - ref_ort)) / np.max(np.abs(ref_ort))),
+    }
     print("\nminilm:", ACCURACY["minilm"])
     assert ACCURACY["minilm"]["exact_vs_hf_exact"] >= 0.99999
     assert ACCURACY["minilm"]["exact_rel_vs_ort"] <= 1e-4
@@ -200,8 +220,10 @@ def test_summary(models):
         for batch in BATCHES:
             best = _interleaved(models, name, batch, ROUNDS[batch])
             SPEED[(name, batch)] = best
-            lines.append(f"| {name} | {batch} | {MACS[name] / 1e6:,.0f} | {best['nm'] * 1e3:.1f} ms | "
-                         f"{best['ort'] * 1e3:.1f} ms | {best['ort'] / best['nm']:.2f}x |")
+            lines.append(
+                f"| {name} | {batch} | {MACS[name] / 1e6:,.0f} | {best['nm'] * 1e3:.1f} ms | "
+                f"{best['ort'] * 1e3:.1f} ms | {best['ort'] / best['nm']:.2f}x |"
+            )
     print("\n" + "\n".join(lines))
     print("\naccuracy:")
     for k, v in ACCURACY.items():

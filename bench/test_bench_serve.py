@@ -74,8 +74,13 @@ def bundle(tmp_path_factory) -> Path:
 def server(bundle):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "nmengine", "serve", str(bundle), "--port", "0",
-                             "--threads", str(THREADS)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmengine", "serve", str(bundle), "--port", "0", "--threads", str(THREADS)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     ready = time.perf_counter() - t0
     m = re.search(r"listening on (http://\S+?:\d+)", line)
@@ -119,8 +124,10 @@ async def _load(url: str, texts: list[str], concurrency: int, seconds: float, ma
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+                writer.write(
+                    b"POST /v1/embeddings HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
+                )
                 status = int((await reader.readline()).split()[1])
                 length = 0
                 while True:
@@ -148,9 +155,15 @@ async def _load(url: str, texts: list[str], concurrency: int, seconds: float, ma
     wall = time.perf_counter() - t0
     latencies.sort()
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"requests": len(latencies) + len(errors), "errors": len(errors), "error_samples": errors[:3],
-            "seconds": wall, "sentences_per_s": len(latencies) / wall, "p50_ms": 1e3 * q[49],
-            "p99_ms": 1e3 * q[98]}
+    return {
+        "requests": len(latencies) + len(errors),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "seconds": wall,
+        "sentences_per_s": len(latencies) / wall,
+        "p50_ms": 1e3 * q[49],
+        "p99_ms": 1e3 * q[98],
+    }
 
 
 def _inprocess(emb, texts: list[str]) -> float:
@@ -198,8 +211,14 @@ def test_server_rss_flat(server, texts):
     before = _rss_bytes(proc.pid)
     r = asyncio.run(_load(url, texts, 64, 3600, RSS_REQUESTS))
     after = _rss_bytes(proc.pid)
-    RESULTS["rss"] = {"before_mb": before / 2**20, "after_mb": after / 2**20, "requests": r["requests"],
-                      "growth": after / before - 1, "errors": r["errors"], "sentences_per_s": r["sentences_per_s"]}
+    RESULTS["rss"] = {
+        "before_mb": before / 2**20,
+        "after_mb": after / 2**20,
+        "requests": r["requests"],
+        "growth": after / before - 1,
+        "errors": r["errors"],
+        "sentences_per_s": r["sentences_per_s"],
+    }
     assert r["errors"] == 0, r["error_samples"]
     if ASSERT:
         assert after / before - 1 < 0.05
@@ -209,20 +228,26 @@ def test_summary():
     if "inprocess-batch32" not in RESULTS:
         pytest.skip("no results")
     base = RESULTS["inprocess-batch32"]["sentences_per_s"]
-    lines = [f"server benchmark ({SECONDS:g} s per concurrency, {THREADS} engine threads, shared machine)",
-             f"  startup: {RESULTS.get('startup', {}).get('seconds_to_listen', float('nan')):.2f} s to listen "
-             f"({RESULTS.get('startup', {}).get('line', '')})",
-             f"  in-process encode, batch 32: {base:8.1f} sentences/s"]
+    lines = [
+        f"server benchmark ({SECONDS:g} s per concurrency, {THREADS} engine threads, shared machine)",
+        f"  startup: {RESULTS.get('startup', {}).get('seconds_to_listen', float('nan')):.2f} s to listen "
+        f"({RESULTS.get('startup', {}).get('line', '')})",
+        f"  in-process encode, batch 32: {base:8.1f} sentences/s",
+    ]
     for c in CONCURRENCY:
         r = RESULTS.get(f"server-c{c}")
         if r:
-            lines.append(f"  server c={c:<3d} {r['sentences_per_s']:8.1f} sentences/s  p50 {r['p50_ms']:7.1f} ms  "
-                         f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  requests {r['requests']}  "
-                         f"in-process alongside {r['inprocess_sentences_per_s']:.1f}: {r['ratio']:.2f}x")
+            lines.append(
+                f"  server c={c:<3d} {r['sentences_per_s']:8.1f} sentences/s  p50 {r['p50_ms']:7.1f} ms  "
+                f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  requests {r['requests']}  "
+                f"in-process alongside {r['inprocess_sentences_per_s']:.1f}: {r['ratio']:.2f}x"
+            )
     if "rss" in RESULTS:
         r = RESULTS["rss"]
-        lines.append(f"  RSS: {r['before_mb']:.1f} MiB after 1,000 requests -> {r['after_mb']:.1f} MiB after "
-                     f"{r['requests']:,} more ({100 * r['growth']:+.1f}%), errors {r['errors']}")
+        lines.append(
+            f"  RSS: {r['before_mb']:.1f} MiB after 1,000 requests -> {r['after_mb']:.1f} MiB after "
+            f"{r['requests']:,} more ({100 * r['growth']:+.1f}%), errors {r['errors']}"
+        )
     print("\n" + "\n".join(lines))
     if ASSERT and "server-c64" in RESULTS:
         assert RESULTS["server-c64"]["ratio"] >= 0.8

@@ -17,16 +17,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .pwl import PWLTable
-from .spec import InputSpec, Layer, ModelSpec, SpecError
-
 # Imported eagerly: the subpackage ``nmengine.compile`` and the function ``nm.compile`` share a name,
 # and a lazy attribute would be replaced by the module as soon as anything imported the subpackage.
 from .compile import compile  # noqa: E402  (loads the program, runtime and compiled core too)
+from .pwl import PWLTable
+from .spec import InputSpec, Layer, ModelSpec, SpecError
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = {"approx", "hf", "train", "cost", "bundle", "cli", "workflow", "corpus", "serve", "onnx", "distributed"}
+_LAZY_SUBMODULES = {
+    "approx",
+    "hf",
+    "train",
+    "cost",
+    "bundle",
+    "cli",
+    "workflow",
+    "corpus",
+    "serve",
+    "onnx",
+    "distributed",
+}
 _LAZY_ATTRS: dict[str, tuple[str, str]] = {
     "gemm": ("kernels", "gemm"),
     "gemm_batched": ("kernels", "gemm_batched"),

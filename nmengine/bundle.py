@@ -51,8 +51,7 @@ from .program import ROLES, Op, Program, ProgramError
 from .pwl import PWLTable
 from .spec import InputSpec
 
-__all__ = ["BundleError", "save", "load", "inspect", "format_inspect", "FORMAT", "SCHEMA_VERSION",
-           "MAX_HEADER_BYTES"]
+__all__ = ["BundleError", "save", "load", "inspect", "format_inspect", "FORMAT", "SCHEMA_VERSION", "MAX_HEADER_BYTES"]
 
 #: Value of ``__metadata__["format"]``.
 FORMAT = "nmengine-bundle"
@@ -70,8 +69,16 @@ DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "I64": np.dtype("<i8"), "
 _DTYPE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.int8): "I8"}
 
 TABLE_PARTS = ("breakpoints", "slopes", "intercepts")
-_META_KEYS = ("format", "schema_version", "producer", "created", "program", "checksums",
-              "program_sha256", "header_sha256")
+_META_KEYS = (
+    "format",
+    "schema_version",
+    "producer",
+    "created",
+    "program",
+    "checksums",
+    "program_sha256",
+    "header_sha256",
+)
 _PROGRAM_KEYS = ("name", "meta", "inputs", "outputs", "ops", "constants", "tables")
 _OP_REQUIRED = ("kind", "out", "args")
 _OP_OPTIONAL = ("attrs", "layer", "what")
@@ -159,8 +166,9 @@ def _reject_constant(token: str) -> Any:
 def _parse_json(text: str, what: str, *, allow_nonfinite: bool, fail: Callable[[str], BundleError]) -> Any:
     """Strict JSON: duplicate keys are an error, ``NaN``/``Infinity`` only when ``allow_nonfinite``."""
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates,
-                          parse_constant=float if allow_nonfinite else _reject_constant)
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=float if allow_nonfinite else _reject_constant
+        )
     except RecursionError:
         raise fail(f"{what} is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, duplicate keys, non-finite constants
@@ -175,13 +183,17 @@ def _program_json(program: Program) -> str:
     doc = {
         "name": _to_json_value(program.name, "program.name"),
         "meta": _to_json_value(program.meta, "program.meta"),
-        "inputs": [{"name": k, "shape": [None if d is None else int(d) for d in spec.shape], "dtype": spec.dtype}
-                   for k, spec in program.inputs.items()],
+        "inputs": [
+            {"name": k, "shape": [None if d is None else int(d) for d in spec.shape], "dtype": spec.dtype}
+            for k, spec in program.inputs.items()
+        ],
         "outputs": list(program.outputs),
         "ops": [_to_json_value(op.to_dict(), f"op {i} ({op.kind} -> {op.out!r})") for i, op in enumerate(program.ops)],
         "constants": list(program.constants),
-        "tables": [{"key": k, "name": t.name, "meta": _to_json_value(t.meta, f"table {k!r} meta")}
-                   for k, t in program.tables.items()],
+        "tables": [
+            {"key": k, "name": t.name, "meta": _to_json_value(t.meta, f"table {k!r} meta")}
+            for k, t in program.tables.items()
+        ],
     }
     # Non-finite floats in meta/attrs (e.g. an error bound of inf) are kept as NaN/Infinity tokens.
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
@@ -212,8 +224,10 @@ def _collect_tensors(program: Program) -> list[tuple[str, str, tuple[int, ...], 
     seen: set[str] = set()
     for name, *_ in items:
         if name == "__metadata__" or name in seen:
-            raise BundleError(f"tensor name {name!r} is reserved or used twice (constant names must not be "
-                              f"'__metadata__' nor collide with 'table/<key>/<part>' names of the PWL tables)")
+            raise BundleError(
+                f"tensor name {name!r} is reserved or used twice (constant names must not be "
+                f"'__metadata__' nor collide with 'table/<key>/<part>' names of the PWL tables)"
+            )
         seen.add(name)
     # stable (program order within a dtype); widest first, so every tensor is aligned to its item size
     items.sort(key=lambda t: {"I64": 0, "F32": 1}.get(t[1], 2))
@@ -319,12 +333,14 @@ def save(program: Program, path: str | os.PathLike[str], *, overwrite: bool = Tr
             try:
                 os.link(tmp, path)  # atomic "create only if absent"
             except FileExistsError:
-                raise FileExistsError(errno.EEXIST, "bundle file exists (pass overwrite=True to replace it)",
-                                      str(path)) from None
+                raise FileExistsError(
+                    errno.EEXIST, "bundle file exists (pass overwrite=True to replace it)", str(path)
+                ) from None
             except OSError:  # no hard links on this file system
                 if path.exists():
-                    raise FileExistsError(errno.EEXIST, "bundle file exists (pass overwrite=True to replace it)",
-                                          str(path)) from None
+                    raise FileExistsError(
+                        errno.EEXIST, "bundle file exists (pass overwrite=True to replace it)", str(path)
+                    ) from None
                 os.replace(tmp, path)
             else:
                 os.unlink(tmp)
@@ -357,8 +373,17 @@ class _Entry:
 class _Parsed:
     """Everything :func:`_read_header` validated: the header, the tensor index and the program JSON."""
 
-    def __init__(self, path: Path, file_size: int, header_len: int, meta: dict[str, str], version: int,
-                 entries: dict[str, _Entry], checksums: dict[str, str], program: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        file_size: int,
+        header_len: int,
+        meta: dict[str, str],
+        version: int,
+        entries: dict[str, _Entry],
+        checksums: dict[str, str],
+        program: dict[str, Any],
+    ) -> None:
         self.path, self.file_size, self.header_len = path, file_size, header_len
         self.meta, self.version, self.entries, self.checksums, self.program = meta, version, entries, checksums, program
 
@@ -403,8 +428,9 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
     if n > MAX_HEADER_BYTES:
         raise fail(f"header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit (corrupt or not a bundle)")
     if n > file_size - 8:
-        raise fail(f"header length {n} is larger than the rest of the file ({file_size - 8} bytes): "
-                   f"truncated or corrupt")
+        raise fail(
+            f"header length {n} is larger than the rest of the file ({file_size - 8} bytes): truncated or corrupt"
+        )
     if n < 2:
         raise fail(f"header length {n} is too small for a JSON object")
     raw = _read_exact(f, n)
@@ -437,8 +463,10 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
         raise fail(f"schema_version {sv!r} is not a positive integer")
     version = int(sv)
     if version > SCHEMA_VERSION:
-        raise fail(f"unsupported schema version {version}: this nmengine reads bundles up to version "
-                   f"{SCHEMA_VERSION}; upgrade nmengine to load it")
+        raise fail(
+            f"unsupported schema version {version}: this nmengine reads bundles up to version "
+            f"{SCHEMA_VERSION}; upgrade nmengine to load it"
+        )
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise fail(f"__metadata__ is missing {missing}")
@@ -471,30 +499,42 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
             raise fail(f"{where}: data_offsets [{begin}, {end}] must satisfy 0 <= begin <= end")
         need = math.prod(shape) * DTYPES[code].itemsize
         if end - begin != need:
-            raise fail(f"{where}: data_offsets [{begin}, {end}] span {end - begin} bytes but shape {shape} of "
-                       f"{code} needs {need}")
+            raise fail(
+                f"{where}: data_offsets [{begin}, {end}] span {end - begin} bytes but shape {shape} of "
+                f"{code} needs {need}"
+            )
         entries[name] = _Entry(name, code, tuple(shape), begin, end)
     data_size = file_size - 8 - n
     for ent in entries.values():
         if ent.end > data_size:
-            raise fail(f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] run past the data section "
-                       f"({data_size} bytes): truncated or corrupt")
+            raise fail(
+                f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] run past the data section "
+                f"({data_size} bytes): truncated or corrupt"
+            )
     pos = 0
     for ent in sorted(entries.values(), key=lambda ent: (ent.begin, ent.end)):
         if ent.begin < pos:
-            raise fail(f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] overlap the previous tensor "
-                       f"(which ends at {pos})")
+            raise fail(
+                f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] overlap the previous tensor "
+                f"(which ends at {pos})"
+            )
         if ent.begin > pos:
-            raise fail(f"tensor {ent.name!r}: data_offsets start at {ent.begin}, leaving a gap after byte {pos}; "
-                       f"tensors must be contiguous")
+            raise fail(
+                f"tensor {ent.name!r}: data_offsets start at {ent.begin}, leaving a gap after byte {pos}; "
+                f"tensors must be contiguous"
+            )
         pos = ent.end
     if pos != data_size:
-        raise fail(f"data section is {data_size} bytes but the tensors cover {pos}: "
-                   f"{'trailing bytes' if data_size > pos else 'truncated'}")
+        raise fail(
+            f"data section is {data_size} bytes but the tensors cover {pos}: "
+            f"{'trailing bytes' if data_size > pos else 'truncated'}"
+        )
 
     # -- digests of the program JSON and of the header --------------------------------------------
-    if not _is_hex64(meta["program_sha256"]) or \
-            _sha256(meta["program"].encode("utf-8", "surrogatepass")) != meta["program_sha256"]:
+    if (
+        not _is_hex64(meta["program_sha256"])
+        or _sha256(meta["program"].encode("utf-8", "surrogatepass")) != meta["program_sha256"]
+    ):
         raise fail("program checksum mismatch: the program JSON is corrupt or was edited")
     if not _is_hex64(meta["header_sha256"]) or _header_digest(header) != meta["header_sha256"]:
         raise fail("header checksum mismatch: the header is corrupt or was edited")
@@ -621,7 +661,7 @@ def _map_data(f: Any, parsed: _Parsed, use_mmap: bool) -> np.ndarray:
 
 
 def _tensor(data: np.ndarray, e: _Entry) -> np.ndarray:
-    arr = data[e.begin:e.end].view(e.dtype).reshape(e.shape)
+    arr = data[e.begin : e.end].view(e.dtype).reshape(e.shape)
     if e.dtype.byteorder == "<" and sys.byteorder == "big":
         arr = arr.astype(e.dtype.newbyteorder("="))
     elif arr.size and arr.ctypes.data % e.dtype.alignment:
@@ -648,7 +688,7 @@ def load(path: str | os.PathLike[str], *, mmap: bool = True) -> Program:
         return BundleError(f"{path}: {msg}")
 
     for name, e in parsed.entries.items():
-        if _sha256(data[e.begin:e.end]) != parsed.checksums[name]:
+        if _sha256(data[e.begin : e.end]) != parsed.checksums[name]:
             raise fail(f"checksum mismatch for tensor {name!r}: the data is corrupt")
 
     doc = parsed.program
@@ -657,8 +697,9 @@ def load(path: str | os.PathLike[str], *, mmap: bool = True) -> Program:
     for t in doc["tables"]:
         vec = {p: _tensor(data, parsed.entries[_table_tensor(t["key"], p)]) for p in TABLE_PARTS}
         try:
-            tables[t["key"]] = PWLTable(vec["breakpoints"], vec["slopes"], vec["intercepts"],
-                                        name=t["name"], meta=t["meta"])
+            tables[t["key"]] = PWLTable(
+                vec["breakpoints"], vec["slopes"], vec["intercepts"], name=t["name"], meta=t["meta"]
+            )
         except (ValueError, TypeError) as e:
             raise fail(f"PWL table {t['key']!r} is invalid: {e}") from None
     inputs = {s["name"]: InputSpec(tuple(s["shape"]), s["dtype"]) for s in doc["inputs"]}
@@ -731,8 +772,10 @@ def format_inspect(info: Mapping[str, Any], *, tensors: bool = False) -> str:
         return ""  # unreachable
 
     ops = ", ".join(f"{k} {v}" for k, v in sorted(info["ops_by_kind"].items(), key=lambda kv: -kv[1]))
-    ins = ", ".join(f"{k}: {v['dtype']}[{', '.join('?' if d is None else str(d) for d in v['shape'])}]"
-                    for k, v in info["inputs"].items())
+    ins = ", ".join(
+        f"{k}: {v['dtype']}[{', '.join('?' if d is None else str(d) for d in v['shape'])}]"
+        for k, v in info["inputs"].items()
+    )
     lines = [
         f"{info['path']}: {info['format']} v{info['schema_version']}, {size(info['file_bytes'])}",
         f"  program   {info['name']!r}, {info['n_ops']} ops ({ops})",

@@ -79,8 +79,13 @@ def key_digest(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cached(key: Mapping[str, Any], build: Callable[[], Program], *,
-           directory: str | os.PathLike[str] | None = None, enabled: bool | None = None) -> Program:
+def cached(
+    key: Mapping[str, Any],
+    build: Callable[[], Program],
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    enabled: bool | None = None,
+) -> Program:
     """Load the program cached under ``key``, or ``build()`` it and cache it.
 
     ``enabled=None`` follows :func:`cache_enabled`; ``False`` always builds and writes nothing.

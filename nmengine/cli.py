@@ -78,8 +78,11 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
         onnx_cli.add_parser(sub)
 
 
-def _missing_extra(sub: argparse._SubParsersAction, names: tuple[str, ...], error: ImportError) -> None:  # pragma: no cover
+def _missing_extra(
+    sub: argparse._SubParsersAction, names: tuple[str, ...], error: ImportError
+) -> None:  # pragma: no cover
     """Register commands whose extra is missing: they exit with the ImportError's advice."""
+
     def fail(args: argparse.Namespace) -> int:
         print(f"nmengine {args.command}: {error}", file=sys.stderr)
         return 2
@@ -99,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--json", action="store_true", help="print the raw header summary as JSON")
-    p.add_argument("--plot", metavar="PNG", default=None,
-                   help="segments='auto' bundles: save the table bytes vs fidelity plot (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="segments='auto' bundles: save the table bytes vs fidelity plot (needs matplotlib)",
+    )
     p.set_defaults(func=_inspect)
     p = sub.add_parser("kernel-info", help="show the GEMM kernel path, blocking and threads")
     p.add_argument("--threads", type=int, default=None)

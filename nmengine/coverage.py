@@ -73,8 +73,15 @@ def source_layers(layers: Sequence[Layer], folded_into: Mapping[str, str]) -> li
     out = []
     for lyr in layers:
         linear, nonlinear = layer_parts(lyr)
-        out.append({"name": lyr.name, "op": lyr.op, "linear": linear, "nonlinear": nonlinear,
-                    "implemented_by": folded_into.get(lyr.name, lyr.name)})
+        out.append(
+            {
+                "name": lyr.name,
+                "op": lyr.op,
+                "linear": linear,
+                "nonlinear": nonlinear,
+                "implemented_by": folded_into.get(lyr.name, lyr.name),
+            }
+        )
     return out
 
 
@@ -128,8 +135,10 @@ def program_coverage(program: Program, input_shapes: Mapping[str, Sequence[int]]
         "arithmetic_ops_as_gemm_pwl": 1.0 if n_arith == 0 else n_gemm / n_arith,
         "pwl_epilogues": sum(op.epilogue.get("act") == "pwl" for op in program.ops),
         # precision of every GEMM-family op ("float32", or "int8" after the int8 pass)
-        "gemm_precision": {p: sum(op.family == "gemm" and op.attrs.get("precision", "float32") == p
-                                  for op in program.ops) for p in ("float32", "int8")},
+        "gemm_precision": {
+            p: sum(op.family == "gemm" and op.attrs.get("precision", "float32") == p for op in program.ops)
+            for p in ("float32", "int8")
+        },
         "int8_gemms": [op.out for op in program.ops if op.attrs.get("precision") == "int8"],
     }
     if input_shapes is not None:

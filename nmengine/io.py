@@ -42,8 +42,19 @@ def read_arrays(source: Source, *, default_name: str = "x") -> dict[str, np.ndar
         else:
             with loaded:
                 arrays = {name: loaded[name] for name in loaded.files}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
-            NotImplementedError, RuntimeError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         raise ValueError(f"{label}: not a readable .npz/.npy file of arrays ({type(exc).__name__}: {exc})") from None
     for name, arr in arrays.items():
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
@@ -63,7 +74,9 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
         np.save(buf, np.asarray(next(iter(arrays.values()))), allow_pickle=False)
     else:
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else "."
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())

@@ -111,9 +111,7 @@ def compiled_core() -> Any:
 # ---------------------------------------------------------------------------------------------
 # Kernel selection: use_kernel() context > NMENGINE_KERNEL > auto
 # ---------------------------------------------------------------------------------------------
-_kernel_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "nmengine_kernel", default=None
-)
+_kernel_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("nmengine_kernel", default=None)
 
 
 def _check_kernel_name(name: Any, source: str) -> str:
@@ -223,8 +221,11 @@ def kernel_info() -> dict[str, Any]:
     """
     core = compiled_core()
     code = kernel_code()
-    info: dict[str, Any] = {"kernel": KERNEL_NAMES[code], "cpu_avx2_fma": bool(_cpu_avx2),
-                            "cpu_avx512": bool(_cpu_avx512)}
+    info: dict[str, Any] = {
+        "kernel": KERNEL_NAMES[code],
+        "cpu_avx2_fma": bool(_cpu_avx2),
+        "cpu_avx512": bool(_cpu_avx512),
+    }
     info.update(core.get_blocking(code))
     info["num_threads"] = get_num_threads()
     info["usable_cpus"] = usable_cpus()
@@ -306,8 +307,19 @@ def _residual(fn: str, residual: Any, shape: tuple[int, ...]) -> Optional[np.nda
         ) from None
 
 
-def _gemm_operands(fn: str, M: int, N: int, shape: tuple[int, ...], a: Any, b: Any, bias: Any, bias_row: Any,
-                   residual: Any, epilogue: Epilogue, out: Any):
+def _gemm_operands(
+    fn: str,
+    M: int,
+    N: int,
+    shape: tuple[int, ...],
+    a: Any,
+    b: Any,
+    bias: Any,
+    bias_row: Any,
+    residual: Any,
+    epilogue: Epilogue,
+    out: Any,
+):
     """The checked epilogue operands and output of a GEMM call with output ``shape`` (``(M, N)``
     last): ``(act, table, bias, bias_row, residual, out, kernel code)``."""
     act, table = _act(epilogue)
@@ -329,11 +341,22 @@ def _check_rows_out(fn: str, out: Any, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{fn}: out must be writeable, aligned and C-contiguous")
 
 
-def _sgemm_2d(core: Any, A: np.ndarray, B: np.ndarray, C: np.ndarray, bc, br, res, act: int, table: Any,
-              kernel: int) -> None:
+def _sgemm_2d(
+    core: Any, A: np.ndarray, B: np.ndarray, C: np.ndarray, bc, br, res, act: int, table: Any, kernel: int
+) -> None:
     """One (M, K) @ (K, N) product through the batched core entry (a 1 x 1 batch)."""
-    core.sgemm_batched(A[None, None], B[None, None], C[None, None], bc, br,
-                       None if res is None else res[None, None], act, table, get_num_threads(), kernel)
+    core.sgemm_batched(
+        A[None, None],
+        B[None, None],
+        C[None, None],
+        bc,
+        br,
+        None if res is None else res[None, None],
+        act,
+        table,
+        get_num_threads(),
+        kernel,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +408,8 @@ def gemm(
             f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
         )
     act, table, bc, br, res, C, kernel = _gemm_operands(
-        "gemm", M, N, (M, N), a, b, bias, bias_row, residual, epilogue, out)
+        "gemm", M, N, (M, N), a, b, bias, bias_row, residual, epilogue, out
+    )
     if M == 0 or N == 0:
         return C
     _sgemm_2d(core, A, B, C, bc, br, res, act, table, kernel)
@@ -439,7 +463,8 @@ def gemm_batched(
         )
     shape = batch + (M, N)
     act, table, bc, br, res, C, kernel = _gemm_operands(
-        "gemm_batched", M, N, shape, a, b, bias, bias_row, residual, epilogue, out)
+        "gemm_batched", M, N, shape, a, b, bias, bias_row, residual, epilogue, out
+    )
     if C.size == 0:
         return C
     A4 = np.broadcast_to(A, batch + (M, K))
@@ -478,10 +503,7 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
     kernel = kernel_code()
     if X.size == 0:
         return Y
-    same = (
-        Y is X
-        or (Y.__array_interface__["data"][0] == X.__array_interface__["data"][0] and Y.strides == X.strides)
-    )
+    same = Y is X or (Y.__array_interface__["data"][0] == X.__array_interface__["data"][0] and Y.strides == X.strides)
     if not same and np.may_share_memory(X, Y):
         # partial overlap: evaluate from a private copy
         X = X.copy()
@@ -493,7 +515,6 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
         core.pwl_apply(table, xc.reshape(-1), tmp.reshape(-1), get_num_threads(), kernel)
         Y[...] = tmp
     return Y
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +594,8 @@ def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilo
             f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is packed {_shape(P.shape)} (K={K2})"
         )
     act, table, bc, br, res, C, kernel = _gemm_operands(
-        "gemm", M, N, (M, N), A, P.source, bias, bias_row, residual, epilogue, out)
+        "gemm", M, N, (M, N), A, P.source, bias, bias_row, residual, epilogue, out
+    )
     if M == 0 or N == 0:
         return C
     if kernel != P.kernel:
@@ -659,12 +681,13 @@ def scale(
     :func:`gemm`; ``out`` a C-contiguous float32 array of x's shape (may be ``x``).
     """
     core = compiled_core()
-    ops = {"mul": mul, "row_scale": row_scale, "col_scale": col_scale, "bias": bias, "bias_row": bias_row,
-           "res": res}
+    ops = {"mul": mul, "row_scale": row_scale, "col_scale": col_scale, "bias": bias, "bias_row": bias_row, "res": res}
     got = _scale_modes(x, ops)
     if got is None:
-        raise ValueError("scale: operands must be float32, x of the output shape and every other operand of "
-                         "x's shape, (..., 1), (n,) or a single value")
+        raise ValueError(
+            "scale: operands must be float32, x of the output shape and every other operand of "
+            "x's shape, (..., 1), (n,) or a single value"
+        )
     shape, modes = got
     act, table = _act(epilogue)
     if out is None:
@@ -675,9 +698,13 @@ def scale(
             for name, arr in ops.items():
                 if arr is not None and np.may_share_memory(out, arr):
                     raise ValueError(f"scale: out overlaps {name!r}; pass a separate output buffer")
-            if out is not x and np.may_share_memory(out, x) and not (
-                    out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
-                    and x.flags.c_contiguous):
+            if (
+                out is not x
+                and np.may_share_memory(out, x)
+                and not (
+                    out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and x.flags.c_contiguous
+                )
+            ):
                 raise ValueError("scale: out partially overlaps x")
         Y = out
     kernel = kernel_code()
@@ -688,9 +715,31 @@ def scale(
     X = _c32(x)
     args = [None if ops[r] is None else _c32(ops[r]) for r in SCALE_ROLES]
     md = [modes.get(r, core.BC_NONE) for r in SCALE_ROLES]
-    core.scale(X, Y, rows, n, None if alpha == 1.0 else float(alpha), None if beta == 0.0 else float(beta),
-               float(np.float32(res_beta)), args[0], md[0], args[1], md[1], args[2], md[2], args[3], md[3],
-               args[4], md[4], args[5], md[5], act, table, get_num_threads(), kernel)
+    core.scale(
+        X,
+        Y,
+        rows,
+        n,
+        None if alpha == 1.0 else float(alpha),
+        None if beta == 0.0 else float(beta),
+        float(np.float32(res_beta)),
+        args[0],
+        md[0],
+        args[1],
+        md[1],
+        args[2],
+        md[2],
+        args[3],
+        md[3],
+        args[4],
+        md[4],
+        args[5],
+        md[5],
+        act,
+        table,
+        get_num_threads(),
+        kernel,
+    )
     return Y
 
 
@@ -742,8 +791,9 @@ def _qkernel_code(kernel: Optional[str]) -> int:
     if got is None:
         got = _qkernel_cache[code] = int(core.qkernel_resolve(code))
     if got < 0:
-        raise KernelUnavailableError(f"the int8 kernel {key!r} cannot run on this CPU/OS; available: "
-                                     f"{qkernel_info()['available']}")
+        raise KernelUnavailableError(
+            f"the int8 kernel {key!r} cannot run on this CPU/OS; available: {qkernel_info()['available']}"
+        )
     return got
 
 
@@ -756,8 +806,10 @@ def qkernel_for(float_kernel: int) -> int:
 def qkernel_info() -> dict[str, Any]:
     """``{"kernel": the int8 kernel the next call uses, "available": [names this CPU can run]}``."""
     core = compiled_core()
-    return {"kernel": _QKERNEL_NAMES[_qkernel_code(None)],
-            "available": [n for c, n in sorted(_QKERNEL_NAMES.items()) if core.qkernel_available(c)]}
+    return {
+        "kernel": _QKERNEL_NAMES[_qkernel_code(None)],
+        "available": [n for c, n in sorted(_QKERNEL_NAMES.items()) if core.qkernel_available(c)],
+    }
 
 
 def _groups(K: int, group: Optional[int]) -> tuple[int, int]:
@@ -851,11 +903,36 @@ def qgemm_int32(a: Any, b: Any, *, out: Optional[np.ndarray] = None, kernel: Opt
     M = A.shape[0]
     if out is None:
         out = np.empty((M, N), dtype=np.int32)
-    elif (not isinstance(out, np.ndarray) or out.shape != (M, N) or out.dtype != np.int32
-          or not out.flags.writeable or not out.flags.aligned or any(s % 4 for s in out.strides)):
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.shape != (M, N)
+        or out.dtype != np.int32
+        or not out.flags.writeable
+        or not out.flags.aligned
+        or any(s % 4 for s in out.strides)
+    ):
         raise ValueError(f"qgemm_int32: out must be a writeable aligned int32 array of shape ({M}, {N})")
-    core.qgemm(A, P.data, P.colsum, None, K, N, 0, None, out, None, None, None, None, None, None,
-               core.ACT_NONE, None, get_num_threads(), _qkernel_code(kernel))
+    core.qgemm(
+        A,
+        P.data,
+        P.colsum,
+        None,
+        K,
+        N,
+        0,
+        None,
+        out,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        core.ACT_NONE,
+        None,
+        get_num_threads(),
+        _qkernel_code(kernel),
+    )
     return out
 
 
@@ -911,9 +988,29 @@ def qgemm(
         if st.size != ng or not np.all(np.isfinite(st)) or not np.all(st > 0):
             raise ValueError(f"qgemm: static_scale must hold {ng} positive finite values, got {st}")
     sm = None if inv_smooth is None else _as_vector("inv_smooth", inv_smooth, K, "one factor per K")
-    act, table, bc, br, res, C, _ = _gemm_operands("qgemm", M, N, (M, N), A, b.q, bias, bias_row, residual,
-                                                   epilogue, out)
+    act, table, bc, br, res, C, _ = _gemm_operands(
+        "qgemm", M, N, (M, N), A, b.q, bias, bias_row, residual, epilogue, out
+    )
     if M and N:
-        core.qgemm(A, b.data, b.colsum, b.w_scale, K, N, b.group or 0, C, None, sm, st, sa, bc, br, res,
-                   act, table, get_num_threads(), _qkernel_code(kernel))
+        core.qgemm(
+            A,
+            b.data,
+            b.colsum,
+            b.w_scale,
+            K,
+            N,
+            b.group or 0,
+            C,
+            None,
+            sm,
+            st,
+            sa,
+            bc,
+            br,
+            res,
+            act,
+            table,
+            get_num_threads(),
+            _qkernel_code(kernel),
+        )
     return C

@@ -27,11 +27,11 @@ def pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
     while y.shape[-1] > 1:
         n = y.shape[-1]
         h = n // 2
-        a, b = y[..., :h], y[..., h:2 * h]
+        a, b = y[..., :h], y[..., h : 2 * h]
         d = a - b
         np.maximum(d, np.float32(0), out=d)  # relu: the exact 2-segment PWL
         d += b
-        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h:]], axis=-1)
+        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h :]], axis=-1)
     return y
 
 
@@ -52,7 +52,7 @@ def im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarr
     o = out.reshape(n, c, kh, kw, ho, wo)
     for i in range(kh):
         for j in range(kw):
-            o[:, :, i, j] = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            o[:, :, i, j] = xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
     return out
 
 

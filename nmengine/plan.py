@@ -74,10 +74,10 @@ class StepContext:
     kernel: int
     threads: int
     core: Any
-    packed: Mapping[str, np.ndarray]   # constant name -> B packed for this kernel
-    table: Callable[[str], Any]        # table key -> prepared table
-    interp: Any                        # nmengine.runtime.Runtime
-    masks: Mapping[str, str]           # mask buffer -> its bool buffer
+    packed: Mapping[str, np.ndarray]  # constant name -> B packed for this kernel
+    table: Callable[[str], Any]  # table key -> prepared table
+    interp: Any  # nmengine.runtime.Runtime
+    masks: Mapping[str, str]  # mask buffer -> its bool buffer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +123,14 @@ class _Allocator:
 class Plan:
     """A Program resolved for one signature; see the module docstring."""
 
-    def __init__(self, ctx: StepContext, input_shapes: Mapping[str, tuple[int, ...]], counts: Mapping[str, int],
-                 *, c_executor: bool = True) -> None:
+    def __init__(
+        self,
+        ctx: StepContext,
+        input_shapes: Mapping[str, tuple[int, ...]],
+        counts: Mapping[str, int],
+        *,
+        c_executor: bool = True,
+    ) -> None:
         prog = ctx.program
         self.ctx = ctx
         self.c_executor = c_executor
@@ -265,14 +271,17 @@ class Plan:
             off = base + self.offsets[name]
             dt = np.dtype(self.dtypes[name])
             n = int(np.prod(self.shapes[name], dtype=np.int64))
-            return raw[off:off + n * dt.itemsize].view(dt).reshape(self.shapes[name])
+            return raw[off : off + n * dt.itemsize].view(dt).reshape(self.shapes[name])
 
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
             bufs[name] = view(name)
         core = ctx.core
-        steps: list[Step] = [(_mask_bool, (bufs[m], bufs[b])) if bufs[m].dtype != np.int64 else
-                             (core.tokens, (core.TOKENS_MASK, bufs[m], None, bufs[b], bufs[m].size, 0, 0, 0))
-                             for m, b in self.mask_bufs.items()]
+        steps: list[Step] = [
+            (_mask_bool, (bufs[m], bufs[b]))
+            if bufs[m].dtype != np.int64
+            else (core.tokens, (core.TOKENS_MASK, bufs[m], None, bufs[b], bufs[m].size, 0, 0, 0))
+            for m, b in self.mask_bufs.items()
+        ]
         c = StepContext(**{**ctx.__dict__, "masks": self.mask_bufs})
         for i, op in enumerate(prog.ops):
             if op.out in self.alias:
@@ -348,8 +357,21 @@ def _to_c(core: Any, steps: list[Step]) -> list[Step]:
 
 
 #: Core functions a CPlan can record (``CPlan.add_<name>`` takes the function's arguments).
-C_CALLS = frozenset({"sgemm", "sgemm_packed", "sgemm_batched", "scale", "pairwise_max", "softmax_rows",
-                     "layernorm_rows", "move_rows", "windows", "tokens", "depthwise"})
+C_CALLS = frozenset(
+    {
+        "sgemm",
+        "sgemm_packed",
+        "sgemm_batched",
+        "scale",
+        "pairwise_max",
+        "softmax_rows",
+        "layernorm_rows",
+        "move_rows",
+        "windows",
+        "tokens",
+        "depthwise",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +434,13 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     code, table = _act(ctx, op.epilogue)
     if int8:  # int8 x int8 -> int32 GEMM (runtime_int8), a Python step between the C runs
         g = ctx.interp.int8.get(op.out)
-        return None if g is None else runtime_int8.plan_step(g, ctx.core, a2, out2, bias, bias_row, res, code,
-                                                             table, ctx.threads, ctx.kernel)
+        return (
+            None
+            if g is None
+            else runtime_int8.plan_step(
+                g, ctx.core, a2, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel
+            )
+        )
     pk = ctx.packed.get(a_["b"])
     if pk is not None:
         return ctx.core.sgemm_packed, (a2, pk, n, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
@@ -425,8 +452,14 @@ def _depthwise_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
     straight from the image (nm_depthwise: same sums and epilogue, without the 9x copy), else None.
     The im2col output must be read by ``op`` alone."""
     a_, at = op.args, op.attrs
-    if op.kind != "gemm_batched" or at.get("out_perm") is not None or at.get("a_view") or "bias" in a_ \
-            or "bias_row" in a_ or set(a_) - {"a", "b", "res"}:
+    if (
+        op.kind != "gemm_batched"
+        or at.get("out_perm") is not None
+        or at.get("a_view")
+        or "bias" in a_
+        or "bias_row" in a_
+        or set(a_) - {"a", "b", "res"}
+    ):
         return None
     src = next((o for o in ctx.program.ops if o.out == a_["b"]), None)
     if src is None or src.kind != "im2col":
@@ -459,8 +492,24 @@ def _depthwise(ctx: StepContext, op: Op, src: Op, bufs) -> Optional[Step]:
     if "res" in op.args:
         res = np.broadcast_to(apply_view(bufs[op.args["res"]], op.attrs.get("res_view")), shape)
     code, table = _act(ctx, op.epilogue)
-    return ctx.core.depthwise, (x, w, out.reshape(shape), kh, kw, sh, sw, ph, pw, None, None, res, code, table,
-                                ctx.threads, ctx.kernel)
+    return ctx.core.depthwise, (
+        x,
+        w,
+        out.reshape(shape),
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        None,
+        None,
+        res,
+        code,
+        table,
+        ctx.threads,
+        ctx.kernel,
+    )
 
 
 def _gemm_batched(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
@@ -490,8 +539,9 @@ def _gemm_batched(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     if bias_row is not None and (bias_row.shape != (m,) or not _c_contig_f32(bias_row)):
         return None
     arrs = [np.broadcast_to(a, batch + (m, k)), np.broadcast_to(b, batch + (k, n)), target, res]
-    if any(x is not None and (x.dtype != np.float32 or not x.flags.aligned or any(s % 4 for s in x.strides))
-           for x in arrs):
+    if any(
+        x is not None and (x.dtype != np.float32 or not x.flags.aligned or any(s % 4 for s in x.strides)) for x in arrs
+    ):
         return None
     if len(batch) == 1:
         arrs = [None if x is None else x[None] for x in arrs]
@@ -512,6 +562,7 @@ def _scale_numpy_step(ctx: StepContext, op: Op, bufs) -> Step:
 
         def pwl(_y: np.ndarray) -> None:
             core.pwl_apply(table, flat, flat, nt, kc)
+
     return scale_numpy, (y, env[op.args["x"]], op, env, pwl)
 
 
@@ -544,9 +595,20 @@ def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
         call += [v, mode]
     alpha, beta = at.get("alpha", 1.0), at.get("beta", 0.0)
     code, table = _act(ctx, op.epilogue)
-    return core.scale, (x, y, y.size // n, n, None if alpha == 1.0 else float(alpha),
-                        None if beta == 0.0 else float(beta), float(np.float32(at.get("res_beta", 1.0))),
-                        *call, code, table, ctx.threads, ctx.kernel)
+    return core.scale, (
+        x,
+        y,
+        y.size // n,
+        n,
+        None if alpha == 1.0 else float(alpha),
+        None if beta == 0.0 else float(beta),
+        float(np.float32(at.get("res_beta", 1.0))),
+        *call,
+        code,
+        table,
+        ctx.threads,
+        ctx.kernel,
+    )
 
 
 def _pairwise_max(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
@@ -564,8 +626,19 @@ def _softmax_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     if n < 1 or ones.shape != (n, 1):
         return None
     at = op.attrs
-    return ctx.core.softmax_rows, (x, x.size // n, n, ctx.table(at["exp"]["table"]), ctx.table(at["recip"]["table"]),
-                                   None, None, None, p, ctx.threads, ctx.kernel)
+    return ctx.core.softmax_rows, (
+        x,
+        x.size // n,
+        n,
+        ctx.table(at["exp"]["table"]),
+        ctx.table(at["recip"]["table"]),
+        None,
+        None,
+        None,
+        p,
+        ctx.threads,
+        ctx.kernel,
+    )
 
 
 def _layernorm_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
@@ -578,9 +651,24 @@ def _layernorm_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     gamma = bufs[a_["gamma"]] if "gamma" in a_ else None
     beta = bufs[a_["beta"]] if "beta" in a_ else None
     eps = float(bufs[a_["eps"]].reshape(-1)[0])
-    return ctx.core.layernorm_rows, (x, x.size // n, n, w_mean.reshape(-1), w_var.reshape(-1), eps,
-                                     ctx.table(op.attrs["rsqrt"]["table"]), gamma, beta, None, None, None, None, y,
-                                     ctx.threads, ctx.kernel)
+    return ctx.core.layernorm_rows, (
+        x,
+        x.size // n,
+        n,
+        w_mean.reshape(-1),
+        w_var.reshape(-1),
+        eps,
+        ctx.table(op.attrs["rsqrt"]["table"]),
+        gamma,
+        beta,
+        None,
+        None,
+        None,
+        None,
+        y,
+        ctx.threads,
+        ctx.kernel,
+    )
 
 
 def _pack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
@@ -614,8 +702,13 @@ def _gather_fn(table: np.ndarray, ids: np.ndarray, out: np.ndarray, layer: str) 
 
 def _gather(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     table, ids, out = bufs[op.args["table"]], bufs[op.args["ids"]], bufs[op.out]
-    if (ids.dtype != np.int64 or not ids.flags.c_contiguous or not table.flags.c_contiguous or table.ndim < 1
-            or table.dtype != out.dtype):
+    if (
+        ids.dtype != np.int64
+        or not ids.flags.c_contiguous
+        or not table.flags.c_contiguous
+        or table.ndim < 1
+        or table.dtype != out.dtype
+    ):
         return _gather_fn, (table, ids, out, op.layer)
     rowbytes = table.itemsize * int(np.prod(table.shape[1:], dtype=np.int64))
     return ctx.core.tokens, (ctx.core.TOKENS_GATHER, table, ids, out, ids.size, table.shape[0], 0, rowbytes)
@@ -646,6 +739,7 @@ def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
 def _copy_of(fn: Callable[..., np.ndarray]) -> Callable[..., None]:
     def step(out: np.ndarray, *args: Any) -> None:
         np.copyto(out, fn(*args))
+
     return step
 
 

@@ -68,13 +68,34 @@ import numpy as np
 from .pwl import PWLTable
 from .spec import InputSpec
 
-__all__ = ["Op", "Program", "ProgramError", "GEMM_KINDS", "MOVE_KINDS", "FUSED_KINDS", "ROLES", "apply_view",
-           "view_shape", "resolve_reshape", "expand"]
+__all__ = [
+    "Op",
+    "Program",
+    "ProgramError",
+    "GEMM_KINDS",
+    "MOVE_KINDS",
+    "FUSED_KINDS",
+    "ROLES",
+    "apply_view",
+    "view_shape",
+    "resolve_reshape",
+    "expand",
+]
 
 GEMM_KINDS = ("gemm", "gemm_batched", "scale", "pairwise_max")
 FUSED_KINDS = ("softmax_rows", "layernorm_rows")
-MOVE_KINDS: tuple[str, ...] = ("reshape", "transpose", "im2col", "pool_windows", "patchify", "gather", "slice_rows",
-              "pack", "unpack", "positions")
+MOVE_KINDS: tuple[str, ...] = (
+    "reshape",
+    "transpose",
+    "im2col",
+    "pool_windows",
+    "patchify",
+    "gather",
+    "slice_rows",
+    "pack",
+    "unpack",
+    "positions",
+)
 ACTS = ("none", "relu", "pwl")
 
 #: Operand roles each op kind accepts: (required, optional).
@@ -117,8 +138,9 @@ class ProgramError(ValueError):
 CONCAT_ROLES = tuple(f"x{i}" for i in range(1, 64))
 PLUMBING_KINDS = ("concat", "slice", "take", "pad")
 MOVE_KINDS = MOVE_KINDS + PLUMBING_KINDS
-ROLES.update({"concat": (("x",), CONCAT_ROLES), "slice": (("x",), ("like",)), "take": (("x",), ()),
-              "pad": (("x",), ())})
+ROLES.update(
+    {"concat": (("x",), CONCAT_ROLES), "slice": (("x",), ("like",)), "take": (("x",), ()), "pad": (("x",), ())}
+)
 
 
 @dataclass
@@ -141,13 +163,25 @@ class Op:
         return self.attrs.get("epilogue") or {"act": "none"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "out": self.out, "args": dict(self.args), "attrs": _jsonable(self.attrs),
-                "layer": self.layer, "what": self.what}
+        return {
+            "kind": self.kind,
+            "out": self.out,
+            "args": dict(self.args),
+            "attrs": _jsonable(self.attrs),
+            "layer": self.layer,
+            "what": self.what,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Op":
-        return cls(kind=d["kind"], out=d["out"], args=dict(d["args"]), attrs=dict(d.get("attrs", {})),
-                   layer=d.get("layer", ""), what=d.get("what", ""))
+        return cls(
+            kind=d["kind"],
+            out=d["out"],
+            args=dict(d["args"]),
+            attrs=dict(d.get("attrs", {})),
+            layer=d.get("layer", ""),
+            what=d.get("what", ""),
+        )
 
 
 def _jsonable(x: Any) -> Any:
@@ -164,8 +198,7 @@ def _jsonable(x: Any) -> Any:
 # Fused ops: their one declared expansion
 # ---------------------------------------------------------------------------------------------
 _SOFTMAX_WHATS = ("row bound: max as b + relu(a - b) tree", "exp(x - max)", "1 / row sum", "normalise rows")
-_LAYERNORM_WHATS = ("mean by GEMM", "centre", "square (elementwise product)", "rsqrt(variance + eps)",
-                    "normalise")
+_LAYERNORM_WHATS = ("mean by GEMM", "centre", "square (elementwise product)", "rsqrt(variance + eps)", "normalise")
 
 
 def expand(op: Op) -> list[Op]:
@@ -181,10 +214,12 @@ def expand(op: Op) -> list[Op]:
     if op.kind == "softmax_rows":
         m, e, r = at["names"]
         w = whats if len(whats) == 4 else list(_SOFTMAX_WHATS)
-        return [Op("pairwise_max", m, {"x": a["x"]}, {}, lyr, w[0]),
-                Op("scale", e, {"x": a["x"], "res": m}, {"res_beta": -1.0, "epilogue": dict(at["exp"])}, lyr, w[1]),
-                Op("gemm", r, {"a": e, "b": a["ones"]}, {"epilogue": dict(at["recip"])}, lyr, w[2]),
-                Op("scale", op.out, {"x": e, "row_scale": r}, {}, lyr, w[3])]
+        return [
+            Op("pairwise_max", m, {"x": a["x"]}, {}, lyr, w[0]),
+            Op("scale", e, {"x": a["x"], "res": m}, {"res_beta": -1.0, "epilogue": dict(at["exp"])}, lyr, w[1]),
+            Op("gemm", r, {"a": e, "b": a["ones"]}, {"epilogue": dict(at["recip"])}, lyr, w[2]),
+            Op("scale", op.out, {"x": e, "row_scale": r}, {}, lyr, w[3]),
+        ]
     mean, c, sq, r = at["names"]
     w = whats if len(whats) == 5 else list(_LAYERNORM_WHATS)
     last = {"x": c, "row_scale": r}
@@ -192,11 +227,13 @@ def expand(op: Op) -> list[Op]:
         last["col_scale"] = a["gamma"]
     if "beta" in a:
         last["bias"] = a["beta"]
-    return [Op("gemm", mean, {"a": a["x"], "b": a["w_mean"]}, {}, lyr, w[0]),
-            Op("scale", c, {"x": a["x"], "res": mean}, {"res_beta": -1.0}, lyr, w[1]),
-            Op("scale", sq, {"x": c, "mul": c}, {}, lyr, w[2]),
-            Op("gemm", r, {"a": sq, "b": a["w_var"], "bias": a["eps"]}, {"epilogue": dict(at["rsqrt"])}, lyr, w[3]),
-            Op("scale", op.out, last, {}, lyr, w[4])]
+    return [
+        Op("gemm", mean, {"a": a["x"], "b": a["w_mean"]}, {}, lyr, w[0]),
+        Op("scale", c, {"x": a["x"], "res": mean}, {"res_beta": -1.0}, lyr, w[1]),
+        Op("scale", sq, {"x": c, "mul": c}, {}, lyr, w[2]),
+        Op("gemm", r, {"a": sq, "b": a["w_var"], "bias": a["eps"]}, {"epilogue": dict(at["rsqrt"])}, lyr, w[3]),
+        Op("scale", op.out, last, {}, lyr, w[4]),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +274,7 @@ def view_shape(shape: Sequence[int], view: Mapping[str, Any] | None) -> tuple[in
         shape = resolve_reshape(shape, view["reshape"])
     if "select" in view:
         axis, _ = view["select"]
-        shape = shape[:axis] + shape[axis + 1:]
+        shape = shape[:axis] + shape[axis + 1 :]
     if "perm" in view:
         shape = tuple(shape[i] for i in view["perm"])
     return shape
@@ -317,13 +354,17 @@ class Program:
             if op.kind in FUSED_KINDS:
                 names = op.attrs.get("names")
                 if not isinstance(names, (list, tuple)) or len(names) != FUSED_NAMES[op.kind]:
-                    raise ProgramError(f"{where}: attrs['names'] must list the {FUSED_NAMES[op.kind]} "
-                                       f"intermediate buffers of its expansion")
+                    raise ProgramError(
+                        f"{where}: attrs['names'] must list the {FUSED_NAMES[op.kind]} "
+                        f"intermediate buffers of its expansion"
+                    )
                 for role in FUSED_EPILOGUES[op.kind]:
                     ep = op.attrs.get(role) or {}
                     if ep.get("act") != "pwl" or ep.get("table") not in self.tables or not ep.get("fn"):
-                        raise ProgramError(f"{where}: attrs[{role!r}] must be a PWL epilogue with a table "
-                                           f"of this program and its exact function 'fn'")
+                        raise ProgramError(
+                            f"{where}: attrs[{role!r}] must be a PWL epilogue with a table "
+                            f"of this program and its exact function 'fn'"
+                        )
             ep = op.epilogue
             if ep.get("act", "none") not in ACTS:
                 raise ProgramError(f"{where}: epilogue act {ep.get('act')!r} not in {ACTS}")
@@ -376,8 +417,9 @@ class Program:
             return self
         if self._expanded is None:
             ops = [e for op in self.ops for e in expand(op)]
-            self._expanded = Program(self.inputs, self.outputs, ops, self.constants, self.tables,
-                                     name=self.name, meta=self.meta)
+            self._expanded = Program(
+                self.inputs, self.outputs, ops, self.constants, self.tables, name=self.name, meta=self.meta
+            )
         return self._expanded
 
     def infer_shapes(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
@@ -436,16 +478,22 @@ class Program:
 
     def summary(self) -> str:
         """A one-line-per-op listing."""
-        lines = [f"Program {self.name!r}: {len(self.ops)} ops, {len(self.constants)} constants, "
-                 f"{len(self.tables)} PWL tables; inputs {list(self.inputs)} -> outputs {self.outputs}"]
+        lines = [
+            f"Program {self.name!r}: {len(self.ops)} ops, {len(self.constants)} constants, "
+            f"{len(self.tables)} PWL tables; inputs {list(self.inputs)} -> outputs {self.outputs}"
+        ]
         for i, op in enumerate(self.ops):
             ep = op.epilogue
-            act = "" if ep.get("act", "none") == "none" else f" +{ep['act']}" + (f"({ep['fn']})" if ep.get("fn") else "")
+            act = (
+                "" if ep.get("act", "none") == "none" else f" +{ep['act']}" + (f"({ep['fn']})" if ep.get("fn") else "")
+            )
             args = ", ".join(f"{k}={v}" for k, v in op.args.items())
             lines.append(f"{i:4d} {op.kind:<13s} {op.out:<28s} <- {args}{act}   [{op.layer}] {op.what}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         n_move = sum(op.family == "move" for op in self.ops)
-        return (f"Program({self.name!r}, {len(self.ops)} ops ({len(self.ops) - n_move} GEMM+PWL, {n_move} movement), "
-                f"{len(self.tables)} PWL tables, inputs={list(self.inputs)}, outputs={self.outputs})")
+        return (
+            f"Program({self.name!r}, {len(self.ops)} ops ({len(self.ops) - n_move} GEMM+PWL, {n_move} movement), "
+            f"{len(self.tables)} PWL tables, inputs={list(self.inputs)}, outputs={self.outputs})"
+        )

@@ -93,9 +93,22 @@ class PWLTable:
     """
 
     __slots__ = (
-        "breakpoints", "slopes", "intercepts", "name", "meta",
-        "key_mode", "nhint", "steps", "origin", "scale", "shift", "base",
-        "hint", "edges", "xmin", "xmax",
+        "breakpoints",
+        "slopes",
+        "intercepts",
+        "name",
+        "meta",
+        "key_mode",
+        "nhint",
+        "steps",
+        "origin",
+        "scale",
+        "shift",
+        "base",
+        "hint",
+        "edges",
+        "xmin",
+        "xmax",
     )
 
     def __init__(

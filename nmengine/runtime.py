@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import kernels, movement, runtime_int8, shapes
-from .program import Op, Program, ProgramError, resolve_reshape, apply_view
+from .program import Op, Program, ProgramError, apply_view, resolve_reshape
 
 __all__ = ["Runtime", "Arena", "MODES", "bind_inputs", "scale_numpy"]
 
@@ -88,14 +88,17 @@ def bind_inputs(program: Program, inputs: Any) -> dict[str, np.ndarray]:
             raise ProgramError(f"input {name!r} must have shape {want}, got {arr.shape}")
         for dim, most, what in limits.get(name, ()):
             if arr.shape[dim] > most:
-                raise ProgramError(f"input {name!r} has {arr.shape[dim]} {what} (dimension {dim} of shape "
-                                   f"{arr.shape}); the model accepts at most {most}")
+                raise ProgramError(
+                    f"input {name!r} has {arr.shape[dim]} {what} (dimension {dim} of shape "
+                    f"{arr.shape}); the model accepts at most {most}"
+                )
         env[name] = arr
     return env
 
 
-def scale_numpy(y: np.ndarray, x: np.ndarray, op: Op, env: Mapping[str, np.ndarray],
-                pwl_after: Callable[[np.ndarray], None]) -> np.ndarray:
+def scale_numpy(
+    y: np.ndarray, x: np.ndarray, op: Op, env: Mapping[str, np.ndarray], pwl_after: Callable[[np.ndarray], None]
+) -> np.ndarray:
     """A ``scale`` op step by step in numpy into ``y`` (the output shape), for the operand layouts and
     dtypes the C kernel does not take (e.g. an int64 mask, or operands larger than x); ``pwl_after(y)``
     applies a PWL epilogue in place."""
@@ -234,8 +237,9 @@ class Runtime:
 
         return None, post
 
-    def _exec(self, i: int, op: Op, env: dict[str, np.ndarray], arena: Arena, mode: str,
-              record: Recorder | None) -> np.ndarray:
+    def _exec(
+        self, i: int, op: Op, env: dict[str, np.ndarray], arena: Arena, mode: str, record: Recorder | None
+    ) -> np.ndarray:
         kind, args, attrs = op.kind, op.args, op.attrs
         if kind == "gemm":
             return self._gemm(i, op, env, arena, mode, record)
@@ -265,7 +269,8 @@ class Runtime:
             table, ids = env[args["table"]], env[args["ids"]]
             if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
                 raise ValueError(
-                    f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
+                    f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]"
+                )
             return table[ids]
         if kind == "pack":
             m = movement.mask_bool(env[args["mask"]], x.shape)
@@ -377,11 +382,24 @@ class Runtime:
         ops = {r: env[args[r]] for r in kernels.SCALE_ROLES if r in args}
         if x.shape == shape and kernels.scale_supported(x, **ops):
             act = op.epilogue.get("act", "none")
-            fused = "relu" if act == "relu" else (
-                self._table(op.epilogue["table"]) if act == "pwl" and mode == "matrixized" and record is None
-                else None)
-            kernels.scale(x, alpha=attrs.get("alpha", 1.0), beta=attrs.get("beta", 0.0),
-                          res_beta=attrs.get("res_beta", 1.0), epilogue=fused, out=y, **ops)
+            fused = (
+                "relu"
+                if act == "relu"
+                else (
+                    self._table(op.epilogue["table"])
+                    if act == "pwl" and mode == "matrixized" and record is None
+                    else None
+                )
+            )
+            kernels.scale(
+                x,
+                alpha=attrs.get("alpha", 1.0),
+                beta=attrs.get("beta", 0.0),
+                res_beta=attrs.get("res_beta", 1.0),
+                epilogue=fused,
+                out=y,
+                **ops,
+            )
             if act == "pwl" and fused is None:
                 self._pwl_after(op, y, mode, record)
             return y

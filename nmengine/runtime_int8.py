@@ -60,31 +60,77 @@ class Int8Gemm:
                     self._dequantized = w
         return self._dequantized
 
-    def run(self, a: np.ndarray, out: np.ndarray, *, bias: Any, bias_row: Any, residual: Any, epilogue: Any,
-            exact: bool) -> np.ndarray:
+    def run(
+        self, a: np.ndarray, out: np.ndarray, *, bias: Any, bias_row: Any, residual: Any, epilogue: Any, exact: bool
+    ) -> np.ndarray:
         if a.ndim != 2 or a.shape[1] != self.shape[0]:
             raise ValueError(f"{self.where}: activations must be (rows, {self.shape[0]}), got {a.shape}")
         if exact:
-            return kernels.gemm(a, self.dequantized(), bias=bias, bias_row=bias_row, residual=residual,
-                                epilogue=epilogue, out=out)
-        return kernels.qgemm(a, self.matrix, inv_smooth=self.inv_smooth, static_scale=self.a_static, bias=bias,
-                             bias_row=bias_row, residual=residual, epilogue=epilogue, out=out)
+            return kernels.gemm(
+                a, self.dequantized(), bias=bias, bias_row=bias_row, residual=residual, epilogue=epilogue, out=out
+            )
+        return kernels.qgemm(
+            a,
+            self.matrix,
+            inv_smooth=self.inv_smooth,
+            static_scale=self.a_static,
+            bias=bias,
+            bias_row=bias_row,
+            residual=residual,
+            epilogue=epilogue,
+            out=out,
+        )
 
 
-def plan_step(g: Int8Gemm, core: Any, a: np.ndarray, out: np.ndarray, bias: Any, bias_row: Any, res: Any,
-              act: int, table: Any, threads: int, float_kernel: int) -> Optional[tuple[Any, tuple]]:
+def plan_step(
+    g: Int8Gemm,
+    core: Any,
+    a: np.ndarray,
+    out: np.ndarray,
+    bias: Any,
+    bias_row: Any,
+    res: Any,
+    act: int,
+    table: Any,
+    threads: int,
+    float_kernel: int,
+) -> Optional[tuple[Any, tuple]]:
     """A session plan step ``(core.qgemm, args)`` for this op on resolved buffers (a (M, K), out (M, N)
     C-contiguous float32; vectors contiguous float32 or None), or None when they do not fit (the plan
     then runs the interpreter, which gives the same bits)."""
     m = g.matrix
     f32 = np.float32
-    if a.dtype != f32 or out.dtype != f32 or a.ndim != 2 or a.shape[1] != m.shape[0] or out.shape != (a.shape[0], m.shape[1]):
+    if (
+        a.dtype != f32
+        or out.dtype != f32
+        or a.ndim != 2
+        or a.shape[1] != m.shape[0]
+        or out.shape != (a.shape[0], m.shape[1])
+    ):
         return None
     if not (a.flags.aligned and out.flags.aligned and all(s % 4 == 0 for s in a.strides + out.strides)):
         return None
-    return core.qgemm, (a, m.data, m.colsum, m.w_scale, m.shape[0], m.shape[1], m.group or 0, out, None,
-                        g.inv_smooth, g.a_static, None, bias, bias_row, res, act, table, threads,
-                        kernels.qkernel_for(float_kernel))
+    return core.qgemm, (
+        a,
+        m.data,
+        m.colsum,
+        m.w_scale,
+        m.shape[0],
+        m.shape[1],
+        m.group or 0,
+        out,
+        None,
+        g.inv_smooth,
+        g.a_static,
+        None,
+        bias,
+        bias_row,
+        res,
+        act,
+        table,
+        threads,
+        kernels.qkernel_for(float_kernel),
+    )
 
 
 def prepare(program: Program) -> dict[str, Int8Gemm]:

@@ -90,16 +90,25 @@ class Session:
         Python call per op (the same core functions, the same bits; for comparison and debugging).
     """
 
-    def __init__(self, program_or_path: Any, *, threads: Optional[int] = None, kernel: Optional[str] = None,
-                 cache_size: int = 16, executor: str = "c", memory_limit: Any = None) -> None:
+    def __init__(
+        self,
+        program_or_path: Any,
+        *,
+        threads: Optional[int] = None,
+        kernel: Optional[str] = None,
+        cache_size: int = 16,
+        executor: str = "c",
+        memory_limit: Any = None,
+    ) -> None:
         if isinstance(program_or_path, (str, os.PathLike)):
             from .bundle import load
 
             program_or_path = load(program_or_path)
         if not isinstance(program_or_path, Program):
             raise TypeError(f"Session expects a Program or a bundle path, got {type(program_or_path).__name__}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or threads < 1):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
+        ):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
@@ -143,8 +152,11 @@ class Session:
 
     def plan_for(self, inputs: Any) -> Plan:
         """The plan (built now or cached) for these inputs' signature."""
-        env = inputs if isinstance(inputs, dict) and all(isinstance(v, np.ndarray) for v in inputs.values()) \
+        env = (
+            inputs
+            if isinstance(inputs, dict) and all(isinstance(v, np.ndarray) for v in inputs.values())
             else bind_inputs(self.program, inputs)
+        )
         code = self._kernel_code if self._kernel_code is not None else kernels.kernel_code()
         nt = self.threads if self.threads is not None else kernels.get_num_threads()
         shapes = tuple(env[n].shape for n in self.program.inputs)
@@ -158,15 +170,25 @@ class Session:
         return self._build(key, code, nt, env)
 
     def _build(self, key: tuple, code: int, nt: int, env: dict) -> Plan:
-        ctx = StepContext(program=self.program, kernel=code, threads=nt, core=self._core, packed=self._packed_for(code),
-                   table=self._table, interp=self.program.runtime, masks={})
+        ctx = StepContext(
+            program=self.program,
+            kernel=code,
+            threads=nt,
+            core=self._core,
+            packed=self._packed_for(code),
+            table=self._table,
+            interp=self.program.runtime,
+            masks={},
+        )
         counts = dict(zip(self._masks, key[3]))
         plan = Plan(ctx, {n: env[n].shape for n in self.program.inputs}, counts, c_executor=self.executor == "c")
         if self.memory_limit is not None and plan.peak_bytes > self.memory_limit:
             shapes = {n: env[n].shape for n in self.program.inputs}
-            raise MemoryLimitError(f"inputs of shapes {shapes} need a {_mib(plan.peak_bytes)} working arena, over "
-                                   f"this session's memory limit of {_mib(self.memory_limit)} (memory_limit= or "
-                                   f"NMENGINE_MEMORY_LIMIT); run a smaller batch or raise the limit")
+            raise MemoryLimitError(
+                f"inputs of shapes {shapes} need a {_mib(plan.peak_bytes)} working arena, over "
+                f"this session's memory limit of {_mib(self.memory_limit)} (memory_limit= or "
+                f"NMENGINE_MEMORY_LIMIT); run a smaller batch or raise the limit"
+            )
         with self._lock:
             plan = self._plans.setdefault(key, plan)
             self._plans.move_to_end(key)
@@ -196,9 +218,15 @@ class Session:
                 packed = {}
                 for op in self.program.ops:
                     b = op.args.get("b")
-                    if (op.kind == "gemm" and b in consts and b not in packed and not op.attrs.get("trans_b")
-                            and not op.attrs.get("trans_a") and consts[b].ndim == 2
-                            and consts[b].dtype == np.float32):
+                    if (
+                        op.kind == "gemm"
+                        and b in consts
+                        and b not in packed
+                        and not op.attrs.get("trans_b")
+                        and not op.attrs.get("trans_a")
+                        and consts[b].ndim == 2
+                        and consts[b].dtype == np.float32
+                    ):
                         packed[b] = kernels.pack_b(consts[b], kernels.KERNEL_NAMES[code], copy=False).data
                 self._packed[code] = packed
         return packed
@@ -207,9 +235,15 @@ class Session:
     def plan_info(self, inputs: Any) -> dict[str, Any]:
         """``{"steps", "peak_bytes", "views", "cached_plans"}`` of the plan for these inputs."""
         plan = self.plan_for(inputs)
-        return {"steps": len(plan.bind().steps), "peak_bytes": plan.peak_bytes, "views": len(plan.alias),
-                "cached_plans": len(self._plans)}
+        return {
+            "steps": len(plan.bind().steps),
+            "peak_bytes": plan.peak_bytes,
+            "views": len(plan.alias),
+            "cached_plans": len(self._plans),
+        }
 
     def __repr__(self) -> str:
-        return (f"Session({self.program.name!r}, threads={self.threads}, kernel={self.kernel!r}, "
-                f"{len(self._plans)} cached plans)")
+        return (
+            f"Session({self.program.name!r}, threads={self.threads}, kernel={self.kernel!r}, "
+            f"{len(self._plans)} cached plans)"
+        )

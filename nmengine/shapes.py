@@ -124,14 +124,15 @@ def op_shape(op: Op, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
     if k == "take":
         x = shapes[a["x"]]
         ax = at["axis"] % len(x)
-        return x[:ax] + tuple(np.shape(at["indices"])) + x[ax + 1:]
+        return x[:ax] + tuple(np.shape(at["indices"])) + x[ax + 1 :]
     if k == "pad":
         return tuple(d + int(b) + int(e) for d, (b, e) in zip(shapes[a["x"]], at["pads"]))
     raise ProgramError(f"unknown op kind {k!r}")
 
 
-def slice_bounds(shape: Sequence[int], attrs: Mapping[str, Any],
-                 like: Sequence[int] | None = None) -> tuple[slice, ...]:
+def slice_bounds(
+    shape: Sequence[int], attrs: Mapping[str, Any], like: Sequence[int] | None = None
+) -> tuple[slice, ...]:
     """The numpy index of a ``slice`` op (ends from ``like`` where ``like_ends`` says so)."""
     idx = [slice(None)] * len(shape)
     ends = {int(ax): int(e) for ax, e in zip(attrs["axes"], attrs["ends"])}

@@ -192,19 +192,26 @@ def _check_weight_shapes(lyr: Layer, where: str) -> None:
     if op == "linear":
         need(len(_shape(lyr, "weight")) == 2, f"weight must be (out, in), got {_shape(lyr, 'weight')}")
         if "bias" in lyr.weights:
-            need(_shape(lyr, "bias") == _shape(lyr, "weight")[:1],
-                 f"bias must be ({_shape(lyr, 'weight')[0]},), got {_shape(lyr, 'bias')}")
+            need(
+                _shape(lyr, "bias") == _shape(lyr, "weight")[:1],
+                f"bias must be ({_shape(lyr, 'weight')[0]},), got {_shape(lyr, 'bias')}",
+            )
     elif op == "conv2d":
         need(len(_shape(lyr, "weight")) == 4, f"weight must be (Co, Ci, kh, kw), got {_shape(lyr, 'weight')}")
         if "bias" in lyr.weights:
-            need(_shape(lyr, "bias") == _shape(lyr, "weight")[:1],
-                 f"bias must be ({_shape(lyr, 'weight')[0]},), got {_shape(lyr, 'bias')}")
+            need(
+                _shape(lyr, "bias") == _shape(lyr, "weight")[:1],
+                f"bias must be ({_shape(lyr, 'weight')[0]},), got {_shape(lyr, 'bias')}",
+            )
         if lyr.params.get("groups", 1) != 1:
             raise SpecError(f"{where}: only groups=1 is supported, got groups={lyr.params['groups']}")
     elif op in ("batchnorm2d", "layernorm"):
         shapes = {w: _shape(lyr, w) for w in lyr.weights}
         first = next(iter(shapes.values()))
-        need(len(first) == 1 and all(s == first for s in shapes.values()), f"weights must be equal 1-D vectors, got {shapes}")
+        need(
+            len(first) == 1 and all(s == first for s in shapes.values()),
+            f"weights must be equal 1-D vectors, got {shapes}",
+        )
         if op == "batchnorm2d":
             need(bool(np.all(lyr.weights["running_var"] >= 0)), "running_var must be >= 0")
     elif op == "embedding":
@@ -212,7 +219,10 @@ def _check_weight_shapes(lyr: Layer, where: str) -> None:
         need(len(d) == 2, f"word must be (vocab, dim), got {d}")
         for w in ("position", "token_type"):
             if w in lyr.weights:
-                need(len(_shape(lyr, w)) == 2 and _shape(lyr, w)[1] == d[1], f"{w} must be (n, {d[1]}), got {_shape(lyr, w)}")
+                need(
+                    len(_shape(lyr, w)) == 2 and _shape(lyr, w)[1] == d[1],
+                    f"{w} must be (n, {d[1]}), got {_shape(lyr, w)}",
+                )
     elif op == "mhsa":
         heads: Any = lyr.params.get("heads")
         need(isinstance(heads, int) and heads >= 1, f"params['heads'] must be a positive int, got {heads!r}")

@@ -7,9 +7,8 @@ is a frontend: it drives the trainer, the compiler and the bundle writer, and no
 
 from __future__ import annotations
 
-import contextlib
-
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +54,14 @@ class FlowResult:
         return "\n".join(lines)
 
 
-def program_accuracy(program: Program, x: np.ndarray, y: np.ndarray, *, mode: str = "matrixized",
-                     batch_size: int = 512) -> float:
+def program_accuracy(
+    program: Program, x: np.ndarray, y: np.ndarray, *, mode: str = "matrixized", batch_size: int = 512
+) -> float:
     """Top-1 accuracy of a classifier program on ``(x, y)``."""
     correct = 0
     for i in range(0, len(x), batch_size):
-        logits = program.run(x[i:i + batch_size], mode=mode)
-        correct += int(np.sum(np.argmax(logits, axis=1) == y[i:i + batch_size]))
+        logits = program.run(x[i : i + batch_size], mode=mode)
+        correct += int(np.sum(np.argmax(logits, axis=1) == y[i : i + batch_size]))
     return correct / max(len(x), 1)
 
 
@@ -147,10 +147,19 @@ def run_flow(
         timings["aat"] = time.perf_counter() - t0
     after = program_accuracy(program, data.x_test, data.y_test)
     exact_after = program_accuracy(program, data.x_test, data.y_test, mode="exact")
-    program.meta.update({"dataset": "sklearn digits (fixed stratified split, 1437/360)", "model": model,
-                         "precision": precision,
-                         "accuracy": {"exact": exact_acc, "matrixized_before_aat": before,
-                                      "matrixized_after_aat": after, "exact_after_aat": exact_after}})
+    program.meta.update(
+        {
+            "dataset": "sklearn digits (fixed stratified split, 1437/360)",
+            "model": model,
+            "precision": precision,
+            "accuracy": {
+                "exact": exact_acc,
+                "matrixized_before_aat": before,
+                "matrixized_after_aat": after,
+                "exact_after_aat": exact_after,
+            },
+        }
+    )
     path = None
     if out is not None:
         from .bundle import save
@@ -159,8 +168,18 @@ def run_flow(
     return FlowResult(model, exact_acc, before, after, exact_after, program, path, timings)
 
 
-def _learn_tables(net: Any, data: Any, program: Program, calib: np.ndarray, pwl: dict[str, Any],
-                  aat_config: dict[str, Any], table_lr: float, seed: int, progress: bool, model: str) -> Program:
+def _learn_tables(
+    net: Any,
+    data: Any,
+    program: Program,
+    calib: np.ndarray,
+    pwl: dict[str, Any],
+    aat_config: dict[str, Any],
+    table_lr: float,
+    seed: int,
+    progress: bool,
+    model: str,
+) -> Program:
     """AAT with trainable tables, starting from ``program``'s tables; returns the program to export."""
     from . import train as nt
     from .compile import compile
@@ -169,8 +188,9 @@ def _learn_tables(net: Any, data: Any, program: Program, calib: np.ndarray, pwl:
     # intercepts and the fine-tuned biases take over the mean error
     fixed = {k: program.tables[k] for k in program.tables}
     start = nt.learnable_tables(program.tables_by_layer())
-    opt = nt.table_optimizer(net, start, lr=aat_config["lr"], table_lr=table_lr,
-                             weight_decay=aat_config.get("weight_decay", 0.0))
+    opt = nt.table_optimizer(
+        net, start, lr=aat_config["lr"], table_lr=table_lr, weight_decay=aat_config.get("weight_decay", 0.0)
+    )
     cfg = {k: v for k, v in aat_config.items() if k not in ("optimizer", "lr", "weight_decay", "momentum")}
     with nt.approximate(net, start):
         nt.train(net, data, seed=seed + 1, progress=progress, desc=f"AAT+tables {model}", optimizer=opt, **cfg)
@@ -190,20 +210,31 @@ def _learn_tables(net: Any, data: Any, program: Program, calib: np.ndarray, pwl:
 # CLI
 # ---------------------------------------------------------------------------------------------
 def _cost_table(program: Program) -> str:
-    return program.cost(None, {name: tuple(1 if d is None else d for d in spec.shape)
-                               for name, spec in program.inputs.items()}).table()
+    return program.cost(
+        None, {name: tuple(1 if d is None else d for d in spec.shape) for name, spec in program.inputs.items()}
+    ).table()
 
 
 def _demo(args: argparse.Namespace) -> int:
     s = DEMO_SETTINGS
-    result = run_flow(s["model"], epochs=s["epochs"], aat_epochs=s["aat_epochs"], segments=s["segments"],
-                      out=args.out, seed=args.seed, progress=not args.quiet, model_options={"act": s["act"]})
+    result = run_flow(
+        s["model"],
+        epochs=s["epochs"],
+        aat_epochs=s["aat_epochs"],
+        segments=s["segments"],
+        out=args.out,
+        seed=args.seed,
+        progress=not args.quiet,
+        model_options={"act": s["act"]},
+    )
     print(result.summary())
     print()
     print(result.program)
     cov = result.program.coverage({"x": (1, 1, 8, 8)})
-    print(f"GEMM+PWL share of arithmetic: {100 * cov['gemm_pwl_flop_share']:.0f}% "
-          f"({cov['gemm_pwl_ops']} GEMM-family ops, {cov['movement_ops']} data-movement ops)")
+    print(
+        f"GEMM+PWL share of arithmetic: {100 * cov['gemm_pwl_flop_share']:.0f}% "
+        f"({cov['gemm_pwl_ops']} GEMM-family ops, {cov['movement_ops']} data-movement ops)"
+    )
     print()
     print("Per-layer accelerator report (batch 1):")
     print(_cost_table(result.program))
@@ -215,11 +246,21 @@ def _train(args: argparse.Namespace) -> int:
     from .compile.budget import segments_options
 
     sizes = segments_options(args)
-    result = run_flow(args.model, epochs=args.epochs, aat_epochs=args.aat_epochs,
-                      segments=sizes.get("segments", 16), target=sizes.get("target"),
-                      method=args.method, out=args.out, seed=args.seed, progress=not args.quiet,
-                      model_options=options, learn_tables=args.learn_tables, table_lr=args.table_lr,
-                      precision=args.precision)
+    result = run_flow(
+        args.model,
+        epochs=args.epochs,
+        aat_epochs=args.aat_epochs,
+        segments=sizes.get("segments", 16),
+        target=sizes.get("target"),
+        method=args.method,
+        out=args.out,
+        seed=args.seed,
+        progress=not args.quiet,
+        model_options=options,
+        learn_tables=args.learn_tables,
+        table_lr=args.table_lr,
+        precision=args.precision,
+    )
     print(result.summary())
     return 0
 
@@ -250,17 +291,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=("cnn", "vit"), default="cnn")
     p.add_argument("--epochs", type=int, default=None, help="exact training epochs (default: the model's config)")
     p.add_argument("--aat-epochs", type=int, default=2, help="approximation-aware fine-tuning epochs")
-    p.add_argument("--act", choices=("relu", "gelu", "silu", "tanh", "sigmoid"), default=None,
-                   help="activation (default: relu for the CNN, gelu for the ViT)")
+    p.add_argument(
+        "--act",
+        choices=("relu", "gelu", "silu", "tanh", "sigmoid"),
+        default=None,
+        help="activation (default: relu for the CNN, gelu for the ViT)",
+    )
     from .compile.budget import add_segments_args
 
     add_segments_args(p, 16)
-    p.add_argument("--learn-tables", action="store_true",
-                   help="AAT also trains the tables' breakpoints and values (kept sorted and continuous)")
+    p.add_argument(
+        "--learn-tables",
+        action="store_true",
+        help="AAT also trains the tables' breakpoints and values (kept sorted and continuous)",
+    )
     p.add_argument("--table-lr", type=float, default=1e-2, help="learning rate of the tables' parameters")
     p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
-    p.add_argument("--precision", choices=("float32", "int8"), default="float32",
-                   help="GEMM precision of the linear layers in the exported program (docs/int8.md)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default="float32",
+        help="GEMM precision of the linear layers in the exported program (docs/int8.md)",
+    )
     p.add_argument("--out", default="model.nmb", help="bundle to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -33,7 +33,7 @@ class ReferenceBert:
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
             self.config = json.load(f)
         raw = load_file(os.path.join(model_dir, "model.safetensors"))
-        self.w = {(k[len("bert."):] if k.startswith("bert.") else k): v.astype(np.float64) for k, v in raw.items()}
+        self.w = {(k[len("bert.") :] if k.startswith("bert.") else k): v.astype(np.float64) for k, v in raw.items()}
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
@@ -66,9 +66,11 @@ class ReferenceBert:
         heads = int(cfg["num_attention_heads"])
         d = int(cfg["hidden_size"])
         hd = d // heads
-        x = (w["embeddings.word_embeddings.weight"][ids]
-             + w["embeddings.position_embeddings.weight"][np.arange(t)][None]
-             + w["embeddings.token_type_embeddings.weight"][types])
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][np.arange(t)][None]
+            + w["embeddings.token_type_embeddings.weight"][types]
+        )
         x = self._ln(x, "embeddings.LayerNorm")
         neg = np.where(mask[:, None, None, :] > 0, 0.0, -np.inf)  # padded keys get no weight
         for i in range(int(cfg["num_hidden_layers"])):
@@ -97,24 +99,24 @@ class ReferenceBert:
         for e in encs:
             ids, types = list(e.ids), list(e.type_ids)
             if len(ids) > max_length:  # keep [CLS] ... [SEP]
-                ids = ids[:max_length - 1] + ids[-1:]
-                types = types[:max_length - 1] + types[-1:]
+                ids = ids[: max_length - 1] + ids[-1:]
+                types = types[: max_length - 1] + types[-1:]
             rows.append((ids, types))
         t = max(len(r[0]) for r in rows)
         ids = np.zeros((len(rows), t), dtype=np.int64)
         types = np.zeros_like(ids)
         mask = np.zeros_like(ids)
         for j, (a, b) in enumerate(rows):
-            ids[j, :len(a)] = a
-            types[j, :len(b)] = b
-            mask[j, :len(a)] = 1
+            ids[j, : len(a)] = a
+            types[j, : len(b)] = b
+            mask[j, : len(a)] = 1
         return ids, types, mask
 
     def encode(self, sentences: Sequence[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
         """Sentence embeddings (masked mean pooling + L2 normalisation), float64 ``[n, D]``."""
         out = []
         for i in range(0, len(sentences), batch_size):
-            ids, types, mask = self.tokenize(sentences[i:i + batch_size], max_length)
+            ids, types, mask = self.tokenize(sentences[i : i + batch_size], max_length)
             h = self.hidden_states(ids, types, mask)
             m = mask[..., None].astype(np.float64)
             pooled = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)

@@ -42,9 +42,19 @@ class _Init:
 
 
 def _bn(name: str, x: str, out: str, c: int) -> Layer:
-    return Layer("batchnorm2d", name, [x], out, {"eps": 1e-5}, {
-        "weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32),
-        "running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)})
+    return Layer(
+        "batchnorm2d",
+        name,
+        [x],
+        out,
+        {"eps": 1e-5},
+        {
+            "weight": np.ones(c, np.float32),
+            "bias": np.zeros(c, np.float32),
+            "running_mean": np.zeros(c, np.float32),
+            "running_var": np.ones(c, np.float32),
+        },
+    )
 
 
 def _conv(ini: _Init, name: str, x: str, out: str, cin: int, cout: int, k: int, stride: int, pad: int) -> Layer:
@@ -53,12 +63,18 @@ def _conv(ini: _Init, name: str, x: str, out: str, cin: int, cout: int, k: int, 
 
 #: Closed form of ResNet-18's conv + fc MACs at 224x224, batch 1 (output size x Cin*kh*kw per layer).
 RESNET18_CONV_FC_MACS = (
-    112 * 112 * 64 * 3 * 7 * 7                       # conv1
-    + 4 * 56 * 56 * 64 * 64 * 9                       # stage 1: four 3x3 convs
-    + 28 * 28 * 128 * 64 * 9 + 3 * 28 * 28 * 128 * 128 * 9 + 28 * 28 * 128 * 64    # stage 2 (+ 1x1 down)
-    + 14 * 14 * 256 * 128 * 9 + 3 * 14 * 14 * 256 * 256 * 9 + 14 * 14 * 256 * 128  # stage 3
-    + 7 * 7 * 512 * 256 * 9 + 3 * 7 * 7 * 512 * 512 * 9 + 7 * 7 * 512 * 256        # stage 4
-    + 512 * 1000                                      # fc
+    112 * 112 * 64 * 3 * 7 * 7  # conv1
+    + 4 * 56 * 56 * 64 * 64 * 9  # stage 1: four 3x3 convs
+    + 28 * 28 * 128 * 64 * 9
+    + 3 * 28 * 28 * 128 * 128 * 9
+    + 28 * 28 * 128 * 64  # stage 2 (+ 1x1 down)
+    + 14 * 14 * 256 * 128 * 9
+    + 3 * 14 * 14 * 256 * 256 * 9
+    + 14 * 14 * 256 * 128  # stage 3
+    + 7 * 7 * 512 * 256 * 9
+    + 3 * 7 * 7 * 512 * 512 * 9
+    + 7 * 7 * 512 * 256  # stage 4
+    + 512 * 1000  # fc
 )
 
 
@@ -85,11 +101,15 @@ def resnet18_spec(init: str = "zeros", seed: int = 0, classes: int = 1000, hw: i
             ]
             skip = x
             if stride != 1 or cin != cout:
-                L += [_conv(ini, f"{p}.downsample.0", x, f"{p}.d0", cin, cout, 1, stride, 0),
-                      _bn(f"{p}.downsample.1", f"{p}.d0", f"{p}.d1", cout)]
+                L += [
+                    _conv(ini, f"{p}.downsample.0", x, f"{p}.d0", cin, cout, 1, stride, 0),
+                    _bn(f"{p}.downsample.1", f"{p}.d0", f"{p}.d1", cout),
+                ]
                 skip = f"{p}.d1"
-            L += [Layer("add", f"{p}.add", [f"{p}.b2", skip], f"{p}.sum"),
-                  Layer("relu", f"{p}.relu2", [f"{p}.sum"], f"{p}.out")]
+            L += [
+                Layer("add", f"{p}.add", [f"{p}.b2", skip], f"{p}.sum"),
+                Layer("relu", f"{p}.relu2", [f"{p}.sum"], f"{p}.out"),
+            ]
             x, cin = f"{p}.out", cout
     L += [
         Layer("global_avgpool", "avgpool", [x], "pooled"),
@@ -98,30 +118,51 @@ def resnet18_spec(init: str = "zeros", seed: int = 0, classes: int = 1000, hw: i
     return ModelSpec({"x": InputSpec((None, 3, hw, hw))}, L, ["logits"], name="resnet18")
 
 
-def bert_base_linear_attention_macs(batch: int = 1, seq: int = 128, layers: int = 12, d: int = 768,
-                                    heads: int = 12, ff: int = 3072) -> int:
+def bert_base_linear_attention_macs(
+    batch: int = 1, seq: int = 128, layers: int = 12, d: int = 768, heads: int = 12, ff: int = 3072
+) -> int:
     """Closed form: per layer Q, K, V, O projections (4*T*d*d), FFN (2*T*d*ff), QK^T and PV (2*h*T*T*d/h)."""
     t = batch * seq
     per_layer = 4 * t * d * d + 2 * t * d * ff + 2 * batch * heads * seq * seq * (d // heads)
     return layers * per_layer
 
 
-def bert_base_spec(init: str = "zeros", seed: int = 0, layers: int = 12, d: int = 768, heads: int = 12,
-                   ff: int = 3072, vocab: int = 30522, max_len: int = 512) -> ModelSpec:
+def bert_base_spec(
+    init: str = "zeros",
+    seed: int = 0,
+    layers: int = 12,
+    d: int = 768,
+    heads: int = 12,
+    ff: int = 3072,
+    vocab: int = 30522,
+    max_len: int = 512,
+) -> ModelSpec:
     """BERT-base encoder (post-LN, GELU), inputs ``ids``, ``types`` and ``mask`` ``[B, T]``; output the
     last hidden states ``[B, T, 768]`` (no pooler)."""
     ini = _Init(init, seed)
 
     def ln(name: str, x: str, out: str) -> Layer:
-        return Layer("layernorm", name, [x], out, {"eps": 1e-12},
-                     {"weight": np.ones(d, np.float32), "bias": np.zeros(d, np.float32)})
+        return Layer(
+            "layernorm",
+            name,
+            [x],
+            out,
+            {"eps": 1e-12},
+            {"weight": np.ones(d, np.float32), "bias": np.zeros(d, np.float32)},
+        )
 
     def linear(name: str, x: str, out: str, fin: int, fout: int) -> Layer:
         return Layer("linear", name, [x], out, {}, {"weight": ini.w(fout, fin), "bias": ini.b(fout)})
 
     L: list[Layer] = [
-        Layer("embedding", "embeddings", ["ids", "types"], "e", {}, {
-            "word": ini.w(vocab, d), "position": ini.w(max_len, d), "token_type": ini.w(2, d)}),
+        Layer(
+            "embedding",
+            "embeddings",
+            ["ids", "types"],
+            "e",
+            {},
+            {"word": ini.w(vocab, d), "position": ini.w(max_len, d), "token_type": ini.w(2, d)},
+        ),
         ln("embeddings.LayerNorm", "e", "h0"),
     ]
     x = "h0"
@@ -139,6 +180,14 @@ def bert_base_spec(init: str = "zeros", seed: int = 0, layers: int = 12, d: int 
             ln(f"{p}.output.LayerNorm", f"{p}.r2", f"{p}.out"),
         ]
         x = f"{p}.out"
-    return ModelSpec({"ids": InputSpec((None, None), "int64"), "types": InputSpec((None, None), "int64"),
-                      "mask": InputSpec((None, None), "int64")}, L, [x], name="bert-base",
-                     meta={"max_len": max_len})
+    return ModelSpec(
+        {
+            "ids": InputSpec((None, None), "int64"),
+            "types": InputSpec((None, None), "int64"),
+            "mask": InputSpec((None, None), "int64"),
+        },
+        L,
+        [x],
+        name="bert-base",
+        meta={"max_len": max_len},
+    )

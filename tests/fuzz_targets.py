@@ -151,28 +151,66 @@ def seeds(target: str) -> list[bytes]:
             return [f.read()]
     if target == "pwl_from_dict":
         t = nm.approx.fit("gelu", segments=4)
-        d = {"breakpoints": t.breakpoints.tolist(), "slopes": t.slopes.tolist(),
-             "intercepts": t.intercepts.tolist(), "name": "gelu"}
+        d = {
+            "breakpoints": t.breakpoints.tolist(),
+            "slopes": t.slopes.tolist(),
+            "intercepts": t.intercepts.tolist(),
+            "name": "gelu",
+        }
         return [json.dumps(d).encode(), b'{"breakpoints": [0, 1], "slopes": [1], "intercepts": [0]}']
     if target == "hf_config":
-        return [json.dumps({"model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16,
-                            "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}).encode()]
+        return [
+            json.dumps(
+                {
+                    "model_type": "bert",
+                    "vocab_size": 30,
+                    "hidden_size": 8,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 16,
+                    "max_position_embeddings": 16,
+                    "type_vocab_size": 2,
+                    "hidden_act": "gelu",
+                    "layer_norm_eps": 1e-12,
+                }
+            ).encode()
+        ]
     if target == "hf_tokenizer":
         vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "gemm": 5}
-        doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
-               "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
-                              "strip_accents": None, "lowercase": True},
-               "pre_tokenizer": {"type": "BertPreTokenizer"}, "post_processor": None, "decoder": None,
-               "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                         "max_input_chars_per_word": 100, "vocab": vocab}}
+        doc = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [],
+            "normalizer": {
+                "type": "BertNormalizer",
+                "clean_text": True,
+                "handle_chinese_chars": True,
+                "strip_accents": None,
+                "lowercase": True,
+            },
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "post_processor": None,
+            "decoder": None,
+            "model": {
+                "type": "WordPiece",
+                "unk_token": "[UNK]",
+                "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": vocab,
+            },
+        }
         return [json.dumps(doc).encode()]
     if target == "hf_pipeline":
-        return [json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                            {"idx": 1, "name": "1", "path": "1_Pooling",
-                             "type": "sentence_transformers.models.Pooling"},
-                            {"idx": 2, "name": "2", "path": "2_Normalize",
-                             "type": "sentence_transformers.models.Normalize"}]).encode()]
+        return [
+            json.dumps(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                ]
+            ).encode()
+        ]
     if target == "onnx":
         from .test_onnx_cnn import resnet_style
 

@@ -25,8 +25,9 @@ def init(name: str, arr: Any) -> onnx.TensorProto:
     return numpy_helper.from_array(a.astype(np.float32) if a.dtype == np.float64 else a, name)
 
 
-def model(nodes: list, inputs: Sequence, outputs: Sequence, inits: Sequence = (), opset: int = OPSET,
-          name: str = "g") -> bytes:
+def model(
+    nodes: list, inputs: Sequence, outputs: Sequence, inits: Sequence = (), opset: int = OPSET, name: str = "g"
+) -> bytes:
     g = helper.make_graph(nodes, name, list(inputs), list(outputs), initializer=list(inits))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
     m.ir_version = 8 if opset < 21 else 10
@@ -66,8 +67,16 @@ def cosine(got: np.ndarray, ref: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
 
 
-def check(data: bytes, feeds: dict[str, np.ndarray], *, calib: Any = None, exact_tol: float = 1e-4,
-          cos_min: float = 0.999, matrixized: bool = True, **opts: Any):
+def check(
+    data: bytes,
+    feeds: dict[str, np.ndarray],
+    *,
+    calib: Any = None,
+    exact_tol: float = 1e-4,
+    cos_min: float = 0.999,
+    matrixized: bool = True,
+    **opts: Any,
+):
     """Import ``data``, compare exact and matrixized outputs with ONNX Runtime; return the program."""
     import nmengine as nm
 

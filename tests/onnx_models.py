@@ -65,7 +65,9 @@ class _B:
         return self.n("Add", [self.n("Mul", [y, g]), b])
 
     def heads(self, x: str, h: int, hd: int, perm: list[int]) -> str:
-        shape = self.n("Concat", [self.dim(x, 0), self.dim(x, 1), self.c([h], np.int64), self.c([hd], np.int64)], axis=0)
+        shape = self.n(
+            "Concat", [self.dim(x, 0), self.dim(x, 1), self.c([h], np.int64), self.c([hd], np.int64)], axis=0
+        )
         r = self.n("Reshape", [x, shape])
         return self.n("Transpose", [r], perm=perm)
 
@@ -77,8 +79,18 @@ class _B:
     _opset = 17
 
 
-def bert_like(*, d: int = 32, heads: int = 4, ff: int = 64, layers: int = 2, vocab: int = 50, max_pos: int = 64,
-              fill: float = -10000.0, opset: int = 17, seed: int = 0) -> bytes:
+def bert_like(
+    *,
+    d: int = 32,
+    heads: int = 4,
+    ff: int = 64,
+    layers: int = 2,
+    vocab: int = 50,
+    max_pos: int = 64,
+    fill: float = -10000.0,
+    opset: int = 17,
+    seed: int = 0,
+) -> bytes:
     b = _B(seed)
     b._opset = opset
     hd = d // heads
@@ -86,8 +98,7 @@ def bert_like(*, d: int = 32, heads: int = 4, ff: int = 64, layers: int = 2, voc
     t = b.dim("input_ids", 1)
     pos_ids = b.n("Slice", [b.c(np.arange(max_pos)[None, :], np.int64), b.c([0], np.int64), t, b.c([1], np.int64)])
     pos = b.n("Gather", [b.w("pos", max_pos, d, scale=0.5), pos_ids], axis=0)
-    zeros = b.n("ConstantOfShape", [b.n("Shape", ["input_ids"])],
-                value=helper.make_tensor("v", I64, [1], [0]))
+    zeros = b.n("ConstantOfShape", [b.n("Shape", ["input_ids"])], value=helper.make_tensor("v", I64, [1], [0]))
     typ = b.n("Gather", [b.w("type", 2, d, scale=0.5), zeros], axis=0)
     native = opset >= 17
     h = b.layernorm(b.n("Add", [b.n("Add", [word, pos]), typ]), "emb_ln", d, decomposed=not native)
@@ -103,16 +114,26 @@ def bert_like(*, d: int = 32, heads: int = 4, ff: int = 64, layers: int = 2, voc
         a = b.n("Add", [b.linear(ctx, f"l{li}.o", d, d), h])
         h1 = b.layernorm(a, f"l{li}.ln1", d, decomposed=li == 1 or not native)
         f = b.linear(h1, f"l{li}.ff1", d, ff)
-        g = b.n("Mul", [b.n("Mul", [f, b.n("Add", [b.n("Erf", [b.n("Div", [f, b.c(1.4142135)])]), b.c(1.0)])]), b.c(0.5)])
-        h = b.layernorm(b.n("Add", [b.linear(g, f"l{li}.ff2", ff, d), h1]), f"l{li}.ln2", d,
-                        decomposed=li == 1 or not native)
+        g = b.n(
+            "Mul", [b.n("Mul", [f, b.n("Add", [b.n("Erf", [b.n("Div", [f, b.c(1.4142135)])]), b.c(1.0)])]), b.c(0.5)]
+        )
+        h = b.layernorm(
+            b.n("Add", [b.linear(g, f"l{li}.ff2", ff, d), h1]), f"l{li}.ln2", d, decomposed=li == 1 or not native
+        )
     b.nodes.append(helper.make_node("Identity", [h], ["last_hidden_state"]))
-    return model(b.nodes, [vi("input_ids", I64, ["batch", "seq"]), vi("attention_mask", I64, ["batch", "seq"])],
-                 [vi("last_hidden_state", F, ["batch", "seq", d])], b.inits, opset=opset, name="bert_like")
+    return model(
+        b.nodes,
+        [vi("input_ids", I64, ["batch", "seq"]), vi("attention_mask", I64, ["batch", "seq"])],
+        [vi("last_hidden_state", F, ["batch", "seq", d])],
+        b.inits,
+        opset=opset,
+        name="bert_like",
+    )
 
 
-def gpt_block(*, d: int = 32, heads: int = 4, layers: int = 2, vocab: int = 40, max_pos: int = 64,
-              opset: int = 17, seed: int = 1) -> bytes:
+def gpt_block(
+    *, d: int = 32, heads: int = 4, layers: int = 2, vocab: int = 40, max_pos: int = 64, opset: int = 17, seed: int = 1
+) -> bytes:
     b = _B(seed)
     b._opset = opset
     hd = d // heads
@@ -140,12 +161,26 @@ def gpt_block(*, d: int = 32, heads: int = 4, layers: int = 2, vocab: int = 40, 
         h = b.n("Add", [h, b.linear(ctx, f"l{li}.proj", d, d)])
         x = b.layernorm(h, f"l{li}.ln2", d, decomposed=False)
         f = b.linear(x, f"l{li}.fc", d, 4 * d)
-        inner = b.n("Mul", [b.c(np.sqrt(2 / np.pi)), b.n("Add", [f, b.n("Mul", [b.c(0.044715), b.n("Pow", [f, b.c(3.0)])])])])
+        inner = b.n(
+            "Mul", [b.c(np.sqrt(2 / np.pi)), b.n("Add", [f, b.n("Mul", [b.c(0.044715), b.n("Pow", [f, b.c(3.0)])])])]
+        )
         g = b.n("Mul", [b.n("Mul", [b.c(0.5), f]), b.n("Add", [b.c(1.0), b.n("Tanh", [inner])])])
         h = b.n("Add", [h, b.linear(g, f"l{li}.mlp_proj", 4 * d, d)])
     x = b.layernorm(h, "ln_f", d, decomposed=False)
     b.nodes.append(helper.make_node("MatMul", [x, "wte_T"], ["logits"], name="lm_head"))
-    b.inits.append(init("wte_T", np.ascontiguousarray(next(
-        __import__("onnx").numpy_helper.to_array(i) for i in b.inits if i.name == "wte").T)))
-    return model(b.nodes, [vi("input_ids", I64, ["batch", "seq"])], [vi("logits", F, ["batch", "seq", vocab])],
-                 b.inits, opset=opset, name="gpt_block")
+    b.inits.append(
+        init(
+            "wte_T",
+            np.ascontiguousarray(
+                next(__import__("onnx").numpy_helper.to_array(i) for i in b.inits if i.name == "wte").T
+            ),
+        )
+    )
+    return model(
+        b.nodes,
+        [vi("input_ids", I64, ["batch", "seq"])],
+        [vi("logits", F, ["batch", "seq", vocab])],
+        b.inits,
+        opset=opset,
+        name="gpt_block",
+    )

@@ -29,7 +29,7 @@ def conv2d(x, w, b, stride, padding):
     y = np.zeros((n, co, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            patch = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
             y[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w)
     if b is not None:
         y += b[None, :, None, None]
@@ -47,7 +47,7 @@ def pool2d(x, kernel, stride, padding, kind):
     y = np.zeros((n, c, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            win = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            win = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
             y[:, :, i, j] = win.max(axis=(2, 3)) if kind == "max" else win.mean(axis=(2, 3))
     return y
 
@@ -88,8 +88,10 @@ ACT = {
 
 def forward(spec: ModelSpec, inputs: dict) -> dict:
     """Float64 outputs of ``spec`` on ``inputs`` (a dict name -> array)."""
-    env = {k: (np.asarray(v, np.float64) if spec.inputs[k].dtype == "float32" else np.asarray(v))
-           for k, v in inputs.items()}
+    env = {
+        k: (np.asarray(v, np.float64) if spec.inputs[k].dtype == "float32" else np.asarray(v))
+        for k, v in inputs.items()
+    }
     for L in spec.layers:
         W = {k: np.asarray(v, np.float64) for k, v in L.weights.items()}
         xs = [env[i] for i in L.inputs]

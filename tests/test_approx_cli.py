@@ -52,7 +52,12 @@ def test_cli_uniform_range_and_methods(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     rows = _rows(out)
-    assert [(r[1], r[2]) for r in rows] == [("uniform", "8"), ("uniform", "16"), ("optimized", "8"), ("optimized", "16")]
+    assert [(r[1], r[2]) for r in rows] == [
+        ("uniform", "8"),
+        ("uniform", "16"),
+        ("optimized", "8"),
+        ("optimized", "16"),
+    ]
     assert all("[-4," in " ".join(r) for r in rows)
     rc = cli.run(_parse(["exp", "--method", "uniform", "--segments", "16"]))
     assert rc == 0 and _rows(capsys.readouterr().out)[0][1] == "uniform"

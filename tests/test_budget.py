@@ -204,9 +204,15 @@ def test_cli_segments_argument():
         segments_arg("0")
     with pytest.raises(ValueError, match="--segments auto"):
         segments_options(argparse.Namespace(segments=16, target="cosine=0.9"))
-    assert segments_options(argparse.Namespace(segments="auto", target="bytes=4k")) == {"segments": "auto", "target": "bytes=4k"}
+    assert segments_options(argparse.Namespace(segments="auto", target="bytes=4k")) == {
+        "segments": "auto",
+        "target": "bytes=4k",
+    }
     # labels come from the frontend (nmengine train: the calibration images' labels)
-    assert segments_options(argparse.Namespace(segments="auto", target="accuracy_drop=0.01"))["target"] == "accuracy_drop=0.01"
+    assert (
+        segments_options(argparse.Namespace(segments="auto", target="accuracy_drop=0.01"))["target"]
+        == "accuracy_drop=0.01"
+    )
     with pytest.raises(ValueError, match="unknown key"):
         segments_options(argparse.Namespace(segments="auto", target="speed=3"))
 
@@ -217,8 +223,13 @@ def test_sentence_embedder_passes_auto_and_target_through(tmp_path):
     from .test_hf import _write_tiny_model
 
     d = _write_tiny_model(tmp_path / "tiny")
-    emb = hf.SentenceEmbedder(d, segments="auto", target="cosine=0.9999", cache=False,
-                              calibration_sentences=corpus.sentences(8, split="calibration"))
+    emb = hf.SentenceEmbedder(
+        d,
+        segments="auto",
+        target="cosine=0.9999",
+        cache=False,
+        calibration_sentences=corpus.sentences(8, split="calibration"),
+    )
     budget = emb.program.meta["budget"]
     assert budget["met"] and budget["target"]["cosine"] == 0.9999
     sents = corpus.sentences(24)

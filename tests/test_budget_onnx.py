@@ -14,8 +14,11 @@ def test_onnx_load_auto_meets_cosine_target_against_onnxruntime():
     rng = np.random.default_rng(3)
     w1 = (rng.standard_normal((12, 24)) * 0.5).astype(np.float32)
     w2 = (rng.standard_normal((24, 6)) * 0.3).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
-             helper.make_node("MatMul", ["t", "W2"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("MatMul", ["t", "W2"], ["y"]),
+    ]
     d = model(nodes, [vi("x", F, ["N", 12])], [vi("y", F, None)], [init("W1", w1), init("W2", w2)])
     x = rng.standard_normal((200, 12)).astype(np.float32)
     prog = nm.onnx.load(d, calibration={"x": x}, segments="auto", target={"cosine": 0.99999})

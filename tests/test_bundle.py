@@ -45,8 +45,14 @@ def tiny_program(seed: int = 0) -> Program:
     """A gemm with a constant weight, a bias and a PWL (gelu) epilogue, then a scale op."""
     rng = np.random.default_rng(seed)
     ops = [
-        Op("gemm", "h", {"a": "x", "b": "w", "bias": "b"},
-           {"epilogue": {"act": "pwl", "fn": "gelu", "table": "t0"}}, layer="fc1", what="linear 8->5 + gelu"),
+        Op(
+            "gemm",
+            "h",
+            {"a": "x", "b": "w", "bias": "b"},
+            {"epilogue": {"act": "pwl", "fn": "gelu", "table": "t0"}},
+            layer="fc1",
+            what="linear 8->5 + gelu",
+        ),
         Op("scale", "y", {"x": "h", "col_scale": "s"}, {"alpha": 0.5, "beta": -0.25}, layer="out", what="affine"),
     ]
     constants = {
@@ -55,8 +61,15 @@ def tiny_program(seed: int = 0) -> Program:
         "s": rng.standard_normal(5).astype(np.float32),
         "ids": np.array([3, -1, 2**40], dtype=np.int64),  # an int64 constant (unused by the ops)
     }
-    return Program({"x": InputSpec((None, 8))}, ["y"], ops, constants, {"t0": gelu_table()},
-                   name="tiny", meta={"producer": "test", "pwl": {"segments": 16}, "tags": ["a", "b"], "n": 3})
+    return Program(
+        {"x": InputSpec((None, 8))},
+        ["y"],
+        ops,
+        constants,
+        {"t0": gelu_table()},
+        name="tiny",
+        meta={"producer": "test", "pwl": {"segments": 16}, "tags": ["a", "b"], "n": 3},
+    )
 
 
 @pytest.fixture
@@ -70,7 +83,7 @@ def bundle_path(tmp_path: Path) -> Path:
 def read_raw(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def write_raw(path: Path, header: dict, data: bytes, *, pad: bool = True) -> None:
@@ -81,8 +94,14 @@ def write_raw(path: Path, header: dict, data: bytes, *, pad: bool = True) -> Non
 
 
 def header_digest(header: dict) -> str:
-    doc = {k: ({"dtype": v["dtype"], "shape": v["shape"]} if k != "__metadata__" else
-               {mk: mv for mk, mv in v.items() if mk != "header_sha256"}) for k, v in header.items()}
+    doc = {
+        k: (
+            {"dtype": v["dtype"], "shape": v["shape"]}
+            if k != "__metadata__"
+            else {mk: mv for mk, mv in v.items() if mk != "header_sha256"}
+        )
+        for k, v in header.items()
+    }
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -90,17 +109,23 @@ def header_digest(header: dict) -> str:
 def reseal(header: dict, data: bytes) -> dict:
     """Recompute every checksum of an edited header (tensor, program and header digests)."""
     meta = header["__metadata__"]
-    meta["checksums"] = json.dumps({k: hashlib.sha256(data[v["data_offsets"][0]:v["data_offsets"][1]]).hexdigest()
-                                    for k, v in header.items() if k != "__metadata__"})
+    meta["checksums"] = json.dumps(
+        {
+            k: hashlib.sha256(data[v["data_offsets"][0] : v["data_offsets"][1]]).hexdigest()
+            for k, v in header.items()
+            if k != "__metadata__"
+        }
+    )
     meta["program_sha256"] = hashlib.sha256(meta["program"].encode()).hexdigest()
     meta["header_sha256"] = header_digest(header)
     return header
 
 
-def relayout(header: dict, data: bytes, tensors: dict[str, bytes] | None = None,
-             order: list[str] | None = None) -> tuple[dict, bytes]:
+def relayout(
+    header: dict, data: bytes, tensors: dict[str, bytes] | None = None, order: list[str] | None = None
+) -> tuple[dict, bytes]:
     """Lay tensors out again back to back (after adding/removing/replacing some)."""
-    blobs = {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+    blobs = {k: data[v["data_offsets"][0] : v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
     blobs.update(tensors or {})
     out, pos, new = {}, 0, []
     for k in order or [k for k in header if k != "__metadata__" and k in blobs]:
@@ -192,9 +217,13 @@ def test_deterministic_with_source_date_epoch(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("mmap", [True, False])
 def test_zero_sized_and_scalar_constants(tmp_path: Path, mmap: bool) -> None:
     constants = {
-        "e0": np.zeros((0,), np.float32), "e1": np.zeros((3, 0), np.float32), "e2": np.zeros((0, 0, 5), np.float32),
-        "ei": np.zeros((0,), np.int64), "scalar": np.float32(-0.0) * np.ones((), np.float32),
-        "w": np.arange(6, dtype=np.float32).reshape(2, 3), "last": np.zeros((0, 2), np.float32),
+        "e0": np.zeros((0,), np.float32),
+        "e1": np.zeros((3, 0), np.float32),
+        "e2": np.zeros((0, 0, 5), np.float32),
+        "ei": np.zeros((0,), np.int64),
+        "scalar": np.float32(-0.0) * np.ones((), np.float32),
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "last": np.zeros((0, 2), np.float32),
     }
     ops = [Op("gemm", "y", {"a": "x", "b": "w"})]
     p = Program({"x": InputSpec((None, 2))}, ["y"], ops, constants, {})
@@ -219,13 +248,13 @@ def test_compiled_programs_round_trip(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         import specs
+
         from nmengine.compile import compile as nm_compile
     except Exception as e:  # the compiler is built in parallel; this test is optional until it lands
         pytest.skip(f"compiler unavailable: {e}")
     done = 0
     image = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
-    for make, feed in ((specs.cnn_spec, lambda: image),
-                       (specs.transformer_spec, lambda: specs.transformer_inputs())):
+    for make, feed in ((specs.cnn_spec, lambda: image), (specs.transformer_spec, lambda: specs.transformer_inputs())):
         try:
             p = nm_compile(make())
         except Exception:
@@ -249,8 +278,10 @@ def test_readable_by_safetensors(bundle_path: Path) -> None:
 
     p = tiny_program()
     loaded = safetensors_numpy.load_file(str(bundle_path))
-    expected = {**p.constants, **{f"table/t0/{part}": getattr(p.tables["t0"], part)
-                                  for part in ("breakpoints", "slopes", "intercepts")}}
+    expected = {
+        **p.constants,
+        **{f"table/t0/{part}": getattr(p.tables["t0"], part) for part in ("breakpoints", "slopes", "intercepts")},
+    }
     assert set(loaded) == set(expected)
     for k, v in expected.items():
         assert loaded[k].dtype == v.dtype and loaded[k].tobytes() == v.tobytes()
@@ -341,8 +372,9 @@ def test_not_a_regular_file(tmp_path: Path) -> None:
 def test_truncated(bundle_path: Path) -> None:
     raw = bundle_path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    for cut in sorted({0, 1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, len(raw) // 2 + n // 2, len(raw) - 4,
-                       len(raw) - 1}):
+    for cut in sorted(
+        {0, 1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, len(raw) // 2 + n // 2, len(raw) - 4, len(raw) - 1}
+    ):
         bundle_path.write_bytes(raw[:cut])
         with pytest.raises(BundleError) as e:
             load(bundle_path)
@@ -361,7 +393,7 @@ def test_every_bit_flip_is_detected(bundle_path: Path) -> None:
             os.pwrite(fd, bytes([raw[i] ^ (1 << (i * 5 % 8))]), i)
             with pytest.raises(BundleError):
                 load(bundle_path, mmap=i % 2 == 0)
-            os.pwrite(fd, raw[i:i + 1], i)
+            os.pwrite(fd, raw[i : i + 1], i)
     finally:
         os.close(fd)
     assert_same_program(tiny_program(), load(bundle_path))
@@ -382,15 +414,19 @@ def test_header_length_past_end(bundle_path: Path) -> None:
         load(bundle_path)
 
 
-@pytest.mark.parametrize("body, match", [
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b'{"a": ', "does not start|not valid JSON"),
-    (b"{'a': 1}", "not valid JSON"),
-    (b'{"a": 1, "a": 2}', "duplicate key"),
-    (b"[1, 2]", "does not start with"),
-    (b'{"x": NaN}', "not valid JSON"),
-    pytest.param(b"{" * 200_000, "nested too deeply|not valid JSON", id="deeply-nested"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"a": ', "does not start|not valid JSON"),
+        (b"{'a': 1}", "not valid JSON"),
+        (b'{"a": 1, "a": 2}', "duplicate key"),
+        (b"[1, 2]", "does not start with"),
+        (b'{"x": NaN}', "not valid JSON"),
+        pytest.param(b"{" * 200_000, "nested too deeply|not valid JSON", id="deeply-nested"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_bad_header_json(tmp_path: Path, body: bytes, match: str) -> None:
     path = tmp_path / "bad.nmb"
     path.write_bytes(struct.pack("<Q", len(body)) + body)
@@ -412,32 +448,37 @@ def _edit_header(path: Path, fn, *, seal: bool = False) -> None:
     write_raw(path, reseal(header, data) if seal else header, data)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda h: h["w"].update(shape=[8, 4]), "span 160 bytes but shape"),
-    (lambda h: h["w"].update(shape=[8, -5]), "non-negative"),
-    (lambda h: h["w"].update(shape="8x5"), "shape"),
-    (lambda h: h["w"].update(dtype="F16"), "unsupported dtype 'F16'"),
-    (lambda h: h["w"].update(dtype="F64"), "unsupported dtype"),
-    (lambda h: h["w"].update(dtype="I64"), "needs 320"),
-    (lambda h: h["w"].update(data_offsets=[o + 4 for o in h["w"]["data_offsets"]]), "overlap|gap"),
-    (lambda h: h["ids"].update(data_offsets=[8, 32]), "gap"),
-    (lambda h: h["w"].update(data_offsets=[1.5, 161.5]), "integers"),
-    (lambda h: h["w"].update(data_offsets=[10**9, 10**9 + 160]), "past the data section"),
-    (lambda h: h["w"].update(extra=1), "exactly 'dtype', 'shape', 'data_offsets'"),
-    (lambda h: h.update(zzz=dict(h["w"])), "overlap"),
-    (lambda h: h["__metadata__"].update(schema_version="999"), "unsupported schema version 999"),
-    (lambda h: h["__metadata__"].update(schema_version="x1"), "not a positive integer"),
-    (lambda h: h["__metadata__"].update(schema_version="0"), "not a positive integer"),
-    (lambda h: h["__metadata__"].update(format="something-else"), "unknown format 'something-else'"),
-    (lambda h: h["__metadata__"].pop("format"), "no 'format'"),
-    (lambda h: h["__metadata__"].pop("checksums"), "missing \\['checksums'\\]"),
-    (lambda h: h["__metadata__"].update(extra="1"), "unknown keys \\['extra'\\]"),
-    (lambda h: h["__metadata__"].update(created="yesterday"), "ISO-8601"),
-    (lambda h: h["__metadata__"].update(schema_version=1), "string values"),
-    (lambda h: h["__metadata__"].update(producer="someone else"), "header checksum mismatch"),
-    (lambda h: h["__metadata__"].update(program=h["__metadata__"]["program"].replace('"gemm"', '"gemm_x"')),
-     "program checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda h: h["w"].update(shape=[8, 4]), "span 160 bytes but shape"),
+        (lambda h: h["w"].update(shape=[8, -5]), "non-negative"),
+        (lambda h: h["w"].update(shape="8x5"), "shape"),
+        (lambda h: h["w"].update(dtype="F16"), "unsupported dtype 'F16'"),
+        (lambda h: h["w"].update(dtype="F64"), "unsupported dtype"),
+        (lambda h: h["w"].update(dtype="I64"), "needs 320"),
+        (lambda h: h["w"].update(data_offsets=[o + 4 for o in h["w"]["data_offsets"]]), "overlap|gap"),
+        (lambda h: h["ids"].update(data_offsets=[8, 32]), "gap"),
+        (lambda h: h["w"].update(data_offsets=[1.5, 161.5]), "integers"),
+        (lambda h: h["w"].update(data_offsets=[10**9, 10**9 + 160]), "past the data section"),
+        (lambda h: h["w"].update(extra=1), "exactly 'dtype', 'shape', 'data_offsets'"),
+        (lambda h: h.update(zzz=dict(h["w"])), "overlap"),
+        (lambda h: h["__metadata__"].update(schema_version="999"), "unsupported schema version 999"),
+        (lambda h: h["__metadata__"].update(schema_version="x1"), "not a positive integer"),
+        (lambda h: h["__metadata__"].update(schema_version="0"), "not a positive integer"),
+        (lambda h: h["__metadata__"].update(format="something-else"), "unknown format 'something-else'"),
+        (lambda h: h["__metadata__"].pop("format"), "no 'format'"),
+        (lambda h: h["__metadata__"].pop("checksums"), "missing \\['checksums'\\]"),
+        (lambda h: h["__metadata__"].update(extra="1"), "unknown keys \\['extra'\\]"),
+        (lambda h: h["__metadata__"].update(created="yesterday"), "ISO-8601"),
+        (lambda h: h["__metadata__"].update(schema_version=1), "string values"),
+        (lambda h: h["__metadata__"].update(producer="someone else"), "header checksum mismatch"),
+        (
+            lambda h: h["__metadata__"].update(program=h["__metadata__"]["program"].replace('"gemm"', '"gemm_x"')),
+            "program checksum mismatch",
+        ),
+    ],
+)
 def test_hand_edited_header(bundle_path: Path, edit, match: str) -> None:
     _edit_header(bundle_path, edit)
     with pytest.raises(BundleError, match=match):
@@ -472,11 +513,14 @@ def _set_table(header: dict, data: bytes, part: str, values: np.ndarray) -> tupl
     return relayout(header, data, {f"table/t0/{part}": values.astype("<f4").tobytes()})
 
 
-@pytest.mark.parametrize("part, mutate, match", [
-    ("breakpoints", lambda v: v[::-1].copy(), "strictly increasing"),
-    ("breakpoints", lambda v: np.where(np.arange(v.size) == 3, np.nan, v), "finite"),
-    ("slopes", lambda v: np.where(np.arange(v.size) == 0, np.inf, v), "finite"),
-])
+@pytest.mark.parametrize(
+    "part, mutate, match",
+    [
+        ("breakpoints", lambda v: v[::-1].copy(), "strictly increasing"),
+        ("breakpoints", lambda v: np.where(np.arange(v.size) == 3, np.nan, v), "finite"),
+        ("slopes", lambda v: np.where(np.arange(v.size) == 0, np.inf, v), "finite"),
+    ],
+)
 def test_invalid_pwl_table(bundle_path: Path, part: str, mutate, match: str) -> None:
     header, data = read_raw(bundle_path)
     b, e = header[f"table/t0/{part}"]["data_offsets"]
@@ -525,27 +569,30 @@ def test_extra_tensor(bundle_path: Path) -> None:
         load(bundle_path)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda p: p["ops"][0].update(kind="gemm_x"), "unknown op kind 'gemm_x'"),
-    (lambda p: p["ops"][0].update(kind="__import__('os')"), "unknown op kind"),
-    (lambda p: p["ops"][1].update(kind="transpose"), "invalid program: .*operands"),
-    (lambda p: p["ops"][0]["args"].update(b="nowhere"), "invalid program: .*'nowhere' is not an input"),
-    (lambda p: p["ops"][0]["attrs"]["epilogue"].update(table="t9"), "invalid program: .*PWL table 't9' is missing"),
-    (lambda p: p["ops"][0]["attrs"]["epilogue"].update(act="sigmoid"), "invalid program: .*epilogue act"),
-    (lambda p: p["ops"][0].update(code="print(1)"), "unknown keys \\['code'\\]"),
-    (lambda p: p["ops"][0].pop("out"), "missing keys \\['out'\\]"),
-    (lambda p: p["ops"][0].update(args=["x", "w"]), "'args' must map"),
-    (lambda p: p.update(outputs=["ghost"]), "invalid program: .*'ghost' is never produced"),
-    (lambda p: p["inputs"][0].update(dtype="float16"), "dtype 'float16'"),
-    (lambda p: p["inputs"][0].update(shape=[-1, 8]), "non-negative integers or null"),
-    (lambda p: p["inputs"].append(dict(p["inputs"][0])), "declared twice"),
-    (lambda p: p.update(meta=[1]), "meta must be an object"),
-    (lambda p: p.update(extra=1), "exactly the keys"),
-    (lambda p: p["constants"].remove("w"), "not referenced by the program: \\['w'\\]"),
-    (lambda p: p["constants"].append("ghost"), "missing from the file: \\['ghost'\\]"),
-    (lambda p: p["tables"].append(dict(p["tables"][0])), "declared twice"),
-    (lambda p: p["tables"].clear(), "not referenced by the program"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda p: p["ops"][0].update(kind="gemm_x"), "unknown op kind 'gemm_x'"),
+        (lambda p: p["ops"][0].update(kind="__import__('os')"), "unknown op kind"),
+        (lambda p: p["ops"][1].update(kind="transpose"), "invalid program: .*operands"),
+        (lambda p: p["ops"][0]["args"].update(b="nowhere"), "invalid program: .*'nowhere' is not an input"),
+        (lambda p: p["ops"][0]["attrs"]["epilogue"].update(table="t9"), "invalid program: .*PWL table 't9' is missing"),
+        (lambda p: p["ops"][0]["attrs"]["epilogue"].update(act="sigmoid"), "invalid program: .*epilogue act"),
+        (lambda p: p["ops"][0].update(code="print(1)"), "unknown keys \\['code'\\]"),
+        (lambda p: p["ops"][0].pop("out"), "missing keys \\['out'\\]"),
+        (lambda p: p["ops"][0].update(args=["x", "w"]), "'args' must map"),
+        (lambda p: p.update(outputs=["ghost"]), "invalid program: .*'ghost' is never produced"),
+        (lambda p: p["inputs"][0].update(dtype="float16"), "dtype 'float16'"),
+        (lambda p: p["inputs"][0].update(shape=[-1, 8]), "non-negative integers or null"),
+        (lambda p: p["inputs"].append(dict(p["inputs"][0])), "declared twice"),
+        (lambda p: p.update(meta=[1]), "meta must be an object"),
+        (lambda p: p.update(extra=1), "exactly the keys"),
+        (lambda p: p["constants"].remove("w"), "not referenced by the program: \\['w'\\]"),
+        (lambda p: p["constants"].append("ghost"), "missing from the file: \\['ghost'\\]"),
+        (lambda p: p["tables"].append(dict(p["tables"][0])), "declared twice"),
+        (lambda p: p["tables"].clear(), "not referenced by the program"),
+    ],
+)
 def test_hand_edited_program(bundle_path: Path, edit, match: str) -> None:
     edit_program(bundle_path, edit, seal=False)
     with pytest.raises(BundleError, match="program checksum mismatch"):

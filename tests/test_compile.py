@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pytest
 
-import nmengine as nm
 from nmengine.compile import compile
 from nmengine.program import Op, Program, ProgramError
 from nmengine.spec import InputSpec, Layer, ModelSpec, SpecError
@@ -42,8 +41,11 @@ def _cases():
     x3 = RNG.standard_normal((3, 5, 8)).astype(np.float32)
     yield "linear", _single("linear", (None, 5, 8), {"weight": _w(6, 8), "bias": _w(6)}), {"x": x3}
     yield "linear-nobias", _single("linear", (None, 8), {"weight": _w(4, 8)}), {"x": x3[0]}
-    yield "conv2d", _single("conv2d", (None, 3, 7, 6), {"weight": _w(4, 3, 3, 2), "bias": _w(4)},
-                            {"stride": (2, 1), "padding": 1}), {"x": x4}
+    yield (
+        "conv2d",
+        _single("conv2d", (None, 3, 7, 6), {"weight": _w(4, 3, 3, 2), "bias": _w(4)}, {"stride": (2, 1), "padding": 1}),
+        {"x": x4},
+    )
     yield "conv2d-1x1", _single("conv2d", (None, 3, 7, 6), {"weight": _w(5, 3, 1, 1)}), {"x": x4}
     bn = {"weight": _w(3) + 1, "bias": _w(3), "running_mean": _w(3), "running_var": np.abs(_w(3)) + 0.5}
     yield "batchnorm2d", _single("batchnorm2d", (None, 3, 7, 6), bn), {"x": x4}
@@ -56,20 +58,34 @@ def _cases():
     yield "patchify", _single("patchify", (None, 3, 6, 6), params={"patch": 3}), {"x": x4[:, :, :6, :6]}
     yield "add", _single("add", (None, 5, 8), extra_inputs={"z": InputSpec((None, 5, 8))}), {"x": x3, "z": x3 * 2}
     yield "position_add", _single("position_add", (None, 5, 8), {"weight": _w(9, 8)}), {"x": x3}
-    yield "layernorm", _single("layernorm", (None, 5, 8), {"weight": _w(8) + 1, "bias": _w(8)}, {"eps": 1e-5}), {"x": 4 * x3 + 1}
+    yield (
+        "layernorm",
+        _single("layernorm", (None, 5, 8), {"weight": _w(8) + 1, "bias": _w(8)}, {"eps": 1e-5}),
+        {"x": 4 * x3 + 1},
+    )
     yield "softmax", _single("softmax", (None, 5, 8)), {"x": 3 * x3}
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
-    yield "mean_pool-mask", _single("mean_pool", (None, None, 8), extra_inputs={"m": InputSpec((None, None), "int64")}), {"x": x3, "m": mask}
+    yield (
+        "mean_pool-mask",
+        _single("mean_pool", (None, None, 8), extra_inputs={"m": InputSpec((None, None), "int64")}),
+        {"x": x3, "m": mask},
+    )
     yield "mean_pool", _single("mean_pool", (None, 5, 8)), {"x": x3}
     yield "l2_normalize", _single("l2_normalize", (None, 8)), {"x": x3[:, 0]}
     attn = {f"{p}_{k}": (_w(8, 8) if k == "weight" else _w(8)) for p in "qkvo" for k in ("weight", "bias")}
     yield "mhsa", _single("mhsa", (None, None, 8), attn, {"heads": 2}), {"x": x3}
-    yield "mhsa-mask", _single("mhsa", (None, None, 8), attn, {"heads": 4},
-                               {"m": InputSpec((None, None), "int64")}), {"x": x3, "m": mask}
+    yield (
+        "mhsa-mask",
+        _single("mhsa", (None, None, 8), attn, {"heads": 4}, {"m": InputSpec((None, None), "int64")}),
+        {"x": x3, "m": mask},
+    )
     emb = {"word": _w(20, 8), "position": _w(10, 8), "token_type": _w(2, 8)}
     ids = RNG.integers(0, 20, (3, 5))
-    yield "embedding", _single("embedding", (None, None), emb, in_dtype="int64",
-                               extra_inputs={"t": InputSpec((None, None), "int64")}), {"x": ids, "t": ids % 2}
+    yield (
+        "embedding",
+        _single("embedding", (None, None), emb, in_dtype="int64", extra_inputs={"t": InputSpec((None, None), "int64")}),
+        {"x": ids, "t": ids % 2},
+    )
     yield "embedding-notype", _single("embedding", (None, None), emb, in_dtype="int64"), {"x": ids}
 
 
@@ -221,12 +237,14 @@ def test_bad_specs_at_compile_time():
         ModelSpec({"x": InputSpec((None, 4))}, [Layer("linear", "L", ["x"], "y")], ["y"])
     with pytest.raises(SpecError, match="not defined"):
         ModelSpec({"x": InputSpec((None, 4))}, [Layer("relu", "L", ["z"], "y")], ["y"])
-    spec = ModelSpec({"x": InputSpec((None, 3, 8, 8))},
-                     [Layer("conv2d", "c", ["x"], "y", {}, {"weight": _w(4, 2, 3, 3)})], ["y"])
+    spec = ModelSpec(
+        {"x": InputSpec((None, 3, 8, 8))}, [Layer("conv2d", "c", ["x"], "y", {}, {"weight": _w(4, 2, 3, 3)})], ["y"]
+    )
     with pytest.raises(SpecError, match="channels"):
         compile(spec)
-    spec = ModelSpec({"x": InputSpec((None, 5))},
-                     [Layer("layernorm", "n", ["x"], "y", {}, {"weight": _w(4), "bias": _w(4)})], ["y"])
+    spec = ModelSpec(
+        {"x": InputSpec((None, 5))}, [Layer("layernorm", "n", ["x"], "y", {}, {"weight": _w(4), "bias": _w(4)})], ["y"]
+    )
     with pytest.raises(SpecError, match="normalises 4"):
         compile(spec)
     with pytest.raises(TypeError, match="ModelSpec"):
@@ -241,5 +259,10 @@ def test_program_validation():
     with pytest.raises(ProgramError, match="unknown op kind"):
         Program({"x": InputSpec((None, 2))}, ["y"], [Op("conv", "y", {"x": "x"})], {}, {})
     with pytest.raises(ProgramError, match="table"):
-        Program({"x": InputSpec((None, 2))}, ["y"],
-                [Op("scale", "y", {"x": "x"}, {"epilogue": {"act": "pwl", "fn": "exp", "table": "t"}})], {}, {})
+        Program(
+            {"x": InputSpec((None, 2))},
+            ["y"],
+            [Op("scale", "y", {"x": "x"}, {"epilogue": {"act": "pwl", "fn": "exp", "table": "t"}})],
+            {},
+            {},
+        )

@@ -55,10 +55,17 @@ def _one(program: Program, shapes: dict, config: AcceleratorConfig = DEFAULT) ->
 # ---------------------------------------------------------------------------------------------
 def test_linear_macs_pwl_and_fusion_saving():
     b, t, fin, fout = 3, 5, 16, 24
-    ops = [Op("gemm", "y", {"a": "x", "b": "w"}, {"epilogue": {"act": "pwl", "fn": "gelu", "table": "t"}},
-              layer="ff1", what="linear + gelu")]
-    p = Program({"x": InputSpec((None, t, fin))}, ["y"], ops, {"w": np.zeros((fin, fout), np.float32)},
-                {"t": TABLE})
+    ops = [
+        Op(
+            "gemm",
+            "y",
+            {"a": "x", "b": "w"},
+            {"epilogue": {"act": "pwl", "fn": "gelu", "table": "t"}},
+            layer="ff1",
+            what="linear + gelu",
+        )
+    ]
+    p = Program({"x": InputSpec((None, t, fin))}, ["y"], ops, {"w": np.zeros((fin, fout), np.float32)}, {"t": TABLE})
     o = _one(p, {"x": (b, t, fin)})
     assert o["macs"] == b * t * fin * fout
     assert o["pwl_evals"] == b * t * fout
@@ -83,8 +90,9 @@ def test_conv_macs_hand_built():
         Op("gemm_batched", "g", {"a": "kern", "b": "cols"}, {}, layer="conv"),
         Op("reshape", "y", {"x": "g"}, {"shape": [0, cout, ho, ho]}, layer="conv"),
     ]
-    p = Program({"x": InputSpec((None, cin, h, h))}, ["y"], ops,
-                {"kern": np.zeros((cout, cin * k * k), np.float32)}, {})
+    p = Program(
+        {"x": InputSpec((None, cin, h, h))}, ["y"], ops, {"kern": np.zeros((cout, cin * k * k), np.float32)}, {}
+    )
     r = cost_report(p, DEFAULT, {"x": (n, cin, h, h)})
     assert r.total["macs"] == n * ho * ho * cout * cin * k * k
     im2col, gemm, reshape = r.ops
@@ -174,8 +182,9 @@ def test_resnet18_macs(resnet18_report):
 def test_bert_base_macs(bert_base_report):
     r = bert_base_report
     t, heads, d, ff, layers = 128, 12, 768, 3072, 12
-    lin_attn = sum(o["macs"] for o in r.ops if o["role"] in ("linear", "matmul")
-                   and not o["layer"].startswith("embeddings"))
+    lin_attn = sum(
+        o["macs"] for o in r.ops if o["role"] in ("linear", "matmul") and not o["layer"].startswith("embeddings")
+    )
     assert lin_attn == bert_base_linear_attention_macs()
     assert lin_attn == pytest.approx(11.2e9, rel=0.01)
     # LayerNorm / softmax / embedding-sum / max-tree MACs of the matrixized program add well under 1%.
@@ -265,7 +274,7 @@ def test_energy_closed_form():
     # every DRAM byte staged through a buffer.
     sram = W * (m * k * math.ceil(n / 32) + k * n * math.ceil(m / 32) + m * n) + dram
     cycles = max(math.ceil(m / 32) * math.ceil(n / 32) * (k + 62), dram / 16)
-    expected = (m * n * k * 4.6 + m * n * 14.6 + sram * 2.5 + dram * 250.0 + 0.5 * cycles / 1e9 * 1e12)
+    expected = m * n * k * 4.6 + m * n * 14.6 + sram * 2.5 + dram * 250.0 + 0.5 * cycles / 1e9 * 1e12
     assert o["energy_pj"] == pytest.approx(expected)
     r = cost_report(_gemm_program(m, k, n), cfg, {"x": (m, k)}, batch=4)
     t = r.total
@@ -277,13 +286,28 @@ def test_energy_closed_form():
 # ---------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field,value", [
-    ("rows", 0), ("cols", -4), ("rows", 2.5), ("dataflow", "diagonal"),
-    ("a_buffer_bytes", 32 * 32 * 4 - 1), ("b_buffer_bytes", 0), ("c_buffer_bytes", 100),
-    ("dram_bytes_per_cycle", -1.0), ("dram_bytes_per_cycle", 0), ("clock_hz", 0), ("clock_hz", -1e9),
-    ("bytes_per_element", 0), ("mac_pj", -1.0), ("pwl_pj", -0.1), ("sram_pj_per_byte", float("nan")),
-    ("dram_pj_per_byte", -250.0), ("static_power_w", -1.0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rows", 0),
+        ("cols", -4),
+        ("rows", 2.5),
+        ("dataflow", "diagonal"),
+        ("a_buffer_bytes", 32 * 32 * 4 - 1),
+        ("b_buffer_bytes", 0),
+        ("c_buffer_bytes", 100),
+        ("dram_bytes_per_cycle", -1.0),
+        ("dram_bytes_per_cycle", 0),
+        ("clock_hz", 0),
+        ("clock_hz", -1e9),
+        ("bytes_per_element", 0),
+        ("mac_pj", -1.0),
+        ("pwl_pj", -0.1),
+        ("sram_pj_per_byte", float("nan")),
+        ("dram_pj_per_byte", -250.0),
+        ("static_power_w", -1.0),
+    ],
+)
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         AcceleratorConfig(**{field: value})
@@ -325,7 +349,7 @@ def test_report_formats(cnn_program):
     table = r.table()
     lines = table.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("layer"))
-    body = lines[head:head + len(r.layers) + 4]
+    body = lines[head : head + len(r.layers) + 4]
     assert len({len(ln) for ln in body}) == 1  # aligned columns
     assert "TOTAL" in table and "GOPS/W" in table and "stem" in table
 

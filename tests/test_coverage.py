@@ -21,8 +21,17 @@ from .specs import cnn_spec, transformer_inputs, transformer_spec
 def _linear_gelu(k: int = 8, n: int = 5) -> ModelSpec:
     rng = np.random.default_rng(0)
     layers = [
-        Layer("linear", "fc", ["x"], "h", {}, {"weight": rng.standard_normal((n, k)).astype(np.float32),
-                                              "bias": rng.standard_normal(n).astype(np.float32)}),
+        Layer(
+            "linear",
+            "fc",
+            ["x"],
+            "h",
+            {},
+            {
+                "weight": rng.standard_normal((n, k)).astype(np.float32),
+                "bias": rng.standard_normal(n).astype(np.float32),
+            },
+        ),
         Layer("gelu", "act", ["h"], "y"),
     ]
     return ModelSpec({"x": InputSpec((None, k))}, layers, ["y"], name="fc_gelu")
@@ -43,9 +52,11 @@ def test_linear_gelu_work_and_source():
 def test_conv_work_counts_the_im2col_traffic():
     rng = np.random.default_rng(1)
     co, ci, kh, h = 2, 1, 3, 8
-    spec = ModelSpec({"x": InputSpec((None, ci, h, h))},
-                     [Layer("conv2d", "conv", ["x"], "y", {}, {"weight": rng.standard_normal((co, ci, kh, kh)).astype(np.float32)})],
-                     ["y"])
+    spec = ModelSpec(
+        {"x": InputSpec((None, ci, h, h))},
+        [Layer("conv2d", "conv", ["x"], "y", {}, {"weight": rng.standard_normal((co, ci, kh, kh)).astype(np.float32)})],
+        ["y"],
+    )
     n, ho = 2, h - kh + 1
     cov = nm.compile(spec).coverage({"x": (n, ci, h, h)})
     assert cov["work"]["gemm_macs"] == n * co * ho * ho * ci * kh * kh
@@ -76,17 +87,21 @@ def test_transformer_nonlinearities_are_pwl_lookups():
     assert src["nonlinear_share"] == 1.0 and src["linear_share"] == 1.0
     # softmax, LayerNorm, GELU, masked pooling, L2 normalisation: every one is a table lookup
     assert cov["work"]["pwl_evals"] > 0 and cov["pwl_epilogues"] > 0
-    assert src["nonlinear"]["total"] >= sum(lyr.op in ("mhsa", "layernorm", "gelu", "l2_normalize") for lyr in spec.layers)
+    assert src["nonlinear"]["total"] >= sum(
+        lyr.op in ("mhsa", "layernorm", "gelu", "l2_normalize") for lyr in spec.layers
+    )
 
 
 def test_a_layer_lowered_without_a_table_is_reported():
     """A Program whose source lists a gelu layer that no op evaluates: the measurement says so."""
     rng = np.random.default_rng(2)
     ops = [Op("gemm", "h", {"a": "x", "b": "w"}, layer="fc")]
-    meta = {"source_layers": [
-        {"name": "fc", "op": "linear", "linear": True, "nonlinear": False, "implemented_by": "fc"},
-        {"name": "act", "op": "gelu", "linear": False, "nonlinear": True, "implemented_by": "act"},
-    ]}
+    meta = {
+        "source_layers": [
+            {"name": "fc", "op": "linear", "linear": True, "nonlinear": False, "implemented_by": "fc"},
+            {"name": "act", "op": "gelu", "linear": False, "nonlinear": True, "implemented_by": "act"},
+        ]
+    }
     prog = Program({"x": InputSpec((None, 4))}, ["h"], ops, {"w": rng.standard_normal((4, 3))}, {}, meta=meta)
     src = prog.coverage()["source"]
     assert src["linear_share"] == 1.0 and src["nonlinear_share"] == 0.0 and src["not_covered"] == ["act"]

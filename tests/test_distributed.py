@@ -64,8 +64,9 @@ def reference(bundle, sentences):
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
     c = distributed.Client(cluster)
     yield c
     c.close()
@@ -118,10 +119,15 @@ def _wait_for(cond, timeout=240.0, what="condition"):
 def _done_shards(out):
     if not os.path.isdir(out):
         return {}
-    names = sorted(n[:-4] for n in os.listdir(out) if n.startswith("shard-") and n.endswith(".npy")
-                   and not n.endswith(".index.npy"))
-    return {n: (os.stat(os.path.join(out, n + ".npy")).st_ino, os.stat(os.path.join(out, n + ".npy")).st_mtime_ns)
-            for n in names}
+    names = sorted(
+        n[:-4]
+        for n in os.listdir(out)
+        if n.startswith("shard-") and n.endswith(".npy") and not n.endswith(".index.npy")
+    )
+    return {
+        n: (os.stat(os.path.join(out, n + ".npy")).st_ino, os.stat(os.path.join(out, n + ".npy")).st_mtime_ns)
+        for n in names
+    }
 
 
 def test_cli_killed_and_rerun_completes_without_recomputing(client, bundle, sentences, reference, tmp_path):
@@ -140,8 +146,24 @@ def test_cli_killed_and_rerun_completes_without_recomputing(client, bundle, sent
     except ImportError:
         n_rows = 1200
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "nmengine", "embed-corpus", *inputs, "-o", str(out), "--scheduler",
-           client.scheduler.address, "--model", bundle, "--shard-size", "100", "--batch-size", "32", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nmengine",
+        "embed-corpus",
+        *inputs,
+        "-o",
+        str(out),
+        "--scheduler",
+        client.scheduler.address,
+        "--model",
+        bundle,
+        "--shard-size",
+        "100",
+        "--batch-size",
+        "32",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -183,12 +205,27 @@ def test_map_program_array_and_dataframe(client, tmp_path):
         map_program(da.from_array(x, chunks=16), str(path), "y")
     pd = pytest.importorskip("pandas")
     dd = pytest.importorskip("dask.dataframe")
-    mlp = nm.compile(nm.ModelSpec({"v": nm.InputSpec((None, 6))},
-                                  [nm.Layer("linear", "fc", ["v"], "h", {},
-                                            {"weight": np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32),
-                                             "bias": np.zeros(4, np.float32)}),
-                                   nm.Layer("gelu", "act", ["h"], "y")], ["y"]),
-                     calibration={"v": np.random.default_rng(2).standard_normal((64, 6)).astype(np.float32)})
+    mlp = nm.compile(
+        nm.ModelSpec(
+            {"v": nm.InputSpec((None, 6))},
+            [
+                nm.Layer(
+                    "linear",
+                    "fc",
+                    ["v"],
+                    "h",
+                    {},
+                    {
+                        "weight": np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32),
+                        "bias": np.zeros(4, np.float32),
+                    },
+                ),
+                nm.Layer("gelu", "act", ["h"], "y"),
+            ],
+            ["y"],
+        ),
+        calibration={"v": np.random.default_rng(2).standard_normal((64, 6)).astype(np.float32)},
+    )
     mpath = nm.save(mlp, tmp_path / "mlp.nmb")
     table = np.random.default_rng(3).standard_normal((50, 6)).astype(np.float32)
     pdf = pd.DataFrame(table, columns=[f"c{i}" for i in range(6)], index=np.arange(100, 150))
@@ -202,8 +239,11 @@ def test_worker_killed_mid_job_every_row_once(client, bundle, sentences, referen
     fut = client.compute(embed_bag(db.from_sequence(sentences[:n], partition_size=100), bundle, batch_size=32))
 
     def finished_parts():
-        return client.run_on_scheduler(lambda dask_scheduler: sum(
-            ts.state == "memory" for ts in dask_scheduler.tasks.values() if "embed_partition" in str(ts.key)))
+        return client.run_on_scheduler(
+            lambda dask_scheduler: sum(
+                ts.state == "memory" for ts in dask_scheduler.tasks.values() if "embed_partition" in str(ts.key)
+            )
+        )
 
     _wait_for(lambda: finished_parts() >= 1, what="a finished partition")
     busy = [w for w, keys in client.processing().items() if keys]
@@ -219,8 +259,13 @@ def test_ray_map_batches_equals_encode(bundle, sentences, reference):
     ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'nmengine[ray]'")
     from nmengine.distributed import RayEmbedder
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": ROOT}},
+    )
     try:
         ds = ray.data.from_items([{"id": i, "text": s} for i, s in enumerate(sentences)])
         ds = ds.map_batches(RayEmbedder, concurrency=2, batch_size=200, fn_constructor_kwargs={"model": bundle})

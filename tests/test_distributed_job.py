@@ -30,16 +30,19 @@ def _rows_of(sources, shards):
     return out
 
 
-@pytest.mark.parametrize("text", [
-    "a\nb\nc\n",                      # trailing newline
-    "a\nb\nc",                        # none
-    "a\r\nb\r\n\r\nlast",             # CRLF and an empty line
-    "\ufeffbom first\nsecond\n",      # UTF-8 byte order mark
-    "",                               # empty file
-    "\n\n\n",                         # only empty lines
-    "x\n" * 12,                       # ends exactly at a shard boundary
-    "é ünïcode\n日本語\n" * 7,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\nb\nc\n",  # trailing newline
+        "a\nb\nc",  # none
+        "a\r\nb\r\n\r\nlast",  # CRLF and an empty line
+        "\ufeffbom first\nsecond\n",  # UTF-8 byte order mark
+        "",  # empty file
+        "\n\n\n",  # only empty lines
+        "x\n" * 12,  # ends exactly at a shard boundary
+        "é ünïcode\n日本語\n" * 7,
+    ],
+)
 @pytest.mark.parametrize("shard_size", [1, 3, 4, 100])
 def test_text_shards_cover_every_line_once(tmp_path, text, shard_size):
     path = tmp_path / "in.txt"

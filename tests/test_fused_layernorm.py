@@ -21,9 +21,11 @@ from .specs import transformer_inputs, transformer_spec
 def _same(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype
-    assert a.tobytes() == b.tobytes() or (np.array_equal(a, b, equal_nan=True) and np.array_equal(
-        np.isnan(a), np.isnan(b)) and np.array_equal(np.signbit(a), np.signbit(b))), \
-        np.nanmax(np.abs(a.astype(np.float64) - b))
+    assert a.tobytes() == b.tobytes() or (
+        np.array_equal(a, b, equal_nan=True)
+        and np.array_equal(np.isnan(a), np.isnan(b))
+        and np.array_equal(np.signbit(a), np.signbit(b))
+    ), np.nanmax(np.abs(a.astype(np.float64) - b))
 
 
 def _generic(prog, inputs):
@@ -45,8 +47,11 @@ def _ln_program(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
 
 def _ln_chain(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
     rng = np.random.default_rng(n)
-    consts = {"w_mean": np.full((n, 1), 1.0 / n, np.float32) if w is None else w,
-              "w_var": np.full((n, 1), 1.0 / n, np.float32), "eps": np.array([eps], np.float32)}
+    consts = {
+        "w_mean": np.full((n, 1), 1.0 / n, np.float32) if w is None else w,
+        "w_var": np.full((n, 1), 1.0 / n, np.float32),
+        "eps": np.array([eps], np.float32),
+    }
     args = {"x": "c", "row_scale": "r"}
     if gamma:
         consts["gamma"] = (1 + 0.3 * rng.standard_normal(n)).astype(np.float32)
@@ -54,12 +59,18 @@ def _ln_chain(n, *, gamma=True, beta=True, outputs=("y",), eps=1e-5, w=None):
     if beta:
         consts["beta"] = (0.2 * rng.standard_normal(n)).astype(np.float32)
         args["bias"] = "beta"
-    ops = [Op("gemm", "mean", {"a": "x", "b": "w_mean"}, {}),
-           Op("scale", "c", {"x": "x", "res": "mean"}, {"res_beta": -1.0}),
-           Op("scale", "sq", {"x": "c", "mul": "c"}, {}),
-           Op("gemm", "r", {"a": "sq", "b": "w_var", "bias": "eps"},
-              {"epilogue": {"act": "pwl", "fn": "rsqrt", "table": "rsqrt"}}),
-           Op("scale", "y", args, {})]
+    ops = [
+        Op("gemm", "mean", {"a": "x", "b": "w_mean"}, {}),
+        Op("scale", "c", {"x": "x", "res": "mean"}, {"res_beta": -1.0}),
+        Op("scale", "sq", {"x": "c", "mul": "c"}, {}),
+        Op(
+            "gemm",
+            "r",
+            {"a": "sq", "b": "w_var", "bias": "eps"},
+            {"epilogue": {"act": "pwl", "fn": "rsqrt", "table": "rsqrt"}},
+        ),
+        Op("scale", "y", args, {}),
+    ]
     return Program({"x": InputSpec((None, n))}, list(outputs), ops, consts, {"rsqrt": _rsqrt_table()})
 
 
@@ -69,7 +80,7 @@ def _fused(prog):
 
 def _data(rows, n, seed=0):
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((rows, n)) * rng.uniform(0.1, 20, (rows, 1)) + rng.normal(0, 5, (rows, 1)))
+    x = rng.standard_normal((rows, n)) * rng.uniform(0.1, 20, (rows, 1)) + rng.normal(0, 5, (rows, 1))
     return x.astype(np.float32)
 
 
@@ -114,7 +125,7 @@ def test_layernorm_fused_nan_inf_and_large(kernel):
     x[5] *= 1e18
     for prog in (_ln_program(384, outputs=("y", "mean", "r")), _ln_program(384)):
         fast, ref = prog.run(x), _generic(prog, x)
-        for k in (ref if isinstance(ref, dict) else [None]):
+        for k in ref if isinstance(ref, dict) else [None]:
             _same(fast if k is None else fast[k], ref if k is None else ref[k])
 
 
@@ -194,9 +205,13 @@ def test_pack_unpack_unpadded_are_views_with_the_same_values():
         prog.run({"x": x[:5], "mask": np.ones((3, 4), np.int64)})
     # padding reuses the arena buffer: rows known to be zero are skipped, stale rows are zeroed
     prog.run({"x": x, "mask": np.ones((3, 4), np.int64)})
-    masks = [np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]]), np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]]),
-             np.array([[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 1]]), np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]]),
-             np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]])]
+    masks = [
+        np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]]),
+        np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]]),
+        np.array([[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 1]]),
+        np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]]),
+        np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0]]),
+    ]
     for s_, mask in enumerate(masks):
         k = int(mask.sum())
         xs = rng.standard_normal((k, 5)).astype(np.float32) + s_
@@ -207,8 +222,9 @@ def test_pack_unpack_unpadded_are_views_with_the_same_values():
     ids = np.arange(7, dtype=np.int64).reshape(7, 1)
     mask = masks[0]
     ops = [Op("unpack", "u", {"x": "x", "mask": "mask"}, {}), Op("pack", "p", {"x": "u", "mask": "mask"}, {})]
-    prog = Program({"x": InputSpec((None, 1), "int64"), "mask": InputSpec((None, None), "int64")}, ["u", "p"],
-                   ops, {}, {})
+    prog = Program(
+        {"x": InputSpec((None, 1), "int64"), "mask": InputSpec((None, None), "int64")}, ["u", "p"], ops, {}, {}
+    )
     out = prog.run({"x": ids, "mask": mask})
     np.testing.assert_array_equal(out["u"], _unpack_reference(ids, mask))
     np.testing.assert_array_equal(out["p"], ids)

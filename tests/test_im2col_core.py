@@ -10,8 +10,9 @@ import pytest
 from nmengine import _core as core
 
 
-def _reference(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, edge: bool,
-               layout: int) -> np.ndarray:
+def _reference(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, edge: bool, layout: int
+) -> np.ndarray:
     n, c, h, w = x.shape
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     x64 = x.astype(np.float64)
@@ -35,7 +36,7 @@ CASES = [  # n, c, h, w, kh, kw, sh, sw, ph, pw
     (2, 3, 7, 9, 3, 3, 2, 2, 1, 1),
     (1, 4, 8, 6, 1, 1, 2, 2, 0, 0),
     (3, 2, 11, 10, 5, 3, 1, 3, 2, 1),
-    (2, 5, 6, 6, 7, 7, 2, 2, 3, 3),   # kernel wider than the unpadded image
+    (2, 5, 6, 6, 7, 7, 2, 2, 3, 3),  # kernel wider than the unpadded image
     (1, 3, 4, 13, 2, 4, 3, 1, 0, 3),
     (2, 16, 40, 40, 3, 3, 1, 1, 1, 1),  # big enough to run on several threads
     (1, 8, 56, 56, 3, 3, 2, 2, 1, 1),
@@ -87,8 +88,10 @@ def _depthwise_reference(x, w, kh, kw, sh, sw, ph, pw, bias, relu):
     y = np.zeros((n, c, ho, wo))
     for i in range(kh):
         for j in range(kw):
-            y += w[None, :, i * kw + j, None, None].astype(np.float64) * xp[:, :, i:i + sh * (ho - 1) + 1:sh,
-                                                                             j:j + sw * (wo - 1) + 1:sw]
+            y += (
+                w[None, :, i * kw + j, None, None].astype(np.float64)
+                * xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            )
     if bias is not None:
         y += bias.astype(np.float64)[None, :, None, None]
     return np.maximum(y, 0) if relu else y
@@ -118,8 +121,24 @@ def test_depthwise_matches_reference():
         outs = []
         for nt in (1, 2):
             out = np.full((n, c, 1, ho * wo), np.nan, np.float32)
-            core.depthwise(x, wt, out, kh, kw, sh, sw, ph, pw, None, None, res,
-                           core.ACT_RELU if relu else core.ACT_NONE, None, nt, 0)
+            core.depthwise(
+                x,
+                wt,
+                out,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                None,
+                None,
+                res,
+                core.ACT_RELU if relu else core.ACT_NONE,
+                None,
+                nt,
+                0,
+            )
             outs.append(out)
             scale = np.abs(ref).max() + 1e-30
             assert np.abs(out.reshape(ref.shape) - ref).max() / scale <= 1e-5
@@ -129,5 +148,21 @@ def test_depthwise_matches_reference():
 def test_depthwise_rejects_bad_sizes():
     x = np.zeros((1, 2, 5, 5), np.float32)
     with pytest.raises(ValueError, match="wrong size"):
-        core.depthwise(x, np.zeros((2, 9), np.float32), np.zeros(7, np.float32), 3, 3, 1, 1, 1, 1, None, None,
-                       None, core.ACT_NONE, None, 1, 0)
+        core.depthwise(
+            x,
+            np.zeros((2, 9), np.float32),
+            np.zeros(7, np.float32),
+            3,
+            3,
+            1,
+            1,
+            1,
+            1,
+            None,
+            None,
+            None,
+            core.ACT_NONE,
+            None,
+            1,
+            0,
+        )

@@ -30,8 +30,9 @@ def _loss(lt: LearnableTable, x: np.ndarray, w: np.ndarray) -> float:
     return float(np.sum(w * (s[seg] * x + c[seg])))
 
 
-@pytest.mark.parametrize("fn,kw", [("silu", {"lo": -6.0, "hi": 6.0}), ("exp", {"lo": -10.0, "hi": 0.0}),
-                                   ("rsqrt", {"lo": 0.05, "hi": 20.0})])
+@pytest.mark.parametrize(
+    "fn,kw", [("silu", {"lo": -6.0, "hi": 6.0}), ("exp", {"lo": -10.0, "hi": 0.0}), ("rsqrt", {"lo": 0.05, "hi": 20.0})]
+)
 def test_gradients_match_finite_differences(fn, kw):
     lt = _perturbed(LearnableTable(nm.approx.fit(fn, segments=5, **kw)))
     rng = np.random.default_rng(1)
@@ -97,8 +98,7 @@ def test_initial_learnable_table_is_close_to_the_compiled_one():
 def test_exact_and_single_segment_tables_are_frozen():
     relu = nm.approx.fit("relu")
     one = nm.approx.fit(np.sin, segments=1, lo=0.0, hi=1.0)
-    got = learnable_tables({"a": {"relu": relu}, "b": {"sin": one},
-                            "c": {"gelu": nm.approx.fit("gelu", segments=4)}})
+    got = learnable_tables({"a": {"relu": relu}, "b": {"sin": one}, "c": {"gelu": nm.approx.fit("gelu", segments=4)}})
     assert got["a"]["relu"] is relu and got["b"]["sin"] is one
     assert isinstance(got["c"]["gelu"], LearnableTable)
 
@@ -140,8 +140,7 @@ def test_program_with_learned_tables_computes_what_the_trainer_computed(tmp_path
     lts = [t for roles in learn.values() for t in roles.values() if isinstance(t, LearnableTable)]
     before = [t.table() for t in lts]
     with nt.approximate(net, learn):
-        nt.train(net, (data.x_train[:256], data.y_train[:256]), epochs=1, batch_size=64, optimizer=opt,
-                 progress=False)
+        nt.train(net, (data.x_train[:256], data.y_train[:256]), epochs=1, batch_size=64, optimizer=opt, progress=False)
     assert any(not np.array_equal(b.intercepts, t.table().intercepts) for b, t in zip(before, lts))  # they learned
     fixed = nt.fixed_tables(learn)
     plain = nm.compile(net.to_spec(), calibration=x, segments=4, bias_correction=False)
@@ -157,8 +156,28 @@ def test_cli_train_learn_tables(tmp_path, capsys):
     from nmengine.cli import main
 
     out = tmp_path / "m.nmb"
-    assert main(["train", "--model", "cnn", "--epochs", "1", "--aat-epochs", "1", "--act", "silu",
-                 "--segments", "4", "--learn-tables", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "1",
+                "--aat-epochs",
+                "1",
+                "--act",
+                "silu",
+                "--segments",
+                "4",
+                "--learn-tables",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "matrixized, after AAT" in capsys.readouterr().out
     prog = nm.load(out)
     assert prog.meta["learned_tables"] and all(prog.tables[k].meta.get("learned") for k in prog.meta["learned_tables"])

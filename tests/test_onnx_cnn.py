@@ -25,19 +25,22 @@ def _conv_model(attrs, w_shape, x_shape, bias=True, out_dims=None):
     return model([node], [vi("x", F, ["N"] + list(x_shape[1:]))], [vi("y", F, None)], inits)
 
 
-@pytest.mark.parametrize("attrs,w_shape", [
-    ({"pads": [1, 1, 1, 1]}, (6, 4, 3, 3)),
-    ({"strides": [2, 2]}, (6, 4, 3, 3)),
-    ({"pads": [0, 1, 2, 1], "strides": [2, 1]}, (6, 4, 3, 3)),          # asymmetric pads
-    ({"dilations": [2, 2], "pads": [2, 2, 2, 2]}, (6, 4, 3, 3)),        # dilation
-    ({"group": 2, "pads": [1, 1, 1, 1]}, (6, 2, 3, 3)),                 # grouped
-    ({"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}, (4, 1, 3, 3)),  # depthwise
-    ({"group": 4}, (8, 1, 3, 3)),                                       # depthwise, multiplier 2
-    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (6, 4, 4, 4)),
-    ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (6, 4, 4, 4)),
-    ({"auto_pad": "VALID"}, (6, 4, 1, 1)),
-    ({"kernel_shape": [1, 3], "pads": [0, 1, 0, 1]}, (5, 4, 1, 3)),
-])
+@pytest.mark.parametrize(
+    "attrs,w_shape",
+    [
+        ({"pads": [1, 1, 1, 1]}, (6, 4, 3, 3)),
+        ({"strides": [2, 2]}, (6, 4, 3, 3)),
+        ({"pads": [0, 1, 2, 1], "strides": [2, 1]}, (6, 4, 3, 3)),  # asymmetric pads
+        ({"dilations": [2, 2], "pads": [2, 2, 2, 2]}, (6, 4, 3, 3)),  # dilation
+        ({"group": 2, "pads": [1, 1, 1, 1]}, (6, 2, 3, 3)),  # grouped
+        ({"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}, (4, 1, 3, 3)),  # depthwise
+        ({"group": 4}, (8, 1, 3, 3)),  # depthwise, multiplier 2
+        ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (6, 4, 4, 4)),
+        ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (6, 4, 4, 4)),
+        ({"auto_pad": "VALID"}, (6, 4, 1, 1)),
+        ({"kernel_shape": [1, 3], "pads": [0, 1, 0, 1]}, (5, 4, 1, 3)),
+    ],
+)
 def test_conv_variants(attrs, w_shape):
     x = _x(2, 4, 9, 9)
     check(_conv_model(attrs, w_shape, x.shape), {"x": x})
@@ -49,17 +52,27 @@ def test_conv_without_bias_and_batch_one():
 
 
 def _bn_inits(c, prefix="bn"):
-    return [init(f"{prefix}_s", RNG.uniform(0.5, 1.5, c).astype(np.float32)), init(f"{prefix}_b", _x(c)),
-            init(f"{prefix}_m", _x(c) * 0.1), init(f"{prefix}_v", RNG.uniform(0.5, 2, c).astype(np.float32))]
+    return [
+        init(f"{prefix}_s", RNG.uniform(0.5, 1.5, c).astype(np.float32)),
+        init(f"{prefix}_b", _x(c)),
+        init(f"{prefix}_m", _x(c) * 0.1),
+        init(f"{prefix}_v", RNG.uniform(0.5, 2, c).astype(np.float32)),
+    ]
 
 
 def test_batchnorm_folded_into_conv_and_standalone():
-    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"], epsilon=1e-3),
-             helper.make_node("Relu", ["b"], ["r"]),
-             helper.make_node("BatchNormalization", ["r", "bn2_s", "bn2_b", "bn2_m", "bn2_v"], ["y"])]
-    d = model(nodes, [vi("x", F, ["N", 3, 6, 6])], [vi("y", F, None)],
-              [init("W", _x(5, 3, 3, 3))] + _bn_inits(5) + _bn_inits(5, "bn2"))
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"], epsilon=1e-3),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("BatchNormalization", ["r", "bn2_s", "bn2_b", "bn2_m", "bn2_v"], ["y"]),
+    ]
+    d = model(
+        nodes,
+        [vi("x", F, ["N", 3, 6, 6])],
+        [vi("y", F, None)],
+        [init("W", _x(5, 3, 3, 3))] + _bn_inits(5) + _bn_inits(5, "bn2"),
+    )
     prog = check(d, {"x": _x(2, 3, 6, 6)})
     assert sum(op.kind == "gemm_batched" for op in prog.ops) == 1
     assert "bn_s" not in str(prog.summary())  # the first BatchNorm went into the conv weights
@@ -69,22 +82,45 @@ def _act_model(nodes, inits=(), shape=("N", 4, 5, 5)):
     return model(nodes, [vi("x", F, list(shape))], [vi("y", F, None)], list(inits))
 
 
-@pytest.mark.parametrize("nodes,inits", [
-    ([helper.make_node("Relu", ["x"], ["y"])], []),
-    ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [init("lo", np.float32(0)), init("hi", np.float32(6))]),
-    ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [init("lo", np.float32(-0.5)), init("hi", np.float32(0.7))]),
-    ([helper.make_node("Clip", ["x", "lo"], ["y"])], [init("lo", np.float32(0.25))]),
-    ([helper.make_node("Clip", ["x", "", "hi"], ["y"])], [init("hi", np.float32(0.25))]),
-    ([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], []),
-    ([helper.make_node("PRelu", ["x", "s"], ["y"])], [init("s", RNG.uniform(0, 0.5, (4, 1, 1)).astype(np.float32))]),
-    ([helper.make_node("PRelu", ["x", "s"], ["y"])], [init("s", np.array([0.2], np.float32))]),
-    ([helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)], []),
-    ([helper.make_node("HardSwish", ["x"], ["y"])], []),
-    ([helper.make_node("Sigmoid", ["x"], ["y"])], []),
-    ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])], []),  # SiLU
-    ([helper.make_node("Tanh", ["x"], ["y"])], []),
-], ids=["relu", "relu6", "clip", "clip-min", "clip-max", "leaky", "prelu-ch", "prelu-1", "hardsigmoid",
-        "hardswish", "sigmoid", "silu", "tanh"])
+@pytest.mark.parametrize(
+    "nodes,inits",
+    [
+        ([helper.make_node("Relu", ["x"], ["y"])], []),
+        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [init("lo", np.float32(0)), init("hi", np.float32(6))]),
+        (
+            [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+            [init("lo", np.float32(-0.5)), init("hi", np.float32(0.7))],
+        ),
+        ([helper.make_node("Clip", ["x", "lo"], ["y"])], [init("lo", np.float32(0.25))]),
+        ([helper.make_node("Clip", ["x", "", "hi"], ["y"])], [init("hi", np.float32(0.25))]),
+        ([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], []),
+        (
+            [helper.make_node("PRelu", ["x", "s"], ["y"])],
+            [init("s", RNG.uniform(0, 0.5, (4, 1, 1)).astype(np.float32))],
+        ),
+        ([helper.make_node("PRelu", ["x", "s"], ["y"])], [init("s", np.array([0.2], np.float32))]),
+        ([helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)], []),
+        ([helper.make_node("HardSwish", ["x"], ["y"])], []),
+        ([helper.make_node("Sigmoid", ["x"], ["y"])], []),
+        ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])], []),  # SiLU
+        ([helper.make_node("Tanh", ["x"], ["y"])], []),
+    ],
+    ids=[
+        "relu",
+        "relu6",
+        "clip",
+        "clip-min",
+        "clip-max",
+        "leaky",
+        "prelu-ch",
+        "prelu-1",
+        "hardsigmoid",
+        "hardswish",
+        "sigmoid",
+        "silu",
+        "tanh",
+    ],
+)
 def test_activations(nodes, inits):
     x = _x(2, 4, 5, 5) * 3
     check(_act_model(nodes, inits), {"x": x})
@@ -92,8 +128,11 @@ def test_activations(nodes, inits):
 
 def test_exact_pwl_activations_are_exact_in_matrixized_mode():
     """Clip, LeakyRelu, HardSwish are relu compositions: matrixized == exact up to float rounding."""
-    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["a"]), helper.make_node("LeakyRelu", ["a"], ["b"]),
-             helper.make_node("HardSwish", ["b"], ["y"])]
+    nodes = [
+        helper.make_node("Clip", ["x", "lo", "hi"], ["a"]),
+        helper.make_node("LeakyRelu", ["a"], ["b"]),
+        helper.make_node("HardSwish", ["b"], ["y"]),
+    ]
     d = _act_model(nodes, [init("lo", np.float32(-1)), init("hi", np.float32(6))])
     import nmengine as nm
 
@@ -103,31 +142,39 @@ def test_exact_pwl_activations_are_exact_in_matrixized_mode():
     np.testing.assert_allclose(prog.run({"x": x}), prog.run({"x": x}, mode="exact"), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("op,attrs", [
-    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
-    ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
-    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
-    ("MaxPool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 1, 2, 1]}),
-    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
-    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
-    ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
-    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
-                     "count_include_pad": 1}),
-    ("GlobalAveragePool", {}),
-    ("GlobalMaxPool", {}),
-])
+@pytest.mark.parametrize(
+    "op,attrs",
+    [
+        ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+        ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+        ("MaxPool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 1, 2, 1]}),
+        ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+        ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+        (
+            "AveragePool",
+            {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1, "count_include_pad": 1},
+        ),
+        ("GlobalAveragePool", {}),
+        ("GlobalMaxPool", {}),
+    ],
+)
 def test_pooling(op, attrs):
     x = _x(2, 3, 7, 7)
     d = model([helper.make_node(op, ["x"], ["y"], **attrs)], [vi("x", F, ["N", 3, 7, 7])], [vi("y", F, None)])
     check(d, {"x": x})
 
 
-@pytest.mark.parametrize("attrs,a_shape,b_shape,c_shape", [
-    ({}, (3, 6), (6, 4), (4,)),
-    ({"transB": 1, "alpha": 0.5, "beta": 2.0}, (3, 6), (4, 6), (1, 4)),
-    ({"transA": 1}, (6, 3), (6, 4), None),
-    ({"beta": 0.5}, (3, 6), (6, 4), (3, 4)),
-])
+@pytest.mark.parametrize(
+    "attrs,a_shape,b_shape,c_shape",
+    [
+        ({}, (3, 6), (6, 4), (4,)),
+        ({"transB": 1, "alpha": 0.5, "beta": 2.0}, (3, 6), (4, 6), (1, 4)),
+        ({"transA": 1}, (6, 3), (6, 4), None),
+        ({"beta": 0.5}, (3, 6), (6, 4), (3, 4)),
+    ],
+)
 def test_gemm(attrs, a_shape, b_shape, c_shape):
     inits = [init("B", _x(*b_shape))]
     ins = ["a", "B"]

@@ -17,13 +17,20 @@ RNG = np.random.default_rng(3)
 
 
 def test_unsupported_ops_are_all_listed_with_node_names_and_opset():
-    nodes = [helper.make_node("Relu", ["x"], ["a"]),
-             helper.make_node("Resize", ["a", "", "sc"], ["b"], name="up1"),
-             helper.make_node("Resize", ["b", "", "sc"], ["c"], name="up2"),
-             helper.make_node("LpNormalization", ["c"], ["d"], name="lp"),
-             helper.make_node("Relu", ["d"], ["y"])]
-    d = model(nodes, [vi("x", F, [1, 2, 4, 4])], [vi("y", F, [1, 2, 16, 16])],
-              [init("sc", np.array([1, 1, 2, 2], np.float32))], opset=17)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Resize", ["a", "", "sc"], ["b"], name="up1"),
+        helper.make_node("Resize", ["b", "", "sc"], ["c"], name="up2"),
+        helper.make_node("LpNormalization", ["c"], ["d"], name="lp"),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    d = model(
+        nodes,
+        [vi("x", F, [1, 2, 4, 4])],
+        [vi("y", F, [1, 2, 16, 16])],
+        [init("sc", np.array([1, 1, 2, 2], np.float32))],
+        opset=17,
+    )
     with pytest.raises(nm.onnx.UnsupportedModelError) as ei:
         nm.onnx.to_spec(d)
     msg = str(ei.value)
@@ -33,16 +40,24 @@ def test_unsupported_ops_are_all_listed_with_node_names_and_opset():
 
 
 def test_custom_domain_is_unsupported():
-    g = helper.make_graph([helper.make_node("FusedGemm", ["x"], ["y"], domain="com.microsoft", name="fg")], "g",
-                          [vi("x", F, [2, 2])], [vi("y", F, [2, 2])])
+    g = helper.make_graph(
+        [helper.make_node("FusedGemm", ["x"], ["y"], domain="com.microsoft", name="fg")],
+        "g",
+        [vi("x", F, [2, 2])],
+        [vi("y", F, [2, 2])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     with pytest.raises(nm.onnx.UnsupportedModelError, match="com.microsoft.FusedGemm"):
         nm.onnx.to_spec(m.SerializeToString())
 
 
 def test_form_errors_name_the_node():
-    d = model([helper.make_node("Pow", ["x", "p"], ["y"], name="weird_pow")], [vi("x", F, [2, 3])], [vi("y", F, [2, 3])],
-              [init("p", np.float32(1.7))])
+    d = model(
+        [helper.make_node("Pow", ["x", "p"], ["y"], name="weird_pow")],
+        [vi("x", F, [2, 3])],
+        [vi("y", F, [2, 3])],
+        [init("p", np.float32(1.7))],
+    )
     with pytest.raises(nm.onnx.UnsupportedModelError, match="weird_pow.*exponent 1.7"):
         nm.onnx.to_spec(d)
 
@@ -113,8 +128,9 @@ def test_external_data_loads_and_missing_data_is_clear(tmp_path):
     data = resnet_style()
     m = onnx.load_from_string(data)
     path = tmp_path / "m.onnx"
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
-                    size_threshold=0)
+    onnx.save_model(
+        m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0
+    )
     assert (tmp_path / "m.data").stat().st_size > 1000
     x = RNG.standard_normal((2, 3, 16, 16)).astype(np.float32)
     prog = nm.onnx.load(path, exact=True)
@@ -131,10 +147,12 @@ def test_external_data_loads_and_missing_data_is_clear(tmp_path):
 
 
 def test_core_imports_without_onnx_and_nm_onnx_names_the_extra():
-    code = ("import sys; sys.modules['onnx'] = None\n"
-            "import nmengine as nm\n"
-            "assert callable(nm.compile)\n"
-            "try:\n    nm.onnx\nexcept ImportError as e:\n    print('IMPORTERROR', e)\n")
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import nmengine as nm\n"
+        "assert callable(nm.compile)\n"
+        "try:\n    nm.onnx\nexcept ImportError as e:\n    print('IMPORTERROR', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert "IMPORTERROR" in r.stdout and "nmengine[onnx]" in r.stdout
@@ -165,10 +183,35 @@ def test_bundle_roundtrip_and_cli(tmp_path):
     src.write_bytes(_with_sigmoid(resnet_style()))
     x = RNG.standard_normal((2, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
-    assert main(["import", str(src), "-o", str(tmp_path / "m.nmb"), "--calibration", str(tmp_path / "x.npz"),
-                 "--segments", "16"]) == 0
-    assert main(["run", str(tmp_path / "m.nmb"), "--input", str(tmp_path / "x.npz"), "--output",
-                 str(tmp_path / "y.npz"), "--exact"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                str(src),
+                "-o",
+                str(tmp_path / "m.nmb"),
+                "--calibration",
+                str(tmp_path / "x.npz"),
+                "--segments",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "m.nmb"),
+                "--input",
+                str(tmp_path / "x.npz"),
+                "--output",
+                str(tmp_path / "y.npz"),
+                "--exact",
+            ]
+        )
+        == 0
+    )
     y = np.load(tmp_path / "y.npz")["prob"]
     ref = ort_run(src.read_bytes(), {"x": x})[0]
     assert rel_err(y, ref) <= 1e-4

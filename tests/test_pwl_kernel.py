@@ -41,7 +41,9 @@ def make_tables() -> dict[str, PWLTable]:
     t["segments_2000"] = PWLTable(np.sort(rng.uniform(-100, 100, 2001)), *_lines(rng, 2000))
     # clustered breakpoints: no grid gets steps <= 1, exercising the gather walk
     cl = np.concatenate([np.linspace(0, 1e-3, 40), np.linspace(1, 2, 10), np.linspace(100, 101, 30)])
-    t["clustered_steps"] = PWLTable(np.unique(cl.astype(np.float32)), *_lines(rng, np.unique(cl.astype(np.float32)).size - 1))
+    t["clustered_steps"] = PWLTable(
+        np.unique(cl.astype(np.float32)), *_lines(rng, np.unique(cl.astype(np.float32)).size - 1)
+    )
     return t
 
 
@@ -61,8 +63,28 @@ def probe_inputs(table: PWLTable, rng) -> np.ndarray:
     lo, hi = float(b[0]), float(b[-1])
     w = hi - lo
     pts.append(rng.uniform(lo - 0.2 * w, hi + 0.2 * w, 3000).astype(np.float32))
-    pts.append(np.array([np.inf, -np.inf, np.nan, -np.nan, 0.0, -0.0, 1e-45, -1e-45, 1e-38,
-                         3.4e38, -3.4e38, 1e30, -1e30, lo - 1e6, hi + 1e6], np.float32))
+    pts.append(
+        np.array(
+            [
+                np.inf,
+                -np.inf,
+                np.nan,
+                -np.nan,
+                0.0,
+                -0.0,
+                1e-45,
+                -1e-45,
+                1e-38,
+                3.4e38,
+                -3.4e38,
+                1e30,
+                -1e30,
+                lo - 1e6,
+                hi + 1e6,
+            ],
+            np.float32,
+        )
+    )
     x = np.concatenate([np.asarray(p, np.float32).ravel() for p in pts])
     return rng.permutation(x)
 
@@ -93,7 +115,7 @@ def test_fused_epilogue_bit_exact(kernel, name):
     # K == 1: column of values times a row of ones; every column j sees x[:, j]
     ones = np.ones((1, 1), np.float32)
     for j in (0, 33, 69):
-        col = x[:, j:j + 1]
+        col = x[:, j : j + 1]
         c1 = nm.gemm(col, np.ones((1, N), np.float32), epilogue=table)
         expect = table(np.float32(0) + col * ones)  # fma(x, 1, 0) == 0 + x * 1
         assert np.array_equal(c1, np.broadcast_to(expect, (M, N)), equal_nan=True)

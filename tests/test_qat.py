@@ -18,7 +18,7 @@ def test_fake_quant_is_int8_on_a_per_row_group_grid():
     y = fake_quant(a, 32)
     for r in range(5):
         for g0 in range(0, 70, 32):
-            blk, out = a[r, g0:g0 + 32], y[r, g0:g0 + 32]
+            blk, out = a[r, g0 : g0 + 32], y[r, g0 : g0 + 32]
             m = np.abs(blk).max()
             if m == 0:
                 assert np.all(out == 0)

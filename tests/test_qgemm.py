@@ -48,8 +48,9 @@ def _layout(arr: np.ndarray, how: str) -> np.ndarray:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 5, 3), (7, 13, 33), (6, 64, 32), (50, 130, 70),
-                                   (13, 3, 97), (64, 384, 100), (3, 1537, 17)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (1, 5, 3), (7, 13, 33), (6, 64, 32), (50, 130, 70), (13, 3, 97), (64, 384, 100), (3, 1537, 17)]
+)
 @pytest.mark.parametrize("la", ["c", "f", "slice", "neg"])
 @pytest.mark.parametrize("lb", ["c", "f", "neg"])
 def test_int32_products_exact(qkernel, shape, la, lb):
@@ -100,11 +101,12 @@ def test_int32_empty(qkernel):
 
 # ---- float path -------------------------------------------------------------------------------
 
+
 def _quantize_weights(w: np.ndarray, group):
     K = w.shape[0]
     G = group or K
     ng = -(-K // G)
-    s = np.stack([np.abs(w[g * G:(g + 1) * G]).max(0) / 127 for g in range(ng)]).astype(np.float32)
+    s = np.stack([np.abs(w[g * G : (g + 1) * G]).max(0) / 127 for g in range(ng)]).astype(np.float32)
     s[s == 0] = 1.0
     rows = np.repeat(s, G, axis=0)[:K]
     q = np.clip(np.rint(w / rows), -127, 127).astype(np.int8)
@@ -141,9 +143,18 @@ def reference(a, q, ws, group, inv_smooth=None, static=None):
     return f
 
 
-@pytest.mark.parametrize("shape,group", [((3, 13, 33), None), ((50, 130, 70), 32), ((64, 384, 100), 32),
-                                         ((17, 384, 64), None), ((9, 100, 40), 8), ((1, 1536, 48), 64),
-                                         ((33, 96, 31), 12)])
+@pytest.mark.parametrize(
+    "shape,group",
+    [
+        ((3, 13, 33), None),
+        ((50, 130, 70), 32),
+        ((64, 384, 100), 32),
+        ((17, 384, 64), None),
+        ((9, 100, 40), 8),
+        ((1, 1536, 48), 64),
+        ((33, 96, 31), 12),
+    ],
+)
 def test_float_path_matches_reference_bits(qkernel, shape, group):
     M, K, N = shape
     rng = np.random.default_rng(M + K + N)
@@ -199,8 +210,11 @@ def test_fused_epilogue_equals_unfused(qkernel, act):
     q, s = _quantize_weights(w, group)
     Q = kernels.QuantizedMatrix(q, s, group)
     a = rng.standard_normal((M, K)).astype(np.float32)
-    bias, brow, res = (rng.standard_normal(N).astype(np.float32), rng.standard_normal(M).astype(np.float32),
-                       rng.standard_normal((M, N)).astype(np.float32))
+    bias, brow, res = (
+        rng.standard_normal(N).astype(np.float32),
+        rng.standard_normal(M).astype(np.float32),
+        rng.standard_normal((M, N)).astype(np.float32),
+    )
     tab = _table()
     ep = tab if act == "pwl" else act
     got = kernels.qgemm(a, Q, bias=bias, bias_row=brow, residual=res, epilogue=ep, kernel=qkernel)

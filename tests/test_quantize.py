@@ -92,7 +92,9 @@ def test_without_calibration_uses_the_most_accurate_candidate(encoder):
 def test_tolerance_picks_cheaper_or_more_accurate(encoder):
     spec, calib = encoder
     loose = compile(spec, calibration=calib, precision="int8", int8_tolerance=1.0)
-    assert all(op.attrs["quant"]["candidate"] == "dynamic-row" for op in loose.ops if op.attrs.get("precision") == "int8")
+    assert all(
+        op.attrs["quant"]["candidate"] == "dynamic-row" for op in loose.ops if op.attrs.get("precision") == "int8"
+    )
     tight = compile(spec, calibration=calib, precision="int8", int8_tolerance=1e-9)
     for op in tight.ops:
         if op.attrs.get("precision") == "int8":
@@ -152,8 +154,11 @@ def test_cost_and_coverage_show_int8(encoder):
         K, N = o["K"], o["N"]
         assert o["int8_macs"] == o["macs"] == by_out[o["out"]]["macs"]
         # weights are read as one byte each instead of w: at least K*N*(w-1) bytes less, minus the scales
-        scales = sum(p.constants[ops[o["out"]].args[r]].size * 4 for r in ("w_scale", "inv_smooth", "a_static")
-                     if r in ops[o["out"]].args)
+        scales = sum(
+            p.constants[ops[o["out"]].args[r]].size * 4
+            for r in ("w_scale", "inv_smooth", "a_static")
+            if r in ops[o["out"]].args
+        )
         saved = by_out[o["out"]]["dram_read_bytes"] - o["dram_read_bytes"]
         assert saved >= K * N * (w - 1) - scales, (o["what"], saved, scales)
     assert rq.total["int8_macs"] == sum(o["macs"] for o in rq.ops if o["precision"] == "int8") > 0
@@ -165,9 +170,15 @@ def _mlp():
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 32)).astype(np.float32)
-    return ModelSpec({"x": InputSpec((None, 32))}, [
-        Layer("linear", "l1", ["x"], "h", {}, {"weight": w, "bias": np.zeros(64, np.float32)}),
-        Layer("relu", "r", ["h"], "y")], ["y"], name="mlp"), w
+    return ModelSpec(
+        {"x": InputSpec((None, 32))},
+        [
+            Layer("linear", "l1", ["x"], "h", {}, {"weight": w, "bias": np.zeros(64, np.float32)}),
+            Layer("relu", "r", ["h"], "y"),
+        ],
+        ["y"],
+        name="mlp",
+    ), w
 
 
 def test_calibration_without_rows_and_with_nan():
@@ -192,8 +203,10 @@ def test_onnx_load_int8():
 
     data = bert_like(d=64, heads=4, ff=128)
     rng = np.random.default_rng(0)
-    calib = [{"input_ids": rng.integers(0, 50, (4, 10)).astype(np.int64),
-              "attention_mask": np.ones((4, 10), np.int64)} for _ in range(2)]
+    calib = [
+        {"input_ids": rng.integers(0, 50, (4, 10)).astype(np.int64), "attention_mask": np.ones((4, 10), np.int64)}
+        for _ in range(2)
+    ]
     p8 = nm.onnx.load(data, calibration=calib, precision="int8")
     p32 = nm.onnx.load(data, calibration=calib)
     assert sum(op.attrs.get("precision") == "int8" for op in p8.ops) >= 8

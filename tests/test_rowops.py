@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import nmengine as nm
-from nmengine import kernels, movement, runtime
-from nmengine.session import Session
+from nmengine import kernels, movement
 from nmengine.compile import compile, fuse_program
 from nmengine.program import Op, Program, expand
 from nmengine.pwl import PWLTable
+from nmengine.session import Session
 
-from .specs import cnn_spec, transformer_inputs, transformer_spec
 from .helpers import avail_kernels, rand
+from .specs import cnn_spec, transformer_inputs, transformer_spec
 
 
 def _table(n=32, lo=-6.0, hi=6.0):
@@ -31,15 +31,17 @@ def _table(n=32, lo=-6.0, hi=6.0):
 def _same(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype
-    assert a.tobytes() == b.tobytes() or np.array_equal(a, b, equal_nan=True) and np.array_equal(
-        np.isnan(a), np.isnan(b)), np.max(np.abs(a.astype(np.float64) - b))
+    assert (
+        a.tobytes() == b.tobytes() or np.array_equal(a, b, equal_nan=True) and np.array_equal(np.isnan(a), np.isnan(b))
+    ), np.max(np.abs(a.astype(np.float64) - b))
 
 
 # ---------------------------------------------------------------------------------------------
 # pairwise_max
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (3, 2), (100, 128), (3, 4, 129), (2, 3, 37, 37),
-                                   (700, 384), (64, 1), (1, 1000), (4, 3)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (5, 7), (3, 2), (100, 128), (3, 4, 129), (2, 3, 37, 37), (700, 384), (64, 1), (1, 1000), (4, 3)]
+)
 def test_pairwise_max_equals_numpy_tree(kernel, threads, shape):
     rng = np.random.default_rng(sum(shape))
     x = rand(rng, shape, 3.0)
@@ -97,8 +99,19 @@ def test_pairwise_max_bad_inputs():
 # ---------------------------------------------------------------------------------------------
 # scale
 # ---------------------------------------------------------------------------------------------
-def _scale_numpy(x, alpha=1.0, mul=None, row_scale=None, col_scale=None, beta=0.0, bias=None,
-                 bias_row=None, res=None, res_beta=1.0, act=None):
+def _scale_numpy(
+    x,
+    alpha=1.0,
+    mul=None,
+    row_scale=None,
+    col_scale=None,
+    beta=0.0,
+    bias=None,
+    bias_row=None,
+    res=None,
+    res_beta=1.0,
+    act=None,
+):
     """The runtime's numpy path (one numpy pass per term)."""
     y = np.multiply(x, np.float32(alpha)) if alpha != 1.0 else x.copy()
     for v in (mul, row_scale, col_scale):
@@ -125,22 +138,31 @@ def _scale_numpy(x, alpha=1.0, mul=None, row_scale=None, col_scale=None, beta=0.
 
 def _operand(rng, kind, shape):
     n = shape[-1]
-    return {"full": lambda: rand(rng, shape), "row": lambda: rand(rng, shape[:-1] + (1,)) + 1.5,
-            "col": lambda: rand(rng, (n,)), "col1": lambda: rand(rng, (1,) * (len(shape) - 1) + (n,)),
-            "scalar": lambda: rand(rng, (1,)), "scalar0": lambda: np.array(0.75, np.float32)}[kind]()
+    return {
+        "full": lambda: rand(rng, shape),
+        "row": lambda: rand(rng, shape[:-1] + (1,)) + 1.5,
+        "col": lambda: rand(rng, (n,)),
+        "col1": lambda: rand(rng, (1,) * (len(shape) - 1) + (n,)),
+        "scalar": lambda: rand(rng, (1,)),
+        "scalar0": lambda: np.array(0.75, np.float32),
+    }[kind]()
 
 
 CASES = [
     # (roles -> operand kind, alpha, beta, res_beta)
-    ({"res": "row"}, 1.0, 0.0, -1.0),                                          # softmax x - max
-    ({"row_scale": "row"}, 1.0, 0.0, 1.0),                                     # normalise rows
-    ({"mul": "full"}, 1.0, 0.0, 1.0),                                          # square
+    ({"res": "row"}, 1.0, 0.0, -1.0),  # softmax x - max
+    ({"row_scale": "row"}, 1.0, 0.0, 1.0),  # normalise rows
+    ({"mul": "full"}, 1.0, 0.0, 1.0),  # square
     ({"row_scale": "row", "col_scale": "col", "bias": "col"}, 1.0, 0.0, 1.0),  # LayerNorm affine
-    ({"res": "full"}, 1.0, 0.0, 1.0),                                          # residual add
-    ({}, 10000.0, -10000.0, 1.0),                                              # mask bias
+    ({"res": "full"}, 1.0, 0.0, 1.0),  # residual add
+    ({}, 10000.0, -10000.0, 1.0),  # mask bias
     ({"col_scale": "col"}, 0.5, -0.25, 1.0),
-    ({"mul": "full", "row_scale": "row", "col_scale": "col1", "bias": "scalar", "bias_row": "row",
-      "res": "full"}, 1.7, 0.3, 0.37),
+    (
+        {"mul": "full", "row_scale": "row", "col_scale": "col1", "bias": "scalar", "bias_row": "row", "res": "full"},
+        1.7,
+        0.3,
+        0.37,
+    ),
     ({"mul": "scalar0", "bias_row": "row", "res": "row"}, -2.0, 0.0, 2.5),
     ({"res": "col"}, 1.0, 1.0, -1.0),
     ({"res": "scalar"}, 1.0, 0.0, 3.0),
@@ -230,8 +252,20 @@ def test_scale_unsupported_and_bad_inputs():
 # ---------------------------------------------------------------------------------------------
 # pre-packed B
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mnk", [(1, 1, 1), (25, 1536, 384), (300, 384, 1536), (7, 3, 5), (64, 4100, 100),
-                                 (50, 20, 800), (13, 1, 384), (3, 5, 0), (97, 4097, 513)])
+@pytest.mark.parametrize(
+    "mnk",
+    [
+        (1, 1, 1),
+        (25, 1536, 384),
+        (300, 384, 1536),
+        (7, 3, 5),
+        (64, 4100, 100),
+        (50, 20, 800),
+        (13, 1, 384),
+        (3, 5, 0),
+        (97, 4097, 513),
+    ],
+)
 @pytest.mark.parametrize("ep", [None, "relu", "pwl"])
 def test_packed_gemm_bit_identical(kernel, threads, mnk, ep):
     M, N, K = mnk
@@ -375,11 +409,15 @@ def test_plan_scale_fallbacks():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
     g = np.array([1.0, 2.0, 3.0], np.float32).reshape(3, 1, 1)
     from nmengine.spec import InputSpec
-    ops = [Op("scale", "y", {"x": "x", "col_scale": "g"}, {"beta": 1.0}),
-           Op("scale", "m", {"x": "mask"}, {"alpha": 2.0, "beta": -1.0}),
-           Op("pairwise_max", "z", {"x": "y"})]
-    prog = Program({"x": InputSpec((None, 3, 2, 2)), "mask": InputSpec((None, 2), "int64")},
-                   ["y", "m", "z"], ops, {"g": g}, {})
+
+    ops = [
+        Op("scale", "y", {"x": "x", "col_scale": "g"}, {"beta": 1.0}),
+        Op("scale", "m", {"x": "mask"}, {"alpha": 2.0, "beta": -1.0}),
+        Op("pairwise_max", "z", {"x": "y"}),
+    ]
+    prog = Program(
+        {"x": InputSpec((None, 3, 2, 2)), "mask": InputSpec((None, 2), "int64")}, ["y", "m", "z"], ops, {"g": g}, {}
+    )
     out = prog.run({"x": x, "mask": np.array([[1, 0], [0, 1]])})
     np.testing.assert_array_equal(out["y"], x * g + 1)
     np.testing.assert_array_equal(out["m"], [[1, -1], [-1, 1]])
@@ -388,8 +426,9 @@ def test_plan_scale_fallbacks():
 
 def test_softmax_chain_is_fused_and_bit_identical(bert_like, kernel, threads):
     fused = [op for op in bert_like.ops if op.kind == "softmax_rows"]
-    assert fused and all(e.kind == k for op in fused for e, k in zip(
-        expand(op), ("pairwise_max", "scale", "gemm", "scale")))
+    assert fused and all(
+        e.kind == k for op in fused for e, k in zip(expand(op), ("pairwise_max", "scale", "gemm", "scale"))
+    )
     for t in (14, 2, 3):
         inp = transformer_inputs(seed=t, batch=3, t=t)
         outs = []
@@ -406,13 +445,20 @@ def test_softmax_chain_is_fused_and_bit_identical(bert_like, kernel, threads):
 def test_softmax_chain_not_fused_without_ones():
     """A row-sum GEMM whose B is not a column of ones keeps the separate ops."""
     from nmengine.spec import InputSpec
+
     tab = _table(8, -20.0, 0.0)
     rec = _table(8, 0.5, 64.0)
-    ops = [Op("pairwise_max", "m", {"x": "s"}),
-           Op("scale", "e", {"x": "s", "res": "m"}, {"res_beta": -1.0,
-                                                     "epilogue": {"act": "pwl", "fn": "exp", "table": "exp"}}),
-           Op("gemm", "r", {"a": "e", "b": "w"}, {"epilogue": {"act": "pwl", "fn": "reciprocal", "table": "rec"}}),
-           Op("scale", "p", {"x": "e", "row_scale": "r"})]
+    ops = [
+        Op("pairwise_max", "m", {"x": "s"}),
+        Op(
+            "scale",
+            "e",
+            {"x": "s", "res": "m"},
+            {"res_beta": -1.0, "epilogue": {"act": "pwl", "fn": "exp", "table": "exp"}},
+        ),
+        Op("gemm", "r", {"a": "e", "b": "w"}, {"epilogue": {"act": "pwl", "fn": "reciprocal", "table": "rec"}}),
+        Op("scale", "p", {"x": "e", "row_scale": "r"}),
+    ]
     for w, want in ((np.full((6, 1), 2.0, np.float32), 0), (np.ones((6, 1), np.float32), 1)):
         prog = fuse_program(Program({"s": InputSpec((None, 6))}, ["p"], ops, {"w": w}, {"exp": tab, "rec": rec}))
         assert sum(op.kind == "softmax_rows" for op in prog.ops) == want

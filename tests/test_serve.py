@@ -11,14 +11,12 @@ import json
 import socket
 import time
 
+import httpx  # noqa: E402  (after serve_helpers skipped the module if the serve extra is missing)
 import numpy as np
 import pytest
 
-from tests.serve_helpers import ThreadServer, embedder, reference_token_counts, sentences
-
-import httpx  # noqa: E402  (after serve_helpers skipped the module if the serve extra is missing)
-
 from nmengine.serve import Limits, ServedModel, create_app  # noqa: E402
+from tests.serve_helpers import ThreadServer, embedder, reference_token_counts, sentences
 
 LIMITS = Limits(max_body_bytes=64 * 1024, max_inputs=32, max_input_chars=2000)
 
@@ -131,19 +129,22 @@ def _post_raw(client, path, content, headers=None):
     return client.post(path, content=content, headers={"content-type": "application/json", **(headers or {})})
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b'{"input": ["a",', 400, "not valid JSON"),
-    (b'\xff\xfe{"input": "a"}', 400, "UTF-8"),
-    (b"", 400, "empty"),
-    (b'{"input": "\\ud800"}', 400, "surrogate"),
-    (b'{"model": "m"}', 422, "missing field 'input'"),
-    (b'{"input": 5}', 422, "string or a list"),
-    (b'{"input": ["ok", 3]}', 422, "input[1] must be a string"),
-    (b'{"input": [101, 2023]}', 422, "token ids"),
-    (b'{"input": "a", "encoding_format": "int8"}', 422, "encoding_format"),
-    (b'{"input": "a", "dimensions": 12}', 422, "dimensions"),
-    (b'["a", "b"]', 422, "JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b'{"input": ["a",', 400, "not valid JSON"),
+        (b'\xff\xfe{"input": "a"}', 400, "UTF-8"),
+        (b"", 400, "empty"),
+        (b'{"input": "\\ud800"}', 400, "surrogate"),
+        (b'{"model": "m"}', 422, "missing field 'input'"),
+        (b'{"input": 5}', 422, "string or a list"),
+        (b'{"input": ["ok", 3]}', 422, "input[1] must be a string"),
+        (b'{"input": [101, 2023]}', 422, "token ids"),
+        (b'{"input": "a", "encoding_format": "int8"}', 422, "encoding_format"),
+        (b'{"input": "a", "dimensions": 12}', 422, "dimensions"),
+        (b'["a", "b"]', 422, "JSON object"),
+    ],
+)
 def test_bad_requests(client, body, status, needle):
     r = _post_raw(client, "/v1/embeddings", body)
     assert r.status_code == status, r.text
@@ -171,6 +172,7 @@ def test_limits_say_which_limit(client):
 
 def test_body_limit_without_content_length(server, client):
     """A chunked body is cut off once it passes max_body_bytes (no Content-Length to trust)."""
+
     def chunks():
         for _ in range(20):
             yield b" " * 8192
@@ -190,8 +192,9 @@ def test_run_on_text_model_checks_inputs(client):
     r = client.post("/v1/run", json={"inputs": {"input_ids": [[101, 102]]}})
     assert r.status_code == 422 and "attention_mask" in r.json()["error"]["message"]
     ids = [[101, 7592, 2088, 102]]
-    r = client.post("/v1/run", json={"inputs": {"input_ids": ids, "token_type_ids": [[0] * 4],
-                                                "attention_mask": [[1] * 4]}})
+    r = client.post(
+        "/v1/run", json={"inputs": {"input_ids": ids, "token_type_ids": [[0] * 4], "attention_mask": [[1] * 4]}}
+    )
     assert r.status_code == 200
     out = np.array(r.json()["outputs"]["sentence_embedding"], dtype=np.float32)
     want = embedder().encode("hello world", normalize=False)  # same ids: [CLS] hello world [SEP]
@@ -267,8 +270,10 @@ def test_client_disconnect_costs_nothing_further(slow_server):
         before = _metrics(c)
         body = json.dumps({"input": ["never computed"]}).encode()
         s = socket.create_connection(("127.0.0.1", slow_server.port))
-        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        s.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
         time.sleep(0.1)
         s.close()  # gone while the sentence waits for batch mates
         time.sleep(0.6)  # past max_wait: the batch would have run by now
@@ -289,9 +294,12 @@ def program_server():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((5, 7)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    spec = ModelSpec({"x": InputSpec((None, 7))},
-                     [Layer("linear", "fc", ["x"], "h", {}, {"weight": w, "bias": b}),
-                      Layer("relu", "act", ["h"], "y")], ["y"], name="tiny")
+    spec = ModelSpec(
+        {"x": InputSpec((None, 7))},
+        [Layer("linear", "fc", ["x"], "h", {}, {"weight": w, "bias": b}), Layer("relu", "act", ["h"], "y")],
+        ["y"],
+        name="tiny",
+    )
     prog = nm.compile(spec)
     with ThreadServer(create_app(ServedModel("tiny", prog), limits=LIMITS)) as s:
         yield s, w.astype(np.float64), b.astype(np.float64)
@@ -307,19 +315,22 @@ def test_run_json_and_npy(program_server):
         np.testing.assert_allclose(np.array(r.json()["outputs"]["y"]), want, atol=1e-5)
         buf = io.BytesIO()
         np.save(buf, x)
-        r = c.post("/v1/run", json={"inputs": {"x": {"npy": base64.b64encode(buf.getvalue()).decode()}},
-                                    "format": "npy"})
+        r = c.post(
+            "/v1/run", json={"inputs": {"x": {"npy": base64.b64encode(buf.getvalue()).decode()}}, "format": "npy"}
+        )
         assert r.status_code == 200
         y = r.json()["outputs"]["y"]
         arr = np.load(io.BytesIO(base64.b64decode(y["npy"])), allow_pickle=False)
         assert y["shape"] == [3, 5] and arr.dtype == np.float32
         np.testing.assert_allclose(arr, want, atol=1e-5)
-        for doc, needle in [({"inputs": {"x": [[1.0, 2.0]]}}, "shape"),
-                            ({"inputs": {"x": [[1.0], [1.0, 2.0]]}}, "rectangular"),
-                            ({"inputs": {"x": {"npy": "!!"}}}, "npy"),
-                            ({"inputs": {"x": [["a"] * 7]}}, "numbers"),
-                            ({"inputs": {"z": [[0.0] * 7]}}, "missing ['x']"),
-                            ({"inputs": {"x": [[0.0] * 7]}, "format": "csv"}, "format")]:
+        for doc, needle in [
+            ({"inputs": {"x": [[1.0, 2.0]]}}, "shape"),
+            ({"inputs": {"x": [[1.0], [1.0, 2.0]]}}, "rectangular"),
+            ({"inputs": {"x": {"npy": "!!"}}}, "npy"),
+            ({"inputs": {"x": [["a"] * 7]}}, "numbers"),
+            ({"inputs": {"z": [[0.0] * 7]}}, "missing ['x']"),
+            ({"inputs": {"x": [[0.0] * 7]}, "format": "csv"}, "format"),
+        ]:
             r = c.post("/v1/run", json=doc)
             assert r.status_code == 422 and needle in r.json()["error"]["message"], (doc, r.text)
         r = c.post("/v1/embeddings", json={"input": "text"})

@@ -8,9 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from tests.serve_helpers import embedder, sentences
-
 from nmengine.serve import Batcher, QueueFullError  # noqa: E402
+from tests.serve_helpers import embedder, sentences
 
 
 def test_pad_multiple_1_is_bit_identical_to_encode_of_each_sentence_alone():
@@ -19,7 +18,7 @@ def test_pad_multiple_1_is_bit_identical_to_encode_of_each_sentence_alone():
 
     async def go():
         async with Batcher(emb, pad_multiple=1, max_wait_ms=50) as b:
-            parts = await asyncio.gather(*(b.encode(texts[i:i + 3]) for i in range(0, 20, 3)))
+            parts = await asyncio.gather(*(b.encode(texts[i : i + 3]) for i in range(0, 20, 3)))
         return np.concatenate(parts)
 
     got = asyncio.run(go())
@@ -139,10 +138,12 @@ def test_onnx_model_serves_v1_run(tmp_path):
     rng = np.random.default_rng(5)
     w = rng.standard_normal((4, 3)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-        initializer=[numpy_helper.from_array(w, "w")])
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
     path = tmp_path / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with warnings.catch_warnings():

@@ -9,14 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
+import httpx  # noqa: E402
 import numpy as np
 import pytest
 
 from tests.serve_helpers import embedder, sentences
-
-import httpx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +30,14 @@ def bundle(tmp_path_factory):
 
 def _start(bundle, *args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "nmengine", "serve", str(bundle), "--port", "0", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmengine", "serve", str(bundle), "--port", "0", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()  # blocks until the server listens (or the process dies)
     m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
     if not m:
@@ -46,7 +50,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(bundle):
     proc, url = _start(bundle, "--max-wait-ms", "20", "--max-batch-tokens", "64")
     try:
         texts = list(sentences()[:32])
-        groups = [texts[i: i + 3] for i in range(0, 30, 2)]
+        groups = [texts[i : i + 3] for i in range(0, 30, 2)]
 
         async def go():
             async with httpx.AsyncClient(base_url=url, timeout=120) as c:
@@ -57,8 +61,9 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(bundle):
                     while True:
                         m = (await probe.get("/metrics")).text
                         inflight = int(re.search(r"^nmengine_requests_in_flight (\d+)", m, re.M).group(1)) - 1
-                        done = re.search(r'^nmengine_requests_total\{endpoint="/v1/embeddings",status="200"\} (\d+)',
-                                         m, re.M)
+                        done = re.search(
+                            r'^nmengine_requests_total\{endpoint="/v1/embeddings",status="200"\} (\d+)', m, re.M
+                        )
                         done = int(done.group(1)) if done else 0
                         if inflight + done >= len(groups):
                             break
@@ -83,6 +88,12 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(bundle):
 
 def test_bad_model_path_is_a_clear_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, "-m", "nmengine", "serve", str(tmp_path / "missing.nmb"), "--port", "0"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "nmengine", "serve", str(tmp_path / "missing.nmb"), "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "not found" in r.stderr

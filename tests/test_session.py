@@ -4,7 +4,6 @@ plan cache, the buffer plan, bundles of both schema versions, and bad arguments.
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 import nmengine as nm
 from nmengine import kernels
 from nmengine.compile import compile, fuse_program
-from nmengine.program import Program
 
 from .specs import cnn_spec, transformer_inputs, transformer_spec
 
@@ -194,8 +192,10 @@ def test_thread_count_does_not_change_bits(bert):
 
 def test_c_executor_matches_python_steps(bert, cnn):
     """executor="c" runs runs of core calls in one C call each: same bits, far fewer Python steps."""
-    for prog, inputs in ((bert, [_padded(4, 3, 11), _full(5, 2, 6)]),
-                         (cnn, [np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)])):
+    for prog, inputs in (
+        (bert, [_padded(4, 3, 11), _full(5, 2, 6)]),
+        (cnn, [np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)]),
+    ):
         fast, slow = nm.Session(prog, threads=2), nm.Session(prog, threads=2, executor="python")
         for inp in inputs:
             _same(fast.run(inp), slow.run(inp))

@@ -127,7 +127,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for t in sorted(graph[m]):
             if colour[t] == GREY:
-                return stack[stack.index(t):] + [t]
+                return stack[stack.index(t) :] + [t]
             if colour[t] == WHITE:
                 found = visit(t)
                 if found:
@@ -150,7 +150,9 @@ def _is_private(name: str) -> bool:
 
 def test_the_walker_sees_the_package():
     # A walker that found nothing would pass every rule below.
-    assert {"nmengine.program", "nmengine.runtime", "nmengine.cost", "nmengine.cost.model", "nmengine.kernels"} <= set(MODULES)
+    assert {"nmengine.program", "nmengine.runtime", "nmengine.cost", "nmengine.cost.model", "nmengine.kernels"} <= set(
+        MODULES
+    )
     g = _graph()
     assert "nmengine.program" in g["nmengine.runtime"] and "nmengine.shapes" in g["nmengine.cost.model"]
 
@@ -199,7 +201,12 @@ def test_no_private_name_crosses_a_module_line(name):
                 if a.name.startswith("nmengine") and a.asname:
                     aliases[a.asname] = a.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and _is_private(node.attr) and isinstance(node.value, ast.Name)
-                and node.value.id in aliases and aliases[node.value.id] != name):
+        if (
+            isinstance(node, ast.Attribute)
+            and _is_private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and aliases[node.value.id] != name
+        ):
             bad.append(f"line {node.lineno}: reads {node.value.id}.{node.attr}")
     assert not bad, f"{name}: " + "; ".join(bad)

@@ -114,8 +114,11 @@ def _fake_cgroup(tmp_path, proc_lines, files):
 
 
 def test_cgroup_v2_quota_along_the_path(tmp_path):
-    root, proc = _fake_cgroup(tmp_path, ["0::/a/b"], {
-        "cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n", "a/b/cpu.max": "max 100000\n"})
+    root, proc = _fake_cgroup(
+        tmp_path,
+        ["0::/a/b"],
+        {"cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n", "a/b/cpu.max": "max 100000\n"},
+    )
     assert threads.cgroup_cpu_quota(root, proc) == pytest.approx(1.5)
 
 
@@ -125,11 +128,17 @@ def test_cgroup_v2_no_limit(tmp_path):
 
 
 def test_cgroup_v1_quota(tmp_path):
-    root, proc = _fake_cgroup(tmp_path, ["3:cpu,cpuacct:/docker/x", "1:memory:/docker/x"], {
-        "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n"})
+    root, proc = _fake_cgroup(
+        tmp_path,
+        ["3:cpu,cpuacct:/docker/x", "1:memory:/docker/x"],
+        {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n"},
+    )
     assert threads.cgroup_cpu_quota(root, proc) == pytest.approx(0.5)
-    root2, proc2 = _fake_cgroup(tmp_path / "u", ["3:cpu,cpuacct:/"], {
-        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    root2, proc2 = _fake_cgroup(
+        tmp_path / "u",
+        ["3:cpu,cpuacct:/"],
+        {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+    )
     assert threads.cgroup_cpu_quota(root2, proc2) is None
 
 

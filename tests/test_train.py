@@ -10,8 +10,14 @@ import pytest
 from nmengine.pwl import PWLTable
 from nmengine.train import functional as F
 from nmengine.train import nn
-from nmengine.train.aat import (approximable_layers, approximate, calibrate_uniform_tables, collect_activations, exact,
-                                uniform_table)
+from nmengine.train.aat import (
+    approximable_layers,
+    approximate,
+    calibrate_uniform_tables,
+    collect_activations,
+    exact,
+    uniform_table,
+)
 from nmengine.train.data import batches, load_digits_split, random_shift
 from nmengine.train.models import default_config, small_cnn, small_vit
 from nmengine.train.optim import SGD, AdamW, CosineWarmup, StepDecay, clip_grad_norm, param_groups
@@ -25,6 +31,7 @@ def data():
 
 
 # -- data ---------------------------------------------------------------------------------------------
+
 
 def test_digits_split(data) -> None:
     assert data.x_train.shape == (1437, 1, 8, 8) and data.x_test.shape == (360, 1, 8, 8)
@@ -57,6 +64,7 @@ def test_random_shift() -> None:
 
 
 # -- optimizers and schedules -------------------------------------------------------------------------
+
 
 def test_sgd_and_adamw_minimise_quadratic() -> None:
     for make in (lambda p: SGD([p], lr=0.1, momentum=0.9), lambda p: AdamW([p], lr=0.1, weight_decay=0.0)):
@@ -97,6 +105,7 @@ def test_schedules_and_clipping() -> None:
 
 # -- modules ------------------------------------------------------------------------------------------
 
+
 def test_module_state_and_modes() -> None:
     m = small_cnn(channels=4, seed=0)
     names = [n for n, _ in m.named_parameters()]
@@ -132,6 +141,7 @@ def test_batchnorm_modes() -> None:
 
 # -- training -----------------------------------------------------------------------------------------
 
+
 def test_seeded_training_loss_falls_and_is_reproducible(data) -> None:
     sub = (data.x_train[:400], data.y_train[:400], data.x_test, data.y_test)
     runs = []
@@ -152,14 +162,29 @@ def test_seeded_training_loss_falls_and_is_reproducible(data) -> None:
 def test_training_options(data) -> None:
     sub = (data.x_train[:128], data.y_train[:128])
     model = small_vit(dim=16, heads=2, depth=1, patch=4, dropout=0.1)
-    hist = train(model, sub, epochs=2, lr=1e-3, batch_size=32, optimizer="sgd", schedule="step", step_epochs=1,
-                 gamma=0.5, grad_clip=1.0, augment_shift=1, label_smoothing=0.1, progress=True, threads=None)
+    hist = train(
+        model,
+        sub,
+        epochs=2,
+        lr=1e-3,
+        batch_size=32,
+        optimizer="sgd",
+        schedule="step",
+        step_epochs=1,
+        gamma=0.5,
+        grad_clip=1.0,
+        augment_shift=1,
+        label_smoothing=0.1,
+        progress=True,
+        threads=None,
+    )
     assert len(hist.loss) == 2 and hist.test_acc == [] and hist.lr[-1] == pytest.approx(1e-3 * 0.5)
     with pytest.raises(ValueError, match="schedule"):
         train(model, sub, epochs=1, schedule="bogus", progress=False)
 
 
 # -- approximation-aware training ---------------------------------------------------------------------
+
 
 def _fine_tables(model, x, segments=512):
     return calibrate_uniform_tables(model, x, segments, margin=0.05)
@@ -185,7 +210,9 @@ def test_collect_activations_and_layer_names(data) -> None:
 def test_collect_activations_skips_masked_keys() -> None:
     attn = nn.MultiHeadSelfAttention(4, 1, rng=np.random.default_rng(0))
     rec = []
-    object.__setattr__(attn, "_nl", lambda role, x, valid=None: rec.append((role, valid)) or F.exact_nonlinearity(role, x))
+    object.__setattr__(
+        attn, "_nl", lambda role, x, valid=None: rec.append((role, valid)) or F.exact_nonlinearity(role, x)
+    )
     mask = np.array([[1, 1, 0]])
     attn(Tensor(np.ones((1, 3, 4), np.float32)), mask)
     assert rec[0][0] == "exp" and rec[0][1].sum() == 6
@@ -295,6 +322,7 @@ def test_uniform_table() -> None:
 
 # -- accuracy targets (issue #5) ------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_cnn_accuracy_target(data) -> None:
     model = small_cnn(seed=0)
@@ -320,7 +348,9 @@ def test_vit_accuracy_target_and_aat(data) -> None:
     tables = calibrate_uniform_tables(model, data.x_train[:256], 3)
     with approximate(model, tables):
         before = evaluate(model, data.x_test, data.y_test)
-        train(model, data, epochs=3, lr=5e-4, batch_size=32, weight_decay=0.0, schedule="cosine", seed=1, progress=False)
+        train(
+            model, data, epochs=3, lr=5e-4, batch_size=32, weight_decay=0.0, schedule="cosine", seed=1, progress=False
+        )
         after = evaluate(model, data.x_test, data.y_test)
     print(f"small_vit with 3-segment tables: {before:.4f} before AAT, {after:.4f} after 3 epochs of AAT")
     assert before < acc and after > before and after >= 0.95

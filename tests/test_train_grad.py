@@ -22,8 +22,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-2))
 
 
-def gradcheck(fn: Callable[..., Tensor], *arrays: np.ndarray, eps: float = 1e-6, seed: int = 0,
-              wrt: Sequence[int] | None = None) -> None:
+def gradcheck(
+    fn: Callable[..., Tensor], *arrays: np.ndarray, eps: float = 1e-6, seed: int = 0, wrt: Sequence[int] | None = None
+) -> None:
     """Compare autograd with central differences of ``sum(fn(*inputs) * R)`` for a fixed random R."""
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     wrt = range(len(arrays)) if wrt is None else wrt
@@ -58,10 +59,13 @@ def rnd(*shape: int, seed: int = 1, scale: float = 1.0) -> np.ndarray:
 
 # -- tensor algebra ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
 def test_broadcast_arithmetic(op: str) -> None:
     a, b = rnd(3, 1, 4), rnd(2, 4, seed=2) + (3.0 if op == "div" else 0.0)
-    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[
+        op
+    ]
     gradcheck(fn, a, b)
 
 
@@ -93,7 +97,9 @@ def test_reshape_transpose_index() -> None:
 
 def test_concat_stack() -> None:
     gradcheck(lambda a, b: F.concat([a, b, a], axis=1), rnd(2, 3), rnd(2, 2, seed=5))
-    gradcheck(lambda a, b: F.stack([a, b], axis=1) * F.stack([b, a], axis=-1).transpose(0, 2, 1), rnd(2, 3), rnd(2, 3, seed=5))
+    gradcheck(
+        lambda a, b: F.stack([a, b], axis=1) * F.stack([b, a], axis=-1).transpose(0, 2, 1), rnd(2, 3), rnd(2, 3, seed=5)
+    )
 
 
 @pytest.mark.parametrize("name", ["relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu", "exp"])
@@ -110,12 +116,15 @@ def test_positive_functions(name: str) -> None:
 
 # -- layers -----------------------------------------------------------------------------------------
 
+
 def test_linear() -> None:
     gradcheck(F.linear, rnd(2, 3, 5), rnd(4, 5, seed=2), rnd(4, seed=3))
     gradcheck(lambda x, w: F.linear(x, w), rnd(3, 5), rnd(2, 5, seed=2))
 
 
-@pytest.mark.parametrize("stride,padding,kernel", [(1, 0, (3, 3)), (2, 1, (3, 3)), ((1, 2), (0, 1), (2, 3)), (1, 2, (3, 1))])
+@pytest.mark.parametrize(
+    "stride,padding,kernel", [(1, 0, (3, 3)), (2, 1, (3, 3)), ((1, 2), (0, 1), (2, 3)), (1, 2, (3, 1))]
+)
 def test_conv2d(stride, padding, kernel) -> None:
     x, w, b = rnd(2, 3, 5, 6), rnd(4, 3, *kernel, seed=2), rnd(4, seed=3)
     gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride, padding), x, w, b)
@@ -155,9 +164,18 @@ def test_global_pool_flatten() -> None:
 def test_batch_norm_train_and_eval() -> None:
     C = 3
     rm, rv = np.zeros(C), np.ones(C)
-    gradcheck(lambda x, w, b: F.batch_norm2d(x, w, b, rm.copy(), rv.copy(), training=True), rnd(4, C, 3, 2), rnd(C) + 1.0, rnd(C, seed=4))
-    gradcheck(lambda x, w, b: F.batch_norm2d(x, w, b, rnd(C, seed=7), np.abs(rnd(C, seed=8)) + 0.5, training=False),
-              rnd(4, C, 3, 2), rnd(C) + 1.0, rnd(C, seed=4))
+    gradcheck(
+        lambda x, w, b: F.batch_norm2d(x, w, b, rm.copy(), rv.copy(), training=True),
+        rnd(4, C, 3, 2),
+        rnd(C) + 1.0,
+        rnd(C, seed=4),
+    )
+    gradcheck(
+        lambda x, w, b: F.batch_norm2d(x, w, b, rnd(C, seed=7), np.abs(rnd(C, seed=8)) + 0.5, training=False),
+        rnd(4, C, 3, 2),
+        rnd(C) + 1.0,
+        rnd(C, seed=4),
+    )
     # running statistics follow PyTorch: biased variance to normalise, unbiased variance in the average
     x = rnd(4, C, 3, 2)
     F.batch_norm2d(Tensor(x), Tensor(np.ones(C)), Tensor(np.zeros(C)), rm, rv, training=True, momentum=0.1)
@@ -173,7 +191,9 @@ def test_layer_norm(decomposed: bool) -> None:
 
 def test_layer_norm_forms_agree() -> None:
     x, w, b = Tensor(rnd(4, 8)), Tensor(rnd(8)), Tensor(rnd(8, seed=2))
-    np.testing.assert_allclose(F.layer_norm(x, w, b).data, F.layer_norm(x, w, b, nl=F.exact_nonlinearity).data, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        F.layer_norm(x, w, b).data, F.layer_norm(x, w, b, nl=F.exact_nonlinearity).data, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("decomposed", [False, True])
@@ -292,6 +312,7 @@ def test_dropout_gradient_is_mask() -> None:
 
 # -- PWL ops ----------------------------------------------------------------------------------------
 
+
 def _away_from_breakpoints(x: np.ndarray, table: PWLTable, gap: float = 1e-4) -> np.ndarray:
     x = x.copy()
     b = table.breakpoints.astype(np.float64)
@@ -352,6 +373,7 @@ def test_attention_with_tables() -> None:
 
 
 # -- whole models -----------------------------------------------------------------------------------
+
 
 def _model_gradcheck(model: nn.Module, x: np.ndarray, y: np.ndarray, n_entries: int = 4, eps: float = 1e-6) -> None:
     model.to(np.float64)

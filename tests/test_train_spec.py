@@ -27,6 +27,7 @@ def run_spec(spec: ModelSpec, feeds: Mapping[str, np.ndarray]) -> list[np.ndarra
 
 # ------------------------------------------------------------------------------------------------
 
+
 def _weights_match_state(model: nn.Module, spec: ModelSpec) -> None:
     state = model.state_dict()
     used = set()
@@ -51,8 +52,21 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
             m.bias.data = rng.normal(0, 0.2, C).astype(np.float32)
 
 
-CNN_NAMES = ["conv1", "bn1", "act1", "pool", "block.conv1", "block.bn1", "block.act1", "block.conv2", "block.bn2",
-             "block.add", "block.act2", "gap", "head"]
+CNN_NAMES = [
+    "conv1",
+    "bn1",
+    "act1",
+    "pool",
+    "block.conv1",
+    "block.bn1",
+    "block.act1",
+    "block.conv2",
+    "block.bn2",
+    "block.add",
+    "block.act2",
+    "gap",
+    "head",
+]
 
 
 def test_cnn_spec_structure_and_weights() -> None:
@@ -62,8 +76,21 @@ def test_cnn_spec_structure_and_weights() -> None:
     assert isinstance(spec, ModelSpec)
     spec.validate()
     assert [L.name for L in spec.layers] == CNN_NAMES
-    assert [L.op for L in spec.layers] == ["conv2d", "batchnorm2d", "relu", "maxpool2d", "conv2d", "batchnorm2d", "relu",
-                                           "conv2d", "batchnorm2d", "add", "relu", "global_avgpool", "linear"]
+    assert [L.op for L in spec.layers] == [
+        "conv2d",
+        "batchnorm2d",
+        "relu",
+        "maxpool2d",
+        "conv2d",
+        "batchnorm2d",
+        "relu",
+        "conv2d",
+        "batchnorm2d",
+        "add",
+        "relu",
+        "global_avgpool",
+        "linear",
+    ]
     assert spec.inputs["x"].shape == (None, 1, 8, 8) and spec.outputs == ["head"]
     assert spec.layer("block.add").inputs == ["block.bn2", "pool"]
     assert spec.n_parameters() == sum(v.size for v in model.state_dict().values())
@@ -101,7 +128,9 @@ def _vit_names(depth: int, norm_first: bool) -> list[str]:
     return names + ["norm", "pool", "head"]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"norm_first": False, "patch": 2, "dropout": 0.1, "act": "gelu_tanh", "depth": 1}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"norm_first": False, "patch": 2, "dropout": 0.1, "act": "gelu_tanh", "depth": 1}]
+)
 def test_vit_spec(kwargs: dict) -> None:
     model = small_vit(seed=1, **kwargs)
     spec = model.to_spec()
@@ -150,11 +179,28 @@ class _TextModel(nn.Module):
 
 def test_text_model_spec_with_masks() -> None:
     model = _TextModel().eval()
-    inputs = {"ids": InputSpec((None, None), "int64"), "mask": InputSpec((None, None), "int64"),
-              "tt": InputSpec((None, None), "int64")}
+    inputs = {
+        "ids": InputSpec((None, None), "int64"),
+        "mask": InputSpec((None, None), "int64"),
+        "tt": InputSpec((None, None), "int64"),
+    }
     spec = model.to_spec(inputs=inputs)
-    assert [L.op for L in spec.layers] == ["embedding", "layernorm", "mhsa", "add", "layernorm", "linear", "silu", "linear",
-                                           "add", "mean_pool", "tanh", "l2_normalize", "linear", "softmax"]
+    assert [L.op for L in spec.layers] == [
+        "embedding",
+        "layernorm",
+        "mhsa",
+        "add",
+        "layernorm",
+        "linear",
+        "silu",
+        "linear",
+        "add",
+        "mean_pool",
+        "tanh",
+        "l2_normalize",
+        "linear",
+        "softmax",
+    ]
     assert spec.layer("enc.attn").inputs == ["enc.ln1", "mask"]
     _weights_match_state(model, spec)
     rng = np.random.default_rng(0)
@@ -174,9 +220,16 @@ class _MiscConv(nn.Module):
         super().__init__()
         r = np.random.default_rng(4)
         self.body = nn.Sequential(
-            nn.Conv2d(2, 3, (3, 2), stride=2, padding=1, rng=r), nn.Sigmoid(), nn.AvgPool2d(2, 1),
-            nn.GELUTanh(), nn.MaxPool2d(3, 2, 1), nn.ResidualBlock(3, 5, stride=1, act="gelu", rng=r),
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(5 * 2 * 2, 4, rng=r))
+            nn.Conv2d(2, 3, (3, 2), stride=2, padding=1, rng=r),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, 1),
+            nn.GELUTanh(),
+            nn.MaxPool2d(3, 2, 1),
+            nn.ResidualBlock(3, 5, stride=1, act="gelu", rng=r),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(5 * 2 * 2, 4, rng=r),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)

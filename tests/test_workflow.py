@@ -49,8 +49,27 @@ def test_program_accuracy_counts_correct_predictions():
 
 def test_cli_train_eval_inspect(tmp_path, capsys):
     out = tmp_path / "m.nmb"
-    assert main(["train", "--model", "cnn", "--epochs", "2", "--aat-epochs", "1", "--act", "silu",
-                 "--segments", "8", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "2",
+                "--aat-epochs",
+                "1",
+                "--act",
+                "silu",
+                "--segments",
+                "8",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "matrixized, after AAT" in printed and out.exists()
     assert main(["eval", str(out)]) == 0

@@ -41,8 +41,15 @@ def _child(target: str, runs: int, timeout: int, seed_dir: str) -> None:
     def one(data: bytes) -> None:
         fuzz_targets.check(target, data)
 
-    argv = [sys.argv[0], f"-runs={runs}", f"-timeout={timeout}", f"-artifact_prefix={artifacts}/",
-            "-max_len=65536", "-print_final_stats=1", seed_dir]
+    argv = [
+        sys.argv[0],
+        f"-runs={runs}",
+        f"-timeout={timeout}",
+        f"-artifact_prefix={artifacts}/",
+        "-max_len=65536",
+        "-print_final_stats=1",
+        seed_dir,
+    ]
     atheris.Setup(argv, one)
     atheris.Fuzz()
 
@@ -51,9 +58,22 @@ def _run_target(target: str, runs: int, timeout: int) -> tuple[int, int, float]:
     before = set((CORPUS / target).iterdir()) if (CORPUS / target).is_dir() else set()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as seeds:
-        proc = subprocess.run([sys.executable, __file__, "--child", target, "--runs", str(runs),
-                               "--timeout", str(timeout), "--seed-dir", seeds],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                target,
+                "--runs",
+                str(runs),
+                "--timeout",
+                str(timeout),
+                "--seed-dir",
+                seeds,
+            ],
+            capture_output=True,
+            text=True,
+        )
     seconds = time.monotonic() - t0
     log = proc.stdout + proc.stderr
     m = re.search(r"stat::number_of_executed_units:\s*(\d+)", log) or re.search(r"Done (\d+) runs", log)

@@ -99,9 +99,13 @@ def run_case(seed: int, kernel: str) -> Case:
     bias = rng.standard_normal(n).astype(np.float32) if rng.random() < 0.5 else None
     bias_row = rng.standard_normal(m).astype(np.float32) if rng.random() < 0.3 else None
     res_mode = str(rng.choice(["none", "full", "row", "col", "alias"]))
-    res = {"none": None, "full": _operand(rng, m, n) if res_mode == "full" else None,
-           "row": rng.standard_normal((1, n)).astype(np.float32),
-           "col": rng.standard_normal((m, 1)).astype(np.float32), "alias": None}[res_mode]
+    res = {
+        "none": None,
+        "full": _operand(rng, m, n) if res_mode == "full" else None,
+        "row": rng.standard_normal((1, n)).astype(np.float32),
+        "col": rng.standard_normal((m, 1)).astype(np.float32),
+        "alias": None,
+    }[res_mode]
     ep_kind = str(rng.choice(["none", "relu", "pwl"]))
     segments = int(rng.choice([2, 4, 8, 16, 32, 64]))
     epilogue = _table(segments) if ep_kind == "pwl" else (None if ep_kind == "none" else "relu")
@@ -149,8 +153,10 @@ def run_case(seed: int, kernel: str) -> Case:
     err = np.abs(got.astype(np.float64) - ref)
     bad = err > bound
     assert got.shape == (m, n) and got.dtype == np.float32, f"{case}: shape/dtype {got.shape} {got.dtype}"
-    assert not bad.any(), f"{case}: {int(bad.sum())} elements off, worst {float(err.max()):.3g} " \
-                          f"(bound there {float(bound.flat[int(np.argmax(err - bound))]):.3g})"
+    assert not bad.any(), (
+        f"{case}: {int(bad.sum())} elements off, worst {float(err.max()):.3g} "
+        f"(bound there {float(bound.flat[int(np.argmax(err - bound))]):.3g})"
+    )
     other = 1 + threads % 4
     again = call(other)
     assert np.array_equal(got, again), f"{case}: {threads} vs {other} threads differ (not deterministic)"

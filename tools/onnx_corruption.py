@@ -140,8 +140,9 @@ def _structured(data: bytes, rng: np.random.Generator, tmp: Path) -> tuple[str, 
     d = tmp / f"ext{int(rng.integers(0, 1 << 30))}"
     d.mkdir()
     path = d / "m.onnx"
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
-                    size_threshold=0)
+    onnx.save_model(
+        m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0
+    )
     m2 = onnx.load(str(path), load_external_data=False)
     t = next(t for t in m2.graph.initializer if t.external_data)
     for e in t.external_data:
@@ -175,7 +176,7 @@ def make_cases(n: int, seed: int, tmp: Path) -> list[tuple[str, str, object]]:
         elif r == 2:
             at, size, val = fields[base][int(rng.integers(0, len(fields[base])))]
             new = int(rng.choice([val + 1, max(val - 1, 0), val * 2 + 5, 1 << 31, (1 << 62) - 1]))
-            b = data[:at] + _varint(new) + data[at + size:]
+            b = data[:at] + _varint(new) + data[at + size :]
             cases.append((base, f"length {val} -> {new} at {at}", b))
         else:
             what, payload = _structured(data, rng, tmp)
@@ -222,7 +223,7 @@ def _worker(batch: list[tuple[int, object]], timeout: int, q: mp.Queue) -> None:
 def run(cases, timeout: int, batch: int = 100) -> list[tuple[int, str, str]]:
     ctx = mp.get_context("fork")
     results: dict[int, tuple[str, str]] = {}
-    todo = [list(enumerate(cases))[i:i + batch] for i in range(0, len(cases), batch)]
+    todo = [list(enumerate(cases))[i : i + batch] for i in range(0, len(cases), batch)]
     todo = [[(i, c[2]) for i, c in b] for b in todo]
     while todo:
         b = todo.pop(0)
@@ -265,12 +266,22 @@ def main(argv=None) -> int:
     for _, status, _ in res:
         counts[status] = counts.get(status, 0) + 1
     bad = [(i, s, d) for i, s, d in res if s in ("UNCLEAN", "HANG", "CRASH")]
-    print(f"{len(res)} corrupted files in {time.time() - t0:.0f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(
+        f"{len(res)} corrupted files in {time.time() - t0:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
     for i, s, d in bad[:20]:
         print(f"  case {i} ({cases[i][0]}, {cases[i][1]}): {s}: {d}")
     if args.json:
-        Path(args.json).write_text(json.dumps([{"case": i, "base": cases[i][0], "corruption": cases[i][1],
-                                                  "outcome": s, "detail": d} for i, s, d in res], indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {"case": i, "base": cases[i][0], "corruption": cases[i][1], "outcome": s, "detail": d}
+                    for i, s, d in res
+                ],
+                indent=1,
+            )
+        )
     return 1 if bad or len(res) < len(cases) else 0
 
 

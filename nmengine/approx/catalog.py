@@ -63,7 +63,7 @@ GELU_TANH_A = 0.044715
 
 
 #: How far past the range end a ``clamp_far`` tail switches from the constant to the asymptote.
-FAR_FACTOR = 2.0 ** 20
+FAR_FACTOR = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -202,9 +202,7 @@ def check_range(lo: float, hi: float, *, relative: bool, what: str) -> None:
     if lo >= hi:
         raise ValueError(f"{what}: need lo < hi, got lo={lo}, hi={hi}")
     if relative and lo <= 0:
-        raise ValueError(
-            f"{what}: is a relative (wide dynamic range) function and needs a positive range, got lo={lo}"
-        )
+        raise ValueError(f"{what}: is a relative (wide dynamic range) function and needs a positive range, got lo={lo}")
 
 
 def _with_limits(core: RealFn, at_neg_inf: float, at_pos_inf: float) -> RealFn:
@@ -329,41 +327,142 @@ _POS = (1e-37, 1e37)  # positive float32 range where 1/x, 1/sqrt(x), sqrt(x) sta
 def _entries() -> dict[str, Function]:
     zero, ident = Tail.line(0.0, 0.0), Tail.line(1.0, 0.0)
     entries = [
-        Function("gelu", _with_limits(gelu, 0.0, math.inf), _with_limits(gelu_derivative, 0.0, 1.0),
-                 -8.0, 8.0, left=zero, right=ident, domain=(-10.0, 10.0),
-                 description="x * Phi(x) (exact erf form)"),
-        Function("gelu_tanh", _with_limits(gelu_tanh, 0.0, math.inf),
-                 _with_limits(gelu_tanh_derivative, 0.0, 1.0),
-                 -8.0, 8.0, left=zero, right=ident, domain=(-10.0, 10.0),
-                 description="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"),
-        Function("exp", _quiet(np.exp), _quiet(np.exp), -16.0, 0.0, left=zero, right=Tail.extend(),
-                 domain=(-104.0, 88.0), description="e^x (softmax after max subtraction: x <= 0)"),
-        Function("sigmoid", _quiet(special.expit), _quiet(_sigmoid_d), -16.0, 16.0,
-                 left=zero, right=Tail.line(0.0, 1.0), domain=(-20.0, 20.0),
-                 description="1 / (1 + e^-x)"),
-        Function("tanh", _quiet(np.tanh), _quiet(_tanh_d), -8.0, 8.0,
-                 left=Tail.line(0.0, -1.0), right=Tail.line(0.0, 1.0), domain=(-10.0, 10.0),
-                 description="hyperbolic tangent"),
-        Function("silu", _with_limits(_silu, 0.0, math.inf), _with_limits(_silu_d, 0.0, 1.0),
-                 -20.0, 20.0, left=zero, right=ident, domain=(-40.0, 40.0),
-                 description="x * sigmoid(x) (swish)"),
-        Function("softplus", _quiet(_softplus), _quiet(special.expit), -16.0, 16.0,
-                 left=zero, right=ident, domain=(-40.0, 40.0), description="log(1 + e^x)"),
-        Function("erf", _quiet(special.erf), _quiet(_erf_d), -4.0, 4.0,
-                 left=Tail.line(0.0, -1.0), right=Tail.line(0.0, 1.0), domain=(-6.0, 6.0),
-                 description="error function"),
-        Function("reciprocal", _quiet(_reciprocal), _quiet(_reciprocal_d), 1e-6, 1e6, relative=True,
-                 left=Tail.clamp(), right=Tail.clamp_far(0.0, 0.0), domain=_POS, description="1 / x (x > 0)"),
-        Function("rsqrt", _quiet(_rsqrt), _quiet(_rsqrt_d), 1e-6, 1e6, relative=True,
-                 left=Tail.clamp(), right=Tail.clamp_far(0.0, 0.0), domain=_POS,
-                 description="1 / sqrt(x) (x > 0)"),
-        Function("sqrt", _quiet(np.sqrt), _quiet(_sqrt_d), 1e-6, 1e6, relative=True,
-                 left=Tail.clamp(), right=Tail.extend(), domain=_POS, description="sqrt(x) (x > 0)"),
-        Function("square", _quiet(_square), _quiet(_square_d), -8.0, 8.0,
-                 domain=(-1e18, 1e18), description="x^2"),
-        Function("relu", _quiet(_relu), _quiet(_relu_d), -1.0, 1.0, left=zero, right=ident,
-                 exact=((-1.0, 0.0, 1.0), (0.0, 1.0), (0.0, 0.0)),
-                 description="max(x, 0) (exact with 2 segments)"),
+        Function(
+            "gelu",
+            _with_limits(gelu, 0.0, math.inf),
+            _with_limits(gelu_derivative, 0.0, 1.0),
+            -8.0,
+            8.0,
+            left=zero,
+            right=ident,
+            domain=(-10.0, 10.0),
+            description="x * Phi(x) (exact erf form)",
+        ),
+        Function(
+            "gelu_tanh",
+            _with_limits(gelu_tanh, 0.0, math.inf),
+            _with_limits(gelu_tanh_derivative, 0.0, 1.0),
+            -8.0,
+            8.0,
+            left=zero,
+            right=ident,
+            domain=(-10.0, 10.0),
+            description="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))",
+        ),
+        Function(
+            "exp",
+            _quiet(np.exp),
+            _quiet(np.exp),
+            -16.0,
+            0.0,
+            left=zero,
+            right=Tail.extend(),
+            domain=(-104.0, 88.0),
+            description="e^x (softmax after max subtraction: x <= 0)",
+        ),
+        Function(
+            "sigmoid",
+            _quiet(special.expit),
+            _quiet(_sigmoid_d),
+            -16.0,
+            16.0,
+            left=zero,
+            right=Tail.line(0.0, 1.0),
+            domain=(-20.0, 20.0),
+            description="1 / (1 + e^-x)",
+        ),
+        Function(
+            "tanh",
+            _quiet(np.tanh),
+            _quiet(_tanh_d),
+            -8.0,
+            8.0,
+            left=Tail.line(0.0, -1.0),
+            right=Tail.line(0.0, 1.0),
+            domain=(-10.0, 10.0),
+            description="hyperbolic tangent",
+        ),
+        Function(
+            "silu",
+            _with_limits(_silu, 0.0, math.inf),
+            _with_limits(_silu_d, 0.0, 1.0),
+            -20.0,
+            20.0,
+            left=zero,
+            right=ident,
+            domain=(-40.0, 40.0),
+            description="x * sigmoid(x) (swish)",
+        ),
+        Function(
+            "softplus",
+            _quiet(_softplus),
+            _quiet(special.expit),
+            -16.0,
+            16.0,
+            left=zero,
+            right=ident,
+            domain=(-40.0, 40.0),
+            description="log(1 + e^x)",
+        ),
+        Function(
+            "erf",
+            _quiet(special.erf),
+            _quiet(_erf_d),
+            -4.0,
+            4.0,
+            left=Tail.line(0.0, -1.0),
+            right=Tail.line(0.0, 1.0),
+            domain=(-6.0, 6.0),
+            description="error function",
+        ),
+        Function(
+            "reciprocal",
+            _quiet(_reciprocal),
+            _quiet(_reciprocal_d),
+            1e-6,
+            1e6,
+            relative=True,
+            left=Tail.clamp(),
+            right=Tail.clamp_far(0.0, 0.0),
+            domain=_POS,
+            description="1 / x (x > 0)",
+        ),
+        Function(
+            "rsqrt",
+            _quiet(_rsqrt),
+            _quiet(_rsqrt_d),
+            1e-6,
+            1e6,
+            relative=True,
+            left=Tail.clamp(),
+            right=Tail.clamp_far(0.0, 0.0),
+            domain=_POS,
+            description="1 / sqrt(x) (x > 0)",
+        ),
+        Function(
+            "sqrt",
+            _quiet(np.sqrt),
+            _quiet(_sqrt_d),
+            1e-6,
+            1e6,
+            relative=True,
+            left=Tail.clamp(),
+            right=Tail.extend(),
+            domain=_POS,
+            description="sqrt(x) (x > 0)",
+        ),
+        Function("square", _quiet(_square), _quiet(_square_d), -8.0, 8.0, domain=(-1e18, 1e18), description="x^2"),
+        Function(
+            "relu",
+            _quiet(_relu),
+            _quiet(_relu_d),
+            -1.0,
+            1.0,
+            left=zero,
+            right=ident,
+            exact=((-1.0, 0.0, 1.0), (0.0, 1.0), (0.0, 0.0)),
+            description="max(x, 0) (exact with 2 segments)",
+        ),
     ]
     return {e.name: e for e in entries}
 
@@ -434,9 +533,7 @@ def get_function(
         f = _wrap_user(name_or_callable)
         return Function(name, f, _numeric_derivative(f), lo_f, hi_f, description="user callable")
     else:
-        raise TypeError(
-            f"expected a function name, a Function or a callable, got {type(name_or_callable).__name__}"
-        )
+        raise TypeError(f"expected a function name, a Function or a callable, got {type(name_or_callable).__name__}")
     if lo is None and hi is None:
         return func
     return func.with_range(lo, hi)

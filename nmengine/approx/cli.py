@@ -37,26 +37,47 @@ _EPILOG = "examples:" + (__doc__ or "").split("Examples::", 1)[-1].split("The le
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``approx`` arguments to an existing parser."""
-    p.add_argument("functions", nargs="*", metavar="FUNCTION",
-                   help=f"catalog function(s): {', '.join(function_names())}; none = list the catalog")
+    p.add_argument(
+        "functions",
+        nargs="*",
+        metavar="FUNCTION",
+        help=f"catalog function(s): {', '.join(function_names())}; none = list the catalog",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--segments", "-n", type=int, nargs="+", metavar="N",
-                      help=f"segment count(s) inside [lo, hi] (default: {' '.join(map(str, DEFAULT_SEGMENTS))})")
-    size.add_argument("--max-error", type=float, metavar="E",
-                      help="fewest segments with max error <= E (relative error for reciprocal/rsqrt/sqrt)")
+    size.add_argument(
+        "--segments",
+        "-n",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help=f"segment count(s) inside [lo, hi] (default: {' '.join(map(str, DEFAULT_SEGMENTS))})",
+    )
+    size.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="fewest segments with max error <= E (relative error for reciprocal/rsqrt/sqrt)",
+    )
     size.add_argument("--width", type=float, metavar="W", help="uniform segments of width W")
-    p.add_argument("--method", choices=[*METHODS, "both"], default=None,
-                   help="breakpoint placement (default: optimized with --segments/--max-error, "
-                        "both for the default report)")
+    p.add_argument(
+        "--method",
+        choices=[*METHODS, "both"],
+        default=None,
+        help="breakpoint placement (default: optimized with --segments/--max-error, both for the default report)",
+    )
     p.add_argument("--lo", type=float, default=None, help="range start (default: the function's)")
     p.add_argument("--hi", type=float, default=None, help="range end (default: the function's)")
     p.add_argument("--points", type=int, default=200_001, help="grid points for the error measurement")
-    p.add_argument("--plot", metavar="PNG", default=None,
-                   help="draw function, tables and error curves (needs matplotlib)")
+    p.add_argument(
+        "--plot", metavar="PNG", default=None, help="draw function, tables and error curves (needs matplotlib)"
+    )
     p.add_argument("--save", metavar="JSON", default=None, help="write the fitted table(s) as JSON")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--compare", action="store_true",
-                   help="one row per (function, segments): uniform vs optimized max error and ratio")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="one row per (function, segments): uniform vs optimized max error and ratio",
+    )
     return p
 
 
@@ -87,8 +108,17 @@ def format_rows(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     """Rows from :func:`run`/``error_report`` as an aligned text (or markdown) table."""
     head = ["function", "method", "segments", "table", "max_abs", "max_rel", "mean_abs", "range", "fit_ms"]
     body = [
-        [r["function"], r["method"], str(r["segments"]), str(r["table_segments"]), _fmt(r["max_abs"]),
-         _fmt_rel(r["max_rel"]), _fmt(r["mean_abs"]), f"[{r['lo']:.6g}, {r['hi']:.6g}]", f"{r['fit_ms']:.1f}"]
+        [
+            r["function"],
+            r["method"],
+            str(r["segments"]),
+            str(r["table_segments"]),
+            _fmt(r["max_abs"]),
+            _fmt_rel(r["max_rel"]),
+            _fmt(r["mean_abs"]),
+            f"[{r['lo']:.6g}, {r['hi']:.6g}]",
+            f"{r['fit_ms']:.1f}",
+        ]
         for r in rows
     ]
     return _table(head, body, markdown)
@@ -99,18 +129,23 @@ def format_comparison(rows: Sequence[dict[str, Any]], markdown: bool = False) ->
     key: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
         key.setdefault((r["function"], r["segments"]), {})[r["method"]] = r
-    head = ["function", "range", "segments", "uniform max_abs", "optimized max_abs", "ratio",
-            "optimized mean_abs"]
+    head = ["function", "range", "segments", "uniform max_abs", "optimized max_abs", "ratio", "optimized mean_abs"]
     body = []
     for (name, n), by in key.items():
         u, o = by.get("uniform"), by.get("optimized")
         ratio = u["max_abs"] / o["max_abs"] if u and o and o["max_abs"] > 0 else float("nan")
         any_row: dict[str, Any] = o or u or {}
-        body.append([
-            name, f"[{any_row['lo']:.6g}, {any_row['hi']:.6g}]", str(n),
-            _fmt(u["max_abs"]) if u else "-", _fmt(o["max_abs"]) if o else "-",
-            f"{ratio:.1f}x" if ratio == ratio else "-", _fmt(o["mean_abs"]) if o else "-",
-        ])
+        body.append(
+            [
+                name,
+                f"[{any_row['lo']:.6g}, {any_row['hi']:.6g}]",
+                str(n),
+                _fmt(u["max_abs"]) if u else "-",
+                _fmt(o["max_abs"]) if o else "-",
+                f"{ratio:.1f}x" if ratio == ratio else "-",
+                _fmt(o["mean_abs"]) if o else "-",
+            ]
+        )
     return _table(head, body, markdown)
 
 
@@ -173,12 +208,20 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[Te
                     ms = 1e3 * (time.perf_counter() - t0)
                     lo, hi = float(table.meta["lo"]), float(table.meta["hi"])
                     e = table.error(func.f, lo, hi, points=int(args.points))
-                    rows.append({
-                        "function": func.name, "method": table.meta.get("method", m),
-                        "segments": int(table.meta["segments"]), "table_segments": table.n_segments,
-                        "lo": lo, "hi": hi, "max_abs": e["max_abs"], "max_rel": e["max_rel"],
-                        "mean_abs": e["mean_abs"], "fit_ms": ms,
-                    })
+                    rows.append(
+                        {
+                            "function": func.name,
+                            "method": table.meta.get("method", m),
+                            "segments": int(table.meta["segments"]),
+                            "table_segments": table.n_segments,
+                            "lo": lo,
+                            "hi": hi,
+                            "max_abs": e["max_abs"],
+                            "max_rel": e["max_rel"],
+                            "mean_abs": e["mean_abs"],
+                            "fit_ms": ms,
+                        }
+                    )
                     tables.append(table)
     except ValueError as exc:
         err.write(f"error: {exc}\n")
@@ -210,8 +253,10 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[Te
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Standalone entry point: ``python -m nmengine.approx.cli ...``."""
     parser = argparse.ArgumentParser(
-        prog="nmengine approx", description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        prog="nmengine approx",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
     )
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -100,8 +100,15 @@ class _Problem:
 
     def with_range(self, lo: float, hi: float) -> "_Problem":
         """The same task on another range (calibration data re-selected)."""
-        return _Problem(self.func, float(lo), float(hi), _data_in(self.data, lo, hi, self.relative),
-                        self.data_weight, self.data, self.source)
+        return _Problem(
+            self.func,
+            float(lo),
+            float(hi),
+            _data_in(self.data, lo, hi, self.relative),
+            self.data_weight,
+            self.data,
+            self.source,
+        )
 
 
 def _data_in(data: Optional[Array], lo: float, hi: float, relative: bool) -> Optional[Array]:
@@ -354,9 +361,7 @@ def _build(prob: _Problem, n: int, method: str, xb: Optional[Array] = None) -> t
     s32, c32 = _final_lines(prob, xb)
     b, s, c = _assemble(prob, xb, s32, c32)
     if not (np.all(np.isfinite(s.astype(np.float32))) and np.all(np.isfinite(c.astype(np.float32)))):
-        raise ValueError(
-            f"{prob.func.name} on [{prob.lo:g}, {prob.hi:g}] needs coefficients beyond float32 range"
-        )
+        raise ValueError(f"{prob.func.name} on [{prob.lo:g}, {prob.hi:g}] needs coefficients beyond float32 range")
     func = prob.func
     meta: dict[str, Any] = {
         "fn": func.name,
@@ -428,8 +433,16 @@ def _exact_table(func: Function, lo: float, hi: float) -> PWLTable:
     assert func.exact is not None
     b, s, c = func.exact
     meta = {
-        "fn": func.name, "method": "exact", "lo": lo, "hi": hi, "segments": len(s),
-        "metric": "abs", "max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0, "calibrated": False,
+        "fn": func.name,
+        "method": "exact",
+        "lo": lo,
+        "hi": hi,
+        "segments": len(s),
+        "metric": "abs",
+        "max_abs": 0.0,
+        "max_rel": 0.0,
+        "mean_abs": 0.0,
+        "calibrated": False,
     }
     return PWLTable(b, s, c, name=func.name, meta=meta)
 
@@ -668,9 +681,7 @@ def fit(
     given = [k for k, v in (("segments", segments), ("max_error", max_error_v), ("width", width_v)) if v is not None]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
-        raise ValueError(
-            f"give exactly one of segments=, max_error= or width= (uniform only); got {what}"
-        )
+        raise ValueError(f"give exactly one of segments=, max_error= or width= (uniform only); got {what}")
     if segments is not None:
         if segments > max_segments_i:
             raise ValueError(f"segments={segments} exceeds max_segments={max_segments_i}")
@@ -725,16 +736,18 @@ def error_report(
             table = fit(func, segments=n, method=method, lo=func.lo, hi=func.hi)
             ms = 1e3 * (time.perf_counter() - t0)
             e = table.error(func.f, func.lo, func.hi, points=points)
-            rows.append({
-                "function": func.name,
-                "method": method,
-                "segments": int(n),
-                "table_segments": table.n_segments,
-                "lo": func.lo,
-                "hi": func.hi,
-                "max_abs": e["max_abs"],
-                "max_rel": e["max_rel"],
-                "mean_abs": e["mean_abs"],
-                "fit_ms": ms,
-            })
+            rows.append(
+                {
+                    "function": func.name,
+                    "method": method,
+                    "segments": int(n),
+                    "table_segments": table.n_segments,
+                    "lo": func.lo,
+                    "hi": func.hi,
+                    "max_abs": e["max_abs"],
+                    "max_rel": e["max_rel"],
+                    "mean_abs": e["mean_abs"],
+                    "fit_ms": ms,
+                }
+            )
     return rows

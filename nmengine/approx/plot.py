@@ -81,8 +81,7 @@ def plot_fit(
     plt = _matplotlib()
     x32 = x.astype(np.float32)
     exact = np.asarray(ref(x32.astype(np.float64)), dtype=np.float64)
-    fig, (ax_f, ax_e) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
-                                     gridspec_kw={"height_ratios": [3, 2]})
+    fig, (ax_f, ax_e) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     name = func.name if func is not None else getattr(ref, "__name__", "f")
     ax_f.plot(x, exact, color="black", lw=2.2, label=f"{name} (exact)")
     inrange = (x >= flo) & (x <= fhi)
@@ -111,8 +110,9 @@ def plot_fit(
     if worst_in > 0 and worst_all > 3.0 * worst_in:
         # outer segments (clamp / asymptote) may be far off: keep the fitted range's error readable
         ax_e.set_ylim(-1.6 * worst_in, 1.6 * worst_in)
-        ax_e.text(0.01, 0.97, "outside the fitted range: clipped", transform=ax_e.transAxes,
-                  va="top", fontsize=7, color="0.4")
+        ax_e.text(
+            0.01, 0.97, "outside the fitted range: clipped", transform=ax_e.transAxes, va="top", fontsize=7, color="0.4"
+        )
     ax_f.set_ylabel("f(x)")
     ax_f.legend(loc="best", fontsize=8)
     ax_f.set_title(f"PWL approximation of {name} on [{flo:.4g}, {fhi:.4g}] (shaded)")

@@ -42,8 +42,9 @@ def fuse_program(program: Program) -> Program:
     ops = fuse_rows(program.ops, program.outputs, program.constants)
     if len(ops) == len(program.ops):
         return program
-    return Program(program.inputs, program.outputs, ops, program.constants, program.tables,
-                   name=program.name, meta=program.meta)
+    return Program(
+        program.inputs, program.outputs, ops, program.constants, program.tables, name=program.name, meta=program.meta
+    )
 
 
 def compile(  # noqa: A001 - the contract name is nm.compile
@@ -109,9 +110,13 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     else:
         options["segments"] = 32 if auto else segments
     folded_into = {f: lyr.name for lyr in folded.layers for f in lyr.params.get("folded", [])}
-    meta = {"producer": "nmengine.compile", "source": spec.name, "pack_tokens": pack_tokens,
-            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}},
-            "source_layers": source_layers(spec.layers, folded_into)}
+    meta = {
+        "producer": "nmengine.compile",
+        "source": spec.name,
+        "pack_tokens": pack_tokens,
+        "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}},
+        "source_layers": source_layers(spec.layers, folded_into),
+    }
     # Tables on default ranges first: the calibration run needs a complete (exact-mode) program.
     tables = fit_tables(requests, None, options, functions)
     program = Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta)
@@ -130,13 +135,25 @@ def compile(  # noqa: A001 - the contract name is nm.compile
     if auto:
         from .budget import compile_budgeted
 
-        return finish(compile_budgeted(program, requests, calibration, acts, target=target, options=options,
-                                       functions=functions, bias_correction=bias_correction,
-                                       progress=progress), calibration)
+        return finish(
+            compile_budgeted(
+                program,
+                requests,
+                calibration,
+                acts,
+                target=target,
+                options=options,
+                functions=functions,
+                bias_correction=bias_correction,
+                progress=progress,
+            ),
+            calibration,
+        )
     tables = fit_tables(requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
     meta["calibrated"] = True
     meta["bias_corrections"] = corrections
-    return finish(Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta),
-                  calibration)
+    return finish(
+        Program(folded.inputs, folded.outputs, ops, constants, tables, name=spec.name, meta=meta), calibration
+    )

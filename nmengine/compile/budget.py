@@ -44,8 +44,21 @@ from ..program import Program
 from ..pwl import PWLTable
 from .calibrate import calibrated_options, correct_biases, informative, iter_batches
 
-__all__ = ["Target", "parse_target", "compile_budgeted", "BudgetPlan", "check_auto", "table_bytes", "format_report", "plot_curve",
-           "LADDER", "PROBE_SEGMENTS", "segments_arg", "add_segments_args", "segments_options"]
+__all__ = [
+    "Target",
+    "parse_target",
+    "compile_budgeted",
+    "BudgetPlan",
+    "check_auto",
+    "table_bytes",
+    "format_report",
+    "plot_curve",
+    "LADDER",
+    "PROBE_SEGMENTS",
+    "segments_arg",
+    "add_segments_args",
+    "segments_options",
+]
 
 #: Segment counts the budget chooses from (inside the table's range; outer asymptote segments extra).
 LADDER: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -121,12 +134,24 @@ class Target:
         return self.cosine is not None or self.accuracy_drop is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cosine": self.cosine, "accuracy_drop": self.accuracy_drop, "bytes": self.bytes,
-                "margin": self.margin, "labelled_rows": None if self.labels is None else int(self.labels.size)}
+        return {
+            "cosine": self.cosine,
+            "accuracy_drop": self.accuracy_drop,
+            "bytes": self.bytes,
+            "margin": self.margin,
+            "labelled_rows": None if self.labels is None else int(self.labels.size),
+        }
 
 
-_KEYS = {"cosine": "cosine", "cos": "cosine", "accuracy_drop": "accuracy_drop", "acc_drop": "accuracy_drop",
-         "bytes": "bytes", "labels": "labels", "margin": "margin"}
+_KEYS = {
+    "cosine": "cosine",
+    "cos": "cosine",
+    "accuracy_drop": "accuracy_drop",
+    "acc_drop": "accuracy_drop",
+    "bytes": "bytes",
+    "labels": "labels",
+    "margin": "margin",
+}
 
 
 def parse_target(target: Any, labels: Any = None) -> Target:
@@ -205,8 +230,14 @@ def _nn(a: np.ndarray) -> np.ndarray:
 class _Evaluator:
     """Runs candidate table sets on the calibration inputs; compares with the exact outputs."""
 
-    def __init__(self, base: Program, batches: list[Any], activations: Mapping[str, np.ndarray],
-                 bias_correction: bool, labels: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        base: Program,
+        batches: list[Any],
+        activations: Mapping[str, np.ndarray],
+        bias_correction: bool,
+        labels: np.ndarray | None,
+    ) -> None:
         self.base, self.batches, self.acts = base, batches, activations
         self.bias_correction = bias_correction
         exact = [_output_rows(base.run(b, mode="exact"), base.outputs) for b in batches]
@@ -214,8 +245,10 @@ class _Evaluator:
         self.exact_nn = [_nn(e) if 3 <= e.shape[0] <= NN_MAX_ROWS else None for e in self.exact]
         self.labels = labels
         if labels is not None and labels.size != self.exact[0].shape[0]:
-            raise ValueError(f"target labels: {labels.size} labels for {self.exact[0].shape[0]} rows of output "
-                             f"{base.outputs[0]!r} on the calibration data")
+            raise ValueError(
+                f"target labels: {labels.size} labels for {self.exact[0].shape[0]} rows of output "
+                f"{base.outputs[0]!r} on the calibration data"
+            )
         self.exact_acc = None if labels is None else float(np.mean(self.exact[0].argmax(1) == labels))
         self.runs = 0
 
@@ -235,8 +268,11 @@ class _Evaluator:
         got = [_output_rows(prog.run(b), prog.outputs) for b in self.batches]
         rows = [np.concatenate([r[i] for r in got]) for i in range(len(prog.outputs))]
         cos = np.concatenate([_cosines(a, e) for a, e in zip(rows, self.exact)])
-        out: dict[str, Any] = {"deviation": 1.0 - cos, "cosine_min": float(cos.min()) if cos.size else 1.0,
-                               "cosine_mean": float(cos.mean()) if cos.size else 1.0}
+        out: dict[str, Any] = {
+            "deviation": 1.0 - cos,
+            "cosine_min": float(cos.min()) if cos.size else 1.0,
+            "cosine_mean": float(cos.mean()) if cos.size else 1.0,
+        }
         nn = [float(np.mean(_nn(a) == ref)) for a, ref in zip(rows, self.exact_nn) if ref is not None]
         if nn:
             out["nn_agreement"] = nn[0]
@@ -253,16 +289,29 @@ class _Evaluator:
 class _Candidates:
     """Lazily fitted tables of one table key at each ladder count, with their RMS data error."""
 
-    def __init__(self, key: str, fn: str, data: np.ndarray, options: Mapping[str, Any],
-                 given: Mapping[str, Any] | None, ladder: Sequence[int], seed: int) -> None:
+    def __init__(
+        self,
+        key: str,
+        fn: str,
+        data: np.ndarray,
+        options: Mapping[str, Any],
+        given: Mapping[str, Any] | None,
+        ladder: Sequence[int],
+        seed: int,
+    ) -> None:
         from .. import approx
 
         self.key, self.fn, self.ladder = key, fn, list(ladder)
         self.func = approx.get_function(fn)
-        sources = {"calibrated": calibrated_options(fn, data, {k: v for k, v in options.items()
-                                                                if k not in ("lo", "hi", "segments", "max_error")})}
+        sources = {
+            "calibrated": calibrated_options(
+                fn, data, {k: v for k, v in options.items() if k not in ("lo", "hi", "segments", "max_error")}
+            )
+        }
         if given and ("lo" in given or "hi" in given):
-            sources["given"] = calibrated_options(fn, data, {**sources["calibrated"], **{k: given[k] for k in ("lo", "hi") if k in given}})
+            sources["given"] = calibrated_options(
+                fn, data, {**sources["calibrated"], **{k: given[k] for k in ("lo", "hi") if k in given}}
+            )
         self.sources = sources
         v = informative(fn, data.ravel()).astype(np.float32)
         if v.size > ERROR_SAMPLE:
@@ -314,18 +363,28 @@ def check_auto(segments: Any, calibration: Any, max_error: Any, target: Any) -> 
     if auto and segments != "auto":
         raise ValueError(f"segments must be an int or 'auto', got {segments!r}")
     if auto and (calibration is None or max_error is not None):
-        raise ValueError("segments='auto' measures the tables on calibration data: give calibration= "
-                         "(and no max_error)")
+        raise ValueError(
+            "segments='auto' measures the tables on calibration data: give calibration= (and no max_error)"
+        )
     if target is not None and not auto:
         raise ValueError("target= needs segments='auto'")
     return auto
 
 
-def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: Any,
-                     activations: Mapping[str, np.ndarray], *, target: Any, options: Mapping[str, Any],
-                     functions: Mapping[str, Mapping[str, Any]] | None, bias_correction: bool = True,
-                     ladder: Sequence[int] = LADDER, fallback_segments: int = 32,
-                     progress: bool = False) -> Program:
+def compile_budgeted(
+    base: Program,
+    requests: Mapping[str, Any],
+    calibration: Any,
+    activations: Mapping[str, np.ndarray],
+    *,
+    target: Any,
+    options: Mapping[str, Any],
+    functions: Mapping[str, Mapping[str, Any]] | None,
+    bias_correction: bool = True,
+    ladder: Sequence[int] = LADDER,
+    fallback_segments: int = 32,
+    progress: bool = False,
+) -> Program:
     """Choose every table's segments/range for ``target``; see the module docstring.
 
     ``base`` is the lowered program with tables on default ranges (it runs the exact reference),
@@ -334,9 +393,19 @@ def compile_budgeted(base: Program, requests: Mapping[str, Any], calibration: An
     Tables that no calibration input reaches get ``fallback_segments`` on their default range.
     """
     tgt = parse_target(target)
-    plan = BudgetPlan(base, requests, calibration, activations, options=options, functions=functions,
-                      bias_correction=bias_correction, ladder=ladder, fallback_segments=fallback_segments,
-                      labels=tgt.labels, progress=progress)
+    plan = BudgetPlan(
+        base,
+        requests,
+        calibration,
+        activations,
+        options=options,
+        functions=functions,
+        bias_correction=bias_correction,
+        ladder=ladder,
+        fallback_segments=fallback_segments,
+        labels=tgt.labels,
+        progress=progress,
+    )
     return plan.select(tgt)
 
 
@@ -347,11 +416,21 @@ class BudgetPlan:
     measurements of the sensitivity phase are done once).  Arguments as :func:`compile_budgeted`.
     """
 
-    def __init__(self, base: Program, requests: Mapping[str, Any], calibration: Any,
-                 activations: Mapping[str, np.ndarray], *, options: Mapping[str, Any],
-                 functions: Mapping[str, Mapping[str, Any]] | None, bias_correction: bool = True,
-                 ladder: Sequence[int] = LADDER, fallback_segments: int = 32, labels: Any = None,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        base: Program,
+        requests: Mapping[str, Any],
+        calibration: Any,
+        activations: Mapping[str, np.ndarray],
+        *,
+        options: Mapping[str, Any],
+        functions: Mapping[str, Mapping[str, Any]] | None,
+        bias_correction: bool = True,
+        ladder: Sequence[int] = LADDER,
+        fallback_segments: int = 32,
+        labels: Any = None,
+        progress: bool = False,
+    ) -> None:
         from .. import approx
 
         ladder = sorted({int(n) for n in ladder})
@@ -448,8 +527,7 @@ class BudgetPlan:
         return out
 
     def total_bytes(self, alloc: Mapping[str, int]) -> int:
-        return (sum(self.cands[k].bytes(alloc[k]) for k in self.keys)
-                + sum(table_bytes(t) for t in self.fixed.values()))
+        return sum(self.cands[k].bytes(alloc[k]) for k in self.keys) + sum(table_bytes(t) for t in self.fixed.values())
 
     def measure(self, i: int) -> dict[str, Any]:
         """Measured fidelity of path point ``i`` on the calibration data (cached)."""
@@ -467,24 +545,39 @@ class BudgetPlan:
             if key in self.fixed:
                 t = self.fixed[key]
                 final_tables[key] = t
-                per_table[key] = {"fn": t.name, "segments": self.fallback_segments, "bytes": table_bytes(t),
-                                  "range": [t.meta.get("lo"), t.meta.get("hi")], "range_source": "default",
-                                  "sensitivity": None, "impact": None}
+                per_table[key] = {
+                    "fn": t.name,
+                    "segments": self.fallback_segments,
+                    "bytes": table_bytes(t),
+                    "range": [t.meta.get("lo"), t.meta.get("hi")],
+                    "range_source": "default",
+                    "sensitivity": None,
+                    "impact": None,
+                }
                 continue
             j = path[i][key]
             t, err, src = self.cands[key].at(j)
             t = _label(t, key, requests[key].fn)
             s = self.sens[key]
-            rec = {"fn": requests[key].fn, "segments": ladder[j], "bytes": table_bytes(t),
-                   "range": [t.meta.get("lo"), t.meta.get("hi")], "range_source": src, "rms_error": err,
-                   "sensitivity": float(s.max()) if s.size else 0.0, "impact": self.impact[key],
-                   "predicted_deviation": float((s * err * err).max()) if s.size else 0.0}
+            rec = {
+                "fn": requests[key].fn,
+                "segments": ladder[j],
+                "bytes": table_bytes(t),
+                "range": [t.meta.get("lo"), t.meta.get("hi")],
+                "range_source": src,
+                "rms_error": err,
+                "sensitivity": float(s.max()) if s.size else 0.0,
+                "impact": self.impact[key],
+                "predicted_deviation": float((s * err * err).max()) if s.size else 0.0,
+            }
             t.meta["budget"] = dict(rec)
             final_tables[key] = t
             per_table[key] = rec
         program = self.ev.program(final_tables)  # the chosen tables, relabelled (same values as measured)
-        curve = sorted(({"bytes": self.path_bytes[j], "path_index": j, **_brief(m)} for j, m in self.measured.items()),
-                       key=lambda r: r["bytes"])
+        curve = sorted(
+            ({"bytes": self.path_bytes[j], "path_index": j, **_brief(m)} for j, m in self.measured.items()),
+            key=lambda r: r["bytes"],
+        )
         program.meta["pwl_options"] = {**program.meta.get("pwl_options", {}), "segments": "auto"}
         program.meta["budget"] = {
             "target": None if target is None else target.to_dict(),
@@ -561,8 +654,11 @@ class BudgetPlan:
         if chosen > cap:
             met, chosen = False, cap
         if not met:
-            warnings.warn(f"segments='auto': the target {tgt.to_dict()} is not met on the calibration data "
-                          f"(best: {_brief(measure(chosen))} at {path_bytes[chosen]} table bytes)", stacklevel=4)
+            warnings.warn(
+                f"segments='auto': the target {tgt.to_dict()} is not met on the calibration data "
+                f"(best: {_brief(measure(chosen))} at {path_bytes[chosen]} table bytes)",
+                stacklevel=4,
+            )
         return self.program_at(chosen, target=tgt, met=met)
 
 
@@ -576,25 +672,32 @@ def _brief(m: Mapping[str, Any]) -> dict[str, Any]:
 def format_report(budget: Mapping[str, Any], *, top: int | None = None) -> str:
     """Text report of ``program.meta["budget"]``: target, measured fidelity, where the bytes went."""
     t = budget["target"]
-    want = ", ".join(f"{k} {'>=' if k == 'cosine' else '<='} {v}" for k, v in t.items()
-                     if k in ("cosine", "accuracy_drop", "bytes") and v is not None)
+    want = ", ".join(
+        f"{k} {'>=' if k == 'cosine' else '<='} {v}"
+        for k, v in t.items()
+        if k in ("cosine", "accuracy_drop", "bytes") and v is not None
+    )
     m = budget["measured"]
     got = ", ".join(f"{k} {v:.7g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
     tables = budget["tables"]
     total = sum(r["bytes"] for r in tables.values())
-    lines = [f"  budget    target {want} (margin {t.get('margin')}); {'met' if budget['met'] else 'NOT met'} "
-             f"on {budget['calibration_rows']} calibration rows",
-             f"            measured: {got}",
-             f"            {len(tables)} tables, {total} bytes; sensitivity from {budget['runs']} runs "
-             f"(probe {budget['probe_segments']} segments)",
-             f"    {'table':<46s} {'fn':<10s} {'seg':>4s} {'bytes':>6s} {'share':>6s} {'impact@probe':>12s} range"]
+    lines = [
+        f"  budget    target {want} (margin {t.get('margin')}); {'met' if budget['met'] else 'NOT met'} "
+        f"on {budget['calibration_rows']} calibration rows",
+        f"            measured: {got}",
+        f"            {len(tables)} tables, {total} bytes; sensitivity from {budget['runs']} runs "
+        f"(probe {budget['probe_segments']} segments)",
+        f"    {'table':<46s} {'fn':<10s} {'seg':>4s} {'bytes':>6s} {'share':>6s} {'impact@probe':>12s} range",
+    ]
     rows = sorted(tables.items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))
     for key, r in rows[: top or len(rows)]:
         imp = "-" if r.get("impact") is None else f"{r['impact']:.2e}"
         rng = r.get("range") or [None, None]
         rng_s = "-" if rng[0] is None else f"[{rng[0]:.3g}, {rng[1]:.3g}] {r.get('range_source', '')}"
-        lines.append(f"    {key:<46s} {r['fn']:<10s} {r['segments']:>4d} {r['bytes']:>6d} "
-                     f"{r['bytes'] / max(total, 1):>6.1%} {imp:>12s} {rng_s}")
+        lines.append(
+            f"    {key:<46s} {r['fn']:<10s} {r['segments']:>4d} {r['bytes']:>6d} "
+            f"{r['bytes'] / max(total, 1):>6.1%} {imp:>12s} {rng_s}"
+        )
     return "\n".join(lines)
 
 
@@ -621,13 +724,21 @@ def plot_curve(budget: Mapping[str, Any], path: str | None = None, *, ax: Any = 
     t = budget["target"]
     if t.get("cosine") is not None:
         ax.axhline(1.0 - t["cosine"], color="r", ls="--", lw=1, label="target")
-        ax.axhline(t.get("margin", 1.0) * (1.0 - t["cosine"]), color="r", ls=":", lw=1,
-                   label="required on calibration (x margin)")
+        ax.axhline(
+            t.get("margin", 1.0) * (1.0 - t["cosine"]),
+            color="r",
+            ls=":",
+            lw=1,
+            label="required on calibration (x margin)",
+        )
     ax.axvline(budget["measured"]["bytes"], color="g", ls=":", lw=1, label="chosen")
     ax.set_xlabel("total PWL table bytes")
     ax.set_ylabel("1 - cosine min (calibration rows)")
-    second = "nn_agreement" if all("nn_agreement" in p for p in pts) else (
-        "accuracy" if all("accuracy" in p for p in pts) else None)
+    second = (
+        "nn_agreement"
+        if all("nn_agreement" in p for p in pts)
+        else ("accuracy" if all("accuracy" in p for p in pts) else None)
+    )
     if second:
         ax2 = ax.twinx()
         ax2.plot(xs, [p[second] for p in pts], "s--", color="tab:orange", label=second.replace("_", " "))
@@ -658,11 +769,18 @@ def segments_arg(value: str) -> int | str:
 
 def add_segments_args(parser: argparse.ArgumentParser, default: int | None = None) -> None:
     """Add ``--segments N|auto`` and ``--target SPEC`` to a command."""
-    parser.add_argument("--segments", type=segments_arg, default=None,
-                        help=f"PWL segments per table, or 'auto' to choose them for --target (default {default})")
-    parser.add_argument("--target", default=None,
-                        help="with --segments auto: e.g. 'cosine=0.9999', 'bytes=15k', "
-                             "'cosine=0.9999,bytes=15k' (default cosine=0.9999)")
+    parser.add_argument(
+        "--segments",
+        type=segments_arg,
+        default=None,
+        help=f"PWL segments per table, or 'auto' to choose them for --target (default {default})",
+    )
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="with --segments auto: e.g. 'cosine=0.9999', 'bytes=15k', "
+        "'cosine=0.9999,bytes=15k' (default cosine=0.9999)",
+    )
 
 
 def segments_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -35,8 +35,9 @@ def iter_batches(calibration: Any) -> Iterable[Any]:
     return [calibration]
 
 
-def record_activations(program: Program, calibration: Any, *, max_rows: int = 65536, seed: int = 0,
-                       progress: bool = False) -> dict[str, np.ndarray]:
+def record_activations(
+    program: Program, calibration: Any, *, max_rows: int = 65536, seed: int = 0, progress: bool = False
+) -> dict[str, np.ndarray]:
     """Run ``program`` exactly on the calibration data; return ``{table key: rows of PWL inputs}``."""
     rng = np.random.default_rng(seed)
     seen: dict[str, list[np.ndarray]] = {}
@@ -94,9 +95,14 @@ def calibrated_options(fn: str, activations: np.ndarray, opts: Mapping[str, Any]
     return out
 
 
-def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray] | None,
-               options: Mapping[str, Any], per_function: Mapping[str, Mapping[str, Any]] | None,
-               *, progress: bool = False) -> dict[str, PWLTable]:
+def fit_tables(
+    requests: Mapping[str, Any],
+    activations: Mapping[str, np.ndarray] | None,
+    options: Mapping[str, Any],
+    per_function: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    progress: bool = False,
+) -> dict[str, PWLTable]:
     """Fit one table per request, on its calibration data when there is some."""
     from .. import approx
 
@@ -125,8 +131,12 @@ def fit_tables(requests: Mapping[str, Any], activations: Mapping[str, np.ndarray
     return tables
 
 
-def correct_biases(ops: list[Op], constants: dict[str, np.ndarray], tables: Mapping[str, PWLTable],
-                   activations: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+def correct_biases(
+    ops: list[Op],
+    constants: dict[str, np.ndarray],
+    tables: Mapping[str, PWLTable],
+    activations: Mapping[str, np.ndarray],
+) -> list[dict[str, Any]]:
     """Fold each table's mean error on its calibration data into the bias of the linear GEMM after it.
 
     Applies where a PWL epilogue's output feeds only linear GEMMs (``A`` operand, constant ``B``).
@@ -144,8 +154,10 @@ def correct_biases(ops: list[Op], constants: dict[str, np.ndarray], tables: Mapp
         if ep.get("act") != "pwl" or ep["table"] not in activations:
             continue
         users = consumers.get(op.out, [])
-        if not users or not all(u.kind == "gemm" and u.attrs.get("linear") and u.args.get("a") == op.out
-                                and u.args["b"] in constants for u in users):
+        if not users or not all(
+            u.kind == "gemm" and u.attrs.get("linear") and u.args.get("a") == op.out and u.args["b"] in constants
+            for u in users
+        ):
             continue
         acts = activations[ep["table"]]
         for u in users:

@@ -51,8 +51,9 @@ def _readers(ops: Sequence[Op]) -> dict[str, list[int]]:
 
 def _only(op: Op, kind: str, roles: Sequence[str], **attrs: tuple) -> bool:
     """op is ``kind`` with exactly these operand roles and attrs (name: (default, required value))."""
-    return (op.kind == kind and set(op.args) == set(roles)
-            and all(op.attrs.get(k, d) == v for k, (d, v) in attrs.items()))
+    return (
+        op.kind == kind and set(op.args) == set(roles) and all(op.attrs.get(k, d) == v for k, (d, v) in attrs.items())
+    )
 
 
 _NO_TRANS = {"trans_a": (False, False), "trans_b": (False, False)}
@@ -62,14 +63,19 @@ def _ones_column(name: str, ops: Sequence[Op], producer: Mapping[str, int], cons
     """name is a float32 column of ones: a constant, or a ``slice_rows`` of one along ``likes``' last axis."""
     if name in constants:
         c = constants[name]
-        return bool(c.dtype == np.float32 and c.ndim == 2 and c.shape[1] == 1 and np.all(c == 1.0)
-                    and not np.signbit(c).any())
+        return bool(
+            c.dtype == np.float32 and c.ndim == 2 and c.shape[1] == 1 and np.all(c == 1.0) and not np.signbit(c).any()
+        )
     j = producer.get(name)
     if j is None:
         return False
     sl = ops[j]
-    return (sl.kind == "slice_rows" and sl.args.get("like") in likes and sl.attrs.get("axis") == -1
-            and _ones_column(sl.args["x"], ops, producer, constants, likes))
+    return (
+        sl.kind == "slice_rows"
+        and sl.args.get("like") in likes
+        and sl.attrs.get("axis") == -1
+        and _ones_column(sl.args["x"], ops, producer, constants, likes)
+    )
 
 
 def _find_softmax(ops, outputs, constants):
@@ -85,27 +91,41 @@ def _find_softmax(ops, outputs, constants):
             continue
         j = readers[m][0]
         ej = ops[j]
-        if not (_only(ej, "scale", ("x", "res"), alpha=(1.0, 1.0), beta=(0.0, 0.0), res_beta=(1.0, -1.0))
-                and ej.args["x"] == s and ej.epilogue.get("act") == "pwl" and ej.out not in outputs):
+        if not (
+            _only(ej, "scale", ("x", "res"), alpha=(1.0, 1.0), beta=(0.0, 0.0), res_beta=(1.0, -1.0))
+            and ej.args["x"] == s
+            and ej.epilogue.get("act") == "pwl"
+            and ej.out not in outputs
+        ):
             continue
         e = ej.out
         re_ = readers.get(e, [])
         gk = [k for k in re_ if ops[k].kind == "gemm"]
         sk = [k for k in re_ if ops[k].kind == "scale"]
-        likes = [k for k in re_ if ops[k].kind == "slice_rows" and ops[k].args.get("like") == e
-                 and ops[k].args.get("x") != e]
+        likes = [
+            k for k in re_ if ops[k].kind == "slice_rows" and ops[k].args.get("like") == e and ops[k].args.get("x") != e
+        ]
         if len(gk) != 1 or len(sk) != 1 or len(re_) != 2 + len(likes):
             continue
         k, q = gk[0], sk[0]
         g, ps = ops[k], ops[q]
-        if not (_only(g, "gemm", ("a", "b"), **_NO_TRANS) and g.args["a"] == e and g.epilogue.get("act") == "pwl"
-                and g.out not in outputs and _ones_column(g.args["b"], ops, producer, constants, (e, s))):
+        if not (
+            _only(g, "gemm", ("a", "b"), **_NO_TRANS)
+            and g.args["a"] == e
+            and g.epilogue.get("act") == "pwl"
+            and g.out not in outputs
+            and _ones_column(g.args["b"], ops, producer, constants, (e, s))
+        ):
             continue
         r = g.out
         if readers.get(r, []) != [q]:
             continue
-        if not (_only(ps, "scale", ("x", "row_scale"), alpha=(1.0, 1.0), beta=(0.0, 0.0))
-                and ps.args["x"] == e and ps.args["row_scale"] == r and ps.epilogue.get("act", "none") == "none"):
+        if not (
+            _only(ps, "scale", ("x", "row_scale"), alpha=(1.0, 1.0), beta=(0.0, 0.0))
+            and ps.args["x"] == e
+            and ps.args["row_scale"] == r
+            and ps.epilogue.get("act", "none") == "none"
+        ):
             continue
         if not i < j < k < q:
             continue
@@ -113,9 +133,19 @@ def _find_softmax(ops, outputs, constants):
         for t in likes:
             sl = ops[t]
             repoint[t] = Op(sl.kind, sl.out, {**sl.args, "like": s}, dict(sl.attrs), sl.layer, sl.what)
-        fused = Op("softmax_rows", ps.out, {"x": s, "ones": g.args["b"]},
-                   {"exp": dict(ej.epilogue), "recip": dict(g.epilogue), "names": [m, e, r],
-                    "whats": [op.what, ej.what, g.what, ps.what]}, ps.layer, ps.what)
+        fused = Op(
+            "softmax_rows",
+            ps.out,
+            {"x": s, "ones": g.args["b"]},
+            {
+                "exp": dict(ej.epilogue),
+                "recip": dict(g.epilogue),
+                "names": [m, e, r],
+                "whats": [op.what, ej.what, g.what, ps.what],
+            },
+            ps.layer,
+            ps.what,
+        )
         return {i, j, k, q}, fused, repoint
     return None
 
@@ -146,8 +176,13 @@ def _find_layernorm(ops, outputs, constants):
             continue
         j = readers[mean][0]
         cj = ops[j]
-        if not (_only(cj, "scale", ("x", "res"), res_beta=(1.0, -1.0), **plain) and cj.epilogue.get("act", "none")
-                == "none" and cj.args["x"] == x and cj.args["res"] == mean and cj.out not in outputs):
+        if not (
+            _only(cj, "scale", ("x", "res"), res_beta=(1.0, -1.0), **plain)
+            and cj.epilogue.get("act", "none") == "none"
+            and cj.args["x"] == x
+            and cj.args["res"] == mean
+            and cj.out not in outputs
+        ):
             continue
         c = cj.out
         rc = readers.get(c, [])
@@ -155,26 +190,40 @@ def _find_layernorm(ops, outputs, constants):
             continue
         k, q = rc
         sqo, yo = ops[k], ops[q]
-        if not (_only(sqo, "scale", ("x", "mul"), **plain) and sqo.epilogue.get("act", "none") == "none"
-                and sqo.args["x"] == c and sqo.args["mul"] == c and sqo.out not in outputs):
+        if not (
+            _only(sqo, "scale", ("x", "mul"), **plain)
+            and sqo.epilogue.get("act", "none") == "none"
+            and sqo.args["x"] == c
+            and sqo.args["mul"] == c
+            and sqo.out not in outputs
+        ):
             continue
         sq = sqo.out
         if len(readers.get(sq, [])) != 1:
             continue
         v = readers[sq][0]
         vo = ops[v]
-        if not (_only(vo, "gemm", ("a", "b", "bias"), **_NO_TRANS) and vo.args["a"] == sq
-                and _column(vo.args["b"], constants) == n and _vector(vo.args["bias"], 1, constants)
-                and vo.epilogue.get("act") == "pwl" and vo.out not in outputs):
+        if not (
+            _only(vo, "gemm", ("a", "b", "bias"), **_NO_TRANS)
+            and vo.args["a"] == sq
+            and _column(vo.args["b"], constants) == n
+            and _vector(vo.args["bias"], 1, constants)
+            and vo.epilogue.get("act") == "pwl"
+            and vo.out not in outputs
+        ):
             continue
         r = vo.out
         if readers.get(r, []) != [q]:
             continue
-        if not (yo.kind == "scale" and yo.epilogue.get("act", "none") == "none"
-                and {"x", "row_scale"} <= set(yo.args) <= {"x", "row_scale", "col_scale", "bias"}
-                and yo.args["x"] == c and yo.args["row_scale"] == r
-                and all(yo.attrs.get(a, d) == want for a, (d, want) in plain.items())
-                and all(_vector(yo.args[role], n, constants) for role in ("col_scale", "bias") if role in yo.args)):
+        if not (
+            yo.kind == "scale"
+            and yo.epilogue.get("act", "none") == "none"
+            and {"x", "row_scale"} <= set(yo.args) <= {"x", "row_scale", "col_scale", "bias"}
+            and yo.args["x"] == c
+            and yo.args["row_scale"] == r
+            and all(yo.attrs.get(a, d) == want for a, (d, want) in plain.items())
+            and all(_vector(yo.args[role], n, constants) for role in ("col_scale", "bias") if role in yo.args)
+        ):
             continue
         if not i < j < k < v < q:
             continue
@@ -183,8 +232,17 @@ def _find_layernorm(ops, outputs, constants):
             args["gamma"] = yo.args["col_scale"]
         if "bias" in yo.args:
             args["beta"] = yo.args["bias"]
-        fused = Op("layernorm_rows", yo.out, args,
-                   {"rsqrt": dict(vo.epilogue), "names": [mean, c, sq, r],
-                    "whats": [op.what, cj.what, sqo.what, vo.what, yo.what]}, yo.layer, yo.what)
+        fused = Op(
+            "layernorm_rows",
+            yo.out,
+            args,
+            {
+                "rsqrt": dict(vo.epilogue),
+                "names": [mean, c, sq, r],
+                "whats": [op.what, cj.what, sqo.what, vo.what, yo.what],
+            },
+            yo.layer,
+            yo.what,
+        )
         return {i, j, k, v, q}, fused, {}
     return None

@@ -94,8 +94,18 @@ class _Builder:
             self.constants[name] = np.ones((n, 1), dtype=np.float32)
         return name
 
-    def row_sum(self, x: str, n: int | None, layer: Layer, out: str, what: str, *, scale: float = 1.0,
-                bias: float | None = None, epilogue: dict | None = None) -> str:
+    def row_sum(
+        self,
+        x: str,
+        n: int | None,
+        layer: Layer,
+        out: str,
+        what: str,
+        *,
+        scale: float = 1.0,
+        bias: float | None = None,
+        epilogue: dict | None = None,
+    ) -> str:
         """``x @ (scale * ones[n, 1])`` over the last axis (a sliced ones column when n is dynamic)."""
         if n is not None and scale != 1.0:
             b = self.const(f"{out}#w", np.full((n, 1), scale, dtype=np.float32))
@@ -104,8 +114,14 @@ class _Builder:
         else:
             if scale != 1.0:
                 raise SpecError(f"layer {layer.name!r}: a scaled row sum needs a static length")
-            b = self.op("slice_rows", f"{out}#ones", {"x": self.ones(self.max_len), "like": x}, layer,
-                        "ones column for a row sum", axis=-1)
+            b = self.op(
+                "slice_rows",
+                f"{out}#ones",
+                {"x": self.ones(self.max_len), "like": x},
+                layer,
+                "ones column for a row sum",
+                axis=-1,
+            )
         args = {"a": x, "b": b}
         if bias is not None:
             args["bias"] = self.const(f"{out}#bias", np.array([bias], dtype=np.float32))
@@ -193,8 +209,16 @@ def _conv2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape])
     p = lyr.params
     n, c, h, wd = shp[0]
     ho, wo = conv_out_hw(h, wd, (kh, kw), p.get("stride", 1), p.get("padding", 0))
-    cols = b.op("im2col", f"{out}#cols", {"x": ins[0]}, lyr, f"im2col {kh}x{kw}",
-                kernel=[kh, kw], stride=p.get("stride", 1), padding=p.get("padding", 0))
+    cols = b.op(
+        "im2col",
+        f"{out}#cols",
+        {"x": ins[0]},
+        lyr,
+        f"im2col {kh}x{kw}",
+        kernel=[kh, kw],
+        stride=p.get("stride", 1),
+        padding=p.get("padding", 0),
+    )
     args = {"a": b.const(f"{lyr.name}.weight", w.reshape(co, ci * kh * kw)), "b": cols}
     if "bias" in lyr.weights:
         args["bias_row"] = b.const(f"{lyr.name}.bias", lyr.weights["bias"])
@@ -208,9 +232,17 @@ def _batchnorm2d(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Sh
     wt = {k: v.astype(np.float64) for k, v in lyr.weights.items()}
     g = wt["weight"] / np.sqrt(wt["running_var"] + float(lyr.params.get("eps", 1e-5)))
     shift = wt["bias"] - wt["running_mean"] * g
-    b.op("scale", out, {"x": ins[0], "row_scale": b.const(f"{lyr.name}.scale", g[:, None, None]),
-                        "bias_row": b.const(f"{lyr.name}.shift", shift[:, None, None])},
-         lyr, "batchnorm as a per-channel diagonal GEMM")
+    b.op(
+        "scale",
+        out,
+        {
+            "x": ins[0],
+            "row_scale": b.const(f"{lyr.name}.scale", g[:, None, None]),
+            "bias_row": b.const(f"{lyr.name}.shift", shift[:, None, None]),
+        },
+        lyr,
+        "batchnorm as a per-channel diagonal GEMM",
+    )
 
 
 def _activation(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
@@ -224,9 +256,17 @@ def _pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -
     k = p["kernel"]
     kh, kw = (k, k) if isinstance(k, int) else k
     is_max = lyr.op == "maxpool2d"
-    win = b.op("pool_windows", f"{out}#win", {"x": ins[0]}, lyr, f"{kh}x{kw} windows",
-               kernel=[kh, kw], stride=p.get("stride", k), padding=p.get("padding", 0),
-               pad="edge" if is_max else "zero")
+    win = b.op(
+        "pool_windows",
+        f"{out}#win",
+        {"x": ins[0]},
+        lyr,
+        f"{kh}x{kw} windows",
+        kernel=[kh, kw],
+        stride=p.get("stride", k),
+        padding=p.get("padding", 0),
+        pad="edge" if is_max else "zero",
+    )
     if is_max:
         red = b.op("pairwise_max", f"{out}#max", {"x": win}, lyr, "max as b + relu(a - b) tree")
     else:
@@ -246,8 +286,14 @@ def _flatten(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]
 
 
 def _patchify(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
-    b.op("patchify", out, {"x": ins[0]}, lyr, f"{lyr.params['patch']}x{lyr.params['patch']} patches",
-         patch=int(lyr.params["patch"]))
+    b.op(
+        "patchify",
+        out,
+        {"x": ins[0]},
+        lyr,
+        f"{lyr.params['patch']}x{lyr.params['patch']} patches",
+        patch=int(lyr.params["patch"]),
+    )
 
 
 def _add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
@@ -255,16 +301,29 @@ def _add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) ->
 
 
 def _position_add(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
-    rows = b.op("slice_rows", f"{out}#pos", {"x": b.const(f"{lyr.name}.weight", lyr.weights["weight"]),
-                                              "like": ins[0]}, lyr, "position rows", axis=1)
+    rows = b.op(
+        "slice_rows",
+        f"{out}#pos",
+        {"x": b.const(f"{lyr.name}.weight", lyr.weights["weight"]), "like": ins[0]},
+        lyr,
+        "position rows",
+        axis=1,
+    )
     b.op("scale", out, {"x": ins[0], "res": rows}, lyr, "add position embeddings")
 
 
 def _softmax_rows(b: _Builder, lyr: Layer, x: str, n: int | None, prefix: str) -> str:
     """Masked-free softmax over the last axis of ``x``; returns the probabilities' buffer name."""
     m = b.op("pairwise_max", f"{prefix}#max", {"x": x}, lyr, "row bound: max as b + relu(a - b) tree")
-    e = b.op("scale", f"{prefix}#exp", {"x": x, "res": m}, lyr, "exp(x - max)", res_beta=-1.0,
-             epilogue=b.pwl(lyr, "exp", "exp"))
+    e = b.op(
+        "scale",
+        f"{prefix}#exp",
+        {"x": x, "res": m},
+        lyr,
+        "exp(x - max)",
+        res_beta=-1.0,
+        epilogue=b.pwl(lyr, "exp", "exp"),
+    )
     r = b.row_sum(e, n, lyr, f"{prefix}#recip", "1 / row sum", epilogue=b.pwl(lyr, "reciprocal", "reciprocal"))
     return b.op("scale", f"{prefix}#prob", {"x": e, "row_scale": r}, lyr, "normalise rows")
 
@@ -281,8 +340,16 @@ def _layernorm(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
     mean = b.row_sum(x, d, lyr, f"{out}#mean", "mean by GEMM", scale=1.0 / d)
     c = b.op("scale", f"{out}#centred", {"x": x, "res": mean}, lyr, "centre", res_beta=-1.0)
     sq = b.op("scale", f"{out}#sq", {"x": c, "mul": c}, lyr, "square (elementwise product)")
-    r = b.row_sum(sq, d, lyr, f"{out}#rstd", "rsqrt(variance + eps)", scale=1.0 / d, bias=eps,
-                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"))
+    r = b.row_sum(
+        sq,
+        d,
+        lyr,
+        f"{out}#rstd",
+        "rsqrt(variance + eps)",
+        scale=1.0 / d,
+        bias=eps,
+        epilogue=b.pwl(lyr, "rsqrt", "rsqrt"),
+    )
     gamma, beta = lyr.weights["weight"], lyr.weights["bias"]
     args = {"x": c, "row_scale": r}
     what = "normalise"
@@ -299,12 +366,23 @@ def _layernorm(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
 
 def _embedding(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
     w = lyr.weights
-    e = b.op("gather", f"{out}#word", {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ins[0]},
-             lyr, "word embedding rows")
+    e = b.op(
+        "gather",
+        f"{out}#word",
+        {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ins[0]},
+        lyr,
+        "word embedding rows",
+    )
     args: dict[str, str] = {"x": e}
     if "position" in w:
-        args["res"] = b.op("slice_rows", f"{out}#pos", {"x": b.const(f"{lyr.name}.position", w["position"]),
-                                                         "like": ins[0]}, lyr, "position rows", axis=1)
+        args["res"] = b.op(
+            "slice_rows",
+            f"{out}#pos",
+            {"x": b.const(f"{lyr.name}.position", w["position"]), "like": ins[0]},
+            lyr,
+            "position rows",
+            axis=1,
+        )
     types = ins[1] if len(ins) > 1 else None
     _sum_embeddings(b, lyr, out, args, types)
 
@@ -313,8 +391,13 @@ def _sum_embeddings(b: _Builder, lyr: Layer, out: str, args: dict[str, str], typ
     """Word (+ position) rows in ``args``, plus token-type rows (type 0 as a bias without ids)."""
     w = lyr.weights
     if "token_type" in w and type_ids is not None:
-        tt = b.op("gather", f"{out}#type", {"table": b.const(f"{lyr.name}.token_type", w["token_type"]),
-                                             "ids": type_ids}, lyr, "token-type rows")
+        tt = b.op(
+            "gather",
+            f"{out}#type",
+            {"table": b.const(f"{lyr.name}.token_type", w["token_type"]), "ids": type_ids},
+            lyr,
+            "token-type rows",
+        )
         if "res" in args:
             args["x"] = b.op("scale", f"{out}#sum", dict(args), lyr, "word + position")
         args["res"] = tt
@@ -323,8 +406,9 @@ def _sum_embeddings(b: _Builder, lyr: Layer, out: str, args: dict[str, str], typ
     b.op("scale", out, args, lyr, "sum of embeddings")
 
 
-def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], *,
-          packed_mask: str | None = None) -> None:
+def _mhsa(
+    b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], *, packed_mask: str | None = None
+) -> None:
     w = {k: v.astype(np.float64) for k, v in lyr.weights.items()}
     d = w["q_weight"].shape[0]
     h = int(lyr.params["heads"])
@@ -332,12 +416,18 @@ def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], *
     s = 1.0 / np.sqrt(hd)
     wqkv = np.concatenate([w["q_weight"] * s, w["k_weight"], w["v_weight"]], axis=0)  # (3D, D)
     bqkv = np.concatenate([w["q_bias"] * s, w["k_bias"], w["v_bias"]])
-    qkv = b.op("gemm", f"{out}#qkv", {"a": ins[0], "b": b.const(f"{lyr.name}.qkv_weight", wqkv.T),
-                                       "bias": b.const(f"{lyr.name}.qkv_bias", bqkv)},
-               lyr, f"QKV projection {d}->{3 * d} (1/sqrt({hd}) folded into Q)", linear=True)
+    qkv = b.op(
+        "gemm",
+        f"{out}#qkv",
+        {"a": ins[0], "b": b.const(f"{lyr.name}.qkv_weight", wqkv.T), "bias": b.const(f"{lyr.name}.qkv_bias", bqkv)},
+        lyr,
+        f"QKV projection {d}->{3 * d} (1/sqrt({hd}) folded into Q)",
+        linear=True,
+    )
     if packed_mask is not None:
-        qkv = b.op("unpack", f"{out}#qkv_seq", {"x": qkv, "mask": packed_mask}, lyr,
-                   "scatter packed Q/K/V to [B, T, 3D]")
+        qkv = b.op(
+            "unpack", f"{out}#qkv_seq", {"x": qkv, "mask": packed_mask}, lyr, "scatter packed Q/K/V to [B, T, 3D]"
+        )
     heads = [0, 0, 3, h, hd]
     qv = {"reshape": heads, "select": [2, 0], "perm": [0, 2, 1, 3]}
     kv = {"reshape": heads, "select": [2, 1], "perm": [0, 2, 3, 1]}
@@ -345,20 +435,43 @@ def _mhsa(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape], *
     args = {"a": qkv, "b": qkv}
     attrs: dict[str, Any] = {"a_view": qv, "b_view": kv}
     if len(ins) > 1:
-        mb = b.op("scale", f"{out}#maskbias", {"x": ins[1]}, lyr, "key mask -> 0 / -1e4 bias",
-                  alpha=MASK_BIAS, beta=-MASK_BIAS)
+        mb = b.op(
+            "scale",
+            f"{out}#maskbias",
+            {"x": ins[1]},
+            lyr,
+            "key mask -> 0 / -1e4 bias",
+            alpha=MASK_BIAS,
+            beta=-MASK_BIAS,
+        )
         args["res"] = mb
         attrs["res_view"] = {"reshape": [0, 1, 1, -1]}
     scores = b.op("gemm_batched", f"{out}#scores", args, lyr, "Q K^T per (sequence, head)", **attrs)
     p = _softmax_rows(b, lyr, scores, shp[0][1], f"{out}#attn")
-    ctx = b.op("gemm_batched", f"{out}#ctx", {"a": p, "b": qkv}, lyr, "P V per (sequence, head)",
-               b_view=vv, out_perm=[0, 2, 1, 3])
+    ctx = b.op(
+        "gemm_batched",
+        f"{out}#ctx",
+        {"a": p, "b": qkv},
+        lyr,
+        "P V per (sequence, head)",
+        b_view=vv,
+        out_perm=[0, 2, 1, 3],
+    )
     ctx2 = b.op("reshape", f"{out}#merged", {"x": ctx}, lyr, "merge heads", shape=[0, 0, -1])
     if packed_mask is not None:
         ctx2 = b.op("pack", f"{out}#ctx_tokens", {"x": ctx2, "mask": packed_mask}, lyr, "gather real tokens")
-    b.op("gemm", out, {"a": ctx2, "b": b.const(f"{lyr.name}.o_weight", w["o_weight"].T),
-                       "bias": b.const(f"{lyr.name}.o_bias", w["o_bias"])}, lyr, f"output projection {d}->{d}",
-         linear=True)
+    b.op(
+        "gemm",
+        out,
+        {
+            "a": ctx2,
+            "b": b.const(f"{lyr.name}.o_weight", w["o_weight"].T),
+            "bias": b.const(f"{lyr.name}.o_bias", w["o_bias"]),
+        },
+        lyr,
+        f"output projection {d}->{d}",
+        linear=True,
+    )
 
 
 def _mean_pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shape]) -> None:
@@ -366,10 +479,15 @@ def _mean_pool(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[Shap
     t = shp[0][1]
     if len(ins) > 1:
         mask = ins[1]
-        rc = b.row_sum(mask, t, lyr, f"{out}#count", "1 / token count",
-                       epilogue=b.pwl(lyr, "reciprocal", "reciprocal"))
-        s = b.op("gemm_batched", f"{out}#sum", {"a": mask, "b": x}, lyr, "masked token sum by GEMM",
-                 a_view={"reshape": [0, 1, -1]})
+        rc = b.row_sum(mask, t, lyr, f"{out}#count", "1 / token count", epilogue=b.pwl(lyr, "reciprocal", "reciprocal"))
+        s = b.op(
+            "gemm_batched",
+            f"{out}#sum",
+            {"a": mask, "b": x},
+            lyr,
+            "masked token sum by GEMM",
+            a_view={"reshape": [0, 1, -1]},
+        )
         flat = b.op("reshape", f"{out}#flat", {"x": s}, lyr, "view as [N, D]", shape=[0, -1])
         b.op("scale", out, {"x": flat, "row_scale": rc}, lyr, "divide by token count")
     else:
@@ -385,8 +503,15 @@ def _l2_normalize(b: _Builder, lyr: Layer, ins: list[str], out: str, shp: list[S
     eps = float(lyr.params.get("eps", 1e-12))
     d = shp[0][-1]
     sq = b.op("scale", f"{out}#sq", {"x": x, "mul": x}, lyr, "squares")
-    r = b.row_sum(sq, d, lyr, f"{out}#rnorm", "rsqrt(sum of squares + eps^2)", bias=eps * eps,
-                  epilogue=b.pwl(lyr, "rsqrt", "rsqrt"))
+    r = b.row_sum(
+        sq,
+        d,
+        lyr,
+        f"{out}#rnorm",
+        "rsqrt(sum of squares + eps^2)",
+        bias=eps * eps,
+        epilogue=b.pwl(lyr, "rsqrt", "rsqrt"),
+    )
     b.op("scale", out, {"x": x, "row_scale": r}, lyr, "divide by the norm")
 
 
@@ -430,20 +555,32 @@ def _embedding_packed(b: _Builder, lyr: Layer, ins: list[str], out: str, mask: s
     """Embeddings of the real tokens only: ``[Ntok, D]`` rows, ordered sequence by sequence."""
     w = lyr.weights
     ids = b.op("pack", f"{out}#ids", {"x": ins[0], "mask": mask}, lyr, "real tokens' ids")
-    e = b.op("gather", f"{out}#word", {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ids},
-             lyr, "word embedding rows")
+    e = b.op(
+        "gather",
+        f"{out}#word",
+        {"table": b.const(f"{lyr.name}.word", w["word"]), "ids": ids},
+        lyr,
+        "word embedding rows",
+    )
     args: dict[str, str] = {"x": e}
     if "position" in w:
         pos = b.op("positions", f"{out}#posids", {"mask": mask}, lyr, "real tokens' positions")
-        args["res"] = b.op("gather", f"{out}#pos", {"table": b.const(f"{lyr.name}.position", w["position"]),
-                                                     "ids": pos}, lyr, "position rows")
+        args["res"] = b.op(
+            "gather",
+            f"{out}#pos",
+            {"table": b.const(f"{lyr.name}.position", w["position"]), "ids": pos},
+            lyr,
+            "position rows",
+        )
     types = None
     if "token_type" in w and len(ins) > 1:
         types = b.op("pack", f"{out}#typeids", {"x": ins[1], "mask": mask}, lyr, "real tokens' types")
     _sum_embeddings(b, lyr, out, args, types)
 
 
-def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[str, np.ndarray], dict[str, TableRequest]]:
+def lower(
+    spec: ModelSpec, *, pack_tokens: bool = True
+) -> tuple[list[Op], dict[str, np.ndarray], dict[str, TableRequest]]:
     """Lower a (folded) ModelSpec to ops, constants and the PWL tables they need.
 
     With ``pack_tokens`` (and a transformer whose attention layers share one key mask), the real tokens
@@ -464,8 +601,9 @@ def lower(spec: ModelSpec, *, pack_tokens: bool = True) -> tuple[list[Op], dict[
     def unpack(name: str, lyr: Layer) -> str:
         assert mask is not None  # only packed programs unpack
         if name not in unpacked:
-            unpacked[name] = b.op("unpack", f"{name}#unpacked", {"x": name, "mask": mask}, lyr,
-                                  "scatter real tokens back to [B, T, ...]")
+            unpacked[name] = b.op(
+                "unpack", f"{name}#unpacked", {"x": name, "mask": mask}, lyr, "scatter real tokens back to [B, T, ...]"
+            )
         return unpacked[name]
 
     for lyr in spec.layers:

@@ -44,11 +44,21 @@ def _post(program: Program) -> Program:
     return post(program) if callable(post) else program
 
 
-def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: int | str | None = 32,
-                    method: str = "optimized", max_error: float | None = None,
-                    functions: Mapping[str, Mapping[str, Any]] | None = None, bias_correction: bool = True,
-                    max_calibration_rows: int = 65536, progress: bool = False, target: Any = None,
-                    precision: str = "float32", int8_tolerance: float = 0.006) -> Program:
+def compile_lowered(
+    graph: LoweredGraph,
+    calibration: Any = None,
+    *,
+    segments: int | str | None = 32,
+    method: str = "optimized",
+    max_error: float | None = None,
+    functions: Mapping[str, Mapping[str, Any]] | None = None,
+    bias_correction: bool = True,
+    max_calibration_rows: int = 65536,
+    progress: bool = False,
+    target: Any = None,
+    precision: str = "float32",
+    int8_tolerance: float = 0.006,
+) -> Program:
     """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`
     (``segments="auto"`` with ``target``: the budgeted compile, :mod:`.budget`; ``precision="int8"``:
     the int8 pass, :mod:`.quantize`)."""
@@ -73,8 +83,12 @@ def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: i
         options["max_error"] = max_error
     else:
         options["segments"] = 32 if auto else segments
-    meta = {**graph.meta, "producer": "nmengine.compile", "source": graph.name,
-            "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}}}
+    meta = {
+        **graph.meta,
+        "producer": "nmengine.compile",
+        "source": graph.name,
+        "pwl_options": {**options, "functions": {k: dict(v) for k, v in (functions or {}).items()}},
+    }
     tables = fit_tables(graph.requests, None, options, functions)
     program = Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta)
     if calibration is None:
@@ -85,13 +99,25 @@ def compile_lowered(graph: LoweredGraph, calibration: Any = None, *, segments: i
     if auto:
         from .budget import compile_budgeted
 
-        return _finish(compile_budgeted(program, graph.requests, calibration, acts, target=target, options=options,
-                                        functions=functions, bias_correction=bias_correction, progress=progress),
-                       calibration)
+        return _finish(
+            compile_budgeted(
+                program,
+                graph.requests,
+                calibration,
+                acts,
+                target=target,
+                options=options,
+                functions=functions,
+                bias_correction=bias_correction,
+                progress=progress,
+            ),
+            calibration,
+        )
     tables = fit_tables(graph.requests, acts, options, functions, progress=progress)
     constants = dict(program.constants)
     corrections = correct_biases(ops, constants, tables, acts) if bias_correction else []
     meta["calibrated"] = True
     meta["bias_corrections"] = corrections
-    return _finish(Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta),
-                   calibration)
+    return _finish(
+        Program(graph.inputs, graph.outputs, ops, constants, tables, name=graph.name, meta=meta), calibration
+    )

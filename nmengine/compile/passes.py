@@ -61,8 +61,14 @@ def fold_batchnorm(spec: ModelSpec) -> ModelSpec:
         w = _f64(conv.weights["weight"]) * g[:, None, None, None]
         b0 = _f64(conv.weights["bias"]) if "bias" in conv.weights else np.zeros(w.shape[0])
         b = (b0 - _f64(bn.weights["running_mean"])) * g + _f64(bn.weights["bias"])
-        folded = Layer("conv2d", conv.name, list(conv.inputs), bn.output, dict(conv.params),
-                       {"weight": w.astype(np.float32), "bias": b.astype(np.float32)})
+        folded = Layer(
+            "conv2d",
+            conv.name,
+            list(conv.inputs),
+            bn.output,
+            dict(conv.params),
+            {"weight": w.astype(np.float32), "bias": b.astype(np.float32)},
+        )
         folded.params["folded"] = list(conv.params.get("folded", [])) + [bn.name]
         new_layers[conv.name] = folded
         drop.add(bn.name)
@@ -154,13 +160,22 @@ def fuse(ops: list[Op], outputs: list[str], constants: set[str]) -> list[Op]:
 
 
 def _is_pure_activation(s: Op) -> bool:
-    return (set(s.args) == {"x"} and s.epilogue.get("act", "none") != "none"
-            and s.attrs.get("alpha", 1.0) == 1.0 and s.attrs.get("beta", 0.0) == 0.0)
+    return (
+        set(s.args) == {"x"}
+        and s.epilogue.get("act", "none") != "none"
+        and s.attrs.get("alpha", 1.0) == 1.0
+        and s.attrs.get("beta", 0.0) == 0.0
+    )
 
 
 def _fusable_producer(p: Op | None, uses: dict[str, int], outputs: list[str]) -> bool:
-    return (p is not None and p.kind in ("gemm", "gemm_batched", "scale")
-            and p.epilogue.get("act", "none") == "none" and uses[p.out] == 1 and p.out not in outputs)
+    return (
+        p is not None
+        and p.kind in ("gemm", "gemm_batched", "scale")
+        and p.epilogue.get("act", "none") == "none"
+        and uses[p.out] == 1
+        and p.out not in outputs
+    )
 
 
 def _absorb(ops: list[Op], p: Op, r: Op | None, s: Op, what: str) -> None:

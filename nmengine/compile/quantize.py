@@ -32,8 +32,16 @@ import numpy as np
 
 from ..program import Op, Program
 
-__all__ = ["quantize", "Candidate", "DEFAULT_CANDIDATES", "quantize_weights", "smoothing_factors",
-           "eligible", "PRECISIONS", "QuantizationError"]
+__all__ = [
+    "quantize",
+    "Candidate",
+    "DEFAULT_CANDIDATES",
+    "quantize_weights",
+    "smoothing_factors",
+    "eligible",
+    "PRECISIONS",
+    "QuantizationError",
+]
 
 PRECISIONS = ("float32", "int8")
 
@@ -88,7 +96,7 @@ def quantize_weights(w: np.ndarray, group: int | None = None) -> tuple[np.ndarra
     ng = max(1, -(-K // G))
     scale = np.ones((ng, w.shape[1]), np.float32)
     for g in range(ng):
-        blk = w[g * G:(g + 1) * G]
+        blk = w[g * G : (g + 1) * G]
         if blk.size:
             m = np.abs(blk).max(axis=0) / np.float32(127)
             scale[g] = np.where(m > 0, m, np.float32(1))
@@ -103,7 +111,7 @@ def smoothing_factors(act_absmax: np.ndarray, w: np.ndarray, alpha: float) -> np
     wmax = np.abs(np.asarray(w, np.float64)).max(axis=1)
     amax = np.asarray(act_absmax, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = amax ** alpha / wmax ** (1.0 - alpha)
+        s = amax**alpha / wmax ** (1.0 - alpha)
     s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
     return s.astype(np.float32)
 
@@ -123,8 +131,7 @@ def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, s
     from .calibrate import iter_batches
 
     names = sorted({program.ops[i].args["a"] for i in targets})
-    probe = Program(program.inputs, names, program.ops, program.constants, program.tables,
-                    name=program.name, meta={})
+    probe = Program(program.inputs, names, program.ops, program.constants, program.tables, name=program.name, meta={})
     rng = np.random.default_rng(seed)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in iter_batches(calibration):
@@ -137,8 +144,11 @@ def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, s
     got: dict[int, np.ndarray] = {}
     for i in targets:
         n = program.ops[i].args["a"]
-        x = np.concatenate(rows[n]) if rows[n] else np.zeros((0, program.constants[program.ops[i].args["b"]].shape[0]),
-                                                             np.float32)
+        x = (
+            np.concatenate(rows[n])
+            if rows[n]
+            else np.zeros((0, program.constants[program.ops[i].args["b"]].shape[0]), np.float32)
+        )
         if x.shape[0] > MAX_ROWS:
             x = x[np.sort(rng.choice(x.shape[0], MAX_ROWS, replace=False))]
         got[i] = x
@@ -162,10 +172,17 @@ def _build(w: np.ndarray, cand: Candidate, x: np.ndarray | None) -> dict[str, An
         K = w.shape[0]
         G = cand.group if cand.group and cand.group < K else K
         ng = max(1, -(-K // G))
-        a_static = np.array([max(float(np.abs(xs[:, g * G:(g + 1) * G]).max(initial=0.0)) / 127.0, 1e-12)
-                             for g in range(ng)], np.float32)
-    return {"q": q, "w_scale": scale, "inv_smooth": inv_smooth, "a_static": a_static,
-            "group": cand.group if cand.group and cand.group < w.shape[0] else None}
+        a_static = np.array(
+            [max(float(np.abs(xs[:, g * G : (g + 1) * G]).max(initial=0.0)) / 127.0, 1e-12) for g in range(ng)],
+            np.float32,
+        )
+    return {
+        "q": q,
+        "w_scale": scale,
+        "inv_smooth": inv_smooth,
+        "a_static": a_static,
+        "group": cand.group if cand.group and cand.group < w.shape[0] else None,
+    }
 
 
 def _error(consts: dict[str, Any], x: np.ndarray, ref: np.ndarray, ref_norm: float) -> float:
@@ -176,8 +193,14 @@ def _error(consts: dict[str, Any], x: np.ndarray, ref: np.ndarray, ref_norm: flo
     return float(np.linalg.norm(y.astype(np.float64) - ref) / ref_norm) if ref_norm > 0 else 0.0
 
 
-def quantize(program: Program, calibration: Any = None, *, tolerance: float = 0.006,
-             candidates: Iterable[Candidate] | None = None, seed: int = 0) -> Program:
+def quantize(
+    program: Program,
+    calibration: Any = None,
+    *,
+    tolerance: float = 0.006,
+    candidates: Iterable[Candidate] | None = None,
+    seed: int = 0,
+) -> Program:
     """A copy of ``program`` with its weight GEMMs in int8 (see the module docstring).
 
     ``calibration``: program inputs (as for :func:`nmengine.compile`) the exact program runs on to record
@@ -244,9 +267,15 @@ def quantize(program: Program, calibration: Any = None, *, tolerance: float = 0.
             consts[f"{qname}:a_static"] = best["a_static"]
             op.args["a_static"] = f"{qname}:a_static"
         op.attrs["precision"] = "int8"
-        op.attrs["quant"] = {"group": best["group"], "activations": chosen.activations, "smooth": chosen.smooth,
-                             "candidate": chosen.name, "error": measured.get(chosen.name), "measured": measured,
-                             "reason": reason}
+        op.attrs["quant"] = {
+            "group": best["group"],
+            "activations": chosen.activations,
+            "smooth": chosen.smooth,
+            "candidate": chosen.name,
+            "error": measured.get(chosen.name),
+            "measured": measured,
+            "reason": reason,
+        }
         users[base] -= 1
         if users[base] == 0 and base not in program.outputs:
             consts.pop(base, None)

@@ -26,9 +26,18 @@ def _load_program(bundle_path: str | os.PathLike) -> Program:
     raise TypeError(f"{bundle_path}: the bundle does not hold a Program (got {type(obj).__name__})")
 
 
-def run_report(bundle_path: str | os.PathLike, config_path: str | os.PathLike | None = None, measure: bool = False,
-               batch: int = 1, seq: int = 128, plot: str | os.PathLike | None = None, metric: str = "cycles",
-               fmt: str = "table", repeat: int = 3, cpu_power_w: float | None = None) -> str:
+def run_report(
+    bundle_path: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    measure: bool = False,
+    batch: int = 1,
+    seq: int = 128,
+    plot: str | os.PathLike | None = None,
+    metric: str = "cycles",
+    fmt: str = "table",
+    repeat: int = 3,
+    cpu_power_w: float | None = None,
+) -> str:
     """``nmengine report``: the cost report of a saved bundle, as text.
 
     Loads the Program with :func:`nmengine.bundle.load`, takes the accelerator from ``config_path``
@@ -64,25 +73,43 @@ def add_report_arguments(parser: Any) -> Any:
     parser.add_argument("--metric", choices=("cycles", "energy"), default="cycles", help="what --plot shows")
     parser.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--repeat", type=int, default=3, help="timing repeats with --measure (best of)")
-    parser.add_argument("--cpu-power", dest="cpu_power_w", type=float, default=None,
-                        help="CPU power in W, for measured energy and GOPS/W")
+    parser.add_argument(
+        "--cpu-power",
+        dest="cpu_power_w",
+        type=float,
+        default=None,
+        help="CPU power in W, for measured energy and GOPS/W",
+    )
     return parser
 
 
 def report_main(args: Any) -> int:
     """Run ``nmengine report`` from parsed arguments (see :func:`add_report_arguments`); prints, returns 0."""
-    print(run_report(args.bundle, config_path=args.config, measure=args.measure, batch=args.batch, seq=args.seq,
-                     plot=args.plot, metric=args.metric, fmt=args.fmt, repeat=args.repeat,
-                     cpu_power_w=args.cpu_power_w))
+    print(
+        run_report(
+            args.bundle,
+            config_path=args.config,
+            measure=args.measure,
+            batch=args.batch,
+            seq=args.seq,
+            plot=args.plot,
+            metric=args.metric,
+            fmt=args.fmt,
+            repeat=args.repeat,
+            cpu_power_w=args.cpu_power_w,
+        )
+    )
     return 0
 
 
 def add_report_parser(subparsers: Any) -> Any:
     """Register ``nmengine report`` on the CLI's subparsers (called by :mod:`nmengine.cli`)."""
     p = subparsers.add_parser(
-        "report", help="accelerator cost report of a bundle (--measure adds CPU wall time)",
+        "report",
+        help="accelerator cost report of a bundle (--measure adds CPU wall time)",
         description="Per-layer MACs, PWL evaluations, DRAM traffic, cycles and energy of a saved program on "
-                    "a GEMM accelerator (see docs/cost.md); --measure also times it on this CPU.")
+        "a GEMM accelerator (see docs/cost.md); --measure also times it on this CPU.",
+    )
     add_report_arguments(p)
     p.set_defaults(func=report_main)
     return p

@@ -17,8 +17,14 @@ import numpy as np
 __all__ = ["AcceleratorConfig", "DATAFLOWS", "as_config"]
 
 DATAFLOWS = ("output", "weight", "input")
-_DATAFLOW_ALIASES = {"os": "output", "ws": "weight", "is": "input", "output_stationary": "output",
-                     "weight_stationary": "weight", "input_stationary": "input"}
+_DATAFLOW_ALIASES = {
+    "os": "output",
+    "ws": "weight",
+    "is": "input",
+    "output_stationary": "output",
+    "weight_stationary": "weight",
+    "input_stationary": "input",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +97,8 @@ class AcceleratorConfig:
             if v < tile:
                 raise ValueError(
                     f"{name}={v} is too small to hold one {self.rows}x{self.cols} tile "
-                    f"({self.rows}*{self.cols}*{self.bytes_per_element:g} = {tile:g} bytes)")
+                    f"({self.rows}*{self.cols}*{self.bytes_per_element:g} = {tile:g} bytes)"
+                )
             object.__setattr__(self, name, int(v))
 
     # -- derived -------------------------------------------------------------------------------

@@ -123,6 +123,7 @@ from .report import CostReport
 
 __all__ = ["cost_report", "default_input_shapes", "example_inputs", "gemm_plan", "op_cost", "GemmPlan"]
 
+
 # ---------------------------------------------------------------------------------------------
 # GEMM tiling and folds
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +157,9 @@ class GemmPlan:
     folds: int
 
 
-def gemm_plan(m: int, n: int, k: int, cfg: AcceleratorConfig, a_resident: bool, b_resident: bool,
-               c_resident: bool) -> GemmPlan:
+def gemm_plan(
+    m: int, n: int, k: int, cfg: AcceleratorConfig, a_resident: bool, b_resident: bool, c_resident: bool
+) -> GemmPlan:
     """Tile choice, DRAM element traffic, buffer accesses and fold cycles of one ``M x N x K`` GEMM."""
     r, c = cfg.rows, cfg.cols
     if m == 0 or n == 0 or k == 0:  # an empty GEMM (e.g. a zero-size batch) costs nothing
@@ -266,23 +268,41 @@ def _category(op: Op) -> str:
     if op.family == "move":
         return "movement"
     act = op.epilogue.get("act", "none")
-    if (op.kind == "scale" and set(op.args) == {"x"} and act == "pwl"
-            and op.attrs.get("alpha", 1.0) == 1.0 and op.attrs.get("beta", 0.0) == 0.0):
+    if (
+        op.kind == "scale"
+        and set(op.args) == {"x"}
+        and act == "pwl"
+        and op.attrs.get("alpha", 1.0) == 1.0
+        and op.attrs.get("beta", 0.0) == 0.0
+    ):
         return "pwl"
     return "gemm"
 
 
-def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: AcceleratorConfig,
-            producers: Mapping[str, Op]) -> dict[str, Any]:
+def op_cost(
+    i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: AcceleratorConfig, producers: Mapping[str, Op]
+) -> dict[str, Any]:
     """The cost of op number ``i`` (a dict of counts, traffic, cycles and energy; see the module docstring)."""
     w = cfg.bytes_per_element
     out_shape = shapes[op.out]
     out_elems = _size(out_shape)
     act = op.epilogue.get("act", "none") if op.family == "gemm" else "none"
     d: dict[str, Any] = {
-        "index": i, "kind": op.kind, "family": op.family, "layer": op.layer, "what": op.what,
-        "out": op.out, "shape": list(out_shape), "epilogue": act, "category": _category(op),
-        "batch": None, "M": None, "N": None, "K": None, "tile": None, "folds": 0,
+        "index": i,
+        "kind": op.kind,
+        "family": op.family,
+        "layer": op.layer,
+        "what": op.what,
+        "out": op.out,
+        "shape": list(out_shape),
+        "epilogue": act,
+        "category": _category(op),
+        "batch": None,
+        "M": None,
+        "N": None,
+        "K": None,
+        "tile": None,
+        "folds": 0,
     }
     macs = pwl = relu = 0
     rd = wr = sram = 0  # elements
@@ -312,14 +332,22 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
             extra += min(_size(shapes[op.args["res"]]), batch * m * n)
         macs = batch * m * n * k
         if precision == "int8":
-            int8_extra = sum(4.0 * _size(shapes[op.args[r]]) for r in ("w_scale", "inv_smooth", "a_static")
-                             if r in op.args)
+            int8_extra = sum(
+                4.0 * _size(shapes[op.args[r]]) for r in ("w_scale", "inv_smooth", "a_static") if r in op.args
+            )
         rd = a_rd + b_rd + batch * g.c_reads + extra
         wr = batch * g.c_writes
         sram = batch * g.sram_elems
         compute = batch * g.cycles_per_gemm
-        d.update(batch=batch, M=m, N=n, K=k, tile=g.tile, folds=batch * g.folds,
-                 resident={"a": a_res, "b": b_res, "c": c_res})
+        d.update(
+            batch=batch,
+            M=m,
+            N=n,
+            K=k,
+            tile=g.tile,
+            folds=batch * g.folds,
+            resident={"a": a_res, "b": b_res, "c": c_res},
+        )
         d["role"] = _role(op, producers, n)
     elif op.kind == "scale":
         factors = scale_factors(op)
@@ -373,16 +401,28 @@ def op_cost(i: int, op: Op, shapes: Mapping[str, tuple[int, ...]], cfg: Accelera
     energy = e_mac + e_pwl + e_cmp + e_sram + e_dram + e_static
     unfused = 2 * w * out_elems if act in ("pwl", "relu") else 0.0
     d.update(
-        precision=precision, int8_macs=int(macs) if precision == "int8" else 0,
-        macs=int(macs), pwl_evals=int(pwl), relu_evals=int(relu),
-        dram_read_bytes=float(dram_read), dram_write_bytes=float(dram_write), dram_bytes=float(dram),
+        precision=precision,
+        int8_macs=int(macs) if precision == "int8" else 0,
+        macs=int(macs),
+        pwl_evals=int(pwl),
+        relu_evals=int(relu),
+        dram_read_bytes=float(dram_read),
+        dram_write_bytes=float(dram_write),
+        dram_bytes=float(dram),
         sram_bytes=float(sram_bytes),
-        compute_cycles=float(compute), memory_cycles=float(memory), cycles=float(cycles),
+        compute_cycles=float(compute),
+        memory_cycles=float(memory),
+        cycles=float(cycles),
         bound="movement" if op.family == "move" else ("compute" if compute >= memory else "memory"),
         seconds=seconds,
         utilisation=(macs / (cycles * cfg.rows * cfg.cols)) if cycles > 0 else 0.0,
-        energy_pj=energy, energy_mac_pj=e_mac, energy_pwl_pj=e_pwl, energy_cmp_pj=e_cmp,
-        energy_sram_pj=e_sram, energy_dram_pj=e_dram, energy_static_pj=e_static,
+        energy_pj=energy,
+        energy_mac_pj=e_mac,
+        energy_pwl_pj=e_pwl,
+        energy_cmp_pj=e_cmp,
+        energy_sram_pj=e_sram,
+        energy_dram_pj=e_dram,
+        energy_static_pj=e_static,
         unfused_extra_bytes=float(unfused),
         unfused_extra_cycles=unfused / cfg.dram_bytes_per_cycle,
         unfused_extra_energy_pj=unfused * (cfg.dram_pj_per_byte + cfg.sram_pj_per_byte),
@@ -402,8 +442,13 @@ def default_input_shapes(program: Program, batch: int = 1, seq: int = 128) -> di
     return out
 
 
-def cost_report(program: Program, config: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                *, batch: int | None = None) -> CostReport:
+def cost_report(
+    program: Program,
+    config: Any = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    batch: int | None = None,
+) -> CostReport:
     """Estimate the cost of running ``program`` on the accelerator ``config``.
 
     ``config`` is an :class:`AcceleratorConfig`, a dict of its fields, a JSON path, or None for the
@@ -439,8 +484,9 @@ def example_inputs(program: Program, input_shapes: Mapping[str, Sequence[int]], 
     for name, spec in program.inputs.items():
         shape = tuple(int(d) for d in input_shapes[name])
         if spec.dtype == "int64":
-            out[name] = (rng.integers(0, rows[name], size=shape) if name in rows
-                         else np.ones(shape, dtype=np.int64)).astype(np.int64)
+            out[name] = (
+                rng.integers(0, rows[name], size=shape) if name in rows else np.ones(shape, dtype=np.int64)
+            ).astype(np.int64)
         else:
             out[name] = rng.standard_normal(shape).astype(np.float32)
     return out

@@ -18,17 +18,43 @@ __all__ = ["CostReport"]
 # ---------------------------------------------------------------------------------------------
 # Aggregation
 # ---------------------------------------------------------------------------------------------
-_SUM_KEYS = ("macs", "pwl_evals", "relu_evals", "dram_read_bytes", "dram_write_bytes", "dram_bytes",
-             "sram_bytes", "compute_cycles", "memory_cycles", "cycles", "seconds", "energy_pj",
-             "energy_mac_pj", "energy_pwl_pj", "energy_cmp_pj", "energy_sram_pj", "energy_dram_pj",
-             "energy_static_pj", "unfused_extra_bytes", "unfused_extra_cycles", "unfused_extra_energy_pj",
-             "flops", "int8_macs")
+_SUM_KEYS = (
+    "macs",
+    "pwl_evals",
+    "relu_evals",
+    "dram_read_bytes",
+    "dram_write_bytes",
+    "dram_bytes",
+    "sram_bytes",
+    "compute_cycles",
+    "memory_cycles",
+    "cycles",
+    "seconds",
+    "energy_pj",
+    "energy_mac_pj",
+    "energy_pwl_pj",
+    "energy_cmp_pj",
+    "energy_sram_pj",
+    "energy_dram_pj",
+    "energy_static_pj",
+    "unfused_extra_bytes",
+    "unfused_extra_cycles",
+    "unfused_extra_energy_pj",
+    "flops",
+    "int8_macs",
+)
 
 
 def _aggregate(ops: Sequence[Mapping[str, Any]], cfg: AcceleratorConfig) -> dict[str, Any]:
     t: dict[str, Any] = {k: 0 for k in _SUM_KEYS}
-    for key in ("stack_cycles_gemm", "stack_cycles_pwl", "stack_cycles_movement",
-                "stack_energy_gemm_pj", "stack_energy_pwl_pj", "stack_energy_movement_pj"):
+    for key in (
+        "stack_cycles_gemm",
+        "stack_cycles_pwl",
+        "stack_cycles_movement",
+        "stack_energy_gemm_pj",
+        "stack_energy_pwl_pj",
+        "stack_energy_movement_pj",
+    ):
         t[key] = 0.0
     for o in ops:
         for k in _SUM_KEYS:
@@ -59,8 +85,14 @@ class CostReport:
     ReLU evaluations, bytes, cycles, seconds, picojoules.
     """
 
-    def __init__(self, program_name: str, config: AcceleratorConfig, input_shapes: Mapping[str, Sequence[int]],
-                 batch: int, ops: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        program_name: str,
+        config: AcceleratorConfig,
+        input_shapes: Mapping[str, Sequence[int]],
+        batch: int,
+        ops: list[dict[str, Any]],
+    ) -> None:
         self.program_name = program_name
         self.config = config
         self.input_shapes = {k: list(v) for k, v in input_shapes.items()}
@@ -112,8 +144,9 @@ class CostReport:
         return t
 
     # -- measurements --------------------------------------------------------------------------
-    def attach_measurements(self, profile: Sequence[Mapping[str, Any]],
-                            cpu_power_w: float | None = None) -> "CostReport":
+    def attach_measurements(
+        self, profile: Sequence[Mapping[str, Any]], cpu_power_w: float | None = None
+    ) -> "CostReport":
         """Put measured wall time (``program.profile(inputs)`` output) next to the estimate.
 
         Each profile entry needs ``index`` (op index) and ``seconds``.  Adds to every op, layer and the
@@ -132,8 +165,10 @@ class CostReport:
                 raise ValueError(f"profile entry for op {idx}, but the program has {len(self.ops)} ops")
             o = by_index[idx]
             if p.get("layer") is not None and p["layer"] != o["layer"]:
-                raise ValueError(f"profile op {idx} is in layer {p['layer']!r}, the report has {o['layer']!r}: "
-                                 "was it measured on another program?")
+                raise ValueError(
+                    f"profile op {idx} is in layer {p['layer']!r}, the report has {o['layer']!r}: "
+                    "was it measured on another program?"
+                )
             o["measured_s"] += float(p["seconds"])
 
         def gflops(flops: float, s: float) -> float:
@@ -163,8 +198,15 @@ class CostReport:
 
     # -- output --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"program": self.program_name, "config": self.config.to_dict(), "input_shapes": self.input_shapes,
-                "batch": self.batch, "ops": self.ops, "layers": self.layers, "total": self.total}
+        return {
+            "program": self.program_name,
+            "config": self.config.to_dict(),
+            "input_shapes": self.input_shapes,
+            "batch": self.batch,
+            "ops": self.ops,
+            "layers": self.layers,
+            "total": self.total,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         """JSON text: ``{"program", "config", "input_shapes", "batch", "ops": [...], "layers": [...], "total": {...}}``."""
@@ -208,8 +250,17 @@ class CostReport:
             bound = "memory" if r["memory_cycles"] > r["compute_cycles"] else "compute"
             if r["macs"] == 0 and r["compute_cycles"] == 0:
                 bound = "movement" if r["dram_bytes"] else "-"
-            cells = [name, str(n_ops), _si(r["macs"]), _si(r["pwl_evals"]), _bytes(r["dram_bytes"]),
-                     _si(r["cycles"]), bound, f"{100 * r['utilisation']:.1f}%", _energy(r["energy_pj"])]
+            cells = [
+                name,
+                str(n_ops),
+                _si(r["macs"]),
+                _si(r["pwl_evals"]),
+                _bytes(r["dram_bytes"]),
+                _si(r["cycles"]),
+                bound,
+                f"{100 * r['utilisation']:.1f}%",
+                _energy(r["energy_pj"]),
+            ]
             if int8:
                 cells.insert(3, f"{100 * r['int8_macs'] / r['macs']:.0f}%" if r["macs"] else "-")
             if self.measured:
@@ -227,35 +278,53 @@ class CostReport:
             return "  ".join(c.rjust(wd) if j in right else c.ljust(wd) for j, (c, wd) in enumerate(zip(cells, widths)))
 
         rule = "-" * len(fmt(head))
-        out = [f"Cost of {self.program_name!r} on a {cfg.rows}x{cfg.cols} {cfg.dataflow}-stationary array "
-               f"@ {cfg.clock_hz / 1e9:g} GHz, {cfg.dram_bytes_per_cycle:g} B/cycle DRAM, "
-               f"inputs {self.input_shapes}", fmt(head), rule]
+        out = [
+            f"Cost of {self.program_name!r} on a {cfg.rows}x{cfg.cols} {cfg.dataflow}-stationary array "
+            f"@ {cfg.clock_hz / 1e9:g} GHz, {cfg.dram_bytes_per_cycle:g} B/cycle DRAM, "
+            f"inputs {self.input_shapes}",
+            fmt(head),
+            rule,
+        ]
         out += [fmt(r) for r in rows]
         if hidden:
             out.append(f"... {hidden} more layers")
         out += [rule, fmt(total_row), ""]
-        share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(t["mac_share_by_kind"].items(), key=lambda kv: -kv[1]))
+        share = ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in sorted(t["mac_share_by_kind"].items(), key=lambda kv: -kv[1])
+        )
         out.append(f"MACs by op kind: {share or '-'}")
-        role = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(t["mac_share_by_role"].items(), key=lambda kv: -kv[1]))
+        role = ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in sorted(t["mac_share_by_role"].items(), key=lambda kv: -kv[1])
+        )
         out.append(f"MACs by role:    {role or '-'}")
-        out.append(f"latency {_time(t['latency_s'])} for batch {self.batch}: {t['inferences_per_s']:.4g} inferences/s, "
-                   f"{_energy(t['energy_per_inference_j'] * 1e12)} per inference, {t['gops']:.1f} GOPS "
-                   f"(peak {t['peak_gops']:.0f}), {t['power_w']:.3g} W, {t['gops_per_w']:.1f} GOPS/W")
-        out.append(f"energy: MAC {_energy(t['energy_mac_pj'])}, PWL {_energy(t['energy_pwl_pj'])}, "
-                   f"ReLU/max {_energy(t['energy_cmp_pj'])}, buffers {_energy(t['energy_sram_pj'])}, "
-                   f"DRAM {_energy(t['energy_dram_pj'])}" +
-                   (f", static {_energy(t['energy_static_pj'])}" if t["energy_static_pj"] else ""))
-        out.append(f"fused epilogues: {_si(t['pwl_evals'])} PWL evaluations need no special function unit; "
-                   f"unfused they would add {_bytes(t['fusion_saved_dram_bytes'])} DRAM traffic, "
-                   f"{_si(t['fusion_saved_cycles'])} cycles, {_energy(t['fusion_saved_energy_pj'])}")
+        out.append(
+            f"latency {_time(t['latency_s'])} for batch {self.batch}: {t['inferences_per_s']:.4g} inferences/s, "
+            f"{_energy(t['energy_per_inference_j'] * 1e12)} per inference, {t['gops']:.1f} GOPS "
+            f"(peak {t['peak_gops']:.0f}), {t['power_w']:.3g} W, {t['gops_per_w']:.1f} GOPS/W"
+        )
+        out.append(
+            f"energy: MAC {_energy(t['energy_mac_pj'])}, PWL {_energy(t['energy_pwl_pj'])}, "
+            f"ReLU/max {_energy(t['energy_cmp_pj'])}, buffers {_energy(t['energy_sram_pj'])}, "
+            f"DRAM {_energy(t['energy_dram_pj'])}"
+            + (f", static {_energy(t['energy_static_pj'])}" if t["energy_static_pj"] else "")
+        )
+        out.append(
+            f"fused epilogues: {_si(t['pwl_evals'])} PWL evaluations need no special function unit; "
+            f"unfused they would add {_bytes(t['fusion_saved_dram_bytes'])} DRAM traffic, "
+            f"{_si(t['fusion_saved_cycles'])} cycles, {_energy(t['fusion_saved_energy_pj'])}"
+        )
         if self.measured:
             m = t
             extra = ""
             if "measured_gops_per_w" in m:
-                extra = (f", {_energy(m['measured_energy_per_inference_j'] * 1e12)} per inference, "
-                         f"{m['measured_gops_per_w']:.2f} GOPS/W at {m['cpu_power_w']:g} W")
-            out.append(f"measured (this CPU): {_time(m['measured_s'])}, {m['measured_inferences_per_s']:.4g} inferences/s, "
-                       f"{m['measured_gflops']:.2f} GFLOP/s{extra}; the model is {m['model_speedup']:.3g}x faster")
+                extra = (
+                    f", {_energy(m['measured_energy_per_inference_j'] * 1e12)} per inference, "
+                    f"{m['measured_gops_per_w']:.2f} GOPS/W at {m['cpu_power_w']:g} W"
+                )
+            out.append(
+                f"measured (this CPU): {_time(m['measured_s'])}, {m['measured_inferences_per_s']:.4g} inferences/s, "
+                f"{m['measured_gflops']:.2f} GFLOP/s{extra}; the model is {m['model_speedup']:.3g}x faster"
+            )
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike, metric: str = "cycles") -> str:
@@ -276,14 +345,18 @@ class CostReport:
             raise ImportError("CostReport.plot needs matplotlib: pip install nmengine[plot]") from None
         names = [lay["layer"] for lay in self.layers]
         if metric == "cycles":
-            parts = {"GEMM": [lay["stack_cycles_gemm"] for lay in self.layers],
-                     "PWL": [lay["stack_cycles_pwl"] for lay in self.layers],
-                     "movement": [lay["stack_cycles_movement"] for lay in self.layers]}
+            parts = {
+                "GEMM": [lay["stack_cycles_gemm"] for lay in self.layers],
+                "PWL": [lay["stack_cycles_pwl"] for lay in self.layers],
+                "movement": [lay["stack_cycles_movement"] for lay in self.layers],
+            }
             ylabel = "cycles"
         else:
-            parts = {"GEMM": [lay["stack_energy_gemm_pj"] * 1e-6 for lay in self.layers],
-                     "PWL": [lay["stack_energy_pwl_pj"] * 1e-6 for lay in self.layers],
-                     "movement": [lay["stack_energy_movement_pj"] * 1e-6 for lay in self.layers]}
+            parts = {
+                "GEMM": [lay["stack_energy_gemm_pj"] * 1e-6 for lay in self.layers],
+                "PWL": [lay["stack_energy_pwl_pj"] * 1e-6 for lay in self.layers],
+                "movement": [lay["stack_energy_movement_pj"] * 1e-6 for lay in self.layers],
+            }
             ylabel = "energy (uJ)"
         fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 4.5))
         FigureCanvasAgg(fig)
@@ -296,8 +369,10 @@ class CostReport:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=90, fontsize=6)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{self.program_name}: {metric} per layer ({self.config.rows}x{self.config.cols} "
-                     f"{self.config.dataflow}-stationary)")
+        ax.set_title(
+            f"{self.program_name}: {metric} per layer ({self.config.rows}x{self.config.cols} "
+            f"{self.config.dataflow}-stationary)"
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(os.fspath(path))
@@ -305,8 +380,10 @@ class CostReport:
 
     def __repr__(self) -> str:
         t = self.total
-        return (f"CostReport({self.program_name!r}, {t['ops']} ops, {len(self.layers)} layers, {_si(t['macs'])} MACs, "
-                f"{_si(t['cycles'])} cycles, {_energy(t['energy_pj'])})")
+        return (
+            f"CostReport({self.program_name!r}, {t['ops']} ops, {len(self.layers)} layers, {_si(t['macs'])} MACs, "
+            f"{_si(t['cycles'])} cycles, {_energy(t['energy_pj'])})"
+        )
 
 
 def _json_default(x: Any) -> Any:

@@ -30,25 +30,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     default = default_model_dir()
     p = subparsers.add_parser(
-        "embed-corpus", help="embed text/Parquet files into resumable .npy shards (Dask)",
+        "embed-corpus",
+        help="embed text/Parquet files into resumable .npy shards (Dask)",
         description="Embed every sentence (one per line of a text file, or one per row of a Parquet column) "
-                    "into OUTDIR as .npy shards with an index of source file and row. Re-running the same "
-                    "command skips finished shards.")
+        "into OUTDIR as .npy shards with an index of source file and row. Re-running the same "
+        "command skips finished shards.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text files (one sentence per line) or Parquet files")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="address of a running Dask scheduler")
-    where.add_argument("--local-workers", type=int, metavar="N", default=None,
-                       help="start a local Dask cluster of N worker processes (default: one per core); "
-                            "0 runs in this process without Dask")
-    p.add_argument("--threads-per-worker", type=int, default=1,
-                   help="threads of each local worker process (default 1)")
-    p.add_argument("--model", default=default, required=default is None,
-                   help=".nmb bundle or Hugging Face directory, at the same path on every worker"
-                        + (f" (default: {default})" if default else ""))
+    where.add_argument(
+        "--local-workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="start a local Dask cluster of N worker processes (default: one per core); "
+        "0 runs in this process without Dask",
+    )
+    p.add_argument("--threads-per-worker", type=int, default=1, help="threads of each local worker process (default 1)")
+    p.add_argument(
+        "--model",
+        default=default,
+        required=default is None,
+        help=".nmb bundle or Hugging Face directory, at the same path on every worker"
+        + (f" (default: {default})" if default else ""),
+    )
     p.add_argument("--batch-size", type=int, default=32, help="most sentences per Program run (default 32)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help=f"rows per shard (default {job_mod.DEFAULT_SHARD_SIZE}, or the resumed job's)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help=f"rows per shard (default {job_mod.DEFAULT_SHARD_SIZE}, or the resumed job's)",
+    )
     p.add_argument("--column", default="text", help="Parquet column holding the sentences (default 'text')")
     p.add_argument("--exact", action="store_true", help="run the true nonlinearities instead of the PWL tables")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise beyond the model's pipeline")
@@ -71,9 +85,21 @@ def _dask_submit(client: Any, job: job_mod.Job, batch_size: int):
     tag = hashlib.sha1(job.outdir.encode()).hexdigest()[:12]
 
     def submit(shards: list[dict]) -> Iterator[dict]:
-        futures = [client.submit(job_mod.run_shard, job.outdir, job.sources[s["source"]], s, job.model, job.options,
-                                 batch_size, None, key=f"embed-corpus-{tag}-{s['name']}", pure=False)
-                   for s in shards]
+        futures = [
+            client.submit(
+                job_mod.run_shard,
+                job.outdir,
+                job.sources[s["source"]],
+                s,
+                job.model,
+                job.options,
+                batch_size,
+                None,
+                key=f"embed-corpus-{tag}-{s['name']}",
+                pure=False,
+            )
+            for s in shards
+        ]
         for fut in as_completed(futures):
             yield fut.result()
 
@@ -88,13 +114,22 @@ def run(args: argparse.Namespace) -> int:
     _positive("--local-workers", args.local_workers, allow_zero=True)
     _positive("--max-length", args.max_length)
     progress = not args.no_progress
-    job = job_mod.prepare(args.inputs, args.output, args.model, mode="exact" if args.exact else "matrixized",
-                          normalize=not args.no_normalize, max_length=args.max_length, shard_size=args.shard_size,
-                          column=args.column)
+    job = job_mod.prepare(
+        args.inputs,
+        args.output,
+        args.model,
+        mode="exact" if args.exact else "matrixized",
+        normalize=not args.no_normalize,
+        max_length=args.max_length,
+        shard_size=args.shard_size,
+        column=args.column,
+    )
     pending = len(job.pending())
-    print(f"embed-corpus: {len(job.sources)} files, {job.rows} rows in {len(job.shards)} shards -> {job.outdir}"
-          + (f" (resuming: {len(job.shards) - pending} shards already done)" if job.resumed else ""),
-          file=sys.stderr)
+    print(
+        f"embed-corpus: {len(job.sources)} files, {job.rows} rows in {len(job.shards)} shards -> {job.outdir}"
+        + (f" (resuming: {len(job.shards) - pending} shards already done)" if job.resumed else ""),
+        file=sys.stderr,
+    )
     client = cluster = None
     submit = None
     try:
@@ -102,15 +137,22 @@ def run(args: argparse.Namespace) -> int:
             try:
                 from distributed import Client, LocalCluster
             except ImportError:
-                print("nmengine embed-corpus: error: running on a cluster needs Dask: pip install 'nmengine[dask]' "
-                      "(or --local-workers 0 to run in this process)", file=sys.stderr)
+                print(
+                    "nmengine embed-corpus: error: running on a cluster needs Dask: pip install 'nmengine[dask]' "
+                    "(or --local-workers 0 to run in this process)",
+                    file=sys.stderr,
+                )
                 return 2
             if args.scheduler:
                 client = Client(args.scheduler)
             else:
                 n = args.local_workers or os.cpu_count() or 1
-                cluster = LocalCluster(n_workers=min(n, pending), threads_per_worker=args.threads_per_worker,
-                                       processes=True, dashboard_address=None)
+                cluster = LocalCluster(
+                    n_workers=min(n, pending),
+                    threads_per_worker=args.threads_per_worker,
+                    processes=True,
+                    dashboard_address=None,
+                )
                 client = Client(cluster)
             submit = _dask_submit(client, job, args.batch_size)
         threads = None if submit is not None else (os.cpu_count() or 1)
@@ -121,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     rate = stats["computed_rows"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
-    print(f"embed-corpus: done: {stats['rows']} rows in {stats['shards']} shards; skipped {stats['skipped_shards']} "
-          f"finished shards, computed {stats['computed_shards']} ({stats['computed_rows']} rows, "
-          f"{stats['seconds']:.1f} s, {rate:.1f} rows/s)", file=sys.stderr)
+    print(
+        f"embed-corpus: done: {stats['rows']} rows in {stats['shards']} shards; skipped {stats['skipped_shards']} "
+        f"finished shards, computed {stats['computed_shards']} ({stats['computed_rows']} rows, "
+        f"{stats['seconds']:.1f} s, {rate:.1f} rows/s)",
+        file=sys.stderr,
+    )
     return 0
-

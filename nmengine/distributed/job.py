@@ -30,8 +30,17 @@ import numpy as np
 
 from .worker import embed_texts, load_embedder, resolve_model, set_threads
 
-__all__ = ["JobError", "Job", "plan_sources", "prepare", "run_shard", "shard_done", "read_output",
-           "MANIFEST", "DEFAULT_SHARD_SIZE"]
+__all__ = [
+    "JobError",
+    "Job",
+    "plan_sources",
+    "prepare",
+    "run_shard",
+    "shard_done",
+    "read_output",
+    "MANIFEST",
+    "DEFAULT_SHARD_SIZE",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "nmengine-embed-corpus"
@@ -112,8 +121,14 @@ def plan_sources(inputs: Sequence[str], *, shard_size: int, column: str = "text"
             src.update(kind="text", rows=rows)
             ends = starts[1:] + [st.st_size]
             for i, (b0, b1) in enumerate(zip(starts, ends)):
-                shards.append({"source": k, "start": i * shard_size, "rows": min(shard_size, rows - i * shard_size),
-                               "bytes": [b0, b1]})
+                shards.append(
+                    {
+                        "source": k,
+                        "start": i * shard_size,
+                        "rows": min(shard_size, rows - i * shard_size),
+                        "bytes": [b0, b1],
+                    }
+                )
         sources.append(src)
     for i, sh in enumerate(shards):
         sh["id"] = i
@@ -156,8 +171,9 @@ def read_rows(source: dict, shard: dict) -> list[str]:
         values = [] if table is None else table.column(0).slice(start - first, n).to_pylist()
         for i, v in enumerate(values):
             if not isinstance(v, str):
-                raise TypeError(f"{path}: column {source['column']!r} row {start + i} is {type(v).__name__}, "
-                                "expected a string")
+                raise TypeError(
+                    f"{path}: column {source['column']!r} row {start + i} is {type(v).__name__}, expected a string"
+                )
         rows = values
     else:
         b0, b1 = shard["bytes"]
@@ -167,15 +183,17 @@ def read_rows(source: dict, shard: dict) -> list[str]:
         try:
             text = data.decode("utf-8-sig" if b0 == 0 else "utf-8")
         except UnicodeDecodeError as e:
-            line = shard["start"] + data[:e.start].count(b"\n")
+            line = shard["start"] + data[: e.start].count(b"\n")
             raise ValueError(f"{path}: line {line + 1} is not valid UTF-8 ({e.reason})") from None
         rows = text.split("\n")
         if rows and rows[-1] == "":
             rows.pop()
         rows = [r[:-1] if r.endswith("\r") else r for r in rows]
     if len(rows) != n:
-        raise JobError(f"{path}: shard {shard['name']} should hold {n} rows but has {len(rows)}: "
-                       "the file changed after the job was planned")
+        raise JobError(
+            f"{path}: shard {shard['name']} should hold {n} rows but has {len(rows)}: "
+            "the file changed after the job was planned"
+        )
     return rows
 
 
@@ -216,8 +234,15 @@ def shard_done(outdir: str, shard: dict, dim: int) -> bool:
     return _npy_shape(base + ".npy") == (n, dim) and _npy_shape(base + ".index.npy") == (n, 2)
 
 
-def run_shard(outdir: str, source: dict, shard: dict, model: str, options: dict,
-              batch_size: int = 32, threads: Optional[int] = None) -> dict[str, Any]:
+def run_shard(
+    outdir: str,
+    source: dict,
+    shard: dict,
+    model: str,
+    options: dict,
+    batch_size: int = 32,
+    threads: Optional[int] = None,
+) -> dict[str, Any]:
     """Compute one shard and write it atomically; returns ``{"id", "rows", "seconds", "pid"}``."""
     t0 = time.perf_counter()
     if threads is None:
@@ -262,8 +287,14 @@ class Job:
     def rows(self) -> int:
         return sum(int(s["rows"]) for s in self.shards)
 
-    def run(self, submit: Optional[Callable[[list[dict]], Iterable[dict]]] = None, *, batch_size: int = 32,
-            threads: Optional[int] = None, progress: bool = False) -> dict[str, Any]:
+    def run(
+        self,
+        submit: Optional[Callable[[list[dict]], Iterable[dict]]] = None,
+        *,
+        batch_size: int = 32,
+        threads: Optional[int] = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
         """Compute the unfinished shards and mark the job complete; returns a summary.
 
         ``submit(shards)`` runs :func:`run_shard` for each shard (anywhere) and yields its results as they
@@ -280,8 +311,10 @@ class Job:
         computed, rows = 0, 0
         try:
             if submit is None:
-                results: Iterable[dict] = (run_shard(self.outdir, self.sources[s["source"]], s, self.model,
-                                                     self.options, batch_size, threads) for s in todo)
+                results: Iterable[dict] = (
+                    run_shard(self.outdir, self.sources[s["source"]], s, self.model, self.options, batch_size, threads)
+                    for s in todo
+                )
             else:
                 results = submit(todo)
             for r in results:
@@ -296,21 +329,39 @@ class Job:
         if missing:
             raise JobError(f"{len(missing)} shards are still missing after the run (first: {missing[0]['name']})")
         seconds = time.perf_counter() - t0
-        self.stats = {"shards": len(self.shards), "rows": self.rows, "skipped_shards": len(self.shards) - len(todo),
-                      "computed_shards": computed, "computed_rows": rows, "seconds": seconds}
+        self.stats = {
+            "shards": len(self.shards),
+            "rows": self.rows,
+            "skipped_shards": len(self.shards) - len(todo),
+            "computed_shards": computed,
+            "computed_rows": rows,
+            "seconds": seconds,
+        }
         _write_manifest(self, complete=True)
         _remove_stale_temporaries(self.outdir)
         return dict(self.stats)
 
 
 def _job_key(model: str, options: dict, sources: list, shard_size: int) -> dict[str, Any]:
-    return {"model": _model_stamp(model), "options": options, "shard_size": shard_size,
-            "sources": [{k: s[k] for k in ("path", "size", "mtime_ns", "kind", "column") if k in s} for s in sources]}
+    return {
+        "model": _model_stamp(model),
+        "options": options,
+        "shard_size": shard_size,
+        "sources": [{k: s[k] for k in ("path", "size", "mtime_ns", "kind", "column") if k in s} for s in sources],
+    }
 
 
 def _write_manifest(job: Job, *, complete: bool) -> None:
-    doc = {"format": FORMAT, "version": 1, "complete": complete,
-           "job": _job_key(job.model, job.options, job.sources, job.shard_size), "dim": job.dim, "rows": job.rows, "sources": job.sources, "shards": job.shards}
+    doc = {
+        "format": FORMAT,
+        "version": 1,
+        "complete": complete,
+        "job": _job_key(job.model, job.options, job.sources, job.shard_size),
+        "dim": job.dim,
+        "rows": job.rows,
+        "sources": job.sources,
+        "shards": job.shards,
+    }
     path = os.path.join(job.outdir, MANIFEST)
     fd, tmp = tempfile.mkstemp(dir=job.outdir, prefix="." + MANIFEST + ".", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -343,9 +394,18 @@ def _read_manifest(outdir: str) -> Optional[dict]:
     return doc
 
 
-def prepare(inputs: Sequence[str], outdir: str, model: Any, *, mode: str = "matrixized", normalize: bool = True,
-            max_length: Optional[int] = None, shard_size: Optional[int] = None, column: str = "text",
-            dim: Optional[int] = None) -> Job:
+def prepare(
+    inputs: Sequence[str],
+    outdir: str,
+    model: Any,
+    *,
+    mode: str = "matrixized",
+    normalize: bool = True,
+    max_length: Optional[int] = None,
+    shard_size: Optional[int] = None,
+    column: str = "text",
+    dim: Optional[int] = None,
+) -> Job:
     """Plan a new job in ``outdir``, or resume the one already there.
 
     A job is resumed when its manifest names the same inputs (path, size, mtime), model, options and
@@ -371,8 +431,9 @@ def prepare(inputs: Sequence[str], outdir: str, model: Any, *, mode: str = "matr
         new_key = _job_key(path, options, sources, size)
         diff = [k for k in new_key if old_key.get(k) != new_key[k]]
         if diff:
-            raise JobError(f"{outdir} holds another job (different {', '.join(diff)}); "
-                           "use a new output directory or remove it")
+            raise JobError(
+                f"{outdir} holds another job (different {', '.join(diff)}); use a new output directory or remove it"
+            )
         job.resumed = True
     else:
         stray = [n for n in os.listdir(outdir) if n.startswith("shard-")]
@@ -390,8 +451,10 @@ def read_output(outdir: str, *, mmap: bool = False) -> tuple[np.ndarray, np.ndar
     dim = int(doc["dim"])
     missing = [s["name"] for s in doc["shards"] if not shard_done(outdir, s, dim)]
     if missing:
-        raise JobError(f"{outdir}: {len(missing)} of {len(doc['shards'])} shards are not finished "
-                       f"(first: {missing[0]}); run the job again to complete it")
+        raise JobError(
+            f"{outdir}: {len(missing)} of {len(doc['shards'])} shards are not finished "
+            f"(first: {missing[0]}); run the job again to complete it"
+        )
     mode = "r" if mmap else None
     vecs = [np.load(os.path.join(outdir, s["name"] + ".npy"), mmap_mode=mode) for s in doc["shards"]]
     idx = [np.load(os.path.join(outdir, s["name"] + ".index.npy"), mmap_mode=mode) for s in doc["shards"]]

@@ -48,8 +48,15 @@ def worker_threads(threads: Optional[int]) -> Optional[int]:
         return None
 
 
-def embed_partition(texts: Any, model: str, mode: str, max_length: Optional[int], batch_size: int,
-                    normalize: bool, threads: Optional[int]) -> np.ndarray:
+def embed_partition(
+    texts: Any,
+    model: str,
+    mode: str,
+    max_length: Optional[int],
+    batch_size: int,
+    normalize: bool,
+    threads: Optional[int],
+) -> np.ndarray:
     """Task body: embed one partition (a list of str, or a pandas Series of str) in this worker."""
     if hasattr(texts, "tolist"):
         texts = texts.tolist()
@@ -75,8 +82,17 @@ def _partitions(data: Any) -> list[Any]:
     raise TypeError(f"embed_bag expects a dask.bag.Bag of str or a Dask dataframe column (Series), got {kind}")
 
 
-def embed_bag(data: Any, model: Any, *, batch_size: int = 32, mode: str = "matrixized", normalize: bool = True,
-              max_length: Optional[int] = None, threads: Optional[int] = None, dim: Optional[int] = None):
+def embed_bag(
+    data: Any,
+    model: Any,
+    *,
+    batch_size: int = 32,
+    mode: str = "matrixized",
+    normalize: bool = True,
+    max_length: Optional[int] = None,
+    threads: Optional[int] = None,
+    dim: Optional[int] = None,
+):
     """Embed every sentence of a Dask bag (or dataframe column): a Dask array ``(n, dim)`` float32.
 
     Rows keep the order of the bag; partition ``k`` of the bag is block ``k`` of the result (row counts
@@ -111,17 +127,31 @@ def embed_bag(data: Any, model: Any, *, batch_size: int = 32, mode: str = "matri
     if not parts:
         return da.zeros((0, width), dtype=np.float32, chunks=((0,), (width,)))
     task = dask.delayed(embed_partition, pure=True)
-    blocks = [da.from_delayed(task(p, path, mode, max_length, batch_size, bool(normalize), threads),
-                              shape=(np.nan, width), dtype=np.float32, meta=np.empty((0, width), np.float32))
-              for p in parts]
+    blocks = [
+        da.from_delayed(
+            task(p, path, mode, max_length, batch_size, bool(normalize), threads),
+            shape=(np.nan, width),
+            dtype=np.float32,
+            meta=np.empty((0, width), np.float32),
+        )
+        for p in parts
+    ]
     return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # map_program: any Program over the rows of a Dask array or dataframe
 # ---------------------------------------------------------------------------------------------
-def run_block(block: Any, model: str, input_name: str, output: str, mode: str, threads: Optional[int],
-              columns: Optional[Sequence[str]] = None, column_names: Optional[Sequence[str]] = None) -> Any:
+def run_block(
+    block: Any,
+    model: str,
+    input_name: str,
+    output: str,
+    mode: str,
+    threads: Optional[int],
+    columns: Optional[Sequence[str]] = None,
+    column_names: Optional[Sequence[str]] = None,
+) -> Any:
     """Task body: run the Program on one block (numpy array or pandas DataFrame partition)."""
     set_threads(worker_threads(threads))
     program = load_program(model)
@@ -146,8 +176,13 @@ def run_block(block: Any, model: str, input_name: str, output: str, mode: str, t
     return pd.DataFrame(y.reshape(len(y), -1), index=frame.index, columns=list(column_names))
 
 
-def _output_tail(model: str, input_name: str, output: Optional[str], row_shape: tuple[int, ...],
-                 output_shape: Optional[Sequence[int]]) -> tuple[str, tuple[int, ...]]:
+def _output_tail(
+    model: str,
+    input_name: str,
+    output: Optional[str],
+    row_shape: tuple[int, ...],
+    output_shape: Optional[Sequence[int]],
+) -> tuple[str, tuple[int, ...]]:
     """Output name and per-row output shape, from ``output_shape`` or the Program's shape inference."""
     if output_shape is not None and output is not None:
         return output, tuple(int(d) for d in output_shape)
@@ -169,9 +204,17 @@ def _output_tail(model: str, input_name: str, output: Optional[str], row_shape: 
     return output, tuple(int(d) for d in shape[1:])
 
 
-def map_program(data: Any, model: Any, input_name: str, *, output: Optional[str] = None, mode: str = "matrixized",
-                threads: Optional[int] = None, columns: Optional[Sequence[str]] = None,
-                output_shape: Optional[Sequence[int]] = None):
+def map_program(
+    data: Any,
+    model: Any,
+    input_name: str,
+    *,
+    output: Optional[str] = None,
+    mode: str = "matrixized",
+    threads: Optional[int] = None,
+    columns: Optional[Sequence[str]] = None,
+    output_shape: Optional[Sequence[int]] = None,
+):
     """Run a Program on every row of a Dask array or dataframe; returns a Dask array or dataframe.
 
     * Dask array ``(n, ...)``: the program's ``input_name`` gets each row block (other axes are merged into
@@ -202,9 +245,18 @@ def map_program(data: Any, model: Any, input_name: str, *, output: Optional[str]
             kwargs["drop_axis"] = list(range(out_ndim, x.ndim))
         elif out_ndim > x.ndim:
             kwargs["new_axis"] = list(range(x.ndim, out_ndim))
-        return x.map_blocks(run_block, path, input_name, output, mode, threads, dtype=np.float32,
-                            chunks=(x.chunks[0], *((d,) for d in tail)),
-                            meta=np.empty((0,) * out_ndim, np.float32), **kwargs)
+        return x.map_blocks(
+            run_block,
+            path,
+            input_name,
+            output,
+            mode,
+            threads,
+            dtype=np.float32,
+            chunks=(x.chunks[0], *((d,) for d in tail)),
+            meta=np.empty((0,) * out_ndim, np.float32),
+            **kwargs,
+        )
     if type(data).__name__ == "DataFrame" and hasattr(data, "map_partitions"):
         import pandas as pd
 
@@ -217,7 +269,7 @@ def map_program(data: Any, model: Any, input_name: str, *, output: Optional[str]
             raise ValueError(f"a dataframe result needs a 1-D output row, the program gives {tail}: use a Dask array")
         names = [f"{output}_{i}" for i in range(tail[0])]
         meta = pd.DataFrame({n: pd.Series([], dtype=np.float32) for n in names})
-        return data.map_partitions(run_block, path, input_name, output, mode, threads, cols, names,
-                                   meta=meta, align_dataframes=False)
+        return data.map_partitions(
+            run_block, path, input_name, output, mode, threads, cols, names, meta=meta, align_dataframes=False
+        )
     raise TypeError(f"map_program expects a dask.array.Array or a Dask DataFrame, got {type(data).__name__}")
-

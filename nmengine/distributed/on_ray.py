@@ -60,9 +60,18 @@ class RayEmbedder:
     result has the same kind, with every input column kept.
     """
 
-    def __init__(self, model: Any, *, column: str = "text", output_column: str = "embedding", batch_size: int = 32,
-                 mode: str = "matrixized", normalize: bool = True, max_length: Optional[int] = None,
-                 threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        column: str = "text",
+        output_column: str = "embedding",
+        batch_size: int = 32,
+        mode: str = "matrixized",
+        normalize: bool = True,
+        max_length: Optional[int] = None,
+        threads: Optional[int] = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = resolve_model(model)
@@ -89,4 +98,3 @@ class RayEmbedder:
 
     def __repr__(self) -> str:
         return f"RayEmbedder({self.model!r}, column={self.column!r}, batch_size={self.batch_size})"
-

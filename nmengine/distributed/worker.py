@@ -24,8 +24,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["resolve_model", "load_embedder", "load_program", "load_counts", "embedding_dim",
-           "set_threads", "embed_texts", "check_texts"]
+__all__ = [
+    "resolve_model",
+    "load_embedder",
+    "load_program",
+    "load_counts",
+    "embedding_dim",
+    "set_threads",
+    "embed_texts",
+    "check_texts",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,12 +46,13 @@ _loads: Counter = Counter()
 def resolve_model(model: PathLike) -> str:
     """Absolute path of ``model``: an existing ``.nmb`` bundle file or Hugging Face model directory."""
     if isinstance(model, bytes) or not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a path (a .nmb bundle or a Hugging Face directory), "
-                        f"got {type(model).__name__}")
+        raise TypeError(f"model must be a path (a .nmb bundle or a Hugging Face directory), got {type(model).__name__}")
     path = os.path.abspath(os.fspath(model))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model {path!r} does not exist (expected a .nmb bundle or a Hugging Face "
-                                "directory, reachable at the same path on every worker)")
+        raise FileNotFoundError(
+            f"model {path!r} does not exist (expected a .nmb bundle or a Hugging Face "
+            "directory, reachable at the same path on every worker)"
+        )
     return path
 
 
@@ -83,8 +92,9 @@ def load_embedder(model: PathLike, *, mode: str = "matrixized", max_length: Opti
             key = f"{path}\0max_length={max_length}"
             emb = _embedders.get(key)
             if emb is None:  # same Program, other truncation
-                emb = SentenceEmbedder(path if os.path.isdir(path) else None, program=base.program,
-                                       max_length=max_length)
+                emb = SentenceEmbedder(
+                    path if os.path.isdir(path) else None, program=base.program, max_length=max_length
+                )
                 _embedders[key] = emb
             base = emb
     return base if mode == base.mode else base.with_mode(mode)
@@ -157,12 +167,12 @@ def embed_texts(embedder: Any, texts: Sequence[str], *, batch_size: int = 32, no
         return out
     groups: dict[int, list[int]] = defaultdict(list)
     for s in range(0, len(items), 1024):  # token counts, a bounded slice at a time
-        lengths = np.asarray(embedder.tokenize(items[s:s + 1024])["attention_mask"]).sum(axis=1)
+        lengths = np.asarray(embedder.tokenize(items[s : s + 1024])["attention_mask"]).sum(axis=1)
         for i, n in enumerate(lengths.tolist(), start=s):
             groups[int(n)].append(i)
     for n in sorted(groups, reverse=True):
         idx = groups[n]
         for s in range(0, len(idx), int(batch_size)):
-            chunk = idx[s:s + int(batch_size)]
+            chunk = idx[s : s + int(batch_size)]
             out[chunk] = embedder.encode([items[i] for i in chunk], batch_size=len(chunk), normalize=normalize)
     return out

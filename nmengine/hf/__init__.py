@@ -41,24 +41,24 @@ from __future__ import annotations
 from .bert import INPUT_NAMES, build_spec
 from .cli import add_embed_parser, add_export_parser, add_hf_report_parser, run_embed, run_export, run_hf_report
 from .config import (
-                        ACTIVATIONS,
-                        BertConfig,
-                        SentencePipeline,
-                        default_model_dir,
-                        parse_config,
-                        read_config,
-                        read_pipeline,
+    ACTIVATIONS,
+    BertConfig,
+    SentencePipeline,
+    default_model_dir,
+    parse_config,
+    read_config,
+    read_pipeline,
 )
 from .embedder import SentenceEmbedder
 from .evaluate import fidelity, tradeoff
 from .load import DEFAULT_FUNCTIONS, DEFAULT_METHOD, DEFAULT_SEGMENTS, export, load_bert
 from .tokenizer import (
-                        DEFAULT_CALIBRATION_SENTENCES,
-                        DEFAULT_MAX_LENGTH,
-                        calibration_batches,
-                        load_tokenizer,
-                        tokenize,
-                        tokenizer_from_json,
+    DEFAULT_CALIBRATION_SENTENCES,
+    DEFAULT_MAX_LENGTH,
+    calibration_batches,
+    load_tokenizer,
+    tokenize,
+    tokenizer_from_json,
 )
 from .weights import load_weights
 

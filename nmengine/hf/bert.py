@@ -1,9 +1,9 @@
 """BERT as a :class:`~nmengine.spec.ModelSpec`: embeddings, post-LN encoder layers, optional pooling::
 
-    embedding (word + position + token type) -> LayerNorm
-    N x post-LN encoder layer:
-        mhsa(x, attention_mask) -> add(x) -> LayerNorm -> linear -> gelu -> linear -> add -> LayerNorm
-    [mean_pool(x, attention_mask) -> l2_normalize]        (sentence embedders)
+embedding (word + position + token type) -> LayerNorm
+N x post-LN encoder layer:
+    mhsa(x, attention_mask) -> add(x) -> LayerNorm -> linear -> gelu -> linear -> add -> LayerNorm
+[mean_pool(x, attention_mask) -> l2_normalize]        (sentence embedders)
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
     return w
 
 
-def build_spec(config: BertConfig, weights: Mapping[str, np.ndarray], *, pooling: str = "mean",
-               normalize: bool = True, name: str = "bert") -> ModelSpec:
+def build_spec(
+    config: BertConfig,
+    weights: Mapping[str, np.ndarray],
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+    name: str = "bert",
+) -> ModelSpec:
     """The BERT encoder as a ModelSpec.
 
     ``pooling="mean"`` ends with masked mean pooling (and ``l2_normalize`` when ``normalize``) and the
@@ -47,15 +53,25 @@ def build_spec(config: BertConfig, weights: Mapping[str, np.ndarray], *, pooling
         return {"weight": _tensor(weights, f"{prefix}.weight", (d,)), "bias": _tensor(weights, f"{prefix}.bias", (d,))}
 
     def dense(prefix: str, out: int, inp: int) -> dict[str, np.ndarray]:
-        return {"weight": _tensor(weights, f"{prefix}.weight", (out, inp)), "bias": _tensor(weights, f"{prefix}.bias", (out,))}
+        return {
+            "weight": _tensor(weights, f"{prefix}.weight", (out, inp)),
+            "bias": _tensor(weights, f"{prefix}.bias", (out,)),
+        }
 
     eps = {"eps": c.layer_norm_eps}
     layers = [
-        Layer("embedding", "embeddings", ["input_ids", "token_type_ids"], "emb", {}, {
-            "word": _tensor(weights, "embeddings.word_embeddings.weight", (c.vocab_size, d)),
-            "position": _tensor(weights, "embeddings.position_embeddings.weight", (c.max_position_embeddings, d)),
-            "token_type": _tensor(weights, "embeddings.token_type_embeddings.weight", (c.type_vocab_size, d)),
-        }),
+        Layer(
+            "embedding",
+            "embeddings",
+            ["input_ids", "token_type_ids"],
+            "emb",
+            {},
+            {
+                "word": _tensor(weights, "embeddings.word_embeddings.weight", (c.vocab_size, d)),
+                "position": _tensor(weights, "embeddings.position_embeddings.weight", (c.max_position_embeddings, d)),
+                "token_type": _tensor(weights, "embeddings.token_type_embeddings.weight", (c.type_vocab_size, d)),
+            },
+        ),
         Layer("layernorm", "embeddings.LayerNorm", ["emb"], "h0", dict(eps), ln("embeddings.LayerNorm")),
     ]
     x = "h0"
@@ -70,15 +86,33 @@ def build_spec(config: BertConfig, weights: Mapping[str, np.ndarray], *, pooling
         layers += [
             Layer("mhsa", f"{p}.attention", [x, "attention_mask"], f"{p}.attn", {"heads": c.num_attention_heads}, attn),
             Layer("add", f"{p}.attention.residual", [f"{p}.attn", x], f"{p}.attn_res"),
-            Layer("layernorm", f"{p}.attention.output.LayerNorm", [f"{p}.attn_res"], f"{p}.h1", dict(eps),
-                  ln(f"{p}.attention.output.LayerNorm")),
-            Layer("linear", f"{p}.intermediate.dense", [f"{p}.h1"], f"{p}.ff1", {},
-                  dense(f"{p}.intermediate.dense", ff, d)),
+            Layer(
+                "layernorm",
+                f"{p}.attention.output.LayerNorm",
+                [f"{p}.attn_res"],
+                f"{p}.h1",
+                dict(eps),
+                ln(f"{p}.attention.output.LayerNorm"),
+            ),
+            Layer(
+                "linear",
+                f"{p}.intermediate.dense",
+                [f"{p}.h1"],
+                f"{p}.ff1",
+                {},
+                dense(f"{p}.intermediate.dense", ff, d),
+            ),
             Layer(c.activation, f"{p}.intermediate.act", [f"{p}.ff1"], f"{p}.act"),
             Layer("linear", f"{p}.output.dense", [f"{p}.act"], f"{p}.ff2", {}, dense(f"{p}.output.dense", d, ff)),
             Layer("add", f"{p}.output.residual", [f"{p}.ff2", f"{p}.h1"], f"{p}.ff_res"),
-            Layer("layernorm", f"{p}.output.LayerNorm", [f"{p}.ff_res"], f"{p}.out", dict(eps),
-                  ln(f"{p}.output.LayerNorm")),
+            Layer(
+                "layernorm",
+                f"{p}.output.LayerNorm",
+                [f"{p}.ff_res"],
+                f"{p}.out",
+                dict(eps),
+                ln(f"{p}.output.LayerNorm"),
+            ),
         ]
         x = f"{p}.out"
     if pooling == "mean":
@@ -91,6 +125,10 @@ def build_spec(config: BertConfig, weights: Mapping[str, np.ndarray], *, pooling
         layers[-1].output = "last_hidden_state"  # name the output like Hugging Face does
         outputs = ["last_hidden_state"]
     inputs = {k: InputSpec((None, None), "int64") for k in INPUT_NAMES}
-    meta = {"max_len": c.max_position_embeddings, "hf_config": asdict(c), "pooling": pooling,
-            "normalize": bool(normalize and pooling == "mean")}
+    meta = {
+        "max_len": c.max_position_embeddings,
+        "hf_config": asdict(c),
+        "pooling": pooling,
+        "normalize": bool(normalize and pooling == "mean"),
+    }
     return ModelSpec(inputs, layers, outputs, name=name, meta=meta)

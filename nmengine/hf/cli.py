@@ -22,22 +22,30 @@ __all__ = ["add_embed_parser", "run_embed", "add_export_parser", "run_export", "
 def _add_model_arg(p: argparse.ArgumentParser, *, bundle: bool = False) -> None:
     default = default_model_dir()
     what = "Hugging Face BERT directory" + (" or a bundle from `nmengine export-hf`" if bundle else "")
-    p.add_argument("--model", default=default, required=default is None,
-                   help=what + (f" (default: {default})" if default else ""))
+    p.add_argument(
+        "--model", default=default, required=default is None, help=what + (f" (default: {default})" if default else "")
+    )
 
 
 def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``nmengine embed``: sentences (one per line, stdin) -> embeddings (stdout)."""
-    p = subparsers.add_parser("embed", help="embed sentences (one per line) with a BERT sentence model",
-                              description="Read sentences, one per line, and write their embeddings: a .npy "
-                                          "array (n, hidden) float32, or JSON lines with --format jsonl.")
+    p = subparsers.add_parser(
+        "embed",
+        help="embed sentences (one per line) with a BERT sentence model",
+        description="Read sentences, one per line, and write their embeddings: a .npy "
+        "array (n, hidden) float32, or JSON lines with --format jsonl.",
+    )
     _add_model_arg(p, bundle=True)
     p.add_argument("--exact", action="store_true", help="run the true nonlinearities instead of the PWL tables")
     p.add_argument("--format", choices=("npy", "jsonl"), default="npy", help="output format (default npy)")
     p.add_argument("--batch-size", type=int, default=32)
     add_segments_args(p, DEFAULT_SEGMENTS)
-    p.add_argument("--precision", choices=("float32", "int8"), default=None,
-                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default=None,
+        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
+    )
     p.add_argument("--input", "-i", default="-", help="input file (default stdin)")
     p.add_argument("--output", "-o", default="-", help="output file (default stdout)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise beyond the model's pipeline")
@@ -57,11 +65,15 @@ def run_embed(args: argparse.Namespace) -> int:
     mode = "exact" if args.exact else "matrixized"
     if os.path.isfile(args.model):  # a compiled bundle: its tables are fixed
         if getattr(args, "segments", None) is not None:
-            raise ValueError(f"--segments cannot change the compiled bundle {args.model!r}; "
-                             "export it again with `nmengine export-hf --segments N`")
+            raise ValueError(
+                f"--segments cannot change the compiled bundle {args.model!r}; "
+                "export it again with `nmengine export-hf --segments N`"
+            )
         if getattr(args, "precision", None) is not None:
-            raise ValueError(f"--precision cannot change the compiled bundle {args.model!r}; "
-                             "export it again with `nmengine export-hf --precision P`")
+            raise ValueError(
+                f"--precision cannot change the compiled bundle {args.model!r}; "
+                "export it again with `nmengine export-hf --precision P`"
+            )
         emb = SentenceEmbedder(args.model, mode=mode)
     else:
         opts: dict[str, Any] = segments_options(args)
@@ -70,8 +82,9 @@ def run_embed(args: argparse.Namespace) -> int:
         if args.exact and opts.get("precision", "float32") == "float32":
             opts["calibrate"] = False  # exact mode does not use the tables
         emb = SentenceEmbedder(args.model, mode=mode, progress=bool(args.progress), **opts)
-    vecs = emb.encode(lines, batch_size=args.batch_size, normalize=not args.no_normalize,
-                      show_progress=bool(args.progress))
+    vecs = emb.encode(
+        lines, batch_size=args.batch_size, normalize=not args.no_normalize, show_progress=bool(args.progress)
+    )
     if args.format == "npy":
         if args.output == "-":
             np.save(sys.stdout.buffer, vecs)
@@ -92,16 +105,23 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``nmengine export-hf``: compile a checkpoint once into a self-contained bundle."""
-    p = subparsers.add_parser("export-hf", help="compile a BERT checkpoint into one self-contained bundle",
-                              description="Compile a Hugging Face BERT directory (tables calibrated on the "
-                                          "corpus) and save program, configuration and tokenizer in one .nmb "
-                                          "file that `nmengine embed --model`, `nmengine serve` and "
-                                          "nm.hf.SentenceEmbedder start from in well under a second.")
+    p = subparsers.add_parser(
+        "export-hf",
+        help="compile a BERT checkpoint into one self-contained bundle",
+        description="Compile a Hugging Face BERT directory (tables calibrated on the "
+        "corpus) and save program, configuration and tokenizer in one .nmb "
+        "file that `nmengine embed --model`, `nmengine serve` and "
+        "nm.hf.SentenceEmbedder start from in well under a second.",
+    )
     p.add_argument("model_dir", help="Hugging Face BERT / sentence-transformers directory")
     p.add_argument("--output", "-o", required=True, help="bundle to write (.nmb)")
     add_segments_args(p, DEFAULT_SEGMENTS)
-    p.add_argument("--precision", choices=("float32", "int8"), default=None,
-                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default=None,
+        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
+    )
     p.add_argument("--no-cache", action="store_true", help="compile even when a cached program exists")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     p.set_defaults(func=run_export)
@@ -122,15 +142,22 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_hf_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``nmengine hf-report``: the per-layer accelerator cost of a BERT checkpoint."""
-    p = subparsers.add_parser("hf-report", help="per-layer cost report of a BERT checkpoint",
-                              description="Compile a BERT checkpoint and print its per-layer cost report.")
+    p = subparsers.add_parser(
+        "hf-report",
+        help="per-layer cost report of a BERT checkpoint",
+        description="Compile a BERT checkpoint and print its per-layer cost report.",
+    )
     _add_model_arg(p)
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--config", default=None, help="accelerator configuration for the cost model (default: its default)")
     p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
-    p.add_argument("--precision", choices=("float32", "int8"), default=None,
-                   help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default=None,
+        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
+    )
     p.set_defaults(func=run_hf_report)
     return p
 

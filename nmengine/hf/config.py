@@ -8,8 +8,18 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-__all__ = ["BertConfig", "SentencePipeline", "ACTIVATIONS", "PathLike", "parse_config", "read_config",
-           "read_pipeline", "default_model_dir", "resolve_model_dir", "read_json"]
+__all__ = [
+    "BertConfig",
+    "SentencePipeline",
+    "ACTIVATIONS",
+    "PathLike",
+    "parse_config",
+    "read_config",
+    "read_pipeline",
+    "default_model_dir",
+    "resolve_model_dir",
+    "read_json",
+]
 
 #: config.json ``hidden_act`` -> ModelSpec activation op.
 ACTIVATIONS = {
@@ -140,8 +150,8 @@ def default_model_dir() -> Optional[str]:
 class SentencePipeline:
     """How a sentence-transformers model turns token states into a sentence vector."""
 
-    pooling: str            # "mean" or "cls"
-    normalize: bool         # a Normalize module follows the pooling
+    pooling: str  # "mean" or "cls"
+    normalize: bool  # a Normalize module follows the pooling
     max_seq_length: Optional[int]
     do_lower_case: bool = False
     source: str = "default"  # "modules.json" or "default"
@@ -172,10 +182,12 @@ def read_pipeline(model_dir: PathLike) -> SentencePipeline:
         return SentencePipeline("mean", False, max_len, lower, "default")
     modules = read_json(mpath)
     if not isinstance(modules, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("idx", 0), int) and isinstance(m.get("path", ""), str)
-            for m in modules):
-        raise ValueError(f"{mpath}: expected a list of modules, each an object with an integer 'idx' "
-                         f"and a string 'path', got {type(modules).__name__} {str(modules)[:80]}")
+        isinstance(m, dict) and isinstance(m.get("idx", 0), int) and isinstance(m.get("path", ""), str) for m in modules
+    ):
+        raise ValueError(
+            f"{mpath}: expected a list of modules, each an object with an integer 'idx' "
+            f"and a string 'path', got {type(modules).__name__} {str(modules)[:80]}"
+        )
     modules = sorted(modules, key=lambda m: m.get("idx", 0))
     pooling, normalize = None, False
     for m in modules:
@@ -191,8 +203,10 @@ def read_pipeline(model_dir: PathLike) -> SentencePipeline:
             elif modes == ["pooling_mode_cls_token"]:
                 pooling = "cls"
             else:
-                raise ValueError(f"{pcfg_path}: pooling modes {modes} are not supported; use exactly one of "
-                                 "pooling_mode_mean_tokens or pooling_mode_cls_token")
+                raise ValueError(
+                    f"{pcfg_path}: pooling modes {modes} are not supported; use exactly one of "
+                    "pooling_mode_mean_tokens or pooling_mode_cls_token"
+                )
         elif kind == _ST_NORMALIZE:
             normalize = True
         else:

@@ -38,8 +38,15 @@ class SentenceEmbedder:
         Passed to :func:`load_bert` (``segments``, ``functions``, ``calibration_sentences``, ...).
     """
 
-    def __init__(self, model_dir: Optional[PathLike] = None, mode: str = "matrixized", *, program=None,
-                 max_length: Optional[int] = None, **load_options: Any) -> None:
+    def __init__(
+        self,
+        model_dir: Optional[PathLike] = None,
+        mode: str = "matrixized",
+        *,
+        program=None,
+        max_length: Optional[int] = None,
+        **load_options: Any,
+    ) -> None:
         from ..runtime import MODES
 
         if mode not in MODES:
@@ -48,8 +55,10 @@ class SentenceEmbedder:
             if program is not None:
                 raise TypeError("pass either a bundle path or program=, not both")
             if load_options:
-                raise TypeError(f"load options {sorted(load_options)} cannot be used with a compiled bundle "
-                                f"{os.fspath(model_dir)!r}")
+                raise TypeError(
+                    f"load options {sorted(load_options)} cannot be used with a compiled bundle "
+                    f"{os.fspath(model_dir)!r}"
+                )
             from ..bundle import load
 
             program = load(model_dir)
@@ -118,11 +127,16 @@ class SentenceEmbedder:
         items = _check_sentences(sentences)
         if self.pipeline.do_lower_case:
             items = [t.lower() for t in items]
-        return tokenize(self.tokenizer, items, max_length=self.max_length,
-                        pad_id=self.config.pad_token_id, pad_to=pad_to)
+        return tokenize(
+            self.tokenizer, items, max_length=self.max_length, pad_id=self.config.pad_token_id, pad_to=pad_to
+        )
 
     def _forward(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        y = self.session.run(dict(batch)) if self.mode == "matrixized" else self.program.run(dict(batch), mode=self.mode)
+        y = (
+            self.session.run(dict(batch))
+            if self.mode == "matrixized"
+            else self.program.run(dict(batch), mode=self.mode)
+        )
         if self._pooled:
             return np.asarray(y, dtype=np.float32)
         # the Program returned token states: pool (and normalise, if the pipeline does) on the host
@@ -135,8 +149,13 @@ class SentenceEmbedder:
             v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return v
 
-    def encode(self, sentences: Union[str, Sequence[str]], batch_size: int = 32, normalize: bool = True,
-               show_progress: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        sentences: Union[str, Sequence[str]],
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress: bool = False,
+    ) -> np.ndarray:
         """Embed sentences: ``(n, hidden)`` float32 (``(hidden,)`` for a single str).
 
         Sentences are sorted by token count so each batch pads little; the result is in input order.
@@ -162,7 +181,7 @@ class SentenceEmbedder:
 
             starts = tqdm(starts, desc="encoding", unit="batch")
         for s in starts:
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             batch = pad_batch([rows[i] for i in idx], self.config.pad_token_id)
             out[idx] = self._forward(batch)
         if normalize:
@@ -171,8 +190,10 @@ class SentenceEmbedder:
         return out[0] if single else out
 
     def __repr__(self) -> str:
-        return (f"SentenceEmbedder({self.model_dir!r}, mode={self.mode!r}, dim={self.dim}, "
-                f"pooling={self.pipeline.pooling!r}, max_length={self.max_length})")
+        return (
+            f"SentenceEmbedder({self.model_dir!r}, mode={self.mode!r}, dim={self.dim}, "
+            f"pooling={self.pipeline.pooling!r}, max_length={self.max_length})"
+        )
 
 
 def _check_sentences(sentences: Any) -> list[str]:

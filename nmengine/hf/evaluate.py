@@ -41,9 +41,15 @@ def fidelity(approx: np.ndarray, exact: np.ndarray) -> dict[str, float]:
     return out
 
 
-def tradeoff(model_dir: Optional[PathLike] = None, segment_counts: Sequence[int] = (8, 16, 32, 64), *,
-             n_sentences: int = 500, batch_size: int = 32, functions: Optional[Mapping[str, Mapping[str, Any]]] = None,
-             progress: bool = False) -> list[dict[str, Any]]:
+def tradeoff(
+    model_dir: Optional[PathLike] = None,
+    segment_counts: Sequence[int] = (8, 16, 32, 64),
+    *,
+    n_sentences: int = 500,
+    batch_size: int = 32,
+    functions: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """Fidelity of matrixized vs exact embeddings on ``n_sentences`` corpus sentences per segment count.
 
     Every function gets ``segments`` segments on the ranges of :data:`DEFAULT_FUNCTIONS` (``functions``
@@ -60,8 +66,10 @@ def tradeoff(model_dir: Optional[PathLike] = None, segment_counts: Sequence[int]
     rows = []
     for seg in segment_counts:
         # every function gets `seg` segments; the default ranges (lo/hi) are kept
-        fns = {fn: {**DEFAULT_FUNCTIONS.get(fn, {}), "segments": seg}
-               for fn in ("exp", "reciprocal", "rsqrt", "gelu", "gelu_tanh")}
+        fns = {
+            fn: {**DEFAULT_FUNCTIONS.get(fn, {}), "segments": seg}
+            for fn in ("exp", "reciprocal", "rsqrt", "gelu", "gelu_tanh")
+        }
         for k, v in (functions or {}).items():
             fns[k] = {**fns.get(k, {}), **dict(v)}
         emb = SentenceEmbedder(d, segments=seg, functions=fns)

@@ -109,37 +109,87 @@ def load_bert(
     if pooling == "auto":
         pooling = "mean" if (pipeline.source == "modules.json" and pipeline.pooling == "mean") else "none"
     if pooling not in ("mean", "none"):
-        raise ValueError(f"pooling must be 'auto', 'mean' or 'none', got {pooling!r} "
-                         "(CLS pooling is a row selection done by SentenceEmbedder)")
+        raise ValueError(
+            f"pooling must be 'auto', 'mean' or 'none', got {pooling!r} "
+            "(CLS pooling is a row selection done by SentenceEmbedder)"
+        )
     if normalize is None:
         normalize = pipeline.normalize
     max_len = resolve_max_length(config, pipeline, max_length)
     if calibration_sentences is not None:
         calibration_sentences = list(calibration_sentences)
-    key = {"frontend": "hf.load_bert", "files": file_fingerprint(os.path.join(d, f) for f in _CHECKPOINT_FILES),
-           "code": code_fingerprint(), "segments": segments, "method": method, "max_error": max_error,
-           "functions": functions, "calibration_sentences": calibration_sentences, "calibrate": calibrate,
-           "max_length": max_len, "pooling": pooling, "normalize": bool(normalize),
-           "bias_correction": bias_correction, "target": None if target is None else repr(target),
-           "precision": precision}
-    return cached(key, lambda: _compile_bert(d, config, pipeline, max_len, segments=segments, method=method,
-                                             max_error=max_error, functions=functions,
-                                             calibration_sentences=calibration_sentences, calibrate=calibrate,
-                                             pooling=pooling, normalize=bool(normalize),
-                                             bias_correction=bias_correction, progress=progress, target=target,
-                                             precision=precision),
-                  enabled=cache)
+    key = {
+        "frontend": "hf.load_bert",
+        "files": file_fingerprint(os.path.join(d, f) for f in _CHECKPOINT_FILES),
+        "code": code_fingerprint(),
+        "segments": segments,
+        "method": method,
+        "max_error": max_error,
+        "functions": functions,
+        "calibration_sentences": calibration_sentences,
+        "calibrate": calibrate,
+        "max_length": max_len,
+        "pooling": pooling,
+        "normalize": bool(normalize),
+        "bias_correction": bias_correction,
+        "target": None if target is None else repr(target),
+        "precision": precision,
+    }
+    return cached(
+        key,
+        lambda: _compile_bert(
+            d,
+            config,
+            pipeline,
+            max_len,
+            segments=segments,
+            method=method,
+            max_error=max_error,
+            functions=functions,
+            calibration_sentences=calibration_sentences,
+            calibrate=calibrate,
+            pooling=pooling,
+            normalize=bool(normalize),
+            bias_correction=bias_correction,
+            progress=progress,
+            target=target,
+            precision=precision,
+        ),
+        enabled=cache,
+    )
 
 
 #: The files of a checkpoint directory that a compiled program depends on (the cache key hashes them).
-_CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json",
-                     "sentence_bert_config.json", os.path.join("1_Pooling", "config.json"))
+_CHECKPOINT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    os.path.join("1_Pooling", "config.json"),
+)
 
 
-def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_len: int, *, segments: Any,
-                  method: str, max_error: Optional[float], functions: Optional[Mapping[str, Mapping[str, Any]]],
-                  calibration_sentences: Optional[Sequence[str]], calibrate: bool, pooling: str, normalize: bool,
-                  bias_correction: bool, progress: bool, target: Any = None, precision: str = "float32"):
+def _compile_bert(
+    d: str,
+    config: BertConfig,
+    pipeline: SentencePipeline,
+    max_len: int,
+    *,
+    segments: Any,
+    method: str,
+    max_error: Optional[float],
+    functions: Optional[Mapping[str, Mapping[str, Any]]],
+    calibration_sentences: Optional[Sequence[str]],
+    calibrate: bool,
+    pooling: str,
+    normalize: bool,
+    bias_correction: bool,
+    progress: bool,
+    target: Any = None,
+    precision: str = "float32",
+):
     from ..compile import compile as nm_compile
 
     weights = load_weights(d)
@@ -151,16 +201,36 @@ def _compile_bert(d: str, config: BertConfig, pipeline: SentencePipeline, max_le
         fn_opts[k] = {**fn_opts.get(k, {}), **dict(v)}
     calib = None
     if calibrate:
-        calib = calibration_batches(load_tokenizer(d), calibration_sentences, max_length=max_len,
-                                    pad_id=config.pad_token_id, lowercase=pipeline.do_lower_case)
-    program = nm_compile(spec, calibration=calib, segments=segments, method=method, max_error=max_error,
-                         functions=fn_opts or None, bias_correction=bias_correction, progress=progress,
-                         target=target, precision=precision)
+        calib = calibration_batches(
+            load_tokenizer(d),
+            calibration_sentences,
+            max_length=max_len,
+            pad_id=config.pad_token_id,
+            lowercase=pipeline.do_lower_case,
+        )
+    program = nm_compile(
+        spec,
+        calibration=calib,
+        segments=segments,
+        method=method,
+        max_error=max_error,
+        functions=fn_opts or None,
+        bias_correction=bias_correction,
+        progress=progress,
+        target=target,
+        precision=precision,
+    )
     with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
         tokenizer_json = f.read()
-    program.meta["hf"] = {"model_dir": d, "config": asdict(config), "pooling": pooling,
-                          "normalize": bool(normalize and pooling == "mean"), "max_length": max_len,
-                          "pipeline": asdict(pipeline), "tokenizer_json": tokenizer_json}
+    program.meta["hf"] = {
+        "model_dir": d,
+        "config": asdict(config),
+        "pooling": pooling,
+        "normalize": bool(normalize and pooling == "mean"),
+        "max_length": max_len,
+        "pipeline": asdict(pipeline),
+        "tokenizer_json": tokenizer_json,
+    }
     positions = [[1, config.max_position_embeddings, "positions (max_position_embeddings)"]]
     program.meta["input_limits"] = {name: positions for name in program.inputs}
     return program

@@ -9,8 +9,17 @@ import numpy as np
 
 from .config import BertConfig, PathLike, SentencePipeline, resolve_model_dir
 
-__all__ = ["load_tokenizer", "tokenizer_from_json", "tokenize", "calibration_batches", "resolve_max_length",
-           "encode_ids", "pad_batch", "DEFAULT_MAX_LENGTH", "DEFAULT_CALIBRATION_SENTENCES"]
+__all__ = [
+    "load_tokenizer",
+    "tokenizer_from_json",
+    "tokenize",
+    "calibration_batches",
+    "resolve_max_length",
+    "encode_ids",
+    "pad_batch",
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_CALIBRATION_SENTENCES",
+]
 
 #: Truncation length when neither the caller nor sentence_bert_config.json gives one.
 DEFAULT_MAX_LENGTH = 128
@@ -75,7 +84,9 @@ def encode_ids(tokenizer, sentences: Sequence[str], max_length: int) -> list[tup
     return rows
 
 
-def pad_batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, length: Optional[int] = None) -> dict[str, np.ndarray]:
+def pad_batch(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, length: Optional[int] = None
+) -> dict[str, np.ndarray]:
     """Program inputs from :func:`encode_ids` rows, right-padded to the longest row or to ``length``."""
     longest = max(len(r[0]) for r in rows)
     if length is not None and length < longest:
@@ -92,17 +103,30 @@ def pad_batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, length: 
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
-def tokenize(tokenizer, sentences: Sequence[str], *, max_length: int = DEFAULT_MAX_LENGTH,
-             pad_id: int = 0, pad_to: Optional[int] = None) -> dict[str, np.ndarray]:
+def tokenize(
+    tokenizer,
+    sentences: Sequence[str],
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    pad_id: int = 0,
+    pad_to: Optional[int] = None,
+) -> dict[str, np.ndarray]:
     """Program inputs for ``sentences``: right-padded to the longest (or to ``pad_to``), truncated."""
     if not sentences:
         raise ValueError("tokenize needs at least one sentence")
     return pad_batch(encode_ids(tokenizer, sentences, max_length), pad_id, pad_to)
 
 
-def calibration_batches(tokenizer, sentences: Optional[Sequence[str]] = None, *, max_length: int = DEFAULT_MAX_LENGTH,
-                        batch_size: int = 16, pad_id: int = 0, long_sequences: int = 2,
-                        lowercase: bool = False) -> list[dict[str, np.ndarray]]:
+def calibration_batches(
+    tokenizer,
+    sentences: Optional[Sequence[str]] = None,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    long_sequences: int = 2,
+    lowercase: bool = False,
+) -> list[dict[str, np.ndarray]]:
     """Calibration inputs: batches of real sentences plus ``long_sequences`` full-length sequences.
 
     The long sequences (calibration sentences joined until ``max_length`` tokens) make the tables
@@ -117,12 +141,14 @@ def calibration_batches(tokenizer, sentences: Optional[Sequence[str]] = None, *,
         raise ValueError("calibration_sentences must be a non-empty list of str")
     if lowercase:  # sentence_bert_config.json do_lower_case
         sentences = [t.lower() for t in sentences]
-    batches = [tokenize(tokenizer, sentences[i:i + batch_size], max_length=max_length, pad_id=pad_id)
-               for i in range(0, len(sentences), batch_size)]
+    batches = [
+        tokenize(tokenizer, sentences[i : i + batch_size], max_length=max_length, pad_id=pad_id)
+        for i in range(0, len(sentences), batch_size)
+    ]
     if long_sequences > 0:
         texts = []
         for k in range(long_sequences):
-            rot = sentences[k % len(sentences):] + sentences[: k % len(sentences)]
+            rot = sentences[k % len(sentences) :] + sentences[: k % len(sentences)]
             texts.append(" ".join(rot * (1 + (4 * max_length) // max(1, sum(len(s.split()) for s in rot)))))
         batches.append(tokenize(tokenizer, texts, max_length=max_length, pad_id=pad_id))
     return batches

@@ -14,7 +14,7 @@ __all__ = ["load_weights"]
 def _canonical(name: str) -> str:
     for prefix in ("bert.", "model."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     if name.endswith(".gamma"):  # TF-converted checkpoints
         name = name[: -len(".gamma")] + ".weight"
     elif name.endswith(".beta"):

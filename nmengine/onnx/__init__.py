@@ -21,7 +21,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "nmengine.onnx needs the 'onnx' package: install the extra with pip install 'nmengine[onnx]' "
-        "(or pip install onnx)") from e
+        "(or pip install onnx)"
+    ) from e
 
 from .context import RULES
 from .errors import OnnxImportError, UnsupportedModelError

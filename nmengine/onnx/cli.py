@@ -32,8 +32,7 @@ def _fit_inputs(program: Any, arrays: dict[str, np.ndarray], what: str) -> Any:
         return next(iter(arrays.values()))
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise ValueError(f"{what}: the program's inputs are {names}; the file has {sorted(arrays)} "
-                         f"(missing {missing})")
+        raise ValueError(f"{what}: the program's inputs are {names}; the file has {sorted(arrays)} (missing {missing})")
     return {n: arrays[n] for n in names}
 
 
@@ -56,9 +55,11 @@ def _import(args: argparse.Namespace) -> int:
     nm.save(program, out)
     print(import_summary(program))
     cov = program.coverage()
-    print(f"coverage: {cov['ops']} ops: {cov['gemm_pwl_ops']} GEMM+PWL, {cov['movement_ops']} data movement "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(cov['movement_by_kind'].items()))}); "
-          f"arithmetic as GEMM+PWL: {cov['arithmetic_ops_as_gemm_pwl']:.0%}; {len(program.tables)} PWL tables")
+    print(
+        f"coverage: {cov['ops']} ops: {cov['gemm_pwl_ops']} GEMM+PWL, {cov['movement_ops']} data movement "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(cov['movement_by_kind'].items()))}); "
+        f"arithmetic as GEMM+PWL: {cov['arithmetic_ops_as_gemm_pwl']:.0%}; {len(program.tables)} PWL tables"
+    )
     print(f"inputs: {json.dumps({k: list(v.shape) for k, v in program.inputs.items()})}  outputs: {program.outputs}")
     print(f"wrote {out}")
     return 0
@@ -88,8 +89,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="import an ONNX model into a bundle (prints the op mapping and coverage)")
     p.add_argument("model", help="the .onnx file (external-data files beside it are read)")
     p.add_argument("-o", "--output", required=True, help="the bundle to write (.nmb)")
-    p.add_argument("--calibration", default=None,
-                   help=".npz of named input arrays for the PWL ranges (default: synthesised inputs, with a warning)")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help=".npz of named input arrays for the PWL ranges (default: synthesised inputs, with a warning)",
+    )
     p.add_argument("--segments", type=int, default=None, help="PWL segments per table (default 32)")
     p.add_argument("--method", default="optimized", help="PWL fitting method (see nmengine approx)")
     p.add_argument("--exact", action="store_true", help="skip calibration (for exact-mode use)")

@@ -104,6 +104,7 @@ def rule(*op_types: str, how: str, tables: str = "-") -> Callable:
         for t in op_types:
             RULES[t] = Rule(fn, how, tables)
         return fn
+
     return deco
 
 
@@ -181,11 +182,14 @@ class Ctx:
             ps = (1,) * (len(v.shape) - len(v.pshape)) + tuple(v.pshape)
             fill_shape = tuple(d if ps[i] != d else 1 for i, d in enumerate(v.shape))
             ones = self.dense(const(np.ones((1,) * len(v.shape), np.float32), fill_shape))
-            out = self.op("scale", self.fresh("expand"), {"x": v.name, "mul": ones.name},
-                          "expand (broadcast by a diagonal GEMM)")
+            out = self.op(
+                "scale", self.fresh("expand"), {"x": v.name, "mul": ones.name}, "expand (broadcast by a diagonal GEMM)"
+            )
             return tensor(out, v.shape, v.dtype)
         ones = self.const_name(np.ones([int(d) for d in v.shape], np.float32), "ones")
-        out = self.op("scale", self.fresh("expand"), {"x": v.name, "mul": ones}, "expand (broadcast by a diagonal GEMM)")
+        out = self.op(
+            "scale", self.fresh("expand"), {"x": v.name, "mul": ones}, "expand (broadcast by a diagonal GEMM)"
+        )
         return tensor(out, v.shape, v.dtype)
 
     def dynamic_fill(self, v: Val) -> Val:
@@ -206,8 +210,16 @@ class Ctx:
             else:
                 dims.append(int(d))
         base = self.const_name(np.full(dims, v.arr.reshape(()), dtype=np.float32), "fill")
-        out = self.op("slice", self.fresh("fill"), {"x": base, "like": like}, "constant of a dynamic shape",
-                      starts=[0] * len(dims), ends=dims, axes=list(range(len(dims))), like_ends=like_ends)
+        out = self.op(
+            "slice",
+            self.fresh("fill"),
+            {"x": base, "like": like},
+            "constant of a dynamic shape",
+            starts=[0] * len(dims),
+            ends=dims,
+            axes=list(range(len(dims))),
+            like_ends=like_ends,
+        )
         return tensor(out, v.shape, v.dtype)
 
     def unsupported(self, msg: str) -> Unsupported:

@@ -25,8 +25,12 @@ class UnsupportedModelError(OnnxImportError):
         by_type: dict[str, list[str]] = {}
         for op_type, node, reason in self.unsupported:
             by_type.setdefault(op_type, []).append(f"{node!r}" + (f" ({reason})" if reason else ""))
-        lines = [f"  {t}: {len(v)} node(s): {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
-                 for t, v in sorted(by_type.items())]
+        lines = [
+            f"  {t}: {len(v)} node(s): {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+            for t, v in sorted(by_type.items())
+        ]
         super().__init__(
-            f"the model (opset {opset}) uses {len(by_type)} unsupported ONNX op type(s):\n" + "\n".join(lines)
-            + "\nsee docs/onnx.md for the supported operators")
+            f"the model (opset {opset}) uses {len(by_type)} unsupported ONNX op type(s):\n"
+            + "\n".join(lines)
+            + "\nsee docs/onnx.md for the supported operators"
+        )

@@ -82,7 +82,9 @@ def _fold(node: onnx.NodeProto, ins: list[Val | None], opset: int) -> list[Val] 
     try:
         outs = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
     except Exception as e:  # noqa: BLE001 - the reference evaluator raises any type on bad input
-        raise OnnxImportError(f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: {e}") from None
+        raise OnnxImportError(
+            f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: {e}"
+        ) from None
     res = []
     for o in outs:
         a = np.asarray(o)
@@ -166,12 +168,15 @@ def _to_spec(source: Any, max_len: int, current: list[str]) -> LoweredGraph:
             if not name:
                 ins.append(None)
             elif name not in vals:
-                raise OnnxImportError(f"{what}: node {node.name!r} ({node.op_type}) reads {name!r}, "
-                                      f"which no earlier node produces")
+                raise OnnxImportError(
+                    f"{what}: node {node.name!r} ({node.op_type}) reads {name!r}, which no earlier node produces"
+                )
             else:
                 ins.append(vals[name])
-        entry = counts.setdefault(node.op_type, {"count": 0, "folded": 0, "how": RULES[node.op_type].how,
-                                                 "tables": RULES[node.op_type].tables})
+        entry = counts.setdefault(
+            node.op_type,
+            {"count": 0, "folded": 0, "how": RULES[node.op_type].how, "tables": RULES[node.op_type].tables},
+        )
         entry["count"] += 1
         cx.node = node
         current[0] = f"{node.name!r} ({node.op_type})"
@@ -196,8 +201,9 @@ def _to_spec(source: Any, max_len: int, current: list[str]) -> LoweredGraph:
     if problems:
         raise UnsupportedModelError(problems, opset)
     for t, n in original.items():  # nodes the pattern rewrites absorbed (BatchNorm, GELU pieces, ...)
-        entry = counts.setdefault(t, {"count": 0, "folded": 0, "how": RULES[t].how if t in RULES else "",
-                                      "tables": "-"})
+        entry = counts.setdefault(
+            t, {"count": 0, "folded": 0, "how": RULES[t].how if t in RULES else "", "tables": "-"}
+        )
         if n > entry["count"]:
             entry["fused"] = n - entry["count"]
             entry["count"] = n
@@ -211,8 +217,14 @@ def _to_spec(source: Any, max_len: int, current: list[str]) -> LoweredGraph:
         if v.name != o.name or o.name in inputs or o.name in cx.b.constants:
             cx.op("reshape", o.name, {"x": v.name}, "graph output", shape=[0] * len(v.shape))
         outputs.append(o.name)
-    meta = {"onnx": {"source": what, "opset": opset, "producer": f"{model.producer_name} {model.producer_version}".strip(),
-                     "ops": counts}}
+    meta = {
+        "onnx": {
+            "source": what,
+            "opset": opset,
+            "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "ops": counts,
+        }
+    }
     name = g.name or "onnx_model"
     return LoweredGraph(inputs, outputs, cx.b.ops, cx.b.constants, cx.b.tables, name=name, meta=meta)
 
@@ -235,8 +247,16 @@ def _synthesise(graph: LoweredGraph, n: int = 2, seed: int = 0) -> dict[str, np.
     return out
 
 
-def load(source: Any, *, calibration: Any = None, segments: int | None = 32, method: str = "optimized",
-         exact: bool = False, max_len: int = 1024, **compile_opts: Any) -> Program:
+def load(
+    source: Any,
+    *,
+    calibration: Any = None,
+    segments: int | None = 32,
+    method: str = "optimized",
+    exact: bool = False,
+    max_len: int = 1024,
+    **compile_opts: Any,
+) -> Program:
     """Import an ONNX model and compile it to a :class:`~nmengine.program.Program`.
 
     ``calibration`` is a dict of named arrays, an iterable of such dicts, or None (then the importer
@@ -249,17 +269,20 @@ def load(source: Any, *, calibration: Any = None, segments: int | None = 32, met
     if exact or not graph.requests:
         calib = None
     elif calibration is None:
-        warnings.warn("nm.onnx.load: no calibration data; PWL ranges come from synthesised standard-normal "
-                      "inputs (random 0/1 for integer inputs). Pass calibration= with real inputs for accuracy.",
-                      stacklevel=2)
+        warnings.warn(
+            "nm.onnx.load: no calibration data; PWL ranges come from synthesised standard-normal "
+            "inputs (random 0/1 for integer inputs). Pass calibration= with real inputs for accuracy.",
+            stacklevel=2,
+        )
         calib = [_synthesise(graph)]
     elif isinstance(calibration, Mapping):
         calib = [dict(calibration)]
     elif isinstance(calibration, Iterable):
         calib = [dict(c) for c in calibration]
     else:
-        raise TypeError(f"calibration must be a dict of arrays, an iterable of dicts, or None; "
-                        f"got {type(calibration).__name__}")
+        raise TypeError(
+            f"calibration must be a dict of arrays, an iterable of dicts, or None; got {type(calibration).__name__}"
+        )
     return compile_lowered(graph, calib, segments=segments, method=method, **compile_opts)
 
 
@@ -267,17 +290,24 @@ def import_summary(program_or_graph: Any) -> str:
     """The op mapping table of an import: ONNX op type -> count -> how it was matrixized."""
     meta = program_or_graph.meta.get("onnx", {})
     ops = meta.get("ops", {})
-    lines = [f"ONNX import of {meta.get('source', '?')} (opset {meta.get('opset', '?')})",
-             f"  {'op type':<22s} {'count':>5s} {'folded':>6s}  how it runs"]
+    lines = [
+        f"ONNX import of {meta.get('source', '?')} (opset {meta.get('opset', '?')})",
+        f"  {'op type':<22s} {'count':>5s} {'folded':>6s}  how it runs",
+    ]
     for t, e in sorted(ops.items(), key=lambda kv: -kv[1]["count"]):
         fused = e.get("fused", 0)
         if e["folded"] == e["count"]:
             how = "folded at import"
         elif fused == e["count"]:
-            how = "fused at import into " + ("the Conv weights" if t == "BatchNormalization" else "a pattern op "
-                                             "(GELU, SiLU, LayerNorm, rsqrt: see the Nm* rows)")
+            how = "fused at import into " + (
+                "the Conv weights"
+                if t == "BatchNormalization"
+                else "a pattern op (GELU, SiLU, LayerNorm, rsqrt: see the Nm* rows)"
+            )
         else:
             how = e["how"] + (f" ({fused} fused into patterns)" if fused else "")
-        lines.append(f"  {t:<22s} {e['count']:>5d} {e['folded']:>6d}  {how}" + (
-            f"  [PWL: {e['tables']}]" if e.get("tables", "-") != "-" and e["folded"] + fused < e["count"] else ""))
+        lines.append(
+            f"  {t:<22s} {e['count']:>5d} {e['folded']:>6d}  {how}"
+            + (f"  [PWL: {e['tables']}]" if e.get("tables", "-") != "-" and e["folded"] + fused < e["count"] else "")
+        )
     return "\n".join(lines)

@@ -84,8 +84,10 @@ def _load_external(model: onnx.ModelProto, base_dir: Path | None, what: str) -> 
     if not _uses_external(model):
         return
     if base_dir is None:
-        raise OnnxImportError(f"{what}: the model keeps tensors in external data files; load it from its path "
-                              f"so the files beside it can be found")
+        raise OnnxImportError(
+            f"{what}: the model keeps tensors in external data files; load it from its path "
+            f"so the files beside it can be found"
+        )
     for t in _all_tensors(model):
         if t.data_location != TensorProto.EXTERNAL:
             continue
@@ -93,11 +95,15 @@ def _load_external(model: onnx.ModelProto, base_dir: Path | None, what: str) -> 
         loc = info.get("location", "")
         target = (base_dir / loc).resolve()
         if not loc or Path(loc).is_absolute() or base_dir.resolve() not in target.parents:
-            raise OnnxImportError(f"{what}: tensor {t.name!r}: external data location {loc!r} must be a relative "
-                                  f"path inside the model's directory")
+            raise OnnxImportError(
+                f"{what}: tensor {t.name!r}: external data location {loc!r} must be a relative "
+                f"path inside the model's directory"
+            )
         if not target.is_file():
-            raise OnnxImportError(f"{what}: tensor {t.name!r}: external data file {loc!r} is missing "
-                                  f"(expected beside the model, at {target})")
+            raise OnnxImportError(
+                f"{what}: tensor {t.name!r}: external data file {loc!r} is missing "
+                f"(expected beside the model, at {target})"
+            )
         try:
             offset = int(info.get("offset", 0))
             length = int(info["length"]) if "length" in info else None
@@ -105,8 +111,10 @@ def _load_external(model: onnx.ModelProto, base_dir: Path | None, what: str) -> 
             raise OnnxImportError(f"{what}: tensor {t.name!r}: bad external data offset/length {info}") from None
         size = target.stat().st_size
         if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
-            raise OnnxImportError(f"{what}: tensor {t.name!r}: external data range offset={offset} length={length} "
-                                  f"exceeds the {size}-byte file {loc!r}")
+            raise OnnxImportError(
+                f"{what}: tensor {t.name!r}: external data range offset={offset} length={length} "
+                f"exceeds the {size}-byte file {loc!r}"
+            )
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
     except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types on corrupt input
@@ -132,8 +140,10 @@ def _check(model: onnx.ModelProto, what: str) -> None:
         if not inp.type.HasField("tensor_type"):
             raise OnnxImportError(f"{what}: input {inp.name!r} is not a tensor")
         if tt.elem_type not in FLOAT_TYPES and tt.elem_type not in INT_TYPES:
-            raise OnnxImportError(f"{what}: input {inp.name!r} has dtype {_type_name(tt.elem_type)}; expected "
-                                  f"FLOAT (float32) for data, or INT64/INT32/BOOL for ids and masks")
+            raise OnnxImportError(
+                f"{what}: input {inp.name!r} has dtype {_type_name(tt.elem_type)}; expected "
+                f"FLOAT (float32) for data, or INT64/INT32/BOOL for ids and masks"
+            )
         if not tt.HasField("shape"):
             raise OnnxImportError(f"{what}: input {inp.name!r} has no declared rank")
 
@@ -155,13 +165,16 @@ def tensor_array(t: TensorProto, what: str) -> np.ndarray:
             raise OnnxImportError(f"{what}: tensor {t.name!r} has a negative dim {list(t.dims)}")
         n *= int(d)
     if n > MAX_FOLDED_ELEMENTS:
-        raise OnnxImportError(f"{what}: tensor {t.name!r} claims {n:,} elements (shape {list(t.dims)}); "
-                              f"more than the importer accepts ({MAX_FOLDED_ELEMENTS:,})")
+        raise OnnxImportError(
+            f"{what}: tensor {t.name!r} claims {n:,} elements (shape {list(t.dims)}); "
+            f"more than the importer accepts ({MAX_FOLDED_ELEMENTS:,})"
+        )
     try:
         arr = numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types on corrupt input
-        raise OnnxImportError(f"{what}: tensor {t.name!r} ({_type_name(t.data_type)}, shape {list(t.dims)}) "
-                              f"cannot be decoded: {e}") from None
+        raise OnnxImportError(
+            f"{what}: tensor {t.name!r} ({_type_name(t.data_type)}, shape {list(t.dims)}) cannot be decoded: {e}"
+        ) from None
     if arr.size != n:
         raise OnnxImportError(f"{what}: tensor {t.name!r} holds {arr.size} values for shape {list(t.dims)}")
     if arr.dtype.kind == "f" and arr.dtype != np.float32 and arr.dtype != np.float64:

@@ -28,8 +28,9 @@ def _phys(v: Val) -> tuple:
     return tuple(v.pshape)
 
 
-def scale(cx: Ctx, x: Val, what: str, *, out: str | None = None, dtype: str = "f",
-          epilogue: dict | None = None, **kw: Any) -> Val:
+def scale(
+    cx: Ctx, x: Val, what: str, *, out: str | None = None, dtype: str = "f", epilogue: dict | None = None, **kw: Any
+) -> Val:
     """Emit ``scale`` on x with operand Vals (roles mul/row_scale/col_scale/bias/bias_row/res) and
     float attrs (alpha/beta/res_beta/add); the result keeps lazy broadcasting."""
     args = {"x": cx.buf(x)}
@@ -64,8 +65,15 @@ def _is_scalar(v: Val) -> bool:
 def _last_vector(v: Val, x: Val) -> bool:
     """A constant that varies only along the last axis, with x's last dim."""
     a = v.arr
-    return (v.is_const and a.ndim >= 1 and a.dtype != object and a.ndim <= x.rank and a.shape[-1] == x.pshape[-1]
-            and a.size == a.shape[-1] and isinstance(x.pshape[-1], int))
+    return (
+        v.is_const
+        and a.ndim >= 1
+        and a.dtype != object
+        and a.ndim <= x.rank
+        and a.shape[-1] == x.pshape[-1]
+        and a.size == a.shape[-1]
+        and isinstance(x.pshape[-1], int)
+    )
 
 
 def _fval(v: Val) -> float:
@@ -117,8 +125,15 @@ def _float(v: Val, node: Any) -> None:
         raise Unsupported("integer tensor arithmetic at run time")
 
 
-@rule("Add", "Sub", "Mul", "Div", how="diagonal GEMM (scale): constants fold into alpha/beta/bias/column scale; "
-      "tensor products as elementwise GEMM; x / y = x * reciprocal(y)", tables="reciprocal (Div by a tensor)")
+@rule(
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    how="diagonal GEMM (scale): constants fold into alpha/beta/bias/column scale; "
+    "tensor products as elementwise GEMM; x / y = x * reciprocal(y)",
+    tables="reciprocal (Div by a tensor)",
+)
 def _binary(cx: Ctx, node: Any, ins: list) -> list[Val]:
     a, b = ins
     t = node.op_type
@@ -149,8 +164,16 @@ def _binary(cx: Ctx, node: Any, ins: list) -> list[Val]:
             return [_mul_const(cx, a, b.arr, b.shape, "multiply by constant", out)]
         if broadcast_dims(_phys(a), _phys(b)) != _phys(a):
             a, b = b, a
-        return [scale(cx, a, "elementwise product (diagonal GEMM)", out=out, mul=b,
-                      dtype="b" if _is01(a) and _is01(b) else "f")]
+        return [
+            scale(
+                cx,
+                a,
+                "elementwise product (diagonal GEMM)",
+                out=out,
+                mul=b,
+                dtype="b" if _is01(a) and _is01(b) else "f",
+            )
+        ]
     # Div
     if b.is_const:
         with np.errstate(divide="ignore"):
@@ -193,8 +216,11 @@ def _fold_sym(t: str, a: Val, b: Val) -> Val:
     return const(np.asarray(r, dtype=object))
 
 
-@rule("Pow", how="constant exponent: 2 and 3 as elementwise products, 0.5 / -0.5 / -1 as sqrt / rsqrt / "
-      "reciprocal PWL", tables="sqrt, rsqrt, reciprocal")
+@rule(
+    "Pow",
+    how="constant exponent: 2 and 3 as elementwise products, 0.5 / -0.5 / -1 as sqrt / rsqrt / reciprocal PWL",
+    tables="sqrt, rsqrt, reciprocal",
+)
 def _pow(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, e = ins
     if not (e.is_const and e.arr.size == 1):
@@ -214,13 +240,32 @@ def _pow(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return [unary_pwl(cx, x, fn, f"x^{p} ({fn} PWL)", out=out)]
 
 
-_UNARY = {"Exp": "exp", "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf", "Sqrt": "sqrt",
-          "Reciprocal": "reciprocal", "Softplus": "softplus", "NmRsqrt": "rsqrt", "NmGelu": "gelu",
-          "NmGeluTanh": "gelu_tanh", "NmSilu": "silu"}
+_UNARY = {
+    "Exp": "exp",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "Erf": "erf",
+    "Sqrt": "sqrt",
+    "Reciprocal": "reciprocal",
+    "Softplus": "softplus",
+    "NmRsqrt": "rsqrt",
+    "NmGelu": "gelu",
+    "NmGeluTanh": "gelu_tanh",
+    "NmSilu": "silu",
+}
 
 
-@rule("Exp", "Tanh", "Sigmoid", "Erf", "Sqrt", "Reciprocal", "Softplus", how="PWL table (GEMM epilogue)",
-      tables="the function's own table")
+@rule(
+    "Exp",
+    "Tanh",
+    "Sigmoid",
+    "Erf",
+    "Sqrt",
+    "Reciprocal",
+    "Softplus",
+    how="PWL table (GEMM epilogue)",
+    tables="the function's own table",
+)
 @rule("NmRsqrt", how="rsqrt PWL (x / sqrt(v) rewritten to x * rsqrt(v))", tables="rsqrt")
 @rule("NmGelu", how="GELU PWL (erf pattern Div-Erf-Add-Mul-Mul fused at import)", tables="gelu")
 @rule("NmGeluTanh", how="tanh-GELU PWL (Pow-Mul-Add-Mul-Tanh-Add-Mul-Mul fused at import)", tables="gelu_tanh")
@@ -269,8 +314,11 @@ def emit_gemm_const(cx: Ctx, x: Val, w: np.ndarray, bias: np.ndarray | None, wha
     return tensor(name, x.shape[:-1] + (int(w.shape[1]),))
 
 
-@rule("MatMul", how="GEMM: constant right operand -> gemm (a linear layer); tensor x tensor -> gemm_batched "
-      "with numpy batch broadcasting")
+@rule(
+    "MatMul",
+    how="GEMM: constant right operand -> gemm (a linear layer); tensor x tensor -> gemm_batched "
+    "with numpy batch broadcasting",
+)
 def _matmul(cx: Ctx, node: Any, ins: list) -> list[Val]:
     a, b = ins
     out = cx.out_name()
@@ -308,7 +356,12 @@ def _gemm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     bias = None
     res = None
     if c is not None:
-        if c.is_const and (c.arr.size == 1 or c.arr.size == w.shape[1]) and c.arr.ndim <= 2 and c.arr.shape[-1:] in ((1,), (w.shape[1],), ()):
+        if (
+            c.is_const
+            and (c.arr.size == 1 or c.arr.size == w.shape[1])
+            and c.arr.ndim <= 2
+            and c.arr.shape[-1:] in ((1,), (w.shape[1],), ())
+        ):
             bias = np.broadcast_to(_f32(c.arr).reshape(-1), (w.shape[1],)) * beta
         else:
             res = c
@@ -339,9 +392,16 @@ def axes_of(cx: Ctx, node: Any, ins: list, rank: int, attr_until: int) -> list[i
     return sorted({int(a) % rank for a in axes})
 
 
-@rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceSumSquare", "ReduceL2",
-      how="GEMM with a ones (1/n) column over the reduced axes (squares as an elementwise product first, "
-      "sqrt PWL after for ReduceL2); ReduceMax as the pairwise-max tree b + relu(a - b)", tables="sqrt (ReduceL2)")
+@rule(
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceSumSquare",
+    "ReduceL2",
+    how="GEMM with a ones (1/n) column over the reduced axes (squares as an elementwise product first, "
+    "sqrt PWL after for ReduceL2); ReduceMax as the pairwise-max tree b + relu(a - b)",
+    tables="sqrt (ReduceL2)",
+)
 def _reduce(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = cx.dense(ins[0])
     t = node.op_type
@@ -373,17 +433,24 @@ def _reduce(cx: Ctx, node: Any, ins: list) -> list[Val]:
     else:
         if t == "ReduceMean" and not is_static([n]):
             raise Unsupported("ReduceMean over a dynamic axis")
-        r = cx.b.row_sum(cur.name, n if is_static([n]) else None, cx.layer, cx.fresh("sum"),
-                         "mean by GEMM with a 1/n column" if t == "ReduceMean" else "sum by GEMM with a ones column",
-                         scale=1.0 / n if t == "ReduceMean" else 1.0,
-                         epilogue=cx.pwl("sqrt") if t == "ReduceL2" else None)
+        r = cx.b.row_sum(
+            cur.name,
+            n if is_static([n]) else None,
+            cx.layer,
+            cx.fresh("sum"),
+            "mean by GEMM with a 1/n column" if t == "ReduceMean" else "sum by GEMM with a ones column",
+            scale=1.0 / n if t == "ReduceMean" else 1.0,
+            epilogue=cx.pwl("sqrt") if t == "ReduceL2" else None,
+        )
     kshape = tuple(x.shape[i] for i in kept)
     out = cx.out_name()
     if not keep:
         return [tensor(cx.op("reshape", out, {"x": r}, "drop reduced axes", shape=[0] * len(kept)), kshape)]
     full = tuple(1 if i in axes else x.shape[i] for i in range(x.rank))
     if perm == list(range(x.rank)):
-        return [tensor(cx.op("reshape", out, {"x": r}, "keep reduced axes", shape=[0] * len(kept) + [1] * len(axes)), full)]
+        return [
+            tensor(cx.op("reshape", out, {"x": r}, "keep reduced axes", shape=[0] * len(kept) + [1] * len(axes)), full)
+        ]
     tmp = cx.op("reshape", cx.fresh("k"), {"x": r}, "keep reduced axes", shape=[0] * len(kept) + [1] * len(axes))
     inv = list(np.argsort(perm))
     return [tensor(cx.op("transpose", out, {"x": tmp}, "restore axis order", perm=[int(i) for i in inv]), full)]
@@ -419,8 +486,11 @@ def _times(cx: Ctx, x: Val, c: Val, what: str) -> Val:
     return scale(cx, x, what, mul=c)
 
 
-@rule("Where", how="select as x * c + y * (1 - c) with the condition as a 0/1 mask (diagonal GEMMs); "
-      "-inf / finfo.min fills become -1e4")
+@rule(
+    "Where",
+    how="select as x * c + y * (1 - c) with the condition as a 0/1 mask (diagonal GEMMs); "
+    "-inf / finfo.min fills become -1e4",
+)
 def _where(cx: Ctx, node: Any, ins: list) -> list[Val]:
     c, x, y = ins
     if c.is_const and x.is_const and y.is_const:
@@ -432,10 +502,22 @@ def _where(cx: Ctx, node: Any, ins: list) -> list[Val]:
         # both masks constant: x * c + (y * (1 - c)) with one of x, y a tensor
         if x.is_const:
             ty = _times(cx, y, nc, "y where not c")
-            return [_add_const(cx, ty, const(np.asarray(x.arr, np.float64) * np.asarray(c.arr, np.float64)), 1.0, "select", out)]
+            return [
+                _add_const(
+                    cx, ty, const(np.asarray(x.arr, np.float64) * np.asarray(c.arr, np.float64)), 1.0, "select", out
+                )
+            ]
         if y.is_const:
-            return [scale(cx, x, "select", out=out, mul=const(np.asarray(c.arr, np.float32), c.shape),
-                          res=const((np.asarray(y.arr, np.float64) * np.asarray(nc.arr, np.float64)).astype(np.float32)))]
+            return [
+                scale(
+                    cx,
+                    x,
+                    "select",
+                    out=out,
+                    mul=const(np.asarray(c.arr, np.float32), c.shape),
+                    res=const((np.asarray(y.arr, np.float64) * np.asarray(nc.arr, np.float64)).astype(np.float32)),
+                )
+            ]
     ty = _times(cx, y, nc, "y * (1 - c)") if not (y.is_const and y.arr.size == 1 and _fval(y) == 0.0) else None
     if x.is_const:
         tx = _times(cx, x, c, "x * c")
@@ -480,8 +562,11 @@ def _not_rule(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return [scale(cx, c, "not", out=cx.out_name(), alpha=-1.0, beta=1.0, dtype="b")]
 
 
-@rule("Cast", how="no-op for float/bool masks; integer -> float as a diagonal GEMM copy; integer -> bool as "
-      "min(|x|, 1) (exact relu PWL)")
+@rule(
+    "Cast",
+    how="no-op for float/bool masks; integer -> float as a diagonal GEMM copy; integer -> bool as "
+    "min(|x|, 1) (exact relu PWL)",
+)
 def _cast(cx: Ctx, node: Any, ins: list) -> list[Val]:
     from onnx import TensorProto
     from onnx import helper as h

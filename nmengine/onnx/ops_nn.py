@@ -54,13 +54,23 @@ def _pads(at: dict, h: int, w: int, k: tuple[int, int], s: tuple[int, int]) -> l
 
 def _explicit_pad(cx: Ctx, x: Val, t: int, l: int, b: int, r: int, mode: str) -> Val:
     n, c, h, w = x.shape
-    name = cx.op("pad", cx.fresh("pad"), {"x": x.name}, f"pad {t},{l},{b},{r} ({mode})",
-                 pads=[[0, 0], [0, 0], [t, b], [l, r]], mode=mode, value=0.0)
+    name = cx.op(
+        "pad",
+        cx.fresh("pad"),
+        {"x": x.name},
+        f"pad {t},{l},{b},{r} ({mode})",
+        pads=[[0, 0], [0, 0], [t, b], [l, r]],
+        mode=mode,
+        value=0.0,
+    )
     return tensor(name, (n, c, h + t + b, w + l + r))
 
 
-@rule("Conv", how="im2col + one GEMM per image (groups/depthwise: a batch of per-group GEMMs through a "
-      "zero-copy view); bias, BatchNorm, residual and activation fused into the GEMM")
+@rule(
+    "Conv",
+    how="im2col + one GEMM per image (groups/depthwise: a batch of per-group GEMMs through a "
+    "zero-copy view); bias, BatchNorm, residual and activation fused into the GEMM",
+)
 def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, wv = cx.dense(ins[0]), ins[1]
     bv = ins[2] if len(ins) > 2 else None
@@ -79,7 +89,7 @@ def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
     d = [int(v) for v in at.get("dilations", [1, 1])]
     if d != [1, 1]:  # dilation as a zero-inflated kernel: exact, costs the zero MACs
         wz = np.zeros((co, cig, d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1))
-        wz[:, :, ::d[0], ::d[1]] = w
+        wz[:, :, :: d[0], :: d[1]] = w
         w = wz
         kh, kw = w.shape[2:]
     s = [int(v) for v in at.get("strides", [1, 1])]
@@ -97,8 +107,9 @@ def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if kh == kw == 1 and s == [1, 1] and pad == [0, 0]:  # a 1x1 conv reads the image as it is: a view
         cols = cx.op("reshape", cx.fresh("cols"), {"x": x.name}, "view as [N, C, H*W]", shape=[0, 0, -1])
     else:
-        cols = cx.op("im2col", cx.fresh("cols"), {"x": x.name}, f"im2col {kh}x{kw}", kernel=[kh, kw], stride=s,
-                     padding=pad)
+        cols = cx.op(
+            "im2col", cx.fresh("cols"), {"x": x.name}, f"im2col {kh}x{kw}", kernel=[kh, kw], stride=s, padding=pad
+        )
     kg = cig * kh * kw
     out = cx.out_name()
     n = x.shape[0]
@@ -113,15 +124,15 @@ def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
         if bv is not None:
             args["res"] = cx.const_name(np.asarray(bv.arr, np.float32).reshape(g, co // g, 1), "b")
         kind = "depthwise conv" if cig == 1 else f"grouped conv (groups={g})"
-        gm = cx.op("gemm_batched", cx.fresh("gemm"), args, f"{kind} {c}->{co} {kh}x{kw}",
-                   b_view={"reshape": [0, g, kg, -1]})
+        gm = cx.op(
+            "gemm_batched", cx.fresh("gemm"), args, f"{kind} {c}->{co} {kh}x{kw}", b_view={"reshape": [0, g, kg, -1]}
+        )
         inverse = [0, g, co // g, -1]
     name = cx.op("reshape", out, {"x": gm}, "view as NCHW", shape=[0, co, ho, wo], inverse=inverse)
     return [tensor(name, (n, co, ho, wo))]
 
 
-@rule("BatchNormalization", how="folded into the preceding Conv/Gemm weights; alone, a per-channel "
-      "diagonal GEMM")
+@rule("BatchNormalization", how="folded into the preceding Conv/Gemm weights; alone, a per-channel diagonal GEMM")
 def _batchnorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = ins[0]
     if not all(v is not None and v.is_const for v in ins[1:5]):
@@ -133,9 +144,16 @@ def _batchnorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     gsc = gamma / np.sqrt(var + eps)
     shift = beta - mean * gsc
     tail = (1,) * max(x.rank - 2, 0)
-    return [scale(cx, x, "batchnorm as a per-channel diagonal GEMM", out=cx.out_name(),
-                  mul=const(gsc.reshape((-1,) + tail).astype(np.float32)),
-                  res=const(shift.reshape((-1,) + tail).astype(np.float32)))]
+    return [
+        scale(
+            cx,
+            x,
+            "batchnorm as a per-channel diagonal GEMM",
+            out=cx.out_name(),
+            mul=const(gsc.reshape((-1,) + tail).astype(np.float32)),
+            res=const(shift.reshape((-1,) + tail).astype(np.float32)),
+        )
+    ]
 
 
 def _pool_geometry(at: dict, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], list[int], int, int, int, int]:
@@ -162,8 +180,11 @@ def _pool_geometry(at: dict, h: int, w: int) -> tuple[tuple[int, int], tuple[int
     return k, s, [t, l, b, r], ho, wo, eb, er
 
 
-@rule("MaxPool", "AveragePool", how="window extraction (data movement) + pairwise-max tree (b + relu(a - b)) "
-      "or a GEMM with a 1/count column")
+@rule(
+    "MaxPool",
+    "AveragePool",
+    how="window extraction (data movement) + pairwise-max tree (b + relu(a - b)) or a GEMM with a 1/count column",
+)
 def _pool(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = cx.dense(ins[0])
     if len([o for o in node.output if o]) > 1:
@@ -174,12 +195,27 @@ def _pool(cx: Ctx, node: Any, ins: list) -> list[Val]:
     is_max = node.op_type == "MaxPool"
     n, c = x.shape[0], x.shape[1]
     if t == b + eb and l == r + er:
-        win = cx.op("pool_windows", cx.fresh("win"), {"x": x.name}, f"{k[0]}x{k[1]} windows", kernel=list(k),
-                    stride=list(s), padding=[t, l], pad="edge" if is_max else "zero")
+        win = cx.op(
+            "pool_windows",
+            cx.fresh("win"),
+            {"x": x.name},
+            f"{k[0]}x{k[1]} windows",
+            kernel=list(k),
+            stride=list(s),
+            padding=[t, l],
+            pad="edge" if is_max else "zero",
+        )
     else:
         xp = _explicit_pad(cx, x, t, l, b + eb, r + er, "edge" if is_max else "constant")
-        win = cx.op("pool_windows", cx.fresh("win"), {"x": xp.name}, f"{k[0]}x{k[1]} windows", kernel=list(k),
-                    stride=list(s), padding=[0, 0])
+        win = cx.op(
+            "pool_windows",
+            cx.fresh("win"),
+            {"x": xp.name},
+            f"{k[0]}x{k[1]} windows",
+            kernel=list(k),
+            stride=list(s),
+            padding=[0, 0],
+        )
     if is_max:
         red = cx.op("pairwise_max", cx.fresh("max"), {"x": win}, "max as b + relu(a - b) tree")
     else:
@@ -196,8 +232,12 @@ def _pool(cx: Ctx, node: Any, ins: list) -> list[Val]:
             red = cx.b.row_sum(win, kk, cx.layer, cx.fresh("avg"), "window mean by GEMM", scale=1.0 / kk)
         else:
             sm = cx.b.row_sum(win, kk, cx.layer, cx.fresh("sum"), "window sum by GEMM")
-            red = cx.op("scale", cx.fresh("avg"), {"x": sm, "mul": cx.const_name((1.0 / count)[:, :, None], "count")},
-                        "divide by the window count")
+            red = cx.op(
+                "scale",
+                cx.fresh("avg"),
+                {"x": sm, "mul": cx.const_name((1.0 / count)[:, :, None], "count")},
+                "divide by the window count",
+            )
     name = cx.op("reshape", cx.out_name(), {"x": red}, "view as NCHW", shape=[0, c, ho, wo])
     return [tensor(name, (n, c, ho, wo))]
 
@@ -242,8 +282,12 @@ def _transpose_last(cx: Ctx, x: Val, axis: int) -> tuple[Val, list[int] | None]:
     return tensor(name, tuple(x.shape[p] for p in perm)), perm
 
 
-@rule("Softmax", how="row max by the pairwise-max tree, exp(x - max) as a PWL epilogue, 1/row-sum as a GEMM "
-      "with a ones column + reciprocal PWL, a row scale", tables="exp, reciprocal")
+@rule(
+    "Softmax",
+    how="row max by the pairwise-max tree, exp(x - max) as a PWL epilogue, 1/row-sum as a GEMM "
+    "with a ones column + reciprocal PWL, a row scale",
+    tables="exp, reciprocal",
+)
 def _softmax(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = cx.dense(ins[0])
     at = attrs(node)
@@ -269,10 +313,17 @@ def _softmax(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return [tensor(name, x.shape)]
 
 
-@rule("LayerNormalization", how="mean and variance as GEMMs with a 1/D column, centring and squares as "
-      "diagonal GEMMs, rsqrt PWL on the variance, a row scale (+ gamma/beta)", tables="rsqrt")
-@rule("NmLayerNorm", how="decomposed LayerNorm (ReduceMean-Sub-Pow-ReduceMean-Add-Sqrt-Div) fused at import, "
-      "then as LayerNormalization", tables="rsqrt")
+@rule(
+    "LayerNormalization",
+    how="mean and variance as GEMMs with a 1/D column, centring and squares as "
+    "diagonal GEMMs, rsqrt PWL on the variance, a row scale (+ gamma/beta)",
+    tables="rsqrt",
+)
+@rule(
+    "NmLayerNorm",
+    how="decomposed LayerNorm (ReduceMean-Sub-Pow-ReduceMean-Add-Sqrt-Div) fused at import, then as LayerNormalization",
+    tables="rsqrt",
+)
 def _layernorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = cx.dense(ins[0])
     at = attrs(node)
@@ -292,8 +343,10 @@ def _layernorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     bb = np.broadcast_to(np.asarray(beta.arr, np.float32), trailing).reshape(d)
     cur = x
     if axis != x.rank - 1:
-        cur = tensor(cx.op("reshape", cx.fresh("flat"), {"x": x.name}, "merge normalised axes",
-                           shape=[0] * axis + [-1]), x.shape[:axis] + (d,))
+        cur = tensor(
+            cx.op("reshape", cx.fresh("flat"), {"x": x.name}, "merge normalised axes", shape=[0] * axis + [-1]),
+            x.shape[:axis] + (d,),
+        )
     lyr = Layer("layernorm", cx.layer.name, [cur.name], "", {"eps": eps}, {"weight": g.copy(), "bias": bb.copy()})
     out = cx.out_name()
     target = out if axis == x.rank - 1 else cx.fresh("ln")
@@ -382,8 +435,12 @@ def _hswish(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return [scale(cx, ins[0], "hard swish", out=cx.out_name(), mul=hs)]
 
 
-@rule("NmL2Norm", how="L2 normalisation (x / max(|x|, eps) from F.normalize, fused at import): sum of squares "
-      "by a GEMM with eps^2 bias, rsqrt PWL, a row scale", tables="rsqrt")
+@rule(
+    "NmL2Norm",
+    how="L2 normalisation (x / max(|x|, eps) from F.normalize, fused at import): sum of squares "
+    "by a GEMM with eps^2 bias, rsqrt PWL, a row scale",
+    tables="rsqrt",
+)
 def _l2norm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = cx.dense(ins[0])
     at = attrs(node)

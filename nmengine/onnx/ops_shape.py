@@ -44,7 +44,7 @@ def _shape(cx: Ctx, node: Any, ins: list) -> list[Val]:
     at = attrs(node)
     dims = list(ins[0].shape)
     start, end = int(at.get("start", 0)), at.get("end")
-    dims = dims[start:] if end is None else dims[start:int(end)]
+    dims = dims[start:] if end is None else dims[start : int(end)]
     return [_obj(dims)]
 
 
@@ -121,8 +121,13 @@ def _transpose(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if x.is_const:
         return [const(np.transpose(np.broadcast_to(x.arr, x.shape), perm))]
     x = cx.dense(x)
-    return [tensor(cx.op("transpose", cx.out_name(), {"x": x.name}, "transpose", perm=perm),
-                   tuple(x.shape[p] for p in perm), x.dtype)]
+    return [
+        tensor(
+            cx.op("transpose", cx.out_name(), {"x": x.name}, "transpose", perm=perm),
+            tuple(x.shape[p] for p in perm),
+            x.dtype,
+        )
+    ]
 
 
 @rule("Squeeze", "Unsqueeze", how="a view (reshape)")
@@ -161,8 +166,13 @@ def _concat(cx: Ctx, node: Any, ins: list) -> list[Val]:
     parts = [v for v in ins if v is not None]
     axis = int(attrs(node)["axis"]) % parts[0].rank
     if all(v.is_const for v in parts):
-        return [const(np.concatenate([np.broadcast_to(v.arr, v.shape) if is_static(v.shape) else v.arr for v in parts],
-                                     axis=axis))]
+        return [
+            const(
+                np.concatenate(
+                    [np.broadcast_to(v.arr, v.shape) if is_static(v.shape) else v.arr for v in parts], axis=axis
+                )
+            )
+        ]
     dense = [cx.dense(v) for v in parts if v.shape[axis] != 0]
     if len(dense) == 1:
         return [dense[0]]
@@ -171,7 +181,7 @@ def _concat(cx: Ctx, node: Any, ins: list) -> list[Val]:
     for v in dense:
         d = v.shape[axis]
         total = total + d if isinstance(total, int) and isinstance(d, int) else fresh("cat")
-    shape = list(broadcast_dims(*[v.shape[:axis] + (1,) + v.shape[axis + 1:] for v in dense]))
+    shape = list(broadcast_dims(*[v.shape[:axis] + (1,) + v.shape[axis + 1 :] for v in dense]))
     shape[axis] = total
     dtype = "i" if all(v.dtype == "i" for v in dense) else ("b" if all(v.dtype == "b" for v in dense) else "f")
     return [tensor(cx.op("concat", cx.out_name(), args, f"concat along axis {axis}", axis=axis), tuple(shape), dtype)]
@@ -185,8 +195,9 @@ def _const_rows(cx: Ctx, x: Val, axis: int, end: Sym, out: str) -> Val | None:
     if src is None or arr.dtype == object or tuple(arr.shape) != tuple(x.shape):
         return None
     base = cx.const_name(np.ascontiguousarray(np.moveaxis(arr, axis, 0)), "rows")
-    rows = cx.op("slice_rows", cx.fresh("rows"), {"x": base, "like": src[0]}, "rows up to a run-time length",
-                 axis=src[1])
+    rows = cx.op(
+        "slice_rows", cx.fresh("rows"), {"x": base, "like": src[0]}, "rows up to a run-time length", axis=src[1]
+    )
     shape = list(x.shape)
     shape[axis] = end
     if arr.ndim == 1:
@@ -200,11 +211,24 @@ def _const_rows(cx: Ctx, x: Val, axis: int, end: Sym, out: str) -> Val | None:
 
 def _slice_val(cx: Ctx, x: Val, starts: list, ends: list, axes: list, steps: list, out: str) -> Val:
     dyn = [i for i, e in enumerate(ends) if isinstance(e, Sym)]
-    if (x.is_const and len(dyn) == 1 and not isinstance(starts[dyn[0]], Sym) and int(starts[dyn[0]]) == 0
-            and int(steps[dyn[0]]) == 1 and all(
-                (int(s) == 0 and int(st) == 1 and not isinstance(e, Sym) and isinstance(x.shape[a], int)
-                 and int(e) >= int(x.shape[a])) for i, (a, s, e, st) in enumerate(zip(axes, starts, ends, steps))
-                if i != dyn[0])):
+    if (
+        x.is_const
+        and len(dyn) == 1
+        and not isinstance(starts[dyn[0]], Sym)
+        and int(starts[dyn[0]]) == 0
+        and int(steps[dyn[0]]) == 1
+        and all(
+            (
+                int(s) == 0
+                and int(st) == 1
+                and not isinstance(e, Sym)
+                and isinstance(x.shape[a], int)
+                and int(e) >= int(x.shape[a])
+            )
+            for i, (a, s, e, st) in enumerate(zip(axes, starts, ends, steps))
+            if i != dyn[0]
+        )
+    ):
         v = _const_rows(cx, x, int(axes[dyn[0]]), ends[dyn[0]], out)
         if v is not None:
             return v
@@ -242,8 +266,12 @@ def _slice_val(cx: Ctx, x: Val, starts: list, ends: list, axes: list, steps: lis
     args = {"x": x.name}
     if like is not None:
         args["like"] = like
-    attrs_ = {"starts": [int(s) for s in starts], "ends": fixed_ends, "axes": [int(a) for a in axes],
-              "steps": [int(s) for s in steps]}
+    attrs_ = {
+        "starts": [int(s) for s in starts],
+        "ends": fixed_ends,
+        "axes": [int(a) for a in axes],
+        "steps": [int(s) for s in steps],
+    }
     if like_ends:
         attrs_["like_ends"] = like_ends
     return tensor(cx.op("slice", out, args, "slice", **attrs_), tuple(shape), x.dtype)
@@ -288,8 +316,11 @@ def _split(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return outs
 
 
-@rule("Gather", how="embedding rows (gather) for run-time ids into a constant table; take (data movement) for "
-      "constant indices; folded for shape vectors")
+@rule(
+    "Gather",
+    how="embedding rows (gather) for run-time ids into a constant table; take (data movement) for "
+    "constant indices; folded for shape vectors",
+)
 def _gather(cx: Ctx, node: Any, ins: list) -> list[Val]:
     data, idx = ins
     axis = int(attrs(node).get("axis", 0)) % data.rank
@@ -297,14 +328,20 @@ def _gather(cx: Ctx, node: Any, ins: list) -> list[Val]:
         a = np.asarray(idx.arr)
         if tuple(a.shape) != tuple(idx.shape) and data.arr.dtype != object:  # lazily broadcast ids (zeros)
             d = np.broadcast_to(data.arr, data.shape) if is_static(data.shape) else data.arr
-            return [const(np.take(d, a.astype(np.int64), axis=axis), data.shape[:axis] + idx.shape + data.shape[axis + 1:])]
+            return [
+                const(np.take(d, a.astype(np.int64), axis=axis), data.shape[:axis] + idx.shape + data.shape[axis + 1 :])
+            ]
         return [const(np.take(data.arr, a.astype(np.int64), axis=axis))]
     if data.is_const:
         if axis != 0 or idx.dtype == "f":
             raise Unsupported("Gather of a constant along a non-leading axis, or with float indices")
         tab = np.broadcast_to(data.arr, data.shape) if is_static(data.shape) else data.arr
-        name = cx.op("gather", cx.out_name(), {"table": cx.const_name(np.asarray(tab, np.float32), "table"),
-                                               "ids": cx.dense(idx).name}, "embedding rows")
+        name = cx.op(
+            "gather",
+            cx.out_name(),
+            {"table": cx.const_name(np.asarray(tab, np.float32), "table"), "ids": cx.dense(idx).name},
+            "embedding rows",
+        )
         return [tensor(name, idx.shape + data.shape[1:])]
     ind = np.asarray(idx.arr)
     if ind.dtype == object:
@@ -316,7 +353,7 @@ def _gather(cx: Ctx, node: Any, ins: list) -> list[Val]:
         ind = np.where(ind < 0, ind + d, ind)
     indices: Any = int(ind) if ind.ndim == 0 else ind.tolist()
     name = cx.op("take", cx.out_name(), {"x": x.name}, f"take along axis {axis}", axis=axis, indices=indices)
-    return [tensor(name, x.shape[:axis] + tuple(ind.shape) + x.shape[axis + 1:], x.dtype)]
+    return [tensor(name, x.shape[:axis] + tuple(ind.shape) + x.shape[axis + 1 :], x.dtype)]
 
 
 @rule("Expand", how="broadcast kept lazy (consumers broadcast for free); materialised by a diagonal GEMM")
@@ -397,8 +434,17 @@ def _trilu(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if like is not None:
         args["like"] = like
         extra["like_ends"] = like_ends
-    name = cx.op("slice", cx.out_name(), args, "triangular mask", starts=[0, 0], ends=ends, axes=[rank - 2, rank - 1],
-                 steps=[1, 1], **extra)
+    name = cx.op(
+        "slice",
+        cx.out_name(),
+        args,
+        "triangular mask",
+        starts=[0, 0],
+        ends=ends,
+        axes=[rank - 2, rank - 1],
+        steps=[1, 1],
+        **extra,
+    )
     v = float(np.asarray(x.arr, np.float64).reshape(()))
     return [tensor(name, (1,) * len(lead) + (r, c), "b" if v in (0.0, 1.0) else "f", pshape=(1,) * len(lead) + (r, c))]
 
@@ -425,9 +471,14 @@ def _pad(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if any(isinstance(p, Sym) or p < 0 for p in pads):
         raise Unsupported("negative or dynamic pads")
     pp = [[int(pads[i]), int(pads[i + x.rank])] for i in range(x.rank)]
-    shape = tuple(d + b + e if isinstance(d, int) else (d if b + e == 0 else fresh("pad")) for d, (b, e) in zip(x.shape, pp))
-    return [tensor(cx.op("pad", cx.out_name(), {"x": x.name}, f"pad ({mode})", pads=pp, mode=mode, value=value), shape,
-                   x.dtype)]
+    shape = tuple(
+        d + b + e if isinstance(d, int) else (d if b + e == 0 else fresh("pad")) for d, (b, e) in zip(x.shape, pp)
+    )
+    return [
+        tensor(
+            cx.op("pad", cx.out_name(), {"x": x.name}, f"pad ({mode})", pads=pp, mode=mode, value=value), shape, x.dtype
+        )
+    ]
 
 
 @rule("Max", "Min", how="exact PWL: max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b)")
@@ -451,7 +502,17 @@ def _maxmin(cx: Ctx, node: Any, ins: list) -> list[Val]:
     return [scale(cx, a, node.op_type.lower(), out=cx.out_name(), res=t, res_beta=sign)]
 
 
-@rule("Mod", "Floor", "Ceil", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or",
-      how="shape arithmetic: folded at import (not on run-time tensors)")
+@rule(
+    "Mod",
+    "Floor",
+    "Ceil",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "And",
+    "Or",
+    how="shape arithmetic: folded at import (not on run-time tensors)",
+)
 def _fold_only(cx: Ctx, node: Any, ins: list) -> list[Val]:
     raise Unsupported(f"{node.op_type} on run-time tensors or dynamic shape values")

@@ -264,8 +264,15 @@ def _fuse_layernorm(g: _Graph) -> bool:
         users = g.users.get(c, [])
         if len(users) != 2 or c in g.outputs:
             continue
-        sq = next((u for u in users if (u.op_type == "Pow" and u.input[0] == c and _near(g.scalar(u.input[1]), 2.0))
-                   or (u.op_type == "Mul" and u.input[0] == u.input[1] == c)), None)
+        sq = next(
+            (
+                u
+                for u in users
+                if (u.op_type == "Pow" and u.input[0] == c and _near(g.scalar(u.input[1]), 2.0))
+                or (u.op_type == "Mul" and u.input[0] == u.input[1] == c)
+            ),
+            None,
+        )
         div = next((u for u in users if u.op_type == "Div" and u.input[0] == c), None)
         if sq is None or div is None:
             continue
@@ -286,8 +293,10 @@ def _fuse_layernorm(g: _Graph) -> bool:
             add = g.sole(mul.output[0])
             if add is not None and add.op_type == "Add" and g.const(g.other(add, mul.output[0]) or "") is not None:
                 last, beta = add, g.other(add, mul.output[0])
-        g.replace(last, _mk("NmLayerNorm", [x, gamma, beta], last.output[0], last.name + "/layernorm",
-                            epsilon=float(eps), axis=-1))
+        g.replace(
+            last,
+            _mk("NmLayerNorm", [x, gamma, beta], last.output[0], last.name + "/layernorm", epsilon=float(eps), axis=-1),
+        )
         return True
     return False
 
@@ -333,7 +342,7 @@ def _fuse_rsqrt(g: _Graph) -> bool:
             r = _mk("NmRsqrt", [s.input[0]], s.output[0] + "#rsqrt", s.name + "/rsqrt")
             m = helper.make_node("Mul", [u.input[0], r.output[0]], [u.output[0]], name=u.name)
             i = g.nodes.index(u)
-            g.nodes[i:i + 1] = [r, m]
+            g.nodes[i : i + 1] = [r, m]
             g.index()
             return True
         if u.op_type == "Reciprocal":

@@ -18,8 +18,16 @@ from .batcher import Batcher, BatchStats, QueueFullError
 from .limits import Limits, RequestError
 from .model import ServedModel, load_model
 
-__all__ = ["Batcher", "BatchStats", "QueueFullError", "Limits", "RequestError", "ServedModel", "load_model",
-           "create_app"]
+__all__ = [
+    "Batcher",
+    "BatchStats",
+    "QueueFullError",
+    "Limits",
+    "RequestError",
+    "ServedModel",
+    "load_model",
+    "create_app",
+]
 
 
 def create_app(*args: Any, **kwargs: Any):

@@ -31,8 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .batcher import Batcher, QueueFullError
-from .limits import (Limits, RequestError, check_texts, encode_array, parse_json, read_body, run_inputs,
-                     texts_field)
+from .limits import Limits, RequestError, check_texts, encode_array, parse_json, read_body, run_inputs, texts_field
 from .metrics import Metrics, MetricsMiddleware
 from .model import ServedModel
 
@@ -73,19 +72,31 @@ async def _or_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     return task.result()
 
 
-def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch_tokens: int = 8192,
-               max_wait_ms: float = 2.0, max_queue: int = 4096, pad_multiple: int = 8,
-               metrics: Optional[Metrics] = None) -> Any:
+def create_app(
+    model: ServedModel,
+    *,
+    limits: Optional[Limits] = None,
+    max_batch_tokens: int = 8192,
+    max_wait_ms: float = 2.0,
+    max_queue: int = 4096,
+    pad_multiple: int = 8,
+    metrics: Optional[Metrics] = None,
+) -> Any:
     """The ASGI app serving ``model`` (see the module docstring); the batcher starts with the app."""
     limits = limits or Limits()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmengine-engine")
     batcher: Optional[Batcher] = None
     metrics = metrics or Metrics()
     if model.is_text:
-        batcher = Batcher(model.embedder, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms,
-                          max_queue=max_queue, pad_multiple=pad_multiple, executor=executor,
-                          on_batch=lambda s: metrics.batch_done(s.sentences, s.sentences * s.padded_length,
-                                                                s.real_tokens, s.seconds))
+        batcher = Batcher(
+            model.embedder,
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            pad_multiple=pad_multiple,
+            executor=executor,
+            on_batch=lambda s: metrics.batch_done(s.sentences, s.sentences * s.padded_length, s.real_tokens, s.seconds),
+        )
         metrics.queue_depth = lambda: batcher.queue_depth
     state = {"draining": False}
 
@@ -95,8 +106,12 @@ def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch
 
     async def embed_texts(request: Request, texts: list[str]) -> tuple[np.ndarray, int]:
         if batcher is None:
-            raise RequestError(404, f"model {model.name!r} is not a text model (its inputs are "
-                                    f"{sorted(model.program.inputs)}); use POST /v1/run", kind="not_found")
+            raise RequestError(
+                404,
+                f"model {model.name!r} is not a text model (its inputs are "
+                f"{sorted(model.program.inputs)}); use POST /v1/run",
+                kind="not_found",
+            )
         texts = check_texts(texts, limits)
         if sum(len(t) for t in texts) > _TOKENIZE_INLINE_CHARS:
             lengths = await asyncio.to_thread(batcher.count_tokens, texts)
@@ -107,8 +122,9 @@ def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch
         try:
             fut = batcher.submit(texts, lengths)
         except QueueFullError as e:
-            raise RequestError(503, str(e), kind="overloaded", limit="max_queue", allowed=e.max_queue,
-                               queued=e.depth) from None
+            raise RequestError(
+                503, str(e), kind="overloaded", limit="max_queue", allowed=e.max_queue, queued=e.depth
+            ) from None
         except RuntimeError as e:
             raise RequestError(503, str(e), kind="unavailable") from None
         vectors = await _or_disconnect(request, fut)
@@ -123,6 +139,7 @@ def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch
             except (_Disconnected, ClientDisconnect):
                 metrics.disconnected()
                 return Response(status_code=499)
+
         return endpoint
 
     async def embeddings(request: Request) -> Response:
@@ -142,12 +159,14 @@ def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch
             rows = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
             rows = vectors.tolist()
-        return JSONResponse({
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
-            "model": model.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
+                "model": model.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def embed(request: Request) -> Response:
         doc = await body_json(request)
@@ -168,12 +187,16 @@ def create_app(model: ServedModel, *, limits: Optional[Limits] = None, max_batch
         except (ValueError, TypeError, KeyError) as e:  # ProgramError is a ValueError
             raise RequestError(422, f"the program refused the inputs: {e}") from None
         outs = out if isinstance(out, dict) else {model.program.outputs[0]: out}
-        return JSONResponse({"outputs": {k: encode_array(np.asarray(v), fmt) for k, v in outs.items()},
-                             "model": model.name})
+        return JSONResponse(
+            {"outputs": {k: encode_array(np.asarray(v), fmt) for k, v in outs.items()}, "model": model.name}
+        )
 
     async def health(request: Request) -> Response:
-        info = {"status": "draining" if state["draining"] else "ok", **model.describe(),
-                "queue_depth": batcher.queue_depth if batcher else 0}
+        info = {
+            "status": "draining" if state["draining"] else "ok",
+            **model.describe(),
+            "queue_depth": batcher.queue_depth if batcher else 0,
+        }
         return JSONResponse(info, status_code=503 if state["draining"] else 200)
 
     async def metrics_endpoint(request: Request) -> Response:

@@ -112,12 +112,25 @@ class Batcher:
         executor to serialise other engine work with the batches.
     """
 
-    def __init__(self, embedder: Any, *, max_batch_tokens: int = 8192, max_wait_ms: float = 2.0,
-                 max_queue: int = 4096, max_batch_size: int = 256, pad_multiple: int = 8,
-                 normalize: bool = True, on_batch: Optional[Callable[[BatchStats], None]] = None,
-                 executor: Optional[concurrent.futures.Executor] = None) -> None:
-        for name, v in (("max_batch_tokens", max_batch_tokens), ("max_queue", max_queue),
-                        ("max_batch_size", max_batch_size), ("pad_multiple", pad_multiple)):
+    def __init__(
+        self,
+        embedder: Any,
+        *,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 4096,
+        max_batch_size: int = 256,
+        pad_multiple: int = 8,
+        normalize: bool = True,
+        on_batch: Optional[Callable[[BatchStats], None]] = None,
+        executor: Optional[concurrent.futures.Executor] = None,
+    ) -> None:
+        for name, v in (
+            ("max_batch_tokens", max_batch_tokens),
+            ("max_queue", max_queue),
+            ("max_batch_size", max_batch_size),
+            ("pad_multiple", pad_multiple),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not max_wait_ms >= 0:
@@ -164,7 +177,8 @@ class Batcher:
         self._closing = False
         self._wake = asyncio.Event()
         self._executor = self._given_executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="nmengine-engine")
+            max_workers=1, thread_name_prefix="nmengine-engine"
+        )
         self._task = asyncio.get_running_loop().create_task(self._schedule(), name="nmengine-batcher")
 
     async def close(self) -> None:
@@ -200,8 +214,9 @@ class Batcher:
         vectors, _ = await self.encode_with_usage(texts)
         return vectors
 
-    async def encode_with_usage(self, texts: Union[str, Sequence[str]],
-                                lengths: Optional[Sequence[int]] = None) -> tuple[np.ndarray, int]:
+    async def encode_with_usage(
+        self, texts: Union[str, Sequence[str]], lengths: Optional[Sequence[int]] = None
+    ) -> tuple[np.ndarray, int]:
         """``(embeddings, token count)``; ``lengths`` may pass token counts already computed."""
         single = isinstance(texts, str)
         items = _check_texts(texts)
@@ -267,8 +282,11 @@ class Batcher:
     def _take(self, padded: int) -> list[_Item]:
         b = self._buckets[padded]
         taken: list[_Item] = []
-        while b.items and len(taken) < self.max_batch_size and (
-                not taken or (len(taken) + 1) * padded <= self.max_batch_tokens):
+        while (
+            b.items
+            and len(taken) < self.max_batch_size
+            and (not taken or (len(taken) + 1) * padded <= self.max_batch_tokens)
+        ):
             it = b.items.popleft()
             b.padded_tokens -= padded
             self._depth -= 1

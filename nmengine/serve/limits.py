@@ -21,8 +21,17 @@ from typing import Any, AsyncIterator, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["Limits", "RequestError", "read_body", "parse_json", "texts_field", "check_texts", "decode_array", "run_inputs",
-           "encode_array"]
+__all__ = [
+    "Limits",
+    "RequestError",
+    "read_body",
+    "parse_json",
+    "texts_field",
+    "check_texts",
+    "decode_array",
+    "run_inputs",
+    "encode_array",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,14 @@ class RequestError(Exception):
 
 
 def limit_error(limit: str, allowed: int, got: int, what: str) -> RequestError:
-    return RequestError(413, f"{what}: {got} exceeds the limit {limit}={allowed}", kind="limit_exceeded",
-                        limit=limit, allowed=allowed, got=got)
+    return RequestError(
+        413,
+        f"{what}: {got} exceeds the limit {limit}={allowed}",
+        kind="limit_exceeded",
+        limit=limit,
+        allowed=allowed,
+        got=got,
+    )
 
 
 async def read_body(chunks: AsyncIterator[bytes], limits: Limits, content_length: Optional[str]) -> bytes:
@@ -82,7 +97,9 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RequestError(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise RequestError(
+            400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
 
 
 def texts_field(doc: Any, key: str) -> list[str]:
@@ -96,8 +113,11 @@ def texts_field(doc: Any, key: str) -> list[str]:
         return [value]
     if not isinstance(value, list):
         raise RequestError(422, f"{key!r} must be a string or a list of strings, got {type(value).__name__}")
-    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value) or \
-            any(isinstance(v, list) for v in value):
+    if (
+        value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or any(isinstance(v, list) for v in value)
+    ):
         raise RequestError(422, f"{key!r} holds token ids; this server takes text (strings) only")
     return value
 
@@ -122,8 +142,11 @@ def decode_array(name: str, value: Any) -> np.ndarray:
     """A named array from JSON: nested lists, or ``{"npy": base64 of an .npy file}``."""
     if isinstance(value, dict):
         if set(value) != {"npy"} or not isinstance(value["npy"], str):
-            raise RequestError(422, f"inputs[{name!r}] must be a nested list or {{\"npy\": <base64 .npy>}}, "
-                                    f"got an object with keys {sorted(value)}")
+            raise RequestError(
+                422,
+                f'inputs[{name!r}] must be a nested list or {{"npy": <base64 .npy>}}, '
+                f"got an object with keys {sorted(value)}",
+            )
         try:
             raw = base64.b64decode(value["npy"], validate=True)
             arr = np.load(io.BytesIO(raw), allow_pickle=False)
@@ -133,8 +156,9 @@ def decode_array(name: str, value: Any) -> np.ndarray:
             raise RequestError(422, f"inputs[{name!r}]: .npy dtype must be numeric, got {arr.dtype}")
         return arr
     if not isinstance(value, list):
-        raise RequestError(422, f"inputs[{name!r}] must be a nested list of numbers or {{\"npy\": ...}}, "
-                                f"got {type(value).__name__}")
+        raise RequestError(
+            422, f'inputs[{name!r}] must be a nested list of numbers or {{"npy": ...}}, got {type(value).__name__}'
+        )
     try:
         arr = np.array(value)
     except ValueError as e:  # ragged
@@ -149,16 +173,20 @@ def encode_array(arr: np.ndarray, fmt: str) -> Any:
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-        return {"npy": base64.b64encode(buf.getvalue()).decode("ascii"), "shape": list(arr.shape),
-                "dtype": str(arr.dtype)}
+        return {
+            "npy": base64.b64encode(buf.getvalue()).decode("ascii"),
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+        }
     return arr.tolist()
 
 
 def run_inputs(doc: Any, input_names: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], str]:
     """``(named arrays, output format)`` of a ``/v1/run`` request."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
-        raise RequestError(422, "expected {\"inputs\": {name: array, ...}} with the program's input names "
-                                f"{sorted(input_names)}")
+        raise RequestError(
+            422, f'expected {{"inputs": {{name: array, ...}}}} with the program\'s input names {sorted(input_names)}'
+        )
     fmt = doc.get("format", "json")
     if fmt not in ("json", "npy"):
         raise RequestError(422, f"format must be 'json' or 'npy', got {fmt!r}")

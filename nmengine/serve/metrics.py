@@ -131,31 +131,49 @@ class Metrics:
         tps = self.tokens_per_second()
         depth = self.queue_depth()
         with self._lock:
-            lines = ["# HELP nmengine_requests_total HTTP requests by endpoint and status.",
-                     "# TYPE nmengine_requests_total counter"]
-            lines += [f"nmengine_requests_total{_labels(endpoint=e, status=s)} {n}"
-                      for (e, s), n in sorted(self.requests.items())]
-            lines += ["# HELP nmengine_errors_total HTTP responses with status >= 400.",
-                      "# TYPE nmengine_errors_total counter"]
+            lines = [
+                "# HELP nmengine_requests_total HTTP requests by endpoint and status.",
+                "# TYPE nmengine_requests_total counter",
+            ]
+            lines += [
+                f"nmengine_requests_total{_labels(endpoint=e, status=s)} {n}"
+                for (e, s), n in sorted(self.requests.items())
+            ]
+            lines += [
+                "# HELP nmengine_errors_total HTTP responses with status >= 400.",
+                "# TYPE nmengine_errors_total counter",
+            ]
             lines += [f"nmengine_errors_total{_labels(status=s)} {n}" for s, n in sorted(self.errors.items())]
-            lines += ["# HELP nmengine_request_duration_seconds Request latency.",
-                      "# TYPE nmengine_request_duration_seconds histogram"]
+            lines += [
+                "# HELP nmengine_request_duration_seconds Request latency.",
+                "# TYPE nmengine_request_duration_seconds histogram",
+            ]
             for e, h in sorted(self.durations.items()):
                 lines += h.render("nmengine_request_duration_seconds", endpoint=e)
-            for name, h, text in (("nmengine_batch_size", self.batch_size, "Sentences per engine call."),
-                                  ("nmengine_batch_padded_tokens", self.batch_tokens,
-                                   "Sentences times padded length per engine call."),
-                                  ("nmengine_engine_duration_seconds", self.engine, "Wall time of one engine call.")):
+            for name, h, text in (
+                ("nmengine_batch_size", self.batch_size, "Sentences per engine call."),
+                ("nmengine_batch_padded_tokens", self.batch_tokens, "Sentences times padded length per engine call."),
+                ("nmengine_engine_duration_seconds", self.engine, "Wall time of one engine call."),
+            ):
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram", *h.render(name)]
             for name, kind, value, text in (
-                    ("nmengine_queue_depth", "gauge", depth, "Sentences waiting for the engine."),
-                    ("nmengine_requests_in_flight", "gauge", self.in_flight, "Requests being handled."),
-                    ("nmengine_tokens_total", "counter", self.tokens, "Real tokens embedded."),
-                    ("nmengine_sentences_total", "counter", self.sentences, "Sentences embedded."),
-                    ("nmengine_tokens_per_second", "gauge", tps, f"Tokens embedded per second over the last "
-                                                                 f"{self.window_s:g} s."),
-                    ("nmengine_client_disconnects_total", "counter", self.disconnects,
-                     "Requests abandoned by their client before the response.")):
+                ("nmengine_queue_depth", "gauge", depth, "Sentences waiting for the engine."),
+                ("nmengine_requests_in_flight", "gauge", self.in_flight, "Requests being handled."),
+                ("nmengine_tokens_total", "counter", self.tokens, "Real tokens embedded."),
+                ("nmengine_sentences_total", "counter", self.sentences, "Sentences embedded."),
+                (
+                    "nmengine_tokens_per_second",
+                    "gauge",
+                    tps,
+                    f"Tokens embedded per second over the last {self.window_s:g} s.",
+                ),
+                (
+                    "nmengine_client_disconnects_total",
+                    "counter",
+                    self.disconnects,
+                    "Requests abandoned by their client before the response.",
+                ),
+            ):
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_num(value)}"]
         return "\n".join(lines) + "\n"
 

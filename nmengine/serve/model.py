@@ -36,8 +36,10 @@ class ServedModel:
             "model": self.name,
             "kind": "sentence-embedder" if self.is_text else "program",
             "source": self.source,
-            "inputs": {k: {"shape": ["?" if d is None else d for d in v.shape], "dtype": v.dtype}
-                       for k, v in prog.inputs.items()},
+            "inputs": {
+                k: {"shape": ["?" if d is None else d for d in v.shape], "dtype": v.dtype}
+                for k, v in prog.inputs.items()
+            },
             "outputs": list(prog.outputs),
             "mode": self.mode,
         }
@@ -66,8 +68,9 @@ def load_model(path: str, *, mode: str = "matrixized", name: Optional[str] = Non
         raise ValueError(f"precision/mode must be one of {MODES}, got {mode!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model {path!r} not found (expected a Hugging Face directory, a .nmb bundle "
-                                "or an .onnx file)")
+        raise FileNotFoundError(
+            f"model {path!r} not found (expected a Hugging Face directory, a .nmb bundle or an .onnx file)"
+        )
     t0 = time.perf_counter()
     embedder = None
     if os.path.isdir(path):
@@ -77,8 +80,10 @@ def load_model(path: str, *, mode: str = "matrixized", name: Optional[str] = Non
         try:
             from nmengine import onnx as nm_onnx  # the ONNX frontend (#12)
         except ImportError:
-            raise ValueError(f"{path}: serving .onnx files needs the ONNX frontend (nmengine.onnx), which this "
-                             "build does not have; export a bundle (.nmb) instead") from None
+            raise ValueError(
+                f"{path}: serving .onnx files needs the ONNX frontend (nmengine.onnx), which this "
+                "build does not have; export a bundle (.nmb) instead"
+            ) from None
         # no calibration inputs at hand: the importer calibrates on synthetic inputs (and says so);
         # export a bundle calibrated on real data for accuracy-critical use
         program = nm_onnx.load(path, exact=(mode == "exact"))

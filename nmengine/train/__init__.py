@@ -29,7 +29,15 @@ The whole flow with the engine's own tables (train -> AAT -> compile -> export) 
 from __future__ import annotations
 
 from . import functional
-from .aat import Approximation, approximable_layers, approximate, calibrate_uniform_tables, collect_activations, exact, uniform_table
+from .aat import (
+    Approximation,
+    approximable_layers,
+    approximate,
+    calibrate_uniform_tables,
+    collect_activations,
+    exact,
+    uniform_table,
+)
 from .data import Dataset, batches, load_digits_split, random_shift
 from .models import SmallCNN, SmallViT, create_model, default_config, small_cnn, small_vit
 from .nn import Module, manual_seed
@@ -39,12 +47,45 @@ from .tensor import Parameter, Tensor, no_grad
 from .trainer import History, blas_threads, evaluate, predict, train
 
 __all__ = [
-    "Tensor", "Parameter", "no_grad", "functional", "Module", "manual_seed",
-    "SGD", "AdamW", "CosineWarmup", "StepDecay", "Constant", "clip_grad_norm", "param_groups",
-    "Dataset", "load_digits_split", "batches", "random_shift",
-    "SmallCNN", "SmallViT", "small_cnn", "small_vit", "default_config", "create_model",
-    "train", "evaluate", "predict", "History", "blas_threads",
-    "approximate", "exact", "Approximation", "collect_activations", "approximable_layers",
-    "uniform_table", "calibrate_uniform_tables",
-    "LearnableTable", "learnable_tables", "learned_pwl", "fixed_tables", "TableAdamW", "table_optimizer",
+    "Tensor",
+    "Parameter",
+    "no_grad",
+    "functional",
+    "Module",
+    "manual_seed",
+    "SGD",
+    "AdamW",
+    "CosineWarmup",
+    "StepDecay",
+    "Constant",
+    "clip_grad_norm",
+    "param_groups",
+    "Dataset",
+    "load_digits_split",
+    "batches",
+    "random_shift",
+    "SmallCNN",
+    "SmallViT",
+    "small_cnn",
+    "small_vit",
+    "default_config",
+    "create_model",
+    "train",
+    "evaluate",
+    "predict",
+    "History",
+    "blas_threads",
+    "approximate",
+    "exact",
+    "Approximation",
+    "collect_activations",
+    "approximable_layers",
+    "uniform_table",
+    "calibrate_uniform_tables",
+    "LearnableTable",
+    "learnable_tables",
+    "learned_pwl",
+    "fixed_tables",
+    "TableAdamW",
+    "table_optimizer",
 ]

@@ -44,8 +44,15 @@ from .tables import LearnableTable, learned_pwl
 from .tensor import Tensor
 from .trainer import predict
 
-__all__ = ["approximate", "exact", "Approximation", "collect_activations", "approximable_layers",
-           "uniform_table", "calibrate_uniform_tables"]
+__all__ = [
+    "approximate",
+    "exact",
+    "Approximation",
+    "collect_activations",
+    "approximable_layers",
+    "uniform_table",
+    "calibrate_uniform_tables",
+]
 
 Tables = Mapping[str, Mapping[str, PWLTable]]
 
@@ -120,26 +127,33 @@ def approximate(
         for name, delta in bias_shifts.items():
             m = all_mods.get(name)
             if not isinstance(m, (Linear, Conv2d)):
-                raise KeyError(f"approximate: bias shift for {name!r}, which is not a Linear/Conv2d layer of {type(model).__name__}")
+                raise KeyError(
+                    f"approximate: bias shift for {name!r}, which is not a Linear/Conv2d layer of {type(model).__name__}"
+                )
             d = np.asarray(delta, dtype=np.float64).reshape(-1)
             if d.shape[0] != m.weight.shape[0]:
-                raise ValueError(f"approximate: bias shift for {name!r} has {d.shape[0]} values, layer has {m.weight.shape[0]} outputs")
+                raise ValueError(
+                    f"approximate: bias shift for {name!r} has {d.shape[0]} values, layer has {m.weight.shape[0]} outputs"
+                )
             shifted[m] = m._bias_shift
             object.__setattr__(m, "_bias_shift", d)
     for name, roles in tables.items():
         m = mods.get(name)
         if m is None:
             if strict:
-                raise KeyError(f"approximate: {name!r} is not an approximable layer of {type(model).__name__}; "
-                               f"expected one of {sorted(mods)}")
+                raise KeyError(
+                    f"approximate: {name!r} is not an approximable layer of {type(model).__name__}; "
+                    f"expected one of {sorted(mods)}"
+                )
             continue
         bad = [r for r in roles if r not in m.nl_roles]
         if bad and strict:
             raise KeyError(f"approximate: layer {name!r} ({type(m).__name__}) has roles {list(m.nl_roles)}, got {bad}")
         for r, t in roles.items():
             if not isinstance(t, (PWLTable, LearnableTable)):
-                raise TypeError(f"approximate: tables[{name!r}][{r!r}] must be a PWLTable or LearnableTable, "
-                                f"got {type(t).__name__}")
+                raise TypeError(
+                    f"approximate: tables[{name!r}][{r!r}] must be a PWLTable or LearnableTable, got {type(t).__name__}"
+                )
         usable = {r: t for r, t in roles.items() if r in m.nl_roles}
         previous[m] = m._nl
         object.__setattr__(m, "_nl", _make_hook(usable, straight_through))
@@ -200,8 +214,9 @@ def collect_activations(
     return out
 
 
-def uniform_table(fn: str | Callable[[np.ndarray], np.ndarray], lo: float, hi: float, segments: int, *,
-                  spacing: str = "linear") -> PWLTable:
+def uniform_table(
+    fn: str | Callable[[np.ndarray], np.ndarray], lo: float, hi: float, segments: int, *, spacing: str = "linear"
+) -> PWLTable:
     """A chord-fitted PWL table: breakpoints evenly spaced on [lo, hi] (``"linear"`` or ``"geometric"``).
 
     Segment ``i`` is the straight line through ``(b[i], f(b[i]))`` and ``(b[i+1], f(b[i+1]))``; outside

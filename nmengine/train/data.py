@@ -29,8 +29,9 @@ class Dataset:
     name: str = "digits"
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
-                f"classes={self.num_classes})")
+        return (
+            f"Dataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, classes={self.num_classes})"
+        )
 
 
 def load_digits_split(test_size: int = 360, seed: int = 0, dtype: type = np.float32) -> Dataset:

@@ -47,11 +47,43 @@ from ..pwl import PWLTable
 from .tensor import Tensor, as_tensor, make_result
 
 __all__ = [
-    "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu", "exp", "log", "reciprocal", "rsqrt", "sqrt",
-    "linear", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm2d", "layer_norm",
-    "softmax", "log_softmax", "cross_entropy", "mse_loss", "embedding", "patchify", "position_add",
-    "mean_pool", "l2_normalize", "concat", "stack", "dropout", "multi_head_self_attention", "pwl", "flatten",
-    "EXACT_FUNCTIONS", "EXACT_DERIVATIVES", "exact_nonlinearity", "Nonlinearity",
+    "relu",
+    "gelu",
+    "gelu_tanh",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "exp",
+    "log",
+    "reciprocal",
+    "rsqrt",
+    "sqrt",
+    "linear",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool",
+    "batch_norm2d",
+    "layer_norm",
+    "softmax",
+    "log_softmax",
+    "cross_entropy",
+    "mse_loss",
+    "embedding",
+    "patchify",
+    "position_add",
+    "mean_pool",
+    "l2_normalize",
+    "concat",
+    "stack",
+    "dropout",
+    "multi_head_self_attention",
+    "pwl",
+    "flatten",
+    "EXACT_FUNCTIONS",
+    "EXACT_DERIVATIVES",
+    "exact_nonlinearity",
+    "Nonlinearity",
 ]
 
 #: ``nl(role, x, valid=None) -> Tensor``: how decomposed ops evaluate their scalar functions.
@@ -72,6 +104,7 @@ def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------
 # scalar functions: numpy forms (float64 references for tables and straight-through gradients)
+
 
 # (the GELU forms are the approximation catalog's: one definition for tables, trainer and runtime)
 def _np_silu_grad(x: np.ndarray) -> np.ndarray:
@@ -181,8 +214,15 @@ def sqrt(x: Tensor) -> Tensor:
 
 
 _EXACT_OPS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "tanh": tanh, "sigmoid": sigmoid, "silu": silu,
-    "exp": exp, "reciprocal": reciprocal, "rsqrt": rsqrt,
+    "relu": relu,
+    "gelu": gelu,
+    "gelu_tanh": gelu_tanh,
+    "tanh": tanh,
+    "sigmoid": sigmoid,
+    "silu": silu,
+    "exp": exp,
+    "reciprocal": reciprocal,
+    "rsqrt": rsqrt,
 }
 
 
@@ -215,7 +255,9 @@ def pwl(x: Tensor, table: PWLTable, role: str | None = None, *, straight_through
     y = s * xc + c
     if straight_through:
         if role not in EXACT_DERIVATIVES:
-            raise ValueError(f"straight-through gradient needs a known role, got {role!r}; expected one of {sorted(EXACT_DERIVATIVES)}")
+            raise ValueError(
+                f"straight-through gradient needs a known role, got {role!r}; expected one of {sorted(EXACT_DERIVATIVES)}"
+            )
         deriv = EXACT_DERIVATIVES[role]
         return make_result(y, (x,), lambda g: (g * deriv(X).astype(dt, copy=False),), f"pwl:{role}")
     return make_result(y, (x,), lambda g: (g * s,), f"pwl:{role}")
@@ -224,11 +266,14 @@ def pwl(x: Tensor, table: PWLTable, role: str | None = None, *, straight_through
 # ---------------------------------------------------------------------------------------------
 # GEMM layers
 
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` over the last axis; ``weight`` is ``(out, in)`` (PyTorch layout)."""
     X, W = x.data, weight.data
     if W.ndim != 2 or X.shape[-1] != W.shape[1]:
-        raise ValueError(f"linear: input (..., {X.shape[-1] if X.ndim else '?'}) does not match weight {W.shape} (out, in)")
+        raise ValueError(
+            f"linear: input (..., {X.shape[-1] if X.ndim else '?'}) does not match weight {W.shape} (out, in)"
+        )
     out = X @ W.T
     parents: tuple[Tensor, ...] = (x, weight)
     if bias is not None:
@@ -256,7 +301,11 @@ def _conv_out(size: int, k: int, s: int, p: int, what: str) -> int:
 
 
 def conv2d(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
 ) -> Tensor:
     """2-D convolution (cross-correlation), NCHW input, ``(Co, Ci, kh, kw)`` weight, zero padding."""
     if x.ndim != 4 or weight.ndim != 4:
@@ -306,6 +355,7 @@ def conv2d(
 # ---------------------------------------------------------------------------------------------
 # pooling
 
+
 def _pool_geometry(x: Tensor, kernel: Any, stride: Any, padding: Any, what: str) -> tuple[int, ...]:
     if x.ndim != 4:
         raise ValueError(f"{what}: need x (N, C, H, W), got shape {x.shape}")
@@ -318,7 +368,9 @@ def _pool_geometry(x: Tensor, kernel: Any, stride: Any, padding: Any, what: str)
     return kh, kw, sh, sw, ph, pw, _conv_out(H, kh, sh, ph, what), _conv_out(W, kw, sw, pw, what)
 
 
-def max_pool2d(x: Tensor, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> Tensor:
+def max_pool2d(
+    x: Tensor, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0
+) -> Tensor:
     """Max pooling (stride defaults to the kernel; padding counts as -inf).  Ties go to the first offset."""
     kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(x, kernel, stride, padding, "max_pool2d")
     X = x.data
@@ -338,7 +390,9 @@ def max_pool2d(x: Tensor, kernel: int | Sequence[int], stride: int | Sequence[in
     return make_result(best, (x,), backward, "max_pool2d")
 
 
-def avg_pool2d(x: Tensor, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> Tensor:
+def avg_pool2d(
+    x: Tensor, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0
+) -> Tensor:
     """Average pooling; zero padding is counted in the average (PyTorch's ``count_include_pad=True``)."""
     kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(x, kernel, stride, padding, "avg_pool2d")
     X = x.data
@@ -376,6 +430,7 @@ def flatten(x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # normalisation
+
 
 def batch_norm2d(
     x: Tensor,
@@ -420,7 +475,9 @@ def batch_norm2d(
 
     def backward(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gxhat = g * Wt
-        gx = rstd * (gxhat - gxhat.mean(axis=axes, keepdims=True) - xhat * (gxhat * xhat).mean(axis=axes, keepdims=True))
+        gx = rstd * (
+            gxhat - gxhat.mean(axis=axes, keepdims=True) - xhat * (gxhat * xhat).mean(axis=axes, keepdims=True)
+        )
         return gx, (g * xhat).sum(axis=axes), g.sum(axis=axes)
 
     return make_result(out, (x, weight, bias), backward, "batch_norm2d")
@@ -539,6 +596,7 @@ def mse_loss(pred: Tensor, target: Any) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # sequence/vision-transformer helpers
 
+
 def embedding(ids: Any, weight: Tensor) -> Tensor:
     """Gather rows: ``weight[ids]`` (ids an integer array of any shape); repeated ids accumulate gradients."""
     idx = np.asarray(ids)
@@ -630,8 +688,14 @@ def dropout(x: Tensor, p: float, rng: np.random.Generator, training: bool = True
 
 def multi_head_self_attention(
     x: Tensor,
-    q_weight: Tensor, q_bias: Tensor, k_weight: Tensor, k_bias: Tensor,
-    v_weight: Tensor, v_bias: Tensor, o_weight: Tensor, o_bias: Tensor,
+    q_weight: Tensor,
+    q_bias: Tensor,
+    k_weight: Tensor,
+    k_bias: Tensor,
+    v_weight: Tensor,
+    v_bias: Tensor,
+    o_weight: Tensor,
+    o_bias: Tensor,
     heads: int,
     mask: np.ndarray | None = None,
     nl: Nonlinearity | None = None,
@@ -664,4 +728,3 @@ def multi_head_self_attention(
     p = softmax(scores, axis=-1, mask=keep, nl=nl)
     o = (p @ v).transpose(0, 2, 1, 3).reshape(N, T, D)
     return linear(o, o_weight, o_bias)
-

@@ -23,8 +23,24 @@ from typing import Any
 
 import numpy as np
 
-from .nn import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool2d, MeanPool,
-                 Module, Patchify, PositionAdd, ResidualBlock, Sequential, TransformerEncoderLayer, activation)
+from .nn import (
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    Linear,
+    MaxPool2d,
+    MeanPool,
+    Module,
+    Patchify,
+    PositionAdd,
+    ResidualBlock,
+    Sequential,
+    TransformerEncoderLayer,
+    activation,
+)
 from .tensor import Tensor
 
 __all__ = ["SmallCNN", "SmallViT", "small_cnn", "small_vit", "default_config", "create_model"]
@@ -35,8 +51,9 @@ class SmallCNN(Module):
 
     input_shape = (1, 8, 8)
 
-    def __init__(self, channels: int = 32, num_classes: int = 10, act: str = "relu", pooling: str = "gap",
-                 *, seed: int = 0) -> None:
+    def __init__(
+        self, channels: int = 32, num_classes: int = 10, act: str = "relu", pooling: str = "gap", *, seed: int = 0
+    ) -> None:
         super().__init__()
         rng = np.random.default_rng(seed)
         self.conv1 = Conv2d(1, channels, 3, 1, 1, bias=False, rng=rng)
@@ -74,9 +91,22 @@ class SmallViT(Module):
 
     input_shape = (1, 8, 8)
 
-    def __init__(self, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0,
-                 dropout: float = 0.0, num_classes: int = 10, norm_first: bool = True, act: str = "gelu",
-                 *, image_size: int = 8, channels: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        patch: int = 4,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        num_classes: int = 10,
+        norm_first: bool = True,
+        act: str = "gelu",
+        *,
+        image_size: int = 8,
+        channels: int = 1,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch {patch}")
@@ -87,10 +117,14 @@ class SmallViT(Module):
         self.embed = Linear(channels * patch * patch, dim, init="xavier", rng=rng)
         self.pos = PositionAdd(tokens, dim, rng=rng)
         self.drop = Dropout(dropout)
-        self.blocks = Sequential(*[
-            TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout=dropout, act=act, norm_first=norm_first, rng=rng)
-            for _ in range(depth)
-        ])
+        self.blocks = Sequential(
+            *[
+                TransformerEncoderLayer(
+                    dim, heads, int(dim * mlp_ratio), dropout=dropout, act=act, norm_first=norm_first, rng=rng
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = LayerNorm(dim)
         self.pool = MeanPool()
         self.head = Linear(dim, num_classes, init="xavier", rng=rng)
@@ -108,24 +142,53 @@ class SmallViT(Module):
         return x
 
 
-def small_cnn(*, channels: int = 32, num_classes: int = 10, act: str = "relu", pooling: str = "gap",
-              seed: int = 0) -> SmallCNN:
+def small_cnn(
+    *, channels: int = 32, num_classes: int = 10, act: str = "relu", pooling: str = "gap", seed: int = 0
+) -> SmallCNN:
     """The reference CNN (about 19k parameters for ``channels=32``)."""
     return SmallCNN(channels, num_classes, act, pooling, seed=seed)
 
 
-def small_vit(*, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0,
-              dropout: float = 0.0, num_classes: int = 10, norm_first: bool = True, act: str = "gelu",
-              seed: int = 0) -> SmallViT:
+def small_vit(
+    *,
+    patch: int = 4,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    dropout: float = 0.0,
+    num_classes: int = 10,
+    norm_first: bool = True,
+    act: str = "gelu",
+    seed: int = 0,
+) -> SmallViT:
     """The reference ViT (about 69k parameters with the defaults)."""
     return SmallViT(patch, dim, depth, heads, mlp_ratio, dropout, num_classes, norm_first, act, seed=seed)
 
 
 _CONFIGS: dict[str, dict[str, Any]] = {
-    "cnn": dict(epochs=10, lr=3e-3, batch_size=32, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
-                warmup_epochs=1.0, label_smoothing=0.0, augment_shift=0),
-    "vit": dict(epochs=15, lr=2e-3, batch_size=32, optimizer="adamw", weight_decay=0.05, schedule="cosine",
-                warmup_epochs=2.0, label_smoothing=0.1, augment_shift=0),
+    "cnn": dict(
+        epochs=10,
+        lr=3e-3,
+        batch_size=32,
+        optimizer="adamw",
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.0,
+        augment_shift=0,
+    ),
+    "vit": dict(
+        epochs=15,
+        lr=2e-3,
+        batch_size=32,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_epochs=2.0,
+        label_smoothing=0.1,
+        augment_shift=0,
+    ),
 }
 
 

@@ -38,11 +38,37 @@ from . import functional as F
 from .tensor import Parameter, Tensor
 
 __all__ = [
-    "Module", "Sequential", "SpecBuilder", "manual_seed",
-    "Linear", "Conv2d", "BatchNorm2d", "LayerNorm", "Embedding", "PositionAdd", "Patchify",
-    "ReLU", "GELU", "GELUTanh", "Tanh", "Sigmoid", "SiLU", "activation",
-    "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "MeanPool", "L2Normalize", "Softmax", "Dropout", "Identity",
-    "MultiHeadSelfAttention", "MLP", "ResidualBlock", "TransformerEncoderLayer",
+    "Module",
+    "Sequential",
+    "SpecBuilder",
+    "manual_seed",
+    "Linear",
+    "Conv2d",
+    "BatchNorm2d",
+    "LayerNorm",
+    "Embedding",
+    "PositionAdd",
+    "Patchify",
+    "ReLU",
+    "GELU",
+    "GELUTanh",
+    "Tanh",
+    "Sigmoid",
+    "SiLU",
+    "activation",
+    "MaxPool2d",
+    "AvgPool2d",
+    "GlobalAvgPool",
+    "Flatten",
+    "MeanPool",
+    "L2Normalize",
+    "Softmax",
+    "Dropout",
+    "Identity",
+    "MultiHeadSelfAttention",
+    "MLP",
+    "ResidualBlock",
+    "TransformerEncoderLayer",
 ]
 
 _RNG = np.random.default_rng(0)
@@ -80,7 +106,9 @@ class SpecBuilder:
         """Append a layer named ``name`` (``op`` when empty); its output value has the same name."""
         name = name or op
         w = {k: np.array(v.data if isinstance(v, Tensor) else v, dtype=self.dtype) for k, v in (weights or {}).items()}
-        self.layers.append(Layer(op=op, name=name, inputs=list(inputs), output=name, params=dict(params or {}), weights=w))
+        self.layers.append(
+            Layer(op=op, name=name, inputs=list(inputs), output=name, params=dict(params or {}), weights=w)
+        )
         return name
 
 
@@ -100,7 +128,9 @@ class Module:
     # -- registry -----------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
-            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning attributes")
+            raise RuntimeError(
+                f"{type(self).__name__}.__init__ must call super().__init__() before assigning attributes"
+            )
         if isinstance(value, (Parameter, Module)):
             for d in (self._parameters, self._modules, self._buffers, self.__dict__):
                 d.pop(name, None)
@@ -302,11 +332,19 @@ class Sequential(Module):
 # ---------------------------------------------------------------------------------------------
 # GEMM layers
 
+
 class Linear(Module):
     """``y = x @ weight.T + bias`` with ``weight (out, in)``; PyTorch's default uniform init, or ``init="xavier"``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str = "default",
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        init: str = "default",
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         r = _rng(rng)
         self.in_features, self.out_features = in_features, out_features
@@ -341,8 +379,17 @@ class Linear(Module):
 class Conv2d(Module):
     """2-D convolution with ``weight (Co, Ci, kh, kw)``, He-normal init, zero bias."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int = 0, bias: bool = True, *, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         fan_in = in_channels * kh * kw
@@ -370,6 +417,7 @@ class Conv2d(Module):
 # ---------------------------------------------------------------------------------------------
 # normalisation
 
+
 class BatchNorm2d(Module):
     """Per-channel batch normalisation with running statistics (momentum 0.1, eps 1e-5)."""
 
@@ -382,12 +430,24 @@ class BatchNorm2d(Module):
         self.eps, self.momentum = eps, momentum
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm2d(x, self.weight, self.bias, self._buffers["running_mean"], self._buffers["running_var"],
-                              training=self.training, momentum=self.momentum, eps=self.eps)
+        return F.batch_norm2d(
+            x,
+            self.weight,
+            self.bias,
+            self._buffers["running_mean"],
+            self._buffers["running_var"],
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
 
     def _emit(self, b: SpecBuilder, path: str, x: str) -> str:
-        w = {"weight": self.weight, "bias": self.bias, "running_mean": self._buffers["running_mean"],
-             "running_var": self._buffers["running_var"]}
+        w = {
+            "weight": self.weight,
+            "bias": self.bias,
+            "running_mean": self._buffers["running_mean"],
+            "running_var": self._buffers["running_var"],
+        }
         return b.add("batchnorm2d", path, [x], params={"eps": self.eps}, weights=w)
 
     def extra_repr(self) -> str:
@@ -409,7 +469,9 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.weight, self.bias, self.eps, nl=self._nl)
 
     def _emit(self, b: SpecBuilder, path: str, x: str) -> str:
-        return b.add("layernorm", path, [x], params={"eps": self.eps}, weights={"weight": self.weight, "bias": self.bias})
+        return b.add(
+            "layernorm", path, [x], params={"eps": self.eps}, weights={"weight": self.weight, "bias": self.bias}
+        )
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -417,6 +479,7 @@ class LayerNorm(Module):
 
 # ---------------------------------------------------------------------------------------------
 # activations
+
 
 class _Activation(Module):
     op = ""
@@ -476,6 +539,7 @@ def activation(name: str) -> Module:
 # ---------------------------------------------------------------------------------------------
 # pooling, reshaping, dropout
 
+
 class MaxPool2d(Module):
     def __init__(self, kernel: int, stride: int | None = None, padding: int = 0) -> None:
         super().__init__()
@@ -485,7 +549,9 @@ class MaxPool2d(Module):
         return F.max_pool2d(x, self.kernel, self.stride, self.padding)
 
     def _emit(self, b: SpecBuilder, path: str, x: str) -> str:
-        return b.add("maxpool2d", path, [x], params={"kernel": self.kernel, "stride": self.stride, "padding": self.padding})
+        return b.add(
+            "maxpool2d", path, [x], params={"kernel": self.kernel, "stride": self.stride, "padding": self.padding}
+        )
 
 
 class AvgPool2d(MaxPool2d):
@@ -495,7 +561,9 @@ class AvgPool2d(MaxPool2d):
         return F.avg_pool2d(x, self.kernel, self.stride, self.padding)
 
     def _emit(self, b: SpecBuilder, path: str, x: str) -> str:
-        return b.add("avgpool2d", path, [x], params={"kernel": self.kernel, "stride": self.stride, "padding": self.padding})
+        return b.add(
+            "avgpool2d", path, [x], params={"kernel": self.kernel, "stride": self.stride, "padding": self.padding}
+        )
 
 
 class GlobalAvgPool(Module):
@@ -594,6 +662,7 @@ class Dropout(Module):
 # ---------------------------------------------------------------------------------------------
 # embeddings
 
+
 class Embedding(Module):
     """Token embedding as the spec's ``embedding`` op: word rows (+ position rows 0..T-1) (+ token-type rows).
 
@@ -601,12 +670,22 @@ class Embedding(Module):
     token-type ids, type 0 is added (spec semantics).
     """
 
-    def __init__(self, vocab: int, dim: int, max_positions: int | None = None, token_types: int | None = None,
-                 *, std: float = 0.02, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        vocab: int,
+        dim: int,
+        max_positions: int | None = None,
+        token_types: int | None = None,
+        *,
+        std: float = 0.02,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         r = _rng(rng)
         self.word = Parameter(r.normal(0.0, std, (vocab, dim)).astype(np.float32))
-        self.position = Parameter(r.normal(0.0, std, (max_positions, dim)).astype(np.float32)) if max_positions else None
+        self.position = (
+            Parameter(r.normal(0.0, std, (max_positions, dim)).astype(np.float32)) if max_positions else None
+        )
         self.token_type = Parameter(r.normal(0.0, std, (token_types, dim)).astype(np.float32)) if token_types else None
 
     def forward(self, ids: Any, token_type_ids: Any = None) -> Tensor:
@@ -647,6 +726,7 @@ class PositionAdd(Module):
 # ---------------------------------------------------------------------------------------------
 # attention and blocks
 
+
 class MultiHeadSelfAttention(Module):
     """Multi-head self-attention with separate q/k/v/o projections (spec op ``mhsa``).
 
@@ -670,12 +750,28 @@ class MultiHeadSelfAttention(Module):
     def forward(self, x: Tensor, mask: np.ndarray | None = None) -> Tensor:
         P = self._parameters
         return F.multi_head_self_attention(
-            x, P["q_weight"], P["q_bias"], P["k_weight"], P["k_bias"], P["v_weight"], P["v_bias"],
-            P["o_weight"], P["o_bias"], self.heads, mask=mask, nl=self._nl)
+            x,
+            P["q_weight"],
+            P["q_bias"],
+            P["k_weight"],
+            P["k_bias"],
+            P["v_weight"],
+            P["v_bias"],
+            P["o_weight"],
+            P["o_bias"],
+            self.heads,
+            mask=mask,
+            nl=self._nl,
+        )
 
     def _emit(self, b: SpecBuilder, path: str, x: str, mask: str | None = None) -> str:
-        return b.add("mhsa", path, [x] if mask is None else [x, mask], params={"heads": self.heads},
-                     weights=dict(self._parameters))
+        return b.add(
+            "mhsa",
+            path,
+            [x] if mask is None else [x, mask],
+            params={"heads": self.heads},
+            weights=dict(self._parameters),
+        )
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}"
@@ -684,11 +780,16 @@ class MultiHeadSelfAttention(Module):
 class MLP(Sequential):
     """fc1 -> activation -> dropout -> fc2 (children ``fc1``, ``act``, ``drop``, ``fc2``)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "gelu", dropout: float = 0.0, *,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, dim: int, hidden: int, act: str = "gelu", dropout: float = 0.0, *, rng: np.random.Generator | None = None
+    ) -> None:
         r = _rng(rng)
-        super().__init__(fc1=Linear(dim, hidden, init="xavier", rng=r), act=activation(act),
-                         drop=Dropout(dropout), fc2=Linear(hidden, dim, init="xavier", rng=r))
+        super().__init__(
+            fc1=Linear(dim, hidden, init="xavier", rng=r),
+            act=activation(act),
+            drop=Dropout(dropout),
+            fc2=Linear(hidden, dim, init="xavier", rng=r),
+        )
 
 
 class ResidualBlock(Module):
@@ -699,8 +800,15 @@ class ResidualBlock(Module):
     ``<path>.act2``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: str = "relu", *,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        act: str = "relu",
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         r = _rng(rng)
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, rng=r)
@@ -741,8 +849,17 @@ class TransformerEncoderLayer(Module):
     ``<path>.mlp.act``, ``<path>.mlp.fc2``, ``<path>.add2``.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, *, dropout: float = 0.0, act: str = "gelu",
-                 norm_first: bool = True, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_hidden: int,
+        *,
+        dropout: float = 0.0,
+        act: str = "gelu",
+        norm_first: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         r = _rng(rng)
         self.norm_first = norm_first
@@ -773,4 +890,3 @@ class TransformerEncoderLayer(Module):
         x = self.ln1._emit(b, p("ln1"), b.add("add", p("add1"), [x, h]))
         h = self.mlp._emit(b, p("mlp"), x)
         return self.ln2._emit(b, p("ln2"), b.add("add", p("add2"), [x, h]))
-

@@ -65,8 +65,9 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with (optionally Nesterov) momentum and L2 weight decay added to the gradient."""
 
-    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
+    def __init__(
+        self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov})
 
     def step(self) -> None:
@@ -88,8 +89,14 @@ class SGD(Optimizer):
 class AdamW(Optimizer):
     """Adam with bias correction and decoupled weight decay (Loshchilov & Hutter)."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def step(self) -> None:

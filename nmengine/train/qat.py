@@ -80,6 +80,7 @@ class QuantizationAware:
             y = int8_linear(x, m.weight, m.bias, group)
             shift = getattr(m, "_bias_shift", None)
             return y if shift is None else y + shift.astype(y.dtype)
+
         return forward
 
     def restore(self) -> None:

@@ -31,8 +31,15 @@ from ..pwl import PWLTable
 from .optim import AdamW, param_groups
 from .tensor import Tensor, make_result
 
-__all__ = ["LearnableTable", "learnable_tables", "learned_pwl", "TableAdamW", "table_optimizer", "fixed_tables",
-           "FROZEN_FUNCTIONS"]
+__all__ = [
+    "LearnableTable",
+    "learnable_tables",
+    "learned_pwl",
+    "TableAdamW",
+    "table_optimizer",
+    "fixed_tables",
+    "FROZEN_FUNCTIONS",
+]
 
 #: Functions whose tables are exact (nothing to learn).
 FROZEN_FUNCTIONS = frozenset({"relu"})
@@ -94,8 +101,10 @@ class LearnableTable:
 
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
         """Current breakpoints between segments and the values of the learnable segments there (float64)."""
-        return (self.e0 + np.where(self.moving, self.edges.data, 0.0) * self.escale,
-                self.v0 + np.where(self.free, self.values.data, 0.0) * self.vscale)
+        return (
+            self.e0 + np.where(self.moving, self.edges.data, 0.0) * self.escale,
+            self.v0 + np.where(self.free, self.values.data, 0.0) * self.vscale,
+        )
 
     def lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(edges, slopes, intercepts) of all ``n`` segments, float64."""
@@ -184,23 +193,30 @@ def learned_pwl(x: Tensor, lt: LearnableTable) -> Tensor:
     return make_result(y, (x, lt.edges, lt.values), backward, f"learned_pwl:{lt.name}")
 
 
-def learnable_tables(tables: Mapping[str, Mapping[str, PWLTable]], *, min_gap: float = 0.05
-                     ) -> dict[str, dict[str, Any]]:
+def learnable_tables(
+    tables: Mapping[str, Mapping[str, PWLTable]], *, min_gap: float = 0.05
+) -> dict[str, dict[str, Any]]:
     """``{layer: {role: LearnableTable | PWLTable}}``: every table learnable except exact/1-segment ones."""
     out: dict[str, dict[str, Any]] = {}
     for layer, roles in tables.items():
         out[layer] = {}
         for role, t in roles.items():
-            frozen = (t.name in FROZEN_FUNCTIONS or role in FROZEN_FUNCTIONS or t.slopes.size < 2
-                      or t.meta.get("method") == "exact")
+            frozen = (
+                t.name in FROZEN_FUNCTIONS
+                or role in FROZEN_FUNCTIONS
+                or t.slopes.size < 2
+                or t.meta.get("method") == "exact"
+            )
             out[layer][role] = t if frozen else LearnableTable(t, name=t.name or role, min_gap=min_gap)
     return out
 
 
 def fixed_tables(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, PWLTable]]:
     """The current tables of :func:`learnable_tables`' result as plain :class:`PWLTable` objects."""
-    return {layer: {role: (t.table() if isinstance(t, LearnableTable) else t) for role, t in roles.items()}
-            for layer, roles in tables.items()}
+    return {
+        layer: {role: (t.table() if isinstance(t, LearnableTable) else t) for role, t in roles.items()}
+        for layer, roles in tables.items()
+    }
 
 
 def _learnables(tables: Mapping[str, Mapping[str, Any]]) -> list[LearnableTable]:
@@ -220,8 +236,14 @@ class TableAdamW(AdamW):
             t.project()
 
 
-def table_optimizer(model: Any, tables: Mapping[str, Mapping[str, Any]], *, lr: float = 1e-4,
-                    table_lr: float = 1e-2, weight_decay: float = 0.0) -> TableAdamW:
+def table_optimizer(
+    model: Any,
+    tables: Mapping[str, Mapping[str, Any]],
+    *,
+    lr: float = 1e-4,
+    table_lr: float = 1e-2,
+    weight_decay: float = 0.0,
+) -> TableAdamW:
     """One optimizer for the model's weights (``lr``) and the tables' parameters (``table_lr``)."""
     lts = _learnables(tables)
     groups = param_groups(model, weight_decay)

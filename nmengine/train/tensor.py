@@ -28,7 +28,16 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
-__all__ = ["Tensor", "Parameter", "no_grad", "enable_grad", "is_grad_enabled", "as_tensor", "make_result", "unbroadcast"]
+__all__ = [
+    "Tensor",
+    "Parameter",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "as_tensor",
+    "make_result",
+    "unbroadcast",
+]
 
 _GRAD_ENABLED = True
 
@@ -158,7 +167,9 @@ class Tensor:
             )
         if grad is None:
             if self.data.size != 1:
-                raise RuntimeError(f"backward() needs an explicit gradient for a non-scalar tensor of shape {self.shape}")
+                raise RuntimeError(
+                    f"backward() needs an explicit gradient for a non-scalar tensor of shape {self.shape}"
+                )
             grad = np.ones_like(self.data)
         grad = np.asarray(grad, dtype=self.dtype)
         if grad.shape != self.shape:
@@ -175,7 +186,9 @@ class Tensor:
                 continue
             parent_grads = node._backward(g)
             if len(parent_grads) != len(node._parents):
-                raise RuntimeError(f"op {node.op!r}: backward returned {len(parent_grads)} grads for {len(node._parents)} inputs")
+                raise RuntimeError(
+                    f"op {node.op!r}: backward returned {len(parent_grads)} grads for {len(node._parents)} inputs"
+                )
             for p, pg in zip(node._parents, parent_grads):
                 if pg is None or not p.requires_grad:
                     continue
@@ -342,6 +355,7 @@ class Parameter(Tensor):
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared with functional.py
+
 
 def as_tensor(x: Any, like: Tensor | None = None) -> Tensor:
     """``x`` if it is a Tensor, else a constant Tensor (in ``like``'s dtype when given)."""

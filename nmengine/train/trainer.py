@@ -44,7 +44,11 @@ class History:
 
     def __repr__(self) -> str:
         t = f", test_acc={self.test_acc[-1]:.4f}" if self.test_acc else ""
-        return f"History({len(self.loss)} epochs, loss={self.loss[-1]:.4f}{t}, {self.seconds:.1f} s)" if self.loss else "History()"
+        return (
+            f"History({len(self.loss)} epochs, loss={self.loss[-1]:.4f}{t}, {self.seconds:.1f} s)"
+            if self.loss
+            else "History()"
+        )
 
 
 @contextlib.contextmanager
@@ -171,7 +175,9 @@ def train(
         sched = Constant(warm)
     else:
         raise ValueError(f"schedule must be 'cosine', 'step', 'constant', None or a callable, got {schedule!r}")
-    opt = optimizer if isinstance(optimizer, Optimizer) else _make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    opt = (
+        optimizer if isinstance(optimizer, Optimizer) else _make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    )
 
     root = np.random.SeedSequence(seed)
     s_batches, s_aug, s_drop = root.spawn(3)
@@ -209,7 +215,9 @@ def train(
                     correct += int((logits.data.argmax(axis=1) == yb).sum())
                     seen += len(yb)
                     if not math.isfinite(loss_sum):
-                        raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step} (loss is not finite)")
+                        raise FloatingPointError(
+                            f"training diverged at epoch {epoch + 1}, step {step} (loss is not finite)"
+                        )
                 hist.loss.append(loss_sum / seen)
                 hist.train_acc.append(correct / seen)
                 hist.lr.append(opt.lr)
