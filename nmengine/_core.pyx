@@ -391,18 +391,11 @@ cdef inline nm_operand _operand(object arr, int mode):
     return o
 
 
-def scale(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, object beta, float res_beta,
-          object mul, int mul_mode, object row_scale, int rs_mode, object col_scale, int cs_mode,
-          object bias, int b_mode, object bias_row, int br_mode, object res, int res_mode,
-          int act, object table, int nthreads, int kernel) -> None:
-    """y = act(alpha*x*mul*row_scale*col_scale + beta + bias + bias_row + res_beta*res) (nm_scale).
-
-    x and y are C-contiguous float32 with rows*n elements; every operand is a C-contiguous float32
-    array laid out as its mode says (BC_FULL rows*n, BC_ROW rows, BC_COL n, BC_SCALAR 1) or None;
-    alpha / beta are None when absent.  The caller checks the sizes."""
-    cdef nm_scale_args s
-    cdef nm_pwl pwl
-    cdef list keep = []
+cdef void _fill_scale(nm_scale_args *s, cnp.ndarray x, int64_t rows, int64_t n, object alpha, object beta,
+                      float res_beta, object mul, int mul_mode, object row_scale, int rs_mode, object col_scale,
+                      int cs_mode, object bias, int b_mode, object bias_row, int br_mode, object res, int res_mode,
+                      int act):
+    """The arguments of one nm_scale call (the standalone entry and a CPlan step alike); pwl left NULL."""
     s.rows = rows
     s.n = n
     s.x = _fptr(x)
@@ -419,6 +412,22 @@ def scale(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, o
     s.res = _operand(res, res_mode)
     s.act = act
     s.pwl = NULL
+
+
+def scale(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, object beta, float res_beta,
+          object mul, int mul_mode, object row_scale, int rs_mode, object col_scale, int cs_mode,
+          object bias, int b_mode, object bias_row, int br_mode, object res, int res_mode,
+          int act, object table, int nthreads, int kernel) -> None:
+    """y = act(alpha*x*mul*row_scale*col_scale + beta + bias + bias_row + res_beta*res) (nm_scale).
+
+    x and y are C-contiguous float32 with rows*n elements; every operand is a C-contiguous float32
+    array laid out as its mode says (BC_FULL rows*n, BC_ROW rows, BC_COL n, BC_SCALAR 1) or None;
+    alpha / beta are None when absent.  The caller checks the sizes."""
+    cdef nm_scale_args s
+    cdef nm_pwl pwl
+    cdef list keep = []
+    _fill_scale(&s, x, rows, n, alpha, beta, res_beta, mul, mul_mode, row_scale, rs_mode, col_scale, cs_mode,
+                bias, b_mode, bias_row, br_mode, res, res_mode, act)
     if act == NM_ACT_PWL:
         s.pwl = _pwl_of(table, &pwl, keep)
     cdef float *py = _fptr(y)
@@ -858,22 +867,8 @@ cdef class CPlan:
         table = self._prepared(table) if act == NM_ACT_PWL else None
         cdef nm_step *st = self._new(NM_STEP_SCALE, nthreads, kernel)
         cdef nm_scale_args *s = &st.u.scale.a
-        s.rows = rows
-        s.n = n
-        s.x = _fptr(x)
-        s.has_alpha = alpha is not None
-        s.alpha = <float>alpha if alpha is not None else 1.0
-        s.has_beta = beta is not None
-        s.beta = <float>beta if beta is not None else 0.0
-        s.res_beta = res_beta
-        s.mul = _operand(mul, mul_mode)
-        s.row_scale = _operand(row_scale, rs_mode)
-        s.col_scale = _operand(col_scale, cs_mode)
-        s.bias = _operand(bias, b_mode)
-        s.bias_row = _operand(bias_row, br_mode)
-        s.res = _operand(res, res_mode)
-        s.act = act
-        s.pwl = NULL
+        _fill_scale(s, x, rows, n, alpha, beta, res_beta, mul, mul_mode, row_scale, rs_mode, col_scale,
+                    cs_mode, bias, b_mode, bias_row, br_mode, res, res_mode, act)
         if act == NM_ACT_PWL:
             s.pwl = &(<PreparedTable>table).p
         st.u.scale.y = _fptr(y)
