@@ -22,6 +22,7 @@
 
 #include "nm_cpu.h"
 #include "nm_pwl_avx2.h"
+#include "nm_pwl_avx512.h"
 #include "nm_qukernel.h"
 #include "nm_threads.h"
 
@@ -67,7 +68,13 @@ static int nm_qdetect(void)
     const unsigned ebx = r[1], ecx = r[2], max_sub = r[0];
     const int f = (ebx >> 16) & 1, dq = (ebx >> 17) & 1, bw = (ebx >> 30) & 1, vl = (ebx >> 31) & 1;
     const int vnni512 = (ecx >> 11) & 1;
-    if (f && dq && bw && vl && vnni512 && (xcr0 & 0xE6) == 0xE6) mask |= 1 << NM_QKERNEL_AVX512VNNI;
+    const int avx512 = f && dq && bw && vl && (xcr0 & 0xE6) == 0xE6;
+    if (avx512 && vnni512) mask |= 1 << NM_QKERNEL_AVX512VNNI;
+    /* AMX: tile config + tile data enabled in XCR0 (bits 17, 18), and Linux's permission */
+    const unsigned edx = r[3];
+    if (avx512 && NM_QAMX_COMPILED && ((edx >> 24) & 1) && ((edx >> 25) & 1) &&
+        (xcr0 & 0x60000) == 0x60000 && nm_qamx_permit())
+        mask |= 1 << NM_QKERNEL_AMX;
     if (max_sub >= 1) {
         nm_qcpuid(7, 1, r);
         if ((r[0] >> 4) & 1) mask |= 1 << NM_QKERNEL_AVXVNNI;
@@ -86,15 +93,15 @@ int nm_qkernel_available(int qkernel)
         m = nm_qdetect();
         atomic_store(&nm_qfeatures, m);
     }
-    if (qkernel < NM_QKERNEL_SCALAR || qkernel > NM_QKERNEL_AVX512VNNI) return 0;
+    if (qkernel < NM_QKERNEL_SCALAR || qkernel > NM_QKERNEL_AMX) return 0;
     return (m >> qkernel) & 1;
 }
 
 int nm_qkernel_resolve(int qkernel)
 {
     if (qkernel == NM_QKERNEL_AUTO) {
-        static const int order[] = {NM_QKERNEL_AVX512VNNI, NM_QKERNEL_AVXVNNI, NM_QKERNEL_AVX2};
-        for (int i = 0; i < 3; i++)
+        static const int order[] = {NM_QKERNEL_AMX, NM_QKERNEL_AVX512VNNI, NM_QKERNEL_AVXVNNI, NM_QKERNEL_AVX2};
+        for (int i = 0; i < 4; i++)
             if (nm_qkernel_available(order[i])) return order[i];
         return NM_QKERNEL_SCALAR;
     }
@@ -102,7 +109,7 @@ int nm_qkernel_resolve(int qkernel)
 }
 
 typedef struct nm_qkdesc {
-    int mr, nr, offset;
+    int mr, nr, offset, amx;
     nm_qukr_fn ukr;
     nm_act_fn act;
 } nm_qkdesc;
@@ -110,7 +117,12 @@ typedef struct nm_qkdesc {
 static nm_qkdesc nm_qkdesc_for(int k)
 {
     nm_qkdesc d;
+    d.amx = 0;
 #if NM_X86
+    if (k == NM_QKERNEL_AMX) {
+        d.mr = NM_QAMX_MR, d.nr = NM_QAMX_NR, d.offset = 0, d.ukr = nm_qukr_amx, d.act = nm_act_avx2, d.amx = 1;
+        return d;
+    }
     if (k == NM_QKERNEL_AVX512VNNI) {
         d.mr = NM_QAVX512_MR, d.nr = NM_QAVX512_NR, d.offset = 1, d.ukr = nm_qukr_avx512, d.act = nm_act_avx2;
         return d;
@@ -137,7 +149,7 @@ static int64_t nm_qmin(int64_t a, int64_t b) { return a < b ? a : b; }
 int64_t nm_qpack_b_bytes(int64_t K, int64_t N)
 {
     if (K < 0 || N < 0) return NM_EINVAL;
-    return nm_qceil(K, 4) * 4 * nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD;
+    return nm_qceil(K, 4) * 4 * nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD + 1024;
 }
 
 /* groups: (ng, g4) for K and G; returns 0 when G is invalid */
@@ -162,7 +174,7 @@ int nm_qpack_b(int64_t K, int64_t N, int64_t G, const int8_t *B, ptrdiff_t rsb, 
     if (K < 0 || N < 0 || !nm_qgroups(K, G, &ng, &g4) || !colsum || (K > 0 && N > 0 && (!B || !dst)))
         return NM_EINVAL;
     const int64_t Kp = nm_qceil(K, 4) * 4, Np = nm_qceil(N, NM_Q_NPAD) * NM_Q_NPAD;
-    if (dst) memset(dst, 0, (size_t)(Kp * Np));
+    if (dst) memset(dst, 0, (size_t)nm_qpack_b_bytes(K, N));
     memset(colsum, 0, (size_t)(ng * Np) * sizeof(int32_t));
     for (int64_t k = 0; k < K; k++) {
         const int64_t g = (k / 4) / g4;
@@ -180,12 +192,26 @@ int nm_qpack_b(int64_t K, int64_t N, int64_t G, const int8_t *B, ptrdiff_t rsb, 
 typedef struct nm_qplan {
     const nm_qgemm_args *x;
     nm_qkdesc kd;
-    int64_t M, N, K, Kp, Np, lda, Mp, ng, g4, G;
+    int64_t M, N, K, Kp, Np, lda, Mp, ng, g4, G, kc;
     uint8_t *abuf;
     float *sa;
     const float *rows;  /* derived PWL rows or NULL */
     int simd;           /* AVX2 quantizer (any x86 kernel but scalar; same bits as the C loops) */
+    int z512;           /* activation by nm_act_avx512_reg (AVX-512 kernels; the same bits) */
+    nm_pwl_reg reg;     /* its register table, built once per call (reg.ok == 0: not used) */
 } nm_qplan;
+
+/* y = act(x) over n floats in place, with the kernel's vector activation */
+static void nm_qact(const nm_qplan *p, int act, const nm_pwl *pwl, float *x, int64_t n)
+{
+#if NM_X86
+    if (p->z512) {
+        nm_act_avx512_reg(act, pwl, act == NM_ACT_PWL ? &p->reg : NULL, p->rows, x, x, n);
+        return;
+    }
+#endif
+    p->kd.act(act, pwl, p->rows, x, x, n);
+}
 
 /* round half to even for |v| <= 2^22 (here |v| <= 127): two float additions */
 static inline float nm_qrne(float v)
@@ -336,6 +362,7 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_ac
     nm_qtile t;
     t.k4 = p->Kp / 4;
     t.g4 = p->g4;
+    t.kc4 = p->kc / 4;
     t.ng = (int)p->ng;
     t.a = p->abuf + i0 * p->lda;
     t.lda = p->lda;
@@ -380,7 +407,7 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_ac
                 for (int j = 0; j < n; j++) v[j] = v[j] + rr[j * cs];
             }
         }
-        if (act != NM_ACT_NONE && !defer_act) p->kd.act(act, ep->pwl, p->rows, v, v, n);
+        if (act != NM_ACT_NONE && !defer_act) nm_qact(p, act, ep->pwl, v, n);
         float *cr = x->C + r * x->rsc + j0 * x->csc;
         if (x->csc == 1) {
             memcpy(cr, v, (size_t)n * sizeof(float));
@@ -406,7 +433,7 @@ static void nm_qunit(const nm_qplan *p, int64_t u, int64_t mu, int64_t ns, int64
     const int64_t c0 = t0 * p->kd.nr, c1 = nm_qmin(p->N, t1 * p->kd.nr);
     for (int64_t r = r0; r < nm_qmin(r1, p->M); r++) {
         float *cr = p->x->C + r * p->x->rsc + c0;
-        p->kd.act(ep->act, ep->pwl, p->rows, cr, cr, c1 - c0);
+        nm_qact(p, ep->act, ep->pwl, cr, c1 - c0);
     }
 }
 
@@ -426,15 +453,19 @@ static void nm_qtask(void *arg, nm_team *team, int tid, int nt)
     float *tmp = a->tmps + (size_t)tid * a->tmpf;
     for (int64_t i = p->Mp * tid / nt; i < p->Mp * (tid + 1) / nt; i++) nm_qrow(p, i, tmp);
     if (!team) {
+        if (p->kd.amx) nm_qamx_begin((int)p->kc);
         for (int64_t u = 0; u < a->units; u++) nm_qunit(p, u, a->mu, a->ns, a->ntile);
+        if (p->kd.amx) nm_qamx_end();
         return;
     }
     nm_team_barrier(team);
+    if (p->kd.amx) nm_qamx_begin((int)p->kc);
     for (;;) {
         const int64_t u = nm_team_next(team);
         if (u >= a->units) break;
         nm_qunit(p, u, a->mu, a->ns, a->ntile);
     }
+    if (p->kd.amx) nm_qamx_end();
 }
 
 int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
@@ -466,7 +497,15 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
     p.Mp = nm_qceil(M, p.kd.mr) * p.kd.mr;
     p.ng = ng, p.g4 = g4;
     p.G = ng == 1 ? K : x->G;
+    /* AMX chunk along K: a whole number per group (gcd(G, 64)); one group: 64 */
+    p.kc = 64;
+    if (ng > 1)
+        while (p.G % p.kc) p.kc /= 2;
     p.simd = NM_X86 && kres != NM_QKERNEL_SCALAR;
+    p.z512 = NM_X86 && (kres == NM_QKERNEL_AMX || kres == NM_QKERNEL_AVX512VNNI);
+#if NM_X86
+    if (p.z512 && act == NM_ACT_PWL) nm_pwl_reg_build(x->ep->pwl, &p.reg);
+#endif
 
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     if (!NM_HAVE_THREADS) nt = 1;

@@ -21,7 +21,7 @@
  *
  * Exactness: every kernel forms acc_g exactly (int32 wraps only if |acc| >= 2^31, i.e. never for
  * K < 2^17 with |values| <= 128).  The VNNI kernels compute (q + 128) * b with vpdpbusd (u8 x s8, no
- * saturation) and subtract 128 * colsum(b) (exact); the AVX2 kernel sign-extends both operands to
+ * saturation) and subtract 128 * colsum(b) (exact); AMX tdpbssd multiplies s8 x s8 exactly; the AVX2 kernel sign-extends both operands to
  * int16 and uses vpmaddwd (no saturation possible); the scalar kernel multiplies in C.
  * Threads split rows and columns, never K: results do not depend on the thread count.
  * Functions return NM_OK or a negative NM_E* code and never abort.  Knows nothing of Python.
@@ -39,6 +39,7 @@
 #define NM_QKERNEL_AVX2 2       /* vpmaddwd on sign-extended operands */
 #define NM_QKERNEL_AVXVNNI 3    /* VEX vpdpbusd on ymm (AVX-VNNI) */
 #define NM_QKERNEL_AVX512VNNI 4 /* EVEX vpdpbusd on zmm (AVX512-VNNI + BW) */
+#define NM_QKERNEL_AMX 5        /* AMX tiles, tdpbssd (AMX-TILE + AMX-INT8 + AVX-512, Linux) */
 
 /* Columns of the packed B are padded to a multiple of this (every kernel reads the same layout). */
 #define NM_Q_NPAD 32
@@ -50,7 +51,7 @@ int nm_qkernel_resolve(int qkernel);
 
 /* Packed B: Kp = K rounded up to 4, Np = N rounded up to NM_Q_NPAD.  Layout: Np / 16 panels of 16
  * columns; panel r holds element (k, 16 r + j) at dst[r * Kp * 16 + (k / 4) * 64 + j * 4 + k % 4]
- * (zero padding).  colsum[g * Np + j] = sum of B[k, j] over group g (the VNNI offset correction).
+ * (zero padding), followed by 1024 zero bytes (the AMX kernel's 64-byte K chunks may read past Kp).  colsum[g * Np + j] = sum of B[k, j] over group g (the VNNI offset correction).
  * nm_qpack_b_bytes() is the size of dst (NM_EINVAL for negative sizes). */
 int64_t nm_qpack_b_bytes(int64_t K, int64_t N);
 int nm_qpack_b(int64_t K, int64_t N, int64_t G, const int8_t *B, ptrdiff_t rsb, ptrdiff_t csb,

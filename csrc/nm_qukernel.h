@@ -19,6 +19,7 @@
 typedef struct nm_qtile {
     int64_t k4;              /* Kp / 4 */
     int64_t g4;              /* k4 steps per group */
+    int64_t kc4;             /* k4 steps per AMX chunk (AMX kernel only) */
     int ng;                  /* groups */
     const uint8_t *a;        /* row i0 of the quantized A */
     ptrdiff_t lda;
@@ -34,7 +35,7 @@ typedef struct nm_qtile {
 
 typedef void (*nm_qukr_fn)(const nm_qtile *t);
 
-#define NM_QMAX_MR 8
+#define NM_QMAX_MR 32
 #define NM_QMAX_NR 32
 
 #define NM_QSCALAR_MR 4
@@ -61,5 +62,25 @@ NM_QAVXVNNI void nm_qukr_avxvnni(const nm_qtile *t);
 #define NM_QAVX512_NR 32
 NM_QAVX512 void nm_qukr_avx512(const nm_qtile *t);
 #endif
+
+/* AMX (nm_qukernel_amx.c): compiled with GCC >= 11 / clang >= 12 on x86-64 Linux (the tile data
+ * state needs the kernel's per-process permission), else stubs that are never chosen. */
+#if NM_X86 && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define NM_QAMX_COMPILED 1
+#define NM_QAMX __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-int8")))
+#else
+#define NM_QAMX_COMPILED 0
+#define NM_QAMX
+#endif
+#define NM_QAMX_MR 32
+#define NM_QAMX_NR 32
+/* 1 when the process may use the tile data state (asks Linux once; call only when cpuid shows AMX) */
+int nm_qamx_permit(void);
+/* per thread, around the tiles of one call: load the tile configuration for chunks of kc bytes
+ * (a multiple of 4, <= 64), release the tile state */
+NM_QAMX void nm_qamx_begin(int kc);
+NM_QAMX void nm_qamx_end(void);
+NM_QAMX void nm_qukr_amx(const nm_qtile *t);
 
 #endif

@@ -771,7 +771,7 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # int8 GEMM (csrc/nm_qgemm.h): exact int32 products, float32 epilogue
 # ---------------------------------------------------------------------------------------------
-_QKERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avxvnni": 3, "avx512vnni": 4}
+_QKERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avxvnni": 3, "avx512vnni": 4, "amx": 5}
 _QKERNEL_NAMES = {v: k for k, v in _QKERNEL_CODES.items() if v}
 _qkernel_cache: dict[int, int] = {}
 

@@ -19,7 +19,7 @@ import nmengine as nm
 from nmengine import kernels
 from nmengine.pwl import PWLTable
 
-QKERNELS = ["scalar", "avx2", "avxvnni", "avx512vnni"]
+QKERNELS = ["scalar", "avx2", "avxvnni", "avx512vnni", "amx"]
 
 
 def _avail() -> list[str]:
