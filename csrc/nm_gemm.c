@@ -573,16 +573,6 @@ int nm_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, ptrdiff_t r
                          nthreads, kernel, Bp);
 }
 
-int nm_sgemm(int64_t M, int64_t N, int64_t K,
-             const float *A, ptrdiff_t rsa, ptrdiff_t csa,
-             const float *B, ptrdiff_t rsb, ptrdiff_t csb,
-             float *C, ptrdiff_t rsc, ptrdiff_t csc,
-             const nm_epilogue *ep, int nthreads, int kernel)
-{
-    return nm_sgemm_batched(1, 1, M, N, K, A, 0, 0, rsa, csa, B, 0, 0, rsb, csb, C, 0, 0, rsc, csc,
-                            ep, nthreads, kernel);
-}
-
 typedef struct nm_pwl_apply_args {
     const nm_kdesc *kd;
     const nm_pwl *pwl;

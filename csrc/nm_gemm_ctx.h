@@ -1,8 +1,8 @@
 /* The per-CPU kernel context table: everything a kernel path needs, in one place.
  *
- * One entry per kernel (scalar, avx2, avx512), read by the GEMM driver (nm_gemm.c), the fused row
- * kernels (nm_rowops.c: their reductions reproduce the GEMM's K blocking and FMA use bit for bit) and
- * anything else that must agree with the GEMM (e.g. a plan executor).  Blocking lives only here.
+ * One entry per kernel (scalar, avx2, avx512), read by the GEMM driver (nm_gemm.c), the row kernels
+ * (nm_rows.h; the fused reductions of nm_softmax.c and nm_layernorm.c reproduce the GEMM's K blocking
+ * and FMA use bit for bit) and anything else that must agree with the GEMM (e.g. a plan executor).  Blocking lives only here.
  */
 #ifndef NM_GEMM_CTX_H
 #define NM_GEMM_CTX_H

@@ -1,9 +1,9 @@
 /* A plan executor: runs a list of core calls (GEMM, scale, pairwise max, fused softmax / LayerNorm
  * rows, token row moves) in one C call, so a whole network runs without returning to the caller.
  *
- * Each step holds the exact arguments of one core function (nm_gemm.h, nm_rowops.h); running the list
- * calls those functions in order with the given thread count and kernel, so results are those of the
- * individual calls, bit for bit.  The caller keeps every pointed-to buffer and table alive and
+ * Each step holds the exact arguments of one core function (nm_gemm.h, nm_scale.h, nm_rowmax.h,
+ * nm_softmax.h, nm_layernorm.h, nm_move.h); running the list calls those functions in order with the
+ * given thread count and kernel, so results are those of the individual calls, bit for bit.  The caller keeps every pointed-to buffer and table alive and
  * unchanged-in-layout while the list runs.  This layer knows nothing of Python.
  */
 #ifndef NM_PLAN_H
@@ -11,7 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "nm_gemm.h"
-#include "nm_rowops.h"
+#include "nm_layernorm.h"
+#include "nm_move.h"
+#include "nm_rowmax.h"
+#include "nm_scale.h"
+#include "nm_softmax.h"
 
 enum {
     NM_STEP_GEMM = 1,      /* nm_sgemm_batched (a plain GEMM is a 1 x 1 batch) */

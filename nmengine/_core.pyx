@@ -81,7 +81,7 @@ cdef extern from "nm_threads.h":
     void nm_set_spin_us(int us)
     int nm_pool_workers()
 
-cdef extern from "nm_rowops.h":
+cdef extern from "nm_scale.h":
     int NM_BC_NONE
     int NM_BC_FULL
     int NM_BC_ROW
@@ -102,11 +102,16 @@ cdef extern from "nm_rowops.h":
         const nm_pwl *pwl
 
     int nm_scale(const nm_scale_args *a, float *y, int nthreads, int kernel) nogil
+
+cdef extern from "nm_rowmax.h":
     int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthreads, int kernel) nogil
+
+cdef extern from "nm_softmax.h":
     int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl,
                         const nm_pwl *recip_pwl, float *m, float *e, float *r, float *p,
                         int nthreads, int kernel) nogil
 
+cdef extern from "nm_layernorm.h":
     ctypedef struct nm_ln_args:
         int64_t rows, n
         const float *x
@@ -123,6 +128,8 @@ cdef extern from "nm_rowops.h":
         float *y
 
     int nm_layernorm_rows(const nm_ln_args *a, int nthreads, int kernel) nogil
+
+cdef extern from "nm_move.h":
     int nm_move_rows(const void *src, void *dst, const unsigned char *mask, const unsigned char *zero,
                      int64_t rows, int64_t rowbytes, int unpack, int nthreads) nogil
 
