@@ -106,9 +106,106 @@ static int32_t nm_reg_grid(const nm_pwl *p, nm_pwl_reg *r, float lo, float hi)
     return steps;
 }
 
+static uint32_t nm_f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* The AVX2 form on the grid [lo, hi] of NM_PWL_R8_BINS bins: the most breakpoints sharing one bin
+ * (the steps), or -1 when the grid does not apply; fills r's 8-bin tables when fill != 0. */
+static int32_t nm_r8_grid(const nm_pwl *p, nm_pwl_reg *r, float lo, float hi, int fill)
+{
+    const int32_t nb = p->n - 1; /* breakpoints */
+    if (!isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return -1;
+    nm_pwl_reg g; /* key parameters only */
+    const float width = hi - lo;
+    float scale = width > 0.0f ? ((float)NM_PWL_R8_BINS - 0.5f) / width : 0.0f;
+    if (!isfinite(scale)) scale = 0.0f;
+    g.lo = lo;
+    g.hi = hi;
+    g.scale = scale;
+    g.nlos = -(lo * scale);
+    const float klo = nm_reg_keyf(&g, lo), khi = nm_reg_keyf(&g, hi);
+    if (!(klo > -1.0f) || !(khi < (float)NM_PWL_R8_BINS)) return -1;
+    int32_t count[NM_PWL_R8_BINS] = {0};
+    for (int32_t i = 0; i < nb; i++) {
+        const int32_t k = (int32_t)nm_reg_keyf(&g, p->edges[i]);
+        if (k < 0 || k >= NM_PWL_R8_BINS) return -1;
+        if (i > 0 && !(p->edges[i] >= p->edges[i - 1])) return -1;
+        count[k]++;
+    }
+    int32_t steps = 0;
+    for (int32_t k = 0; k < NM_PWL_R8_BINS; k++)
+        if (count[k] > steps) steps = count[k];
+    if (!fill) return steps;
+    if (steps > NM_PWL_R8_MAX_STEPS) return -1;
+    const uint32_t qnan = 0x7fc00000u;
+    float nanf_;
+    memcpy(&nanf_, &qnan, sizeof nanf_);
+    int32_t below = 0;
+    for (int32_t k = 0; k < NM_PWL_R8_BINS; k++) {
+        const int32_t s0 = below; /* breakpoints with a smaller key all lie below x */
+        r->s0[k] = p->slopes[s0];
+        r->c0[k] = p->intercepts[s0];
+        for (int32_t j = 0; j < NM_PWL_R8_MAX_STEPS; j++) {
+            if (j < count[k]) {
+                r->e8[j][k] = p->edges[s0 + j];
+                r->ds[j][k] = nm_f2u(p->slopes[s0 + j]) ^ nm_f2u(p->slopes[s0 + j + 1]);
+                r->dc[j][k] = nm_f2u(p->intercepts[s0 + j]) ^ nm_f2u(p->intercepts[s0 + j + 1]);
+            } else {
+                r->e8[j][k] = nanf_; /* x >= NaN is false */
+                r->ds[j][k] = r->dc[j][k] = 0;
+            }
+        }
+        below += count[k];
+    }
+    r->lo8 = g.lo;
+    r->hi8 = g.hi;
+    r->scale8 = g.scale;
+    r->nlos8 = g.nlos;
+    r->steps8 = steps;
+    r->ok8 = 1;
+    return steps;
+}
+
+/* The grid with the fewest steps among [edges[i] - h, edges[nb - 1 - j] + h] for i, j in 0..2 and
+ * h in {0, half the mean breakpoint spacing} (the shifted grids put uniform breakpoints inside
+ * bins rather than on their edges). */
+static void nm_pwl_r8_build(const nm_pwl *p, nm_pwl_reg *r)
+{
+    const int32_t nb = p->n - 1;
+    if (nb < 0) return;
+    if (nb == 0) {
+        nm_r8_grid(p, r, 0.0f, 0.0f, 1);
+        return;
+    }
+    int32_t best = -1;
+    float blo = 0.0f, bhi = 0.0f;
+    for (int32_t i = 0; i < 3 && i < nb; i++) {
+        for (int32_t j = 0; j < 3 && nb - 1 - j >= i; j++) {
+            const float lo = p->edges[i], hi = p->edges[nb - 1 - j];
+            const int32_t gaps = nb - 1 - j - i;
+            const float h = gaps > 0 ? 0.5f * (hi - lo) / (float)gaps : 0.0f;
+            for (int v = 0; v < 4; v++) {
+                const float l = (v & 1) ? lo - h : lo, u = (v & 2) ? hi + h : hi;
+                const int32_t st = nm_r8_grid(p, r, l, u, 0);
+                if (st >= 0 && (best < 0 || st < best)) {
+                    best = st;
+                    blo = l;
+                    bhi = u;
+                }
+            }
+        }
+    }
+    if (best >= 0 && best <= NM_PWL_R8_MAX_STEPS) nm_r8_grid(p, r, blo, bhi, 1);
+}
+
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r)
 {
     memset(r, 0, sizeof *r);
+    nm_pwl_r8_build(p, r);
     const int32_t n = p->n;
     if (n < 1 || n > NM_PWL_REG_MAX) return;
     const uint32_t qnan = 0x7fc00000u;

@@ -55,6 +55,8 @@
 #define NM_PWL_REG_MAX 64
 #define NM_PWL_REG_BINS 32
 #define NM_PWL_REG_MAX_STEPS 3
+#define NM_PWL_R8_BINS 8
+#define NM_PWL_R8_MAX_STEPS 4
 typedef struct nm_pwl_reg {
     _Alignas(64) float edges[NM_PWL_REG_MAX];  /* edges[s]: the breakpoint that ends segment s; NaN past */
     _Alignas(64) float slopes[NM_PWL_REG_MAX];
@@ -62,6 +64,22 @@ typedef struct nm_pwl_reg {
     _Alignas(64) int32_t hint[NM_PWL_REG_BINS];
     float lo, hi, scale, nlos;  /* nlos = -lo * scale (rounded) */
     int ok, wide, steps;        /* wide: more than 32 segments (two register pairs per array) */
+    /* The AVX2 form (8-lane permutes, one ymm register per table): an own grid of NM_PWL_R8_BINS
+     * bins over [lo8, hi8] (same key formula), and per bin k, with seg0 = the segment below its
+     * first breakpoint and its breakpoints e_0 <= e_1 <= ... (at most steps8, NaN-padded):
+     *   s0[k] = slopes[seg0], c0[k] = intercepts[seg0],
+     *   e8[j][k] = e_j, ds[j][k] = bits(slopes[seg0 + j]) ^ bits(slopes[seg0 + j + 1]), dc likewise,
+     * so with m_j = (x >= e_j) (monotone in j: m_j implies m_{j-1}) the slope of x is
+     *   s0 ^ (m_0 & ds[0]) ^ (m_1 & ds[1]) ^ ...  = slopes[seg0 + #{j : x >= e_j}]
+     * exactly (a bit select, no arithmetic): one vpermps per table and step, no gathers or blends.
+     * ok8 == 0 when the table needs more than NM_PWL_R8_MAX_STEPS steps on any grid tried. */
+    _Alignas(32) float s0[NM_PWL_R8_BINS];
+    _Alignas(32) float c0[NM_PWL_R8_BINS];
+    _Alignas(32) float e8[NM_PWL_R8_MAX_STEPS][NM_PWL_R8_BINS];
+    _Alignas(32) uint32_t ds[NM_PWL_R8_MAX_STEPS][NM_PWL_R8_BINS];
+    _Alignas(32) uint32_t dc[NM_PWL_R8_MAX_STEPS][NM_PWL_R8_BINS];
+    float lo8, hi8, scale8, nlos8;
+    int ok8, steps8;
 } nm_pwl_reg;
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r);
 

@@ -491,6 +491,10 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
             base.reg = &reg;
             rsz = 0;
         }
+    } else if (act == NM_ACT_PWL && kres == NM_KERNEL_AVX2) {
+        /* full tiles read the 8-bin register form; edge tiles keep the rows (same bits) */
+        nm_pwl_reg_build(base.pwl, &reg);
+        if (reg.ok8) base.reg = &reg;
     }
 #endif
     void *raw = NULL;

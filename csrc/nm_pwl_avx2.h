@@ -18,6 +18,7 @@
 
 #if NM_X86
 #include <immintrin.h>
+#include <math.h>
 
 typedef struct nm_pwl_v {
     __m256 origin, scale, nh1f, xmin, xmax;
@@ -148,6 +149,74 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v_eval(const nm_pwl_v *v, __m256 x)
     xc = _mm256_min_ps(v->xmax, xc);       /* xmax < xc ? xmax : xc */
     return _mm256_add_ps(_mm256_mul_ps(s, xc), c);
 }
+
+/* The register form (nm_pwl_reg's 8-bin AVX2 tables, ok8): key = cvtt(fma(clamp(x, lo8, hi8),
+ * scale8, nlos8)) in [0, 8), then one vpermps per table and step and a bit select (see nm_epilogue.h).
+ * About 10 + 8 * steps8 vector instructions per 8 lanes, no loads but the table operands. */
+typedef struct nm_pwl_v8 {
+    __m256 lo, hi, scale, nlos, xmin, xmax;
+    const nm_pwl_reg *r;
+    int steps, clamp_lo, clamp_hi;
+} nm_pwl_v8;
+
+NM_AVX2 NM_INLINE void nm_pwl_v8_init(nm_pwl_v8 *v, const nm_pwl *p, const nm_pwl_reg *r)
+{
+    v->r = r;
+    v->lo = _mm256_set1_ps(r->lo8);
+    v->hi = _mm256_set1_ps(r->hi8);
+    v->scale = _mm256_set1_ps(r->scale8);
+    v->nlos = _mm256_set1_ps(r->nlos8);
+    v->xmin = _mm256_set1_ps(p->xmin);
+    v->xmax = _mm256_set1_ps(p->xmax);
+    v->steps = r->steps8;
+    v->clamp_lo = !(p->xmin == -INFINITY); /* max(-inf, x) == x, NaN included */
+    v->clamp_hi = !(p->xmax == INFINITY);
+}
+
+/* nm_pwl_v8 on x with `steps` (a compile-time constant after inlining: the loop unrolls). */
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int steps)
+{
+    const nm_pwl_reg *r = v->r;
+    __m256 xk = _mm256_max_ps(x, v->lo); /* NaN -> lo */
+    xk = _mm256_min_ps(xk, v->hi);
+    const __m256i key = _mm256_cvttps_epi32(_mm256_fmadd_ps(xk, v->scale, v->nlos));
+    __m256 s = _mm256_permutevar8x32_ps(_mm256_load_ps(r->s0), key);
+    __m256 c = _mm256_permutevar8x32_ps(_mm256_load_ps(r->c0), key);
+    for (int j = 0; j < steps; j++) {
+        const __m256 e = _mm256_permutevar8x32_ps(_mm256_load_ps(r->e8[j]), key);
+        const __m256 m = _mm256_cmp_ps(x, e, _CMP_GE_OQ);
+        const __m256 ds = _mm256_permutevar8x32_ps(_mm256_load_ps((const float *)r->ds[j]), key);
+        const __m256 dc = _mm256_permutevar8x32_ps(_mm256_load_ps((const float *)r->dc[j]), key);
+        s = _mm256_xor_ps(s, _mm256_and_ps(m, ds)); /* bit select: slopes[seg0 + j + 1] when m */
+        c = _mm256_xor_ps(c, _mm256_and_ps(m, dc));
+    }
+    __m256 xc = x;
+    if (v->clamp_lo) xc = _mm256_max_ps(v->xmin, xc); /* xmin > x ? xmin : x  (NaN propagates) */
+    if (v->clamp_hi) xc = _mm256_min_ps(v->xmax, xc);
+    return _mm256_add_ps(_mm256_mul_ps(s, xc), c);
+}
+
+/* y[i * ldy + j] = pwl(x[i * 16 + j]) for a rows x 16 block (x aligned), steps unrolled per case. */
+#define NM_V8_BLOCK(ST)                                                                   \
+    for (int i = 0; i < rows; i++) {                                                     \
+        const __m256 a0 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i), ST);           \
+        const __m256 a1 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i + 8), ST);       \
+        _mm256_storeu_ps(y + i * ldy, a0);                                                \
+        _mm256_storeu_ps(y + i * ldy + 8, a1);                                            \
+    }
+NM_AVX2 NM_INLINE void nm_pwl_v8_block16(const nm_pwl_v8 *v, const float *x, int rows, float *y, ptrdiff_t ldy)
+{
+    switch (v->steps) {
+    case 0: NM_V8_BLOCK(0); break;
+    case 1: NM_V8_BLOCK(1); break;
+    case 2: NM_V8_BLOCK(2); break;
+    case 3: NM_V8_BLOCK(3); break;
+    default: NM_V8_BLOCK(4); break; /* steps8 <= NM_PWL_R8_MAX_STEPS == 4 */
+    }
+}
+#undef NM_V8_BLOCK
+
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps); }
 
 NM_AVX2 NM_INLINE __m256 nm_relu_v(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
 

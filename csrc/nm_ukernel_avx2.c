@@ -51,12 +51,13 @@ NM_AVX2 NM_INLINE void store_row(int i, __m256 x0, __m256 x1, float *c, ptrdiff_
 /* One row of a full tile after the last K block: combine with C, epilogue, store
  * (csc == 1, res_cs in {0, 1}). */
 NM_AVX2 NM_INLINE void finish_row(int i, __m256 x0, __m256 x1, float *c, ptrdiff_t rsc,
-                                  const nm_tile_ctx *t, const ep_v *e)
+                                  const nm_tile_ctx *t, const ep_v *e, const float *cin, ptrdiff_t rscin)
 {
     float *cr = c + i * rsc;
     if (t->load_c) {
-        x0 = _mm256_add_ps(_mm256_loadu_ps(cr), x0);
-        x1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), x1);
+        const float *ci = cin + i * rscin; /* the earlier K blocks' sum (C itself, read before any store) */
+        x0 = _mm256_add_ps(_mm256_loadu_ps(ci), x0);
+        x1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), x1);
     }
     {
         if (t->bias_col) {
@@ -140,14 +141,31 @@ NM_AVX2 NM_INLINE void nm_ukr_avx2_body(int64_t kc, const float *a, ptrdiff_t ar
             e.bc0 = _mm256_loadu_ps(t->bias_col);
             e.bc1 = _mm256_loadu_ps(t->bias_col + 8);
         }
+        if (t->act == NM_ACT_PWL && t->reg && t->reg->ok8) {
+            /* register-form table: the combined tile goes through an L1 buffer (no register
+             * pressure against the 12 accumulators), then one pass evaluates and stores it */
+            _Alignas(32) float buf[NM_AVX2_MR * NM_AVX2_NR];
+            nm_tile_ctx tn = *t;
+            tn.act = NM_ACT_NONE;
+            finish_row(0, c00, c01, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            finish_row(1, c10, c11, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            finish_row(2, c20, c21, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            finish_row(3, c30, c31, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            finish_row(4, c40, c41, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            finish_row(5, c50, c51, buf, NM_AVX2_NR, &tn, &e, c, rsc);
+            nm_pwl_v8 v;
+            nm_pwl_v8_init(&v, t->pwl, t->reg);
+            nm_pwl_v8_block16(&v, buf, NM_AVX2_MR, c, rsc);
+            return;
+        }
         if (t->act == NM_ACT_PWL) nm_pwl_v_init(&e.pwl, t->pwl, t->rows);
         else memset(&e.pwl, 0, sizeof e.pwl);
-        finish_row(0, c00, c01, c, rsc, t, &e);
-        finish_row(1, c10, c11, c, rsc, t, &e);
-        finish_row(2, c20, c21, c, rsc, t, &e);
-        finish_row(3, c30, c31, c, rsc, t, &e);
-        finish_row(4, c40, c41, c, rsc, t, &e);
-        finish_row(5, c50, c51, c, rsc, t, &e);
+        finish_row(0, c00, c01, c, rsc, t, &e, c, rsc);
+        finish_row(1, c10, c11, c, rsc, t, &e, c, rsc);
+        finish_row(2, c20, c21, c, rsc, t, &e, c, rsc);
+        finish_row(3, c30, c31, c, rsc, t, &e, c, rsc);
+        finish_row(4, c40, c41, c, rsc, t, &e, c, rsc);
+        finish_row(5, c50, c51, c, rsc, t, &e, c, rsc);
     } else {
         _Alignas(32) float buf[NM_AVX2_MR * NM_AVX2_NR];
         _mm256_store_ps(buf + 0, c00); _mm256_store_ps(buf + 8, c01);
