@@ -3,7 +3,8 @@
  * im2col (layout 0) is split by output row (img, ch, i, j): each row is Ho segments of Wo floats,
  * each segment a zero head, a copied middle (memcpy when the stride is 1) and a zero tail, worked out
  * once per segment instead of per element.  Pooling windows (layout 1) and replicated-edge padding
- * use the per-element loop, split by (img, ch) plane.  Rows/planes go to the pool's threads
+ * use the per-element loop, split by (img, ch) plane.  Channels-last layouts (2, 3) are split by
+ * output pixel, each (i, j) tap of a pixel one run of c channels.  Rows/planes go to the pool's threads
  * (nm_threads.h) statically; every output element is one copy, so the result is the same bits for
  * any thread count.
  */
@@ -92,18 +93,58 @@ static void windows_planes(void *arg, int64_t p0, int64_t p1, int tid)
     }
 }
 
+/* Channels-last (NHWC) windows, output pixels r0..r1 (r = (img*ho + oy)*wo + ox), x[n, h, w, c]:
+ *   layout 2 (im2col):       out[r, (i*kw + j)*c + ch]   each (i, j) one memcpy of c floats or zeros
+ *   layout 3 (pool windows): out[r, ch*kh*kw + i*kw + j] zero or replicated-edge padding */
+static void nhwc_pixels(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    const nm_windows_args *a = (const nm_windows_args *)arg;
+    const int64_t kk = a->kh * a->kw, c = a->c, row = kk * c;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
+        const float *src = a->x + img * a->h * a->w * c;
+        float *d = a->out + r * row;
+        for (int64_t i = 0; i < a->kh; i++) {
+            const int64_t y = oy * a->sh + i - a->ph;
+            const int in_y = y >= 0 && y < a->h;
+            const int64_t yc = clamp64(y, 0, a->h - 1);
+            for (int64_t j = 0; j < a->kw; j++) {
+                const int64_t xx = ox * a->sw + j - a->pw;
+                const int in = in_y && xx >= 0 && xx < a->w;
+                const float *s = in || a->edge ? src + (yc * a->w + clamp64(xx, 0, a->w - 1)) * c : NULL;
+                if (a->layout == 2) {
+                    float *o = d + (i * a->kw + j) * c;
+                    if (s) memcpy(o, s, (size_t)c * sizeof(float));
+                    else memset(o, 0, (size_t)c * sizeof(float));
+                } else {
+                    float *o = d + i * a->kw + j;
+                    if (s)
+                        for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = s[ch];
+                    else
+                        for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
 int nm_windows_mt(const nm_windows_args *a, int nthreads)
 {
     if (!a || !a->x || !a->out || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1
         || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0
-        || (a->layout != 0 && a->layout != 1))
+        || a->layout < 0 || a->layout > 3 || (a->layout == 2 && a->edge))
         return NM_EINVAL;
     const int64_t planes = a->n * a->c, kk = a->kh * a->kw;
     const int64_t elems = planes * kk * a->ho * a->wo;
     if (elems == 0) return NM_OK;
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     if (elems < NM_WIN_PAR_MIN) nt = 1;
-    if (a->layout == 0 && !a->edge) {
+    if (a->layout >= 2) {
+        const int64_t pixels = a->n * a->ho * a->wo;
+        if (nt > pixels) nt = (int)pixels;
+        nm_parallel_for(nt, pixels, nhwc_pixels, (void *)a);
+    } else if (a->layout == 0 && !a->edge) {
         if (nt > planes * kk) nt = (int)(planes * kk);
         nm_parallel_for(nt, planes * kk, im2col_rows, (void *)a);
     } else {

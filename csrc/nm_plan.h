@@ -51,6 +51,10 @@ int nm_tokens(const nm_tokens_args *a);
  * ox*sw + j - pw]; outside the image it is 0.0 (edge == 0) or the nearest edge pixel (edge == 1).
  *   layout 0 (im2col):       out[img, (ch*kh + i)*kw + j, oy*wo + ox]
  *   layout 1 (pool windows): out[img, ch, oy, ox, i*kw + j]
+ * Channels-last: x is NHWC x[n, h, w, c] (the fields keep their meaning), output element
+ * (img, ch, i, j, oy, ox) reads x[img, oy*sh + i - ph, ox*sw + j - pw, ch]:
+ *   layout 2 (NHWC im2col, zero padding only): out[img, oy, ox, (i*kw + j)*c + ch]
+ *   layout 3 (NHWC pool windows):              out[img, oy, ox, ch, i*kw + j]
  * ho = (h + 2ph - kh) / sh + 1, wo likewise (the caller checks ho, wo >= 1). */
 typedef struct nm_windows_args {
     const float *x; float *out;

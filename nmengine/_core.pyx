@@ -666,7 +666,10 @@ cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64
         raise ValueError("windows: x must be a C-contiguous float32 NCHW array and out C-contiguous float32")
     w.x = _fptr(x)
     w.out = _fptr(out)
-    w.n, w.c, w.h, w.w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    if layout >= 2:  # channels last: x is NHWC
+        w.n, w.h, w.w, w.c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    else:
+        w.n, w.c, w.h, w.w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     w.kh, w.kw, w.sh, w.sw, w.ph, w.pw = kh, kw, sh, sw, ph, pw
     w.ho = (w.h + 2 * ph - kh) // sh + 1
     w.wo = (w.w + 2 * pw - kw) // sw + 1
@@ -680,8 +683,9 @@ cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64
 def windows(cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
             int64_t pw, bint edge, int layout, int nthreads=1) -> None:
     """Sliding windows of NCHW x into out (nm_windows): layout 0 im2col [N, C*kh*kw, Ho*Wo], layout 1
-    pooling windows [N, C, Ho, Wo, kh*kw]; padding zeros (edge False) or replicated edges.  A copy on up
-    to nthreads threads (same bits for any count)."""
+    pooling windows [N, C, Ho, Wo, kh*kw]; NHWC x: layout 2 im2col [N, Ho, Wo, kh*kw*C] ((i, j, c)
+    order), layout 3 pooling windows [N, Ho, Wo, C, kh*kw]; padding zeros (edge False) or replicated
+    edges (not layout 2).  A copy on up to nthreads threads (same bits for any count)."""
     cdef nm_windows_args w
     _fill_windows(&w, x, out, kh, kw, sh, sw, ph, pw, edge, layout)
     cdef int rc

@@ -42,11 +42,23 @@ def mask_bool(mask: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:
 
 
 def im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarray:
-    """NCHW -> [N, C*kh*kw, Ho*Wo], rows in (c, i, j) order to match a (Co, Ci, kh, kw) kernel."""
-    n, c, h, w = x.shape
+    """NCHW -> [N, C*kh*kw, Ho*Wo], rows in (c, i, j) order to match a (Co, Ci, kh, kw) kernel.
+
+    With ``layout="nhwc"`` (channels last): NHWC -> [N, Ho, Wo, kh*kw*C], one row per output pixel,
+    columns in (i, j, c) order to match a kernel laid out as [kh, kw, Ci, Co]."""
     kh, kw = _pair(attrs["kernel"])
     sh, sw = _pair(attrs.get("stride", 1))
     ph, pw = _pair(attrs.get("padding", 0))
+    if attrs.get("layout", "nchw") == "nhwc":
+        n, h, w, c = x.shape
+        ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+        xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
+        o = out.reshape(n, ho, wo, kh, kw, c)
+        for i in range(kh):
+            for j in range(kw):
+                o[:, :, :, i, j] = xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        return out
+    n, c, h, w = x.shape
     ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     o = out.reshape(n, c, kh, kw, ho, wo)
@@ -57,7 +69,12 @@ def im2col(x: np.ndarray, attrs: Mapping[str, Any], out: np.ndarray) -> np.ndarr
 
 
 def pool_windows(x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
-    """NCHW -> [N, C, Ho, Wo, kh*kw] windows; padding is zeros (avg) or replicated edges (max)."""
+    """NCHW -> [N, C, Ho, Wo, kh*kw] windows; padding is zeros (avg) or replicated edges (max).
+    With ``layout="nhwc"``: NHWC -> [N, Ho, Wo, C, kh*kw]."""
+    if attrs.get("layout", "nchw") == "nhwc":
+        at = {k: v for k, v in attrs.items() if k != "layout"}
+        win = pool_windows(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), at)
+        return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4))
     kh, kw = _pair(attrs["kernel"])
     sh, sw = _pair(attrs.get("stride", attrs["kernel"]))
     ph, pw = _pair(attrs.get("padding", 0))

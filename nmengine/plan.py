@@ -726,6 +726,8 @@ def _windows(ctx: StepContext, op: Op, bufs, layout: int) -> Optional[Step]:
     sh, sw = pair(at.get("stride", 1 if layout == 0 else at["kernel"]))
     ph, pw = pair(at.get("padding", 0))
     edge = layout == 1 and at.get("pad", "zero") == "edge"
+    if at.get("layout", "nchw") == "nhwc":  # channels last: core layouts 2 (im2col) and 3 (pool windows)
+        layout += 2
     return ctx.core.windows, (x, out, kh, kw, sh, sw, ph, pw, edge, layout, ctx.threads)
 
 

@@ -37,7 +37,9 @@ coverage and profiles use, while the runtime runs one C pass per row that gives 
 
 ``move``  (pure data movement: no arithmetic, counted separately by ``coverage()`` and the cost model)
     ``reshape`` (a view), ``transpose`` (a copy), ``im2col``, ``pool_windows``, ``patchify``, ``gather``
-    (embedding rows), ``slice_rows``; and token packing: ``pack`` (``x[B, T, ...]`` -> the rows where
+    (embedding rows), ``slice_rows``; ``im2col`` and ``pool_windows`` with attr ``layout="nhwc"`` read
+    channels-last images (:func:`nmengine.movement.im2col`; a ``gemm`` with attr ``conv`` is such a
+    convolution's product); and token packing: ``pack`` (``x[B, T, ...]`` -> the rows where
     ``mask`` is nonzero, ``[Ntok, ...]``), ``unpack`` (the inverse, zeros at padding) and ``positions``
     (the slot index of every real token).  Shape inference assumes every token is real (``Ntok = B*T``).
 

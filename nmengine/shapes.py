@@ -33,17 +33,19 @@ def conv_out_hw(h: int, w: int, kernel: Any, stride: Any, padding: Any) -> tuple
 
 
 def im2col_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
-    n, c, h, w = shape
+    nhwc = attrs.get("layout", "nchw") == "nhwc"
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if nhwc else shape
     kh, kw = pair(attrs["kernel"])
     ho, wo = conv_out_hw(h, w, attrs["kernel"], attrs.get("stride", 1), attrs.get("padding", 0))
-    return (n, c * kh * kw, ho * wo)
+    return (n, ho, wo, kh * kw * c) if nhwc else (n, c * kh * kw, ho * wo)
 
 
 def pool_windows_shape(shape: Sequence[int], attrs: Mapping[str, Any]) -> tuple[int, ...]:
-    n, c, h, w = shape
+    nhwc = attrs.get("layout", "nchw") == "nhwc"
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if nhwc else shape
     kh, kw = pair(attrs["kernel"])
     ho, wo = conv_out_hw(h, w, (kh, kw), attrs.get("stride", attrs["kernel"]), attrs.get("padding", 0))
-    return (n, c, ho, wo, kh * kw)
+    return (n, ho, wo, c, kh * kw) if nhwc else (n, c, ho, wo, kh * kw)
 
 
 # ---------------------------------------------------------------------------------------------

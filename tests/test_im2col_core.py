@@ -166,3 +166,42 @@ def test_depthwise_rejects_bad_sizes():
             1,
             0,
         )
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout,edge", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_channels_last_windows_match_reference(case, layout, edge, nthreads):
+    """Layouts 2/3 read NHWC x: im2col [N, Ho, Wo, (i, j, c)] and pool windows [N, Ho, Wo, C, kh*kw];
+    the core and the numpy path (nmengine.movement, attrs layout="nhwc") against the same reference."""
+    from nmengine import movement
+
+    n, c, h, w, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(sum(case) + layout)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    ref6 = _reference(x, kh, kw, sh, sw, ph, pw, edge, 0).reshape(n, c, kh, kw, *_hw(h, w, kh, kw, sh, sw, ph, pw))
+    ho, wo = ref6.shape[-2:]
+    if layout == 2:
+        ref = ref6.transpose(0, 4, 5, 2, 3, 1).reshape(n, ho, wo, kh * kw * c)
+    else:
+        ref = ref6.transpose(0, 4, 5, 1, 2, 3).reshape(n, ho, wo, c, kh * kw)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    out = np.full(ref.shape, np.nan, np.float32)
+    core.windows(xl, out, kh, kw, sh, sw, ph, pw, edge, layout, nthreads)
+    np.testing.assert_array_equal(out.astype(np.float64), ref)
+    attrs = {"kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw], "layout": "nhwc"}
+    if layout == 2:
+        got = movement.im2col(xl, attrs, np.full(ref.shape, np.nan, np.float32))
+    else:
+        got = movement.pool_windows(xl, {**attrs, "pad": "edge" if edge else "zero"})
+    np.testing.assert_array_equal(got.astype(np.float64), ref)
+
+
+def _hw(h, w, kh, kw, sh, sw, ph, pw):
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def test_channels_last_im2col_refuses_edge_padding():
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(ValueError):
+        core.windows(x, np.zeros((1, 4, 4, 18), np.float32), 3, 3, 1, 1, 1, 1, True, 2, 1)

@@ -74,7 +74,7 @@ def test_batchnorm_folded_into_conv_and_standalone():
         [init("W", _x(5, 3, 3, 3))] + _bn_inits(5) + _bn_inits(5, "bn2"),
     )
     prog = check(d, {"x": _x(2, 3, 6, 6)})
-    assert sum(op.kind == "gemm_batched" for op in prog.ops) == 1
+    assert sum(op.kind == "gemm_batched" or op.attrs.get("conv", False) for op in prog.ops) == 1
     assert "bn_s" not in str(prog.summary())  # the first BatchNorm went into the conv weights
 
 
@@ -191,9 +191,10 @@ def test_flatten(axis):
     check(d, {"x": _x(2, 3, 4, 5)})
 
 
-def resnet_style(opset: int = 17) -> bytes:
+def resnet_style(opset: int = 17, depthwise: bool = True, size: int = 16) -> bytes:
     """A small ResNet: stem conv+BN+ReLU+maxpool, two basic blocks (one with a strided 1x1 shortcut),
-    a bottleneck-style depthwise block with ReLU6, global pooling, flatten, fully connected."""
+    a bottleneck-style depthwise block with ReLU6 (unless ``depthwise`` is False), global pooling,
+    flatten, fully connected."""
     n, inits = [], []
 
     def conv(x, y, ci, co, k, s=1, p=None, g=1, bn=True, act="Relu"):
@@ -226,15 +227,19 @@ def resnet_style(opset: int = 17) -> bytes:
     sc = conv("b1", "b2sc", 8, 16, 1, s=2, act=None)
     n.append(helper.make_node("Add", [b, sc], ["b2s"]))
     n.append(helper.make_node("Relu", ["b2s"], ["b2"]))
-    e = conv("b2", "b3e", 16, 32, 1, act="Relu6")
-    dw = conv(e, "b3d", 32, 32, 3, g=32, act="Relu6")
-    pr = conv(dw, "b3p", 32, 16, 1, act=None)
+    if depthwise:
+        e = conv("b2", "b3e", 16, 32, 1, act="Relu6")
+        dw = conv(e, "b3d", 32, 32, 3, g=32, act="Relu6")
+        pr = conv(dw, "b3p", 32, 16, 1, act=None)
+    else:  # a 1x1 bottleneck (stride 1: the GEMM reads the activation itself)
+        e = conv("b2", "b3e", 16, 32, 1)
+        pr = conv(e, "b3p", 32, 16, 1, act=None)
     n.append(helper.make_node("Add", [pr, "b2"], ["b3"]))
     n.append(helper.make_node("GlobalAveragePool", ["b3"], ["gap"]))
     n.append(helper.make_node("Flatten", ["gap"], ["flat"]))
     inits.extend([init("fc_w", _x(10, 16) * 0.3), init("fc_b", _x(10))])
     n.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1))
-    return model(n, [vi("x", F, ["batch", 3, 16, 16])], [vi("logits", F, ["batch", 10])], inits, opset=opset)
+    return model(n, [vi("x", F, ["batch", 3, size, size])], [vi("logits", F, ["batch", 10])], inits, opset=opset)
 
 
 @pytest.mark.parametrize("opset", [13, 17, 21])
@@ -256,3 +261,28 @@ def test_resnet_style_cnn(opset):
     # fused: every conv's BatchNorm, bias and most activations live in the GEMMs
     assert sum(op.kind == "gemm_batched" for op in prog.ops) == 9
     assert nm.onnx.import_summary(prog).count("\n") >= 8
+
+
+@pytest.mark.parametrize("size", [16, 23])
+def test_resnet_runs_channels_last(size):
+    """Without grouped convolutions the program goes channels last (compile/channels_last.py): every
+    conv one plain GEMM on NHWC data, one layout change (the input), pools in NHWC form; the outputs
+    match ONNX Runtime at several batch sizes and are the same bits for any thread count."""
+    import nmengine as nm
+    from tests.onnx_graphs import ort_run, rel_err
+
+    d = resnet_style(17, depthwise=False, size=size)
+    prog = check(d, {"x": _x(3, 3, size, size)}, calib={"x": _x(4, 3, size, size)})
+    kinds = [op.kind for op in prog.ops]
+    assert kinds.count("transpose") == 1 and "gemm_batched" in kinds  # the input; the global pool
+    assert sum(op.attrs.get("conv", False) for op in prog.ops) == 8
+    assert all(op.attrs.get("layout") == "nhwc" for op in prog.ops if op.kind in ("im2col", "pool_windows"))
+    assert prog.coverage({"x": (1, 3, size, size)})["gemm_pwl_flop_share"] == 1.0
+    for b in (1, 2, 5):
+        x = _x(b, 3, size, size)
+        ref = ort_run(d, {"x": x})[0]
+        assert rel_err(prog.run({"x": x}, mode="exact"), ref) <= 1e-4
+        outs = [nm.Session(prog, threads=t).run({"x": x}) for t in (1, 2, 3)]
+        assert rel_err(outs[0], ref) <= 1e-4
+        for o in outs[1:]:
+            np.testing.assert_array_equal(o, outs[0])

@@ -4,7 +4,8 @@ A frontend that lowers by itself (the ONNX importer maps graph nodes straight on
 rules of :mod:`.lower`) hands a :class:`LoweredGraph` to :func:`compile_lowered`, which runs what
 ``nm.compile`` runs after lowering: epilogue fusion (:func:`.passes.fuse`), PWL tables on default
 ranges, calibration on the exact program (:func:`.calibrate.record_activations`), fitting
-(:func:`.calibrate.fit_tables`) and vertical bias correction (:func:`.calibrate.correct_biases`).
+(:func:`.calibrate.fit_tables`) and vertical bias correction (:func:`.calibrate.correct_biases`); then
+convolution networks go channels last (:func:`.channels_last.channels_last`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..program import Op, Program
 from ..spec import InputSpec
+from .channels_last import channels_last
 from .calibrate import correct_biases, fit_tables, record_activations
 from .lower import TableRequest
 from .passes import fuse
@@ -71,7 +73,7 @@ def compile_lowered(
     def _finish(p: Program, calib: Any = None) -> Program:
         if precision != "float32":
             p = quantize(p, calib, tolerance=int8_tolerance)
-        return _post(p)
+        return channels_last(_post(p))
 
     if not isinstance(graph, LoweredGraph):
         raise TypeError(f"compile_lowered expects a LoweredGraph, got {type(graph).__name__}")

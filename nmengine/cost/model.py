@@ -254,7 +254,7 @@ def _role(op: Op, producers: Mapping[str, Op], n: int | None = None) -> str:
     if op.kind == "pairwise_max":
         return "max"
     b = producers.get(op.args["b"])
-    if op.kind == "gemm_batched" and b is not None and b.kind == "im2col":
+    if (op.kind == "gemm_batched" and b is not None and b.kind == "im2col") or op.attrs.get("conv"):
         return "conv"
     if op.kind == "gemm" and op.attrs.get("linear"):
         return "linear"
