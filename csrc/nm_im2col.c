@@ -94,7 +94,8 @@ static void windows_planes(void *arg, int64_t p0, int64_t p1, int tid)
 }
 
 /* Channels-last (NHWC) windows, output pixels r0..r1 (r = (img*ho + oy)*wo + ox), x[n, h, w, c]:
- *   layout 2 (im2col):       out[r, (i*kw + j)*c + ch]   each (i, j) one memcpy of c floats or zeros
+ *   layout 2 (im2col):       out[r, (i*kw + j)*c + ch]   the taps of one i inside the image are one
+ *                            contiguous run of x (one memcpy), the rest zeros
  *   layout 3 (pool windows): out[r, ch*kh*kw + i*kw + j] zero or replicated-edge padding */
 static void nhwc_pixels(void *arg, int64_t r0, int64_t r1, int tid)
 {
@@ -105,25 +106,33 @@ static void nhwc_pixels(void *arg, int64_t r0, int64_t r1, int tid)
         const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
         const float *src = a->x + img * a->h * a->w * c;
         float *d = a->out + r * row;
+        /* taps j in [jlo, jhi) are inside the image: in NHWC they are one run of (jhi - jlo)*c floats */
+        const int64_t x0 = ox * a->sw - a->pw;
+        const int64_t jlo = clamp64(-x0, 0, a->kw), jhi = clamp64(a->w - x0, jlo, a->kw);
         for (int64_t i = 0; i < a->kh; i++) {
             const int64_t y = oy * a->sh + i - a->ph;
             const int in_y = y >= 0 && y < a->h;
             const int64_t yc = clamp64(y, 0, a->h - 1);
+            if (a->layout == 2) {
+                float *o = d + i * a->kw * c;
+                if (!in_y) {
+                    memset(o, 0, (size_t)(a->kw * c) * sizeof(float));
+                    continue;
+                }
+                if (jlo > 0) memset(o, 0, (size_t)(jlo * c) * sizeof(float));
+                if (jhi > jlo) memcpy(o + jlo * c, src + (y * a->w + x0 + jlo) * c, (size_t)((jhi - jlo) * c) * sizeof(float));
+                if (jhi < a->kw) memset(o + jhi * c, 0, (size_t)((a->kw - jhi) * c) * sizeof(float));
+                continue;
+            }
             for (int64_t j = 0; j < a->kw; j++) {
                 const int64_t xx = ox * a->sw + j - a->pw;
                 const int in = in_y && xx >= 0 && xx < a->w;
                 const float *s = in || a->edge ? src + (yc * a->w + clamp64(xx, 0, a->w - 1)) * c : NULL;
-                if (a->layout == 2) {
-                    float *o = d + (i * a->kw + j) * c;
-                    if (s) memcpy(o, s, (size_t)c * sizeof(float));
-                    else memset(o, 0, (size_t)c * sizeof(float));
-                } else {
-                    float *o = d + i * a->kw + j;
-                    if (s)
-                        for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = s[ch];
-                    else
-                        for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = 0.0f;
-                }
+                float *o = d + i * a->kw + j;
+                if (s)
+                    for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = s[ch];
+                else
+                    for (int64_t ch = 0; ch < c; ch++) o[ch * kk] = 0.0f;
             }
         }
     }
