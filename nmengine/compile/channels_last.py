@@ -56,12 +56,18 @@ def _explicit(shape: Any, n: int) -> Optional[list[int]]:
     return dims if all(d > 0 for d in dims) else None
 
 
-def _conv_unit(i: int, ops: list[Op], prod: dict[str, int], uses: dict[str, list[int]], prog: Program) -> Optional[dict]:
+def _conv_unit(
+    i: int, ops: list[Op], prod: dict[str, int], uses: dict[str, list[int]], prog: Program
+) -> Optional[dict]:
     """The (im2col | 1x1 view) -> gemm_batched -> reshape unit whose GEMM is ops[i], or None."""
     g = ops[i]
     consts, outs = prog.constants, set(prog.outputs)
     a_, at = g.args, g.attrs
-    if g.kind != "gemm_batched" or set(a_) - {"a", "b", "bias_row", "res"} or set(at) - {"epilogue", "fused_layers", "res_view"}:
+    if (
+        g.kind != "gemm_batched"
+        or set(a_) - {"a", "b", "bias_row", "res"}
+        or set(at) - {"epilogue", "fused_layers", "res_view"}
+    ):
         return None
     w = consts.get(a_["a"])
     if w is None or w.ndim != 2 or w.dtype != np.float32:
@@ -77,9 +83,17 @@ def _conv_unit(i: int, ops: list[Op], prod: dict[str, int], uses: dict[str, list
     if src is None or uses.get(a_["b"]) != [i] or a_["b"] in outs:
         return None
     s = ops[src]
-    if s.kind == "im2col" and s.attrs.get("layout", "nchw") == "nchw" and not set(s.attrs) - {"kernel", "stride", "padding"}:
+    if (
+        s.kind == "im2col"
+        and s.attrs.get("layout", "nchw") == "nchw"
+        and not set(s.attrs) - {"kernel", "stride", "padding"}
+    ):
         kh, kw = _pair(s.attrs["kernel"])
-        geom = {"kernel": [kh, kw], "stride": list(_pair(s.attrs.get("stride", 1))), "padding": list(_pair(s.attrs.get("padding", 0)))}
+        geom = {
+            "kernel": [kh, kw],
+            "stride": list(_pair(s.attrs.get("stride", 1))),
+            "padding": list(_pair(s.attrs.get("padding", 0))),
+        }
     elif s.kind == "reshape" and s.attrs.get("shape") == [0, 0, -1]:
         kh = kw = 1
         geom = None
@@ -174,7 +188,7 @@ def channels_last(prog: Program) -> Program:
             return prog
     units: dict[int, tuple[str, dict]] = {}  # anchor op index -> unit
     member: set[int] = set()
-    for i, op in enumerate(ops):
+    for i in range(len(ops)):
         u = _conv_unit(i, ops, prod, uses, prog)
         kind = "conv"
         if u is None:
@@ -233,7 +247,14 @@ def channels_last(prog: Program) -> Program:
             if u["geom"] is not None:
                 cols = f"{g.args['b']}#nhwc"
                 new_ops.append(
-                    Op("im2col", cols, {"x": x}, {**u["geom"], "layout": "nhwc"}, ops[u["ops"][0]].layer, f"im2col {kh}x{kw} (NHWC)")
+                    Op(
+                        "im2col",
+                        cols,
+                        {"x": x},
+                        {**u["geom"], "layout": "nhwc"},
+                        ops[u["ops"][0]].layer,
+                        f"im2col {kh}x{kw} (NHWC)",
+                    )
                 )
             else:
                 cols = x
@@ -258,7 +279,9 @@ def channels_last(prog: Program) -> Program:
             pw = ops[u["ops"][0]]
             x = to_nhwc(u["x"], u["c"], pw.layer)
             win = f"{pw.out}#nhwc"
-            new_ops.append(Op("pool_windows", win, {"x": x}, {**pw.attrs, "layout": "nhwc"}, pw.layer, f"{pw.what} (NHWC)".strip()))
+            new_ops.append(
+                Op("pool_windows", win, {"x": x}, {**pw.attrs, "layout": "nhwc"}, pw.layer, f"{pw.what} (NHWC)".strip())
+            )
             mx = f"{g.out}#nhwc"
             new_ops.append(Op("pairwise_max", mx, {"x": win}, dict(g.attrs), g.layer, g.what))
             out = f"{u['out']}#nhwc"
@@ -283,7 +306,9 @@ def channels_last(prog: Program) -> Program:
             replaced.add(u["w"])
             constants[wname] = np.ascontiguousarray(constants[u["w"]].reshape(1, -1), dtype=np.float32)
             mean = f"{g.out}#nhwc"
-            new_ops.append(Op("gemm_batched", mean, {"a": wname, "b": flat}, dict(g.attrs), g.layer, f"{g.what} (NHWC)".strip()))
+            new_ops.append(
+                Op("gemm_batched", mean, {"a": wname, "b": flat}, dict(g.attrs), g.layer, f"{g.what} (NHWC)".strip())
+            )
             new_ops.append(Op("reshape", r.out, {"x": mean}, {"shape": [0, c, 1, 1]}, r.layer, r.what))
             have_nchw.add(r.out)
     for name in prog.outputs:
@@ -292,4 +317,12 @@ def channels_last(prog: Program) -> Program:
         return prog
     used = {n for op in new_ops for n in op.args.values()}
     constants = {k: v for k, v in constants.items() if k in used or k in prog.constants and k not in replaced}
-    return Program(prog.inputs, prog.outputs, new_ops, constants, prog.tables, name=prog.name, meta={**prog.meta, "layout": "channels_last"})
+    return Program(
+        prog.inputs,
+        prog.outputs,
+        new_ops,
+        constants,
+        prog.tables,
+        name=prog.name,
+        meta={**prog.meta, "layout": "channels_last"},
+    )

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..program import Op, Program
 from ..spec import InputSpec
-from .channels_last import channels_last
 from .calibrate import correct_biases, fit_tables, record_activations
+from .channels_last import channels_last
 from .lower import TableRequest
 from .passes import fuse
 
