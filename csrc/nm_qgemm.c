@@ -386,6 +386,14 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_ac
      * + residual, act), one row at a time in branch-free loops */
     const nm_epilogue *ep = x->ep;
     const int act = ep ? ep->act : NM_ACT_NONE;
+#if NM_X86
+    if (p->z512 && nr == 32 && x->csc == 1 && (act == NM_ACT_NONE || defer_act) && (!ep || !ep->res || ep->res_cs == 1)) {
+        nm_qfinish_avx512(f, m, n, x->C + i0 * x->rsc + j0, x->rsc, ep && ep->bias_col ? ep->bias_col + j0 : NULL,
+                          ep && ep->bias_row ? ep->bias_row + i0 : NULL,
+                          ep && ep->res ? ep->res + i0 * ep->res_rs + j0 : NULL, ep ? ep->res_rs : 0);
+        return;
+    }
+#endif
     for (int i = 0; i < m; i++) {
         const int64_t r = i0 + i;
         float v[NM_QMAX_NR];

@@ -61,6 +61,11 @@ NM_QAVXVNNI void nm_qukr_avxvnni(const nm_qtile *t);
 #define NM_QAVX512_MR 6
 #define NM_QAVX512_NR 32
 NM_QAVX512 void nm_qukr_avx512(const nm_qtile *t);
+/* rows 0..m of a float tile (ld 32, n <= 32 columns) finished into C (unit column stride): + bias_col,
+ * + bias_row[i], + res (unit column stride), in that order, each one float addition (the generic
+ * finisher's operations; no activation) */
+NM_QAVX512 void nm_qfinish_avx512(const float *f, int m, int n, float *C, ptrdiff_t rsc, const float *bias_col,
+                                  const float *bias_row, const float *res, ptrdiff_t res_rs);
 #endif
 
 /* AMX (nm_qukernel_amx.c): compiled with GCC >= 11 / clang >= 12 on x86-64 Linux (the tile data

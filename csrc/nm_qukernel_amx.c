@@ -54,40 +54,49 @@ NM_QAMX void nm_qamx_begin(int kc)
 
 NM_QAMX void nm_qamx_end(void) { _tile_release(); }
 
+/* tdpbssd over group g's chunks into tmm0..3 (zeroed first) */
+NM_QAMX static inline void nm_qamx_group(const nm_qtile *t, int g)
+{
+    const ptrdiff_t lda = t->lda;
+    const int64_t kc4 = t->kc4;
+    const int64_t kb = (int64_t)g * t->g4;
+    const int64_t ke = kb + t->g4 < t->k4 ? kb + t->g4 : t->k4;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const int8_t *b0 = t->b + kb * 64;
+    const int8_t *b1 = b0 + t->pstride;
+    const uint8_t *a = t->a + kb * 4;
+    for (int64_t p = kb; p < ke; p += kc4, b0 += 64 * kc4, b1 += 64 * kc4, a += 4 * kc4) {
+        _tile_loadd(4, a, lda);
+        _tile_loadd(6, b0, 64);
+        _tile_dpbssd(0, 4, 6);
+        _tile_loadd(7, b1, 64);
+        _tile_dpbssd(1, 4, 7);
+        _tile_loadd(5, a + 16 * lda, lda);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+}
+
 NM_QAMX void nm_qukr_amx(const nm_qtile *t)
 {
     _Alignas(64) int32_t c[32 * 32];
-    const ptrdiff_t lda = t->lda;
-    const int64_t kc4 = t->kc4;
     float *f = t->f;
     int32_t *ci = t->ci ? t->ci : c;
     if (!t->ci)
         for (int i = 0; i < 64; i++) _mm512_storeu_ps(f + 16 * i, _mm512_setzero_ps());
+    /* software pipelined: group g + 1's tile products run on the AMX unit while group g's int32
+     * sums are converted and scaled (program order: store g, issue g + 1, convert g) */
+    nm_qamx_group(t, 0);
     for (int g = 0; g < t->ng; g++) {
-        const int64_t kb = (int64_t)g * t->g4;
-        const int64_t ke = kb + t->g4 < t->k4 ? kb + t->g4 : t->k4;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        const int8_t *b0 = t->b + kb * 64;
-        const int8_t *b1 = b0 + t->pstride;
-        const uint8_t *a = t->a + kb * 4;
-        for (int64_t p = kb; p < ke; p += kc4, b0 += 64 * kc4, b1 += 64 * kc4, a += 4 * kc4) {
-            _tile_loadd(4, a, lda);
-            _tile_loadd(6, b0, 64);
-            _tile_dpbssd(0, 4, 6);
-            _tile_loadd(7, b1, 64);
-            _tile_dpbssd(1, 4, 7);
-            _tile_loadd(5, a + 16 * lda, lda);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
-        }
         _tile_stored(0, ci, 128);
         _tile_stored(1, ci + 16, 128);
         _tile_stored(2, ci + 16 * 32, 128);
         _tile_stored(3, ci + 16 * 32 + 16, 128);
-        if (t->ci) continue; /* one group */
+        if (t->ci) return; /* int output: one group */
+        if (g + 1 < t->ng) nm_qamx_group(t, g + 1);
         const float *ws = t->ws + (ptrdiff_t)g * t->ldg;
         const __m512 w0 = _mm512_loadu_ps(ws), w1 = _mm512_loadu_ps(ws + 16);
         const float *sa = t->sa + g;

@@ -198,6 +198,31 @@ NM_QAVX2 void nm_qukr_avx2(const nm_qtile *t)
     }
 }
 
+/* ---- AVX-512 tile finisher (32-column tiles, unit column strides) ----------------------------- */
+NM_QAVX512 void nm_qfinish_avx512(const float *f, int m, int n, float *C, ptrdiff_t rsc, const float *bias_col,
+                                  const float *bias_row, const float *res, ptrdiff_t res_rs)
+{
+    const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1u);
+    const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xffffu : n > 16 ? (1u << (n - 16)) - 1u : 0u);
+    __m512 b0 = _mm512_setzero_ps(), b1 = b0;
+    if (bias_col) b0 = _mm512_maskz_loadu_ps(m0, bias_col), b1 = _mm512_maskz_loadu_ps(m1, bias_col + 16);
+    for (int i = 0; i < m; i++) {
+        __m512 v0 = _mm512_loadu_ps(f + 32 * i), v1 = _mm512_loadu_ps(f + 32 * i + 16);
+        if (bias_col) v0 = _mm512_add_ps(v0, b0), v1 = _mm512_add_ps(v1, b1);
+        if (bias_row) {
+            const __m512 br = _mm512_set1_ps(bias_row[i]);
+            v0 = _mm512_add_ps(v0, br), v1 = _mm512_add_ps(v1, br);
+        }
+        if (res) {
+            const float *r = res + i * res_rs;
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, r));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, r + 16));
+        }
+        _mm512_mask_storeu_ps(C + i * rsc, m0, v0);
+        _mm512_mask_storeu_ps(C + i * rsc + 16, m1, v1);
+    }
+}
+
 #else
 typedef int nm_qukernel_x86_unused;
 #endif
