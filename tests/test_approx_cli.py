@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from nmengine.approx import cli
+from nmengine.cli import approx as cli
 from nmengine.pwl import PWLTable
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from nmengine import corpus, hf, kernels
+from nmengine.cli import hf as hf_cli
 
 from .bert_reference import ReferenceBert
 
@@ -394,9 +395,9 @@ def test_program_meta_and_load_options(tiny_dir):
 def _parser():
     ap = argparse.ArgumentParser(prog="nmengine")
     sub = ap.add_subparsers(dest="command")
-    hf.add_embed_parser(sub)
-    hf.add_hf_report_parser(sub)
-    hf.add_export_parser(sub)
+    hf_cli.add_embed_parser(sub)
+    hf_cli.add_hf_report_parser(sub)
+    hf_cli.add_export_parser(sub)
     return ap
 
 
@@ -405,7 +406,7 @@ def test_cli_embed_npy_and_jsonl(tiny_dir, tmp_path, monkeypatch, capsysbinary):
     src.write_text("The file is new.\nReturn a list of names.\n")
     ap = _parser()
     args = ap.parse_args(["embed", "--model", tiny_dir, "--exact", "--input", str(src)])
-    assert hf.run_embed(args) == 0
+    assert hf_cli.run_embed(args) == 0
     arr = np.load(io.BytesIO(capsysbinary.readouterr().out))
     assert arr.shape == (2, 16) and arr.dtype == np.float32
     ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(
@@ -415,7 +416,7 @@ def test_cli_embed_npy_and_jsonl(tiny_dir, tmp_path, monkeypatch, capsysbinary):
     monkeypatch.setattr(sys, "stdin", io.StringIO("One sentence here.\n"))
     out = tmp_path / "v.jsonl"
     args = ap.parse_args(["embed", "--model", tiny_dir, "--format", "jsonl", "--segments", "8", "-o", str(out)])
-    assert args.func is hf.run_embed and hf.run_embed(args) == 0
+    assert args.func is hf_cli.run_embed and hf_cli.run_embed(args) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["text"] == "One sentence here." and len(rows[0]["embedding"]) == 16
 
@@ -425,10 +426,10 @@ def test_cli_hf_report(tiny_dir, capsys):
     try:
         import nmengine.cost  # noqa: F401
     except ImportError:
-        assert hf.run_hf_report(args) == 2
+        assert hf_cli.run_hf_report(args) == 2
         assert "nmengine.cost" in capsys.readouterr().err
         return
-    assert hf.run_hf_report(args) == 0
+    assert hf_cli.run_hf_report(args) == 0
     assert "encoder.layer.1" in capsys.readouterr().out
 
 
@@ -666,7 +667,7 @@ def test_cli_precision_int8(tiny_dir, tmp_path, capsysbinary):
     src.write_text("The file is new.\nReturn a list of names.\n")
     ap = _parser()
     args = ap.parse_args(["embed", "--model", tiny_dir, "--precision", "int8", "--segments", "8", "--input", str(src)])
-    assert hf.run_embed(args) == 0
+    assert hf_cli.run_embed(args) == 0
     arr = np.load(io.BytesIO(capsysbinary.readouterr().out))
     ref = hf.SentenceEmbedder(tiny_dir, mode="exact", calibrate=False).encode(
         ["The file is new.", "Return a list of names."]
@@ -676,7 +677,7 @@ def test_cli_precision_int8(tiny_dir, tmp_path, capsysbinary):
     args = ap.parse_args(
         ["export-hf", tiny_dir, "-o", str(bundle), "--precision", "int8", "--segments", "8", "--no-cache"]
     )
-    assert hf.run_export(args) == 0
+    assert hf_cli.run_export(args) == 0
     emb = hf.SentenceEmbedder(str(bundle))
     assert emb.program.meta["precision"] == "int8"
     args = ap.parse_args(["embed", "--model", str(bundle), "--precision", "int8", "--input", str(src)])

@@ -169,6 +169,20 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_nothing_imports_the_command_line():
+    # nmengine.cli is the outermost room: it imports the library; only the ``python -m nmengine`` entry
+    # point imports it back.
+    assert "nmengine.cli" in MODULES and "nmengine.cli.train" in MODULES
+    bad = [
+        f"{m}:{line} imports {target}"
+        for m in MODULES
+        if m != "nmengine.__main__" and m != "nmengine.cli" and not m.startswith("nmengine.cli.")
+        for target, _, _, line in _imports(m)
+        if target == "nmengine.cli" or target.startswith("nmengine.cli.")
+    ]
+    assert not bad, "; ".join(bad)
+
+
 def test_conveniences_stay_lazy():
     for importer, imported in sorted(CONVENIENCES):
         for target, _, top, line in _imports(importer):

@@ -1,4 +1,4 @@
-"""PWL approximation of nonlinear functions: the catalog, fitting, bias correction, reporting.
+"""PWL approximation of nonlinear functions: the catalog, fitting, bias correction, error reports.
 
 NeuralMatrix (Sun et al., arXiv 2305.14405) computes every nonlinearity of a network as a
 piecewise-linear (PWL) table evaluated in the GEMM epilogue.  This package builds those tables:
@@ -14,7 +14,8 @@ piecewise-linear (PWL) table evaluated in the GEMM epilogue.  This package build
   (:func:`minimax_line`) and the data-driven correction of the next layer's bias
   (:func:`mean_error`, :func:`bias_correction`).
 * :mod:`~nmengine.approx.plot` -- :func:`plot_fit` (optional matplotlib).
-* :mod:`~nmengine.approx.cli` -- the ``nmengine approx`` command.
+
+The ``nmengine approx`` command that prints these tables is :mod:`nmengine.cli.approx`.
 
 Example::
 

@@ -6,14 +6,15 @@ One room per job:
 * :mod:`nmengine.cost.model`   the model and its specification: tiling, per-op work, traffic, cycles, energy,
   :func:`cost_report`;
 * :mod:`nmengine.cost.report`  :class:`CostReport`: per-layer and total aggregation, table, CSV, JSON, plot;
-* :mod:`nmengine.cost.cli`     ``nmengine report`` (:func:`run_report` and its argument parser).
+* :mod:`nmengine.cost.bundle_report`  :func:`run_report`: the report of a saved bundle, as text (the
+  ``nmengine report`` command, :mod:`nmengine.cli.cost`, prints it).
 
 ``docs/cost.md`` has the full write-up.  Everything below is importable from ``nmengine.cost``.
 """
 
 from __future__ import annotations
 
-from .cli import add_report_arguments, add_report_parser, report_main, run_report
+from .bundle_report import run_report
 from .config import DATAFLOWS, AcceleratorConfig
 from .model import cost_report, default_input_shapes, example_inputs
 from .report import CostReport
@@ -25,8 +26,5 @@ __all__ = [
     "default_input_shapes",
     "example_inputs",
     "run_report",
-    "add_report_arguments",
-    "add_report_parser",
-    "report_main",
     "DATAFLOWS",
 ]

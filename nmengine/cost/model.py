@@ -106,7 +106,7 @@ Throughput: ``ops = 2 * macs``; ``GOPS/W = ops / energy`` (dynamic plus static e
 
 This module holds the model itself (tiling, per-op costs, :func:`cost_report`); the accelerator lives in
 :mod:`nmengine.cost.config`, the report (aggregation, tables, CSV/JSON, plots) in
-:mod:`nmengine.cost.report` and the ``nmengine report`` command in :mod:`nmengine.cost.cli`.
+:mod:`nmengine.cost.report` and the ``nmengine report`` command in :mod:`nmengine.cli.cost`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Nothing here imports Dask or Ray until it is used (extras ``nmengine[dask]``, ``
 * :func:`embed_bag` -- a Dask bag (or dataframe column) of sentences -> Dask array of embeddings;
 * :func:`map_program` -- any single-input Program over a Dask array or dataframe;
 * :class:`RayEmbedder` -- callable class for Ray Data's ``Dataset.map_batches``;
-* ``nmengine embed-corpus`` (:mod:`.cli`, :mod:`.job`) -- files -> resumable .npy shards;
-  :func:`read_output` reads them back.
+* ``nmengine embed-corpus`` (:mod:`.job`; the command in :mod:`nmengine.cli.distributed`) -- files ->
+  resumable .npy shards; :func:`read_output` reads them back.
 
 Workers receive the model's path, never the model: each worker process loads it once
 (:mod:`.worker`) and reuses it.  Guide: docs/distributed.md.

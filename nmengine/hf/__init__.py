@@ -31,15 +31,14 @@ One room per job: :mod:`~nmengine.hf.config` (config.json and the sentence-trans
 :mod:`~nmengine.hf.weights` (model.safetensors), :mod:`~nmengine.hf.bert` (BERT -> ModelSpec),
 :mod:`~nmengine.hf.tokenizer` (tokenization and calibration batches), :mod:`~nmengine.hf.load`
 (:func:`load_bert`, :func:`export`: compile and cache), :mod:`~nmengine.hf.embedder`
-(:class:`SentenceEmbedder`), :mod:`~nmengine.hf.evaluate` (:func:`fidelity`, :func:`tradeoff`) and
-:mod:`~nmengine.hf.cli` (``nmengine embed``, ``export-hf``, ``hf-report``).  Everything in ``__all__``
-is importable from ``nmengine.hf``.
+(:class:`SentenceEmbedder`) and :mod:`~nmengine.hf.evaluate` (:func:`fidelity`, :func:`tradeoff`).
+Everything in ``__all__`` is importable from ``nmengine.hf``.  The commands ``nmengine embed``,
+``export-hf`` and ``hf-report`` live with the other commands in :mod:`nmengine.cli.hf`.
 """
 
 from __future__ import annotations
 
 from .bert import INPUT_NAMES, build_spec
-from .cli import add_embed_parser, add_export_parser, add_hf_report_parser, run_embed, run_export, run_hf_report
 from .config import (
     ACTIVATIONS,
     BertConfig,
@@ -87,10 +86,4 @@ __all__ = [
     "default_model_dir",
     "fidelity",
     "tradeoff",
-    "add_embed_parser",
-    "run_embed",
-    "add_hf_report_parser",
-    "run_hf_report",
-    "add_export_parser",
-    "run_export",
 ]

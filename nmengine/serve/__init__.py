@@ -5,7 +5,7 @@
 * :func:`create_app`: the Starlette application (OpenAI-compatible ``/v1/embeddings``, ``/embed``,
   ``/v1/run``, ``/health``, ``/metrics``; :mod:`nmengine.serve.app`).  Needs the ``serve`` extra.
 * :func:`load_model`: a Hugging Face directory, a bundle (.nmb) or an .onnx file as a served model.
-* ``nmengine serve MODEL``: the command line (:mod:`nmengine.serve.cli`).
+* ``nmengine serve MODEL``: the command line (:mod:`nmengine.cli.serve`).
 
 See docs/serve.md.
 """

@@ -15,67 +15,43 @@ Subcommands (each imports what it needs only when it runs)::
     nmengine serve MODEL               embeddings / program runs over HTTP (OpenAI-compatible)
     nmengine import model.onnx -o m.nmb  import an ONNX model (op mapping summary, coverage)
     nmengine run model.nmb --input x.npz run any bundle on named arrays
+
+One module per command group, each registering its parsers and holding its commands: :mod:`.train`
+(demo, train, eval), :mod:`.approx`, :mod:`.cost` (report), :mod:`.hf` (embed, export-hf, hf-report),
+:mod:`.serve`, :mod:`.distributed` (embed-corpus), :mod:`.onnx` (import, run) and :mod:`.info` (inspect,
+kernel-info).  This package is the outermost layer: it imports the library, and no library module
+imports it (tests/test_structure.py checks).  What a command computes lives in the library (e.g.
+:func:`nmengine.cost.run_report`, :func:`nmengine.hf.fidelity`), where benchmarks and Python users reach it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
 
-def _kernel_info(args: argparse.Namespace) -> int:
-    from . import kernels
-
-    if args.threads:
-        kernels.set_num_threads(args.threads)
-    print(json.dumps(kernels.kernel_info(), indent=2))
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from .bundle import format_inspect, inspect
-
-    info = inspect(args.bundle)
-    print(json.dumps(info, indent=2, default=str) if args.json else format_inspect(info, tensors=args.tensors))
-    if info.get("budget") and not args.json:
-        from .compile.budget import format_report
-
-        print(format_report(info["budget"]))
-    if args.plot:
-        if not info.get("budget"):
-            raise ValueError(f"{args.bundle}: no budget record to plot (compile with segments='auto')")
-        from .compile.budget import plot_curve
-
-        plot_curve(info["budget"], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
-
-
 def _add_commands(sub: argparse._SubParsersAction) -> None:
-    """Each module registers the subcommands it implements."""
-    from . import cost, hf, workflow
-    from .approx import cli as approx_cli
-    from .distributed import cli as distributed_cli
-    from .serve import cli as serve_cli
+    """Each module of this package registers the subcommands it implements."""
+    from . import approx, cost, distributed, hf, info, serve, train
 
-    workflow.add_parsers(sub)
-    approx_cli.add_parser(sub)
+    train.add_parsers(sub)
+    approx.add_parser(sub)
     cost.add_report_parser(sub)
     hf.add_embed_parser(sub)
     hf.add_hf_report_parser(sub)
     hf.add_export_parser(sub)
-    serve_cli.add_parser(sub)
-    distributed_cli.add_parser(sub)
+    serve.add_parser(sub)
+    distributed.add_parser(sub)
     try:
-        from .onnx import cli as onnx_cli
+        from . import onnx
     except ImportError as e:  # pragma: no cover - the onnx extra is not installed
         _missing_extra(sub, ("import", "run"), e)
     else:
-        onnx_cli.add_parser(sub)
+        onnx.add_parser(sub)
+    info.add_parsers(sub)
 
 
 def _missing_extra(
@@ -98,20 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_commands(sub)
-    p = sub.add_parser("inspect", help="summarise a bundle's header without loading its tensors")
-    p.add_argument("bundle")
-    p.add_argument("--tensors", action="store_true", help="list every tensor")
-    p.add_argument("--json", action="store_true", help="print the raw header summary as JSON")
-    p.add_argument(
-        "--plot",
-        metavar="PNG",
-        default=None,
-        help="segments='auto' bundles: save the table bytes vs fidelity plot (needs matplotlib)",
-    )
-    p.set_defaults(func=_inspect)
-    p = sub.add_parser("kernel-info", help="show the GEMM kernel path, blocking and threads")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_kernel_info)
     return parser
 
 

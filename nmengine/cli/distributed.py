@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
-from . import job as job_mod
+from ..distributed import job as job_mod
 
 __all__ = ["add_parser", "run"]
 

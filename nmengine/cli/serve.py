@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("`nmengine serve` needs the serve extra: pip install 'nmengine[serve]'") from None
     import nmengine as nm
 
-    from .app import create_app
-    from .limits import Limits
-    from .model import load_model
+    from ..serve.app import create_app
+    from ..serve.limits import Limits
+    from ..serve.model import load_model
 
     if args.threads is not None:
         if args.threads < 1:

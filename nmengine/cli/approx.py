@@ -10,7 +10,7 @@ Examples::
     nmengine approx gelu --segments 32 --plot gelu.png --save gelu.json
     nmengine approx gelu exp tanh sigmoid silu --compare --markdown   # docs/approx.md table
 
-The lead CLI wires :func:`add_parser` / :func:`run`; ``python -m nmengine.approx.cli`` works standalone.
+:mod:`nmengine.cli` wires :func:`add_parser` / :func:`run`; ``python -m nmengine.cli.approx`` works standalone.
 Exit codes: 0 ok, 1 invalid request (message on stderr), 2 plotting requested without matplotlib.
 """
 
@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence, TextIO
 
-from .catalog import FUNCTIONS, function_names, get_function
-from .fit import METHODS, fit
+from ..approx.catalog import FUNCTIONS, function_names, get_function
+from ..approx.fit import METHODS, fit
 
 __all__ = ["add_parser", "configure_parser", "run", "main", "format_rows", "format_comparison"]
 
@@ -32,7 +32,7 @@ _DESCRIPTION = (
     "Fit PWL tables for catalog functions (NeuralMatrix horizontal size optimisation + vertical bias "
     "correction) and print max abs / max rel / mean abs errors."
 )
-_EPILOG = "examples:" + (__doc__ or "").split("Examples::", 1)[-1].split("The lead CLI", 1)[0]
+_EPILOG = "examples:" + (__doc__ or "").split("Examples::", 1)[-1].split(":mod:`nmengine.cli` wires", 1)[0]
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[Te
         out.write(f"saved {len(tables)} table(s) to {args.save}\n")
 
     if getattr(args, "plot", None):
-        from .plot import INSTALL_HINT, PlotDependencyError, plot_fit
+        from ..approx.plot import INSTALL_HINT, PlotDependencyError, plot_fit
 
         try:
             plot_fit(tables, func, path=args.plot)
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[Te
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: ``python -m nmengine.approx.cli ...``."""
+    """Standalone entry point: ``python -m nmengine.cli.approx ...``."""
     parser = argparse.ArgumentParser(
         prog="nmengine approx",
         description=_DESCRIPTION,

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx import import_summary, load  # ImportError without the onnx extra: nmengine.cli reports it
+
 __all__ = ["add_parser"]
 
 
@@ -38,8 +40,6 @@ def _fit_inputs(program: Any, arrays: dict[str, np.ndarray], what: str) -> Any:
 
 def _import(args: argparse.Namespace) -> int:
     import nmengine as nm
-
-    from . import import_summary, load
 
     calib = _read_arrays(args.calibration) if args.calibration else None
     opts: dict[str, Any] = {"method": args.method}
