@@ -1,41 +1,40 @@
-/* The pairwise-max tree over rows (nm_rowmax.h; shared loops and the threading in nm_rows.h). */
+/* The lane-folded row max (nm_rowmax.h; shared loops and the threading in nm_rows.h). */
 #include "nm_rows.h"
 #include "nm_rowmax.h"
 
-NM_INLINE void pmax_rows_impl(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+NM_INLINE void pmax_rows_impl(const float *x, int64_t r0, int64_t r1, int64_t n, float *y)
 {
-    for (int64_t r = r0; r < r1; r++) y[r] = pmax_tree(x + r * n, n, t);
+    for (int64_t r = r0; r < r1; r++) y[r] = pmax_row(x + r * n, n);
 }
 
-static void pmax_rows_scalar(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+static void pmax_rows_scalar(const float *x, int64_t r0, int64_t r1, int64_t n, float *y)
 {
-    pmax_rows_impl(x, r0, r1, n, y, t);
+    pmax_rows_impl(x, r0, r1, n, y);
 }
 
 #if NM_X86
-NM_AVX2 static void pmax_rows_avx2(const float *x, int64_t r0, int64_t r1, int64_t n, float *y, float *t)
+NM_AVX2 static void pmax_rows_avx2(const float *x, int64_t r0, int64_t r1, int64_t n, float *y)
 {
-    pmax_rows_impl(x, r0, r1, n, y, t);
+    pmax_rows_impl(x, r0, r1, n, y);
 }
 #endif
 
 typedef struct nm_pmax_task_args {
     const float *x;
     int64_t n;
-    float *y, *scratch;
-    int64_t half;
+    float *y;
     int avx2;
 } nm_pmax_task_args;
 
 static void nm_pmax_range(void *arg, int64_t r0, int64_t r1, int tid)
 {
+    (void)tid;
     const nm_pmax_task_args *a = (const nm_pmax_task_args *)arg;
-    float *t = a->scratch + a->half * tid;
 #if NM_X86
-    if (a->avx2) pmax_rows_avx2(a->x, r0, r1, a->n, a->y, t);
+    if (a->avx2) pmax_rows_avx2(a->x, r0, r1, a->n, a->y);
     else
 #endif
-        pmax_rows_scalar(a->x, r0, r1, a->n, a->y, t);
+        pmax_rows_scalar(a->x, r0, r1, a->n, a->y);
 }
 
 int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthreads, int kernel)
@@ -45,11 +44,7 @@ int nm_pairwise_max(const float *x, int64_t rows, int64_t n, float *y, int nthre
     if (rows == 0) return NM_OK;
     const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int nt = nm_rows_threads(nthreads, rows * n, NM_ROWS_PAR_MIN, rows);
-    const int64_t half = (n + 1) / 2;
-    float *scratch = (float *)malloc((size_t)(half * nt) * sizeof(float));
-    if (!scratch) return NM_ENOMEM;
-    nm_pmax_task_args ta = {x, n, y, scratch, half, avx2};
+    nm_pmax_task_args ta = {x, n, y, avx2};
     nm_parallel_for(nt, rows, nm_pmax_range, &ta);
-    free(scratch);
     return NM_OK;
 }

@@ -1,6 +1,6 @@
 /* Shared internals of the row kernels (nm_scale.c, nm_rowmax.c, nm_softmax.c, nm_layernorm.c,
  * nm_move.c): the thread count for a row split, the GEMM's K block (the fused reductions reproduce
- * it), when to build derived PWL rows, and the pairwise-max tree (nm_pairwise_max and the fused
+ * it), when to build derived PWL rows, and the lane-folded row max (nm_pairwise_max and the fused
  * softmax both run it).  Not part of the core's interface.
  *
  * One row at a time: the row (<= a few KiB) stays in L1 while each factor/term is applied in its
@@ -54,40 +54,37 @@ static inline float *nm_align64(void *raw)
     return (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
 }
 
-/* ---- the pairwise-max tree ------------------------------------------------------------------ */
+/* ---- the row max ---------------------------------------------------------------------------- */
 
-/* One tree level: lo[i] = relu(lo[i] - hi[i]) + hi[i] for i < h (numpy: d = a - b; max(d, 0); d += b) */
-NM_INLINE void pmax_level(float *restrict dst, const float *restrict a, const float *restrict b, int64_t h)
+/* The row max x[0, n) (n >= 1) as NM_PMAX_LANES lanes of steps m + relu(v - m) (nmengine.movement
+ * .pairwise_max): column j folds into lane j % 16 left to right (a lane starts at its first column),
+ * then lane i absorbs lane i + h for h = 8, 4, 2, 1 (lanes a short row lacks are skipped).  Columns
+ * at or below the running value add an exact zero, so trailing masked columns change nothing. */
+#define NM_PMAX_LANES 16
+
+NM_INLINE float pmax_step(float m, float v)
 {
-    for (int64_t i = 0; i < h; i++) {
-        float d = a[i] - b[i];
-        d = (0.0f > d) ? 0.0f : d; /* np.maximum(d, 0): NaN propagates */
-        dst[i] = d + b[i];
-    }
+    float d = v - m;
+    d = (0.0f > d) ? 0.0f : d; /* np.maximum(d, 0): NaN propagates */
+    return m + d;
 }
 
-/* The max of the row x[0, n) (n >= 1) by the halving tree: pairs (i, i + h), h = m / 2 of the m
- * values left, an odd last value carried; t is scratch of (n + 1) / 2 floats. */
-NM_INLINE float pmax_tree(const float *x, int64_t n, float *t)
+NM_INLINE float pmax_row(const float *restrict x, int64_t n)
 {
-    if (n == 1) return x[0];
-    /* first level straight from x into the scratch row */
-    int64_t h = n / 2, m;
-    pmax_level(t, x, x + h, h);
-    if (n & 1) t[h] = x[2 * h];
-    m = h + (n & 1);
-    while (m > 1) {
-        h = m / 2;
-        /* in place: writes [0, h) read [0, h) and [h, 2h) */
-        for (int64_t i = 0; i < h; i++) {
-            float d = t[i] - t[i + h];
-            d = (0.0f > d) ? 0.0f : d;
-            t[i] = d + t[i + h];
+    float m[NM_PMAX_LANES];
+    int w = n < NM_PMAX_LANES ? (int)n : NM_PMAX_LANES;
+    for (int j = 0; j < w; j++) m[j] = x[j];
+    int64_t c = NM_PMAX_LANES;
+    for (; c + NM_PMAX_LANES <= n; c += NM_PMAX_LANES)
+        for (int j = 0; j < NM_PMAX_LANES; j++) m[j] = pmax_step(m[j], x[c + j]);
+    for (int j = 0; j < n - c; j++) m[j] = pmax_step(m[j], x[c + j]);
+    for (int h = NM_PMAX_LANES / 2; h >= 1; h /= 2) {
+        if (w > h) {
+            for (int j = 0; j < w - h; j++) m[j] = pmax_step(m[j], m[j + h]);
+            w = h;
         }
-        if (m & 1) t[h] = t[2 * h];
-        m = h + (m & 1);
     }
-    return t[0];
+    return m[0];
 }
 
 #endif

@@ -4,15 +4,14 @@
 
 NM_INLINE void softmax_rows_impl(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
                                  const nm_pwl *exp_pwl, const float *exp_rows, const nm_pwl *recip_pwl,
-                                 float *m, float *e, float *r, float *p, float *t, float *erow,
-                                 nm_act_fn act)
+                                 float *m, float *e, float *r, float *p, float *erow, nm_act_fn act)
 {
     for (int64_t row = r0; row < r1; row++) {
         const float *restrict x = s + row * n;
         float *restrict er = e ? e + row * n : erow;
         float *restrict pr = p + row * n;
-        /* 1. the pairwise-max tree (nm_pairwise_max) */
-        const float mx = pmax_tree(x, n, t);
+        /* 1. the row max (nm_pairwise_max) */
+        const float mx = pmax_row(x, n);
         if (m) m[row] = mx;
         /* 2. e = exp_pwl(x - max)  (scale: res broadcast per row, res_beta = -1) */
         for (int64_t j = 0; j < n; j++) er[j] = x[j] - mx;
@@ -35,17 +34,17 @@ NM_INLINE void softmax_rows_impl(const float *s, int64_t r0, int64_t r1, int64_t
 
 static void softmax_rows_scalar(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
                                 const nm_pwl *ep, const float *erows, const nm_pwl *rp, float *m, float *e,
-                                float *r, float *p, float *t, float *erow)
+                                float *r, float *p, float *erow)
 {
-    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, t, erow, nm_act_scalar);
+    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, erow, nm_act_scalar);
 }
 
 #if NM_X86
 NM_AVX2 static void softmax_rows_avx2(const float *s, int64_t r0, int64_t r1, int64_t n, int64_t kcb,
                                       const nm_pwl *ep, const float *erows, const nm_pwl *rp, float *m,
-                                      float *e, float *r, float *p, float *t, float *erow)
+                                      float *e, float *r, float *p, float *erow)
 {
-    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, t, erow, nm_act_avx2);
+    softmax_rows_impl(s, r0, r1, n, kcb, ep, erows, rp, m, e, r, p, erow, nm_act_avx2);
 }
 #endif
 
@@ -56,22 +55,22 @@ typedef struct nm_softmax_task_args {
     const float *erows;
     const nm_pwl *recip_pwl;
     float *m, *e, *r, *p, *scratch;
-    int64_t per, half;
+    int64_t per;
     int avx2;
 } nm_softmax_task_args;
 
 static void nm_softmax_range(void *arg, int64_t r0, int64_t r1, int tid)
 {
     const nm_softmax_task_args *a = (const nm_softmax_task_args *)arg;
-    float *t = a->scratch + a->per * tid, *erow = t + a->half;
+    float *erow = a->scratch + a->per * tid;
 #if NM_X86
     if (a->avx2)
-        softmax_rows_avx2(a->s, r0, r1, a->n, a->kcb, a->exp_pwl, a->erows, a->recip_pwl, a->m, a->e, a->r, a->p, t,
+        softmax_rows_avx2(a->s, r0, r1, a->n, a->kcb, a->exp_pwl, a->erows, a->recip_pwl, a->m, a->e, a->r, a->p,
                           erow);
     else
 #endif
         softmax_rows_scalar(a->s, r0, r1, a->n, a->kcb, a->exp_pwl, a->erows, a->recip_pwl, a->m, a->e, a->r, a->p,
-                            t, erow);
+                            erow);
 }
 
 int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_pwl, const nm_pwl *recip_pwl,
@@ -84,7 +83,7 @@ int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_p
     const int avx2 = NM_X86 && nm_kctx_get(k)->row_simd; /* the AVX2 loops (avx2, avx512) */
     const int64_t kcb = nm_gemm_kcb(k, n);
     const int nt = nm_rows_threads(nthreads, rows * n, NM_ROWS_PAR_MIN, rows);
-    const int64_t half = (n + 1) / 2, per = (half + n + 15) / 16 * 16;
+    const int64_t per = (n + 15) / 16 * 16; /* one scratch row per thread (e when not stored) */
     const int64_t rf = avx2 ? nm_pwl_rows_wanted(exp_pwl, rows * n) : 0;
     void *raw = malloc((size_t)(per * nt + rf) * sizeof(float) + 64);
     if (!raw) return NM_ENOMEM;
@@ -95,7 +94,7 @@ int nm_softmax_rows(const float *s, int64_t rows, int64_t n, const nm_pwl *exp_p
         nm_pwl_rows_build(exp_pwl, erows);
     }
     float *scratch = base + rf;
-    nm_softmax_task_args ta = {s, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, scratch, per, half, avx2};
+    nm_softmax_task_args ta = {s, n, kcb, exp_pwl, erows, recip_pwl, m, e, r, p, scratch, per, avx2};
     nm_parallel_for(nt, rows, nm_softmax_range, &ta);
     free(raw);
     return NM_OK;

@@ -16,7 +16,7 @@
 /* The attention softmax chain of a Program, fused into one pass per row (the runtime recognises
  *   m = pairwise_max(s);  e = scale(s, res=m, res_beta=-1) with exp table;
  *   r = gemm(e, ones[n, 1]) with reciprocal table;  p = scale(e, row_scale=r)
- * and computes all four with each op's own float operations: the tree as nm_pairwise_max, the row
+ * and computes all four with each op's own float operations: the max as nm_pairwise_max, the row
  * sum as the GEMM core's reduction of e @ ones for `kernel` (ceil(n / kc) equal K blocks, each a
  * chain acc + e[k] from 0 -- fma(e, 1, acc) and acc + e * 1 round the same -- blocks added in order),
  * the tables with the epilogue's code.  s, e, p are [rows, n]; m, r are [rows]; m, e, r may be NULL

@@ -445,7 +445,7 @@ def scale(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, object alpha, o
 
 
 def pairwise_max(cnp.ndarray x, cnp.ndarray y, int64_t rows, int64_t n, int nthreads, int kernel) -> None:
-    """y[r] = pairwise-max tree of x[r, :n] (nm_pairwise_max); x C-contiguous float32 rows*n, y rows."""
+    """y[r] = lane-folded row max of x[r, :n] (nm_pairwise_max); x C-contiguous float32 rows*n, y rows."""
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     cdef int rc

@@ -13,7 +13,7 @@ Everything here validates and normalises its arguments, then calls the compiled 
                                               kernel; gemm(a, packed, ...) skips re-packing it
     scale(x, *, alpha, mul, row_scale, col_scale, beta, bias, bias_row, res, res_beta, epilogue, out)
                                               the diagonal GEMM (Program op "scale") in one pass
-    pairwise_max(x, *, out=None)              row max as the b + relu(a - b) halving tree
+    pairwise_max(x, *, out=None)              row max by m + relu(v - m) steps in 16 fixed lanes
     set_num_threads(n) / get_num_threads()    threads of the core (default NMENGINE_NUM_THREADS or the
                                               CPUs the affinity mask and cgroup quota allow)
     kernel_info()                             which microkernel runs, its blocking, threads
@@ -744,9 +744,11 @@ def scale(
 
 
 def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Max over the last axis (keepdims) as the Program's ``pairwise_max``: a halving tree of steps
-    ``b + relu(a - b)`` (pairs ``(i, i + h)``, ``h = n // 2``, an odd last value carried), in C per
-    row.  Bit-identical to the numpy tree of ``nmengine.runtime``; NaN propagates."""
+    """Max over the last axis (keepdims) as the Program's ``pairwise_max``: steps ``m + relu(v - m)``,
+    column ``j`` folded into lane ``j % 16`` left to right, then the lanes halving (see
+    :func:`nmengine.movement.pairwise_max`), in C per row.  Bit-identical to that numpy reference for
+    every kernel and thread count; trailing columns at or below the running max change nothing
+    (padding-independent attention); NaN propagates."""
     core = compiled_core()
     X = _as_f32("x", x)
     if X.ndim == 0 or X.shape[-1] == 0:

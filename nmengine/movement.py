@@ -17,22 +17,44 @@ __all__ = ["pairwise_max", "im2col", "pool_windows", "patchify", "mask_bool"]
 
 
 # ---------------------------------------------------------------------------------------------
+#: lanes of the matrixized row max (part of its definition: every kernel computes these 16 lanes)
+PMAX_LANES = 16
+
+
 def pairwise_max(x: np.ndarray, *, exact: bool) -> np.ndarray:
-    """Max over the last axis (keepdims).  Matrixized: a halving tree of ``b + relu(a - b)`` steps."""
+    """Max over the last axis (keepdims).
+
+    Matrixized: every step is ``m + relu(v - m)`` (a GEMM-style add and the exact 2-segment ReLU).
+    Column ``j`` folds into lane ``j % 16`` left to right (a lane starts at its first column), then
+    the lanes fold halving, lane ``i`` absorbing lane ``i + h`` for h = 8, 4, 2, 1 (lanes that do not
+    exist for rows shorter than 16 are skipped).  A column at or below the running value adds an exact
+    zero, so masked (very negative) columns appended to a row leave its result bit-identical: a
+    sentence's attention does not depend on how far its batch pads it.  NaN propagates.
+    """
     if x.shape[-1] == 0:
         raise ValueError("pairwise_max over an empty axis")
     if exact:
         return np.max(x, axis=-1, keepdims=True).astype(np.float32, copy=False)
-    y = np.asarray(x, dtype=np.float32)
-    while y.shape[-1] > 1:
-        n = y.shape[-1]
-        h = n // 2
-        a, b = y[..., :h], y[..., h : 2 * h]
-        d = a - b
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[-1]
+    w = min(n, PMAX_LANES)
+    m = x[..., :w].copy()
+    for c in range(PMAX_LANES, n, PMAX_LANES):
+        chunk = x[..., c : c + PMAX_LANES]
+        k = chunk.shape[-1]
+        d = chunk - m[..., :k]
         np.maximum(d, np.float32(0), out=d)  # relu: the exact 2-segment PWL
-        d += b
-        y = d if n % 2 == 0 else np.concatenate([d, y[..., 2 * h :]], axis=-1)
-    return y
+        m[..., :k] += d
+    h = PMAX_LANES // 2
+    while h >= 1:
+        if w > h:
+            k = w - h  # lanes i < k absorb lanes i + h
+            d = m[..., h:w] - m[..., :k]
+            np.maximum(d, np.float32(0), out=d)
+            m[..., :k] += d
+            w = h
+        h //= 2
+    return m[..., :1]
 
 
 def mask_bool(mask: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:

@@ -42,7 +42,7 @@ def _same(a, b):
 @pytest.mark.parametrize(
     "shape", [(1, 1), (5, 7), (3, 2), (100, 128), (3, 4, 129), (2, 3, 37, 37), (700, 384), (64, 1), (1, 1000), (4, 3)]
 )
-def test_pairwise_max_equals_numpy_tree(kernel, threads, shape):
+def test_pairwise_max_equals_numpy_reference(kernel, threads, shape):
     rng = np.random.default_rng(sum(shape))
     x = rand(rng, shape, 3.0)
     ref = movement.pairwise_max(x, exact=False)
@@ -53,8 +53,25 @@ def test_pairwise_max_equals_numpy_tree(kernel, threads, shape):
         _same(y, ref)
         outs.append(y)
     _same(outs[0], outs[1])
-    # a tree of b + relu(a - b) is the max up to the rounding of (a - b) + b
+    # steps m + relu(v - m) give the max up to the rounding of (v - m) + m
     np.testing.assert_allclose(ref[..., 0], x.astype(np.float64).max(-1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 31, 33, 64, 100, 255])
+def test_pairwise_max_ignores_trailing_masked_columns(kernel, threads, n):
+    """Masked columns (a -1e4 bias, as attention's key mask adds) appended to a row leave its max
+    bit-identical: the row max does not depend on how far the row is padded."""
+    rng = np.random.default_rng(n)
+    x = rand(rng, (9, n), 4.0)
+    alone = kernels.pairwise_max(x)
+    np.testing.assert_allclose(alone[:, 0], x.astype(np.float64).max(1), rtol=1e-6, atol=1e-6)
+    for extra in (1, 3, 15, 16, 17, 40, 200):
+        pad = np.float32(-1e4) + rand(rng, (9, extra), 4.0)
+        padded = np.concatenate([x, pad], axis=1)
+        for nt in (1, 2):
+            kernels.set_num_threads(nt)
+            _same(kernels.pairwise_max(padded), alone)
+        _same(movement.pairwise_max(padded, exact=False), alone)
 
 
 def test_pairwise_max_exact_on_small_integers(kernel):
