@@ -9,21 +9,37 @@ import numpy as np
 import pytest
 
 from nmengine.serve import Batcher, QueueFullError  # noqa: E402
-from tests.serve_helpers import embedder, sentences
+from tests.serve_helpers import embedder, reference_token_counts, sentences
 
 
-def test_pad_multiple_1_is_bit_identical_to_encode_of_each_sentence_alone():
+def test_rows_are_bit_identical_to_encode_of_each_sentence_alone():
+    """Sentences batched with longer ones (so padded further) give exactly the bits of
+    ``SentenceEmbedder.encode([text])`` of the sentence alone (no padding at all)."""
     emb = embedder()
-    texts = list(sentences()[:20])
+    texts = list(sentences()[:20]) + ["A much longer sentence, " * 12 + "padding every short one in its batch."]
+    seen = []
 
     async def go():
-        async with Batcher(emb, pad_multiple=1, max_wait_ms=50) as b:
-            parts = await asyncio.gather(*(b.encode(texts[i : i + 3]) for i in range(0, 20, 3)))
+        async with Batcher(emb, max_wait_ms=50, max_batch_tokens=100_000, on_batch=seen.append) as b:
+            parts = await asyncio.gather(*(b.encode(texts[i : i + 3]) for i in range(0, len(texts), 3)))
         return np.concatenate(parts)
 
     got = asyncio.run(go())
+    assert len(seen) < len(texts) and max(s.padded_length for s in seen) > 60  # shared, padded batches
     for t, row in zip(texts, got):
         assert np.array_equal(row, emb.encode([t])[0]), t
+
+
+def test_encode_of_a_list_is_bit_identical_to_each_sentence_alone():
+    """``SentenceEmbedder.encode`` pads every batch of 32 to its longest sentence: rows still equal
+    the sentence encoded alone, bit for bit (the engine's attention ignores trailing padding)."""
+    emb = embedder()
+    texts = list(sentences()[:12]) + ["A much longer sentence, " * 12 + "so every other one is padded."]
+    batched = emb.encode(texts, batch_size=32)
+    one_batch = emb.encode(texts[::-1], batch_size=len(texts))[::-1]
+    for t, a, b in zip(texts, batched, one_batch):
+        alone = emb.encode([t])[0]
+        assert np.array_equal(a, alone) and np.array_equal(b, alone), t
 
 
 def test_rows_come_back_in_input_order_and_batches_are_shared():
@@ -40,10 +56,35 @@ def test_rows_come_back_in_input_order_and_batches_are_shared():
     single, many = asyncio.run(go())
     assert single.shape == (384,)
     got = np.concatenate(many)
-    np.testing.assert_allclose(got, emb.encode(texts), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got, emb.encode(texts))
     assert np.array_equal(got[0], single)
     assert sum(s.sentences for s in seen) == 25 and len(seen) < 25  # concurrent sentences shared calls
-    assert all(s.padded_length % 8 == 0 for s in seen)
+
+
+def test_batches_respect_the_token_budget_and_group_similar_lengths():
+    """With more queued than one batch holds, each batch stays within max_batch_tokens (sentences x
+    longest) and takes the oldest sentence with its nearest lengths."""
+    emb = embedder()
+    texts = list(sentences(200))[:120]
+    lengths = {t: n for t, n in zip(texts, reference_token_counts(texts))}
+    seen = []
+
+    async def go():
+        async with Batcher(emb, max_wait_ms=100, max_batch_tokens=256, on_batch=seen.append) as b:
+            return await asyncio.gather(*(b.encode([t]) for t in texts))
+
+    out = asyncio.run(go())
+    assert len(out) == len(texts) and sum(s.sentences for s in seen) == len(texts)
+    assert all(s.sentences * s.padded_length <= 256 or s.sentences == 1 for s in seen)
+    # similar lengths: padding wastes less than in arrival-order batches of the same sizes
+    real = sum(s.real_tokens for s in seen)
+    padded = sum(s.sentences * s.padded_length for s in seen)
+    arrival, i = 0, 0
+    for s in seen:
+        chunk = texts[i : i + s.sentences]
+        arrival += len(chunk) * max(lengths[t] for t in chunk)
+        i += s.sentences
+    assert real == sum(lengths.values()) and padded < arrival
 
 
 def test_cancelled_requests_never_reach_the_engine():
@@ -94,7 +135,7 @@ def test_empty_input_and_argument_checks():
                 await b.encode(b"bytes")
 
     asyncio.run(go())
-    for bad in ({"max_batch_tokens": 0}, {"max_queue": -1}, {"pad_multiple": 1.5}, {"max_wait_ms": -1}):
+    for bad in ({"max_batch_tokens": 0}, {"max_queue": -1}, {"max_batch_size": 1.5}, {"max_wait_ms": -1}):
         with pytest.raises(ValueError):
             Batcher(emb, **bad)
     with pytest.raises(TypeError, match="SentenceEmbedder"):

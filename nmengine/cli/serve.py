@@ -11,6 +11,7 @@ connections, finishes every request in flight and exits with status 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import socket
 import sys
@@ -31,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
     p.add_argument(
-        "--max-batch-tokens", type=int, default=8192, help="most sentences x padded tokens in one engine call"
+        "--max-batch-tokens", type=int, default=1024, help="most sentences x padded tokens in one engine call"
     )
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for batch mates")
     p.add_argument("--max-queue", type=int, default=4096, help="most queued sentences before 503")
@@ -42,9 +43,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="PWL tables (matrixized, default) or the true functions (exact)",
     )
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: the engine's)")
-    p.add_argument(
-        "--pad-multiple", type=int, default=8, help="pad sentences to a multiple of this many tokens (1: no padding)"
-    )
     p.add_argument("--max-inputs", type=int, default=None, help="most texts per request")
     p.add_argument("--max-input-chars", type=int, default=None, help="most characters per text")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body")
@@ -117,8 +115,11 @@ def run(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
-        pad_multiple=args.pad_multiple,
     )
+    # the loaded model (program, tables, tokenizer) is permanent: keep it out of the cyclic collector's
+    # full passes, which otherwise rescan it while requests allocate
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import json
 from typing import Any, Awaitable, Optional
 
 import numpy as np
@@ -39,6 +40,29 @@ __all__ = ["create_app", "PATHS"]
 
 PATHS = ("/v1/embeddings", "/embed", "/v1/run", "/health", "/metrics")
 _TOKENIZE_INLINE_CHARS = 20_000  # larger requests are tokenized in a thread, off the event loop
+
+try:  # orjson writes float32 rows straight from numpy, about 15x faster than json over .tolist()
+    import orjson
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None
+
+
+class _JSON(Response):
+    """A JSON response whose content may hold float32 numpy rows (written as the shortest decimal
+    that reads back to the same float32, so clients recover the exact bits)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if orjson is not None:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return json.dumps(content, separators=(",", ":"), default=_tolist).encode("utf-8")
+
+
+def _tolist(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class _Disconnected(Exception):
@@ -76,10 +100,9 @@ def create_app(
     model: ServedModel,
     *,
     limits: Optional[Limits] = None,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = 1024,
     max_wait_ms: float = 2.0,
     max_queue: int = 4096,
-    pad_multiple: int = 8,
     metrics: Optional[Metrics] = None,
 ) -> Any:
     """The ASGI app serving ``model`` (see the module docstring); the batcher starts with the app."""
@@ -93,7 +116,6 @@ def create_app(
             max_batch_tokens=max_batch_tokens,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            pad_multiple=pad_multiple,
             executor=executor,
             on_batch=lambda s: metrics.batch_done(s.sentences, s.sentences * s.padded_length, s.real_tokens, s.seconds),
         )
@@ -113,14 +135,14 @@ def create_app(
                 kind="not_found",
             )
         texts = check_texts(texts, limits)
-        if sum(len(t) for t in texts) > _TOKENIZE_INLINE_CHARS:
-            lengths = await asyncio.to_thread(batcher.count_tokens, texts)
-        else:
-            lengths = batcher.count_tokens(texts)
         if not texts:
             return np.zeros((0, model.dim or 0), dtype=np.float32), 0
+        if sum(len(t) for t in texts) > _TOKENIZE_INLINE_CHARS:
+            rows = await asyncio.to_thread(batcher.tokenize, texts)
+        else:
+            rows = batcher.tokenize(texts)
         try:
-            fut = batcher.submit(texts, lengths)
+            fut = batcher.submit(texts, rows)
         except QueueFullError as e:
             raise RequestError(
                 503, str(e), kind="overloaded", limit="max_queue", allowed=e.max_queue, queued=e.depth
@@ -128,7 +150,7 @@ def create_app(
         except RuntimeError as e:
             raise RequestError(503, str(e), kind="unavailable") from None
         vectors = await _or_disconnect(request, fut)
-        return vectors, int(sum(lengths))
+        return vectors, sum(len(ids) for ids, _ in rows)
 
     def handler(fn):
         async def endpoint(request: Request) -> Response:
@@ -158,8 +180,8 @@ def create_app(
         if fmt == "base64":
             rows = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
-            rows = vectors.tolist()
-        return JSONResponse(
+            rows = list(vectors)  # float32 rows, written by _JSON
+        return _JSON(
             {
                 "object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
@@ -172,7 +194,7 @@ def create_app(
         doc = await body_json(request)
         texts = doc if isinstance(doc, list) else texts_field(doc, "inputs")
         vectors, _ = await embed_texts(request, texts)
-        return JSONResponse(vectors.tolist())
+        return _JSON(list(vectors))
 
     async def run(request: Request) -> Response:
         doc = await body_json(request)

@@ -5,23 +5,27 @@ batches bounded by padded tokens (``max_batch_tokens``) and time (``max_wait_ms`
 one engine call in a worker thread (the engine releases the GIL, so the event loop keeps serving) and
 hands every caller its own rows back in input order::
 
-    batcher = nm.serve.Batcher(nm.hf.SentenceEmbedder(path), max_batch_tokens=4096, max_wait_ms=2)
+    batcher = nm.serve.Batcher(nm.hf.SentenceEmbedder(path), max_batch_tokens=1024, max_wait_ms=2)
     await batcher.start()                  # inside the running event loop
     vectors = await batcher.encode(["one sentence", "another"])      # (2, dim) float32, unit rows
     await batcher.close()                  # finishes queued work, then stops the worker
 
+How batches form.  Sentences are tokenized once, when they are submitted (in the caller's thread),
+and queued.  When the engine is free, the batcher takes the oldest queued sentence and the queued
+sentences closest to it in token count, as many as fit ``max_batch_tokens`` (sentences x the longest
+of them) and ``max_batch_size``: attention runs on the padded ``[batch, tokens]`` grid, so a batch of
+similar lengths wastes little (the dense layers see only real tokens either way), and the oldest
+sentence always goes first, so nothing starves.  A batch runs when it is full, when its oldest
+sentence has waited ``max_wait_ms``; while the engine is busy, the next batch fills by itself (its
+oldest sentence has usually waited long enough by the time the engine is free).
+
 Independence from batch mates, bit for bit.  The engine packs the real tokens of a batch for every
-dense layer (rows are computed independently), but attention runs on the padded ``[batch, tokens]``
-grid and its softmax row bound is a pairwise ``b + relu(a - b)`` tree whose rounding depends on the
-padded length.  So a sentence's embedding depends on how far it is padded, not on who its mates are.
-The batcher therefore pads every sentence to a length that depends on the sentence alone: its token
-count rounded up to ``pad_multiple`` (default 8, capped at the model's maximum length), and a batch only
-holds sentences of one such length.  The result of a sentence is then the same bits whatever else is
-in flight.  ``pad_multiple=1`` pads nothing, and every row is bit-identical to
-``embedder.encode([text])``; larger multiples trade a little padding inside attention (the dense layers
-never see padding) for fuller batches.  Against ``embedder.encode`` of a list (which pads to the longest
-sentence of each batch of 32, so *its* rows do depend on their neighbours) rows agree to float32
-rounding (about 1e-6).
+dense layer (rows are computed independently), and its attention softmax is independent of trailing
+padding: the row max is a fixed-width left-to-right ``m + relu(x - m)`` reduction (a masked column
+leaves it unchanged), masked columns get an exact 0 from the exp table, and the row sum and the
+probabilities-times-values GEMM add those zeros exactly.  So a sentence's embedding is the same bits
+whatever else it is batched with and however far its batch pads it: ``Batcher.encode`` rows equal
+``embedder.encode([text])`` of each text alone (the tests check it).
 
 Requests that are cancelled while queued (a client that went away) are dropped before the engine sees
 them; a batch already running completes and its rows for cancelled requests are discarded.
@@ -30,15 +34,20 @@ them; a batch already running completes and its rows for cancelled requests are 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
+import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 __all__ = ["Batcher", "QueueFullError", "BatchStats"]
+
+#: a tokenized sentence: (token ids, token type ids), truncated, with [CLS] and [SEP]
+TokenRow = tuple[list[int], list[int]]
 
 
 class QueueFullError(RuntimeError):
@@ -62,24 +71,24 @@ class BatchStats:
 @dataclass
 class _Request:
     texts: list[str]
-    lengths: list[int]
+    rows: list[TokenRow]
     future: "asyncio.Future[np.ndarray]"
     out: Optional[np.ndarray] = None
     remaining: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     request: _Request
     index: int
     length: int
+    seq: int  # arrival order (ties in length go to the older)
     arrived: float
+    queued: bool = True
 
-
-@dataclass
-class _Bucket:
-    items: Deque[_Item] = field(default_factory=collections.deque)
-    padded_tokens: int = 0  # len(items) * padded length
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.length, self.seq)
 
 
 class Batcher:
@@ -88,10 +97,12 @@ class Batcher:
     Parameters
     ----------
     embedder:
-        A :class:`nmengine.hf.SentenceEmbedder` (anything with ``tokenize``, ``encode`` and ``program``).
+        A :class:`nmengine.hf.SentenceEmbedder` (anything with its ``tokenizer``, ``pipeline``,
+        ``config``, ``max_length``, ``session``, ``encode`` and ``program``).
     max_batch_tokens:
-        Upper bound on ``sentences x padded length`` of one engine call (a single sentence longer than
-        this still runs, alone).
+        Upper bound on ``sentences x longest sentence`` (padded tokens) of one engine call (a single
+        sentence longer than this still runs, alone).  The default, 1024, keeps a batch's activations
+        in cache (about 32 sentences of 30 tokens); much larger batches run slower per sentence.
     max_wait_ms:
         How long the oldest queued sentence may wait for batch mates before its batch runs anyway.
         Batches also form by themselves while the engine is busy.
@@ -100,9 +111,6 @@ class Batcher:
         (a request larger than ``max_queue`` is still accepted into an empty queue).
     max_batch_size:
         Upper bound on sentences per engine call.
-    pad_multiple:
-        Sentences are padded to their token count rounded up to this (see the module docstring;
-        1 when the program does not pool, since pooling then happens in ``encode``).
     normalize:
         Rescale rows to unit length, as ``SentenceEmbedder.encode(normalize=True)`` does.
     on_batch:
@@ -116,11 +124,10 @@ class Batcher:
         self,
         embedder: Any,
         *,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 1024,
         max_wait_ms: float = 2.0,
         max_queue: int = 4096,
         max_batch_size: int = 256,
-        pad_multiple: int = 8,
         normalize: bool = True,
         on_batch: Optional[Callable[[BatchStats], None]] = None,
         executor: Optional[concurrent.futures.Executor] = None,
@@ -129,13 +136,12 @@ class Batcher:
             ("max_batch_tokens", max_batch_tokens),
             ("max_queue", max_queue),
             ("max_batch_size", max_batch_size),
-            ("pad_multiple", pad_multiple),
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
-        for attr in ("tokenize", "encode", "program"):
+        for attr in ("tokenizer", "pipeline", "config", "max_length", "encode", "program"):
             if not hasattr(embedder, attr):
                 raise TypeError(f"embedder must be a SentenceEmbedder (needs .{attr}), got {type(embedder).__name__}")
         self.embedder = embedder
@@ -143,16 +149,17 @@ class Batcher:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
-        self.pad_multiple = pad_multiple
         self.normalize = normalize
         self.on_batch = on_batch
-        program = embedder.program
-        self._pooled = list(program.outputs) == ["sentence_embedding"]
-        if not self._pooled:  # pooling happens in encode(), which pads to the longest: never pad
-            self.pad_multiple = 1
+        # a program that pools itself gives one row per sentence; otherwise encode() pools on the host
+        # (over the padded token axis), and a batch then holds sentences of one length only
+        self._pooled = list(embedder.program.outputs) == ["sentence_embedding"]
         self._mode = getattr(embedder, "mode", "matrixized")
-        self.max_length = int(getattr(embedder, "max_length", 0) or 0) or None
-        self._buckets: dict[int, _Bucket] = {}
+        self._lower = bool(getattr(embedder.pipeline, "do_lower_case", False))
+        self._by_length: list[tuple[int, int]] = []  # keys of queued items, sorted
+        self._items: dict[tuple[int, int], _Item] = {}
+        self._fifo: Deque[_Item] = collections.deque()  # arrival order (taken items are skipped)
+        self._seq = itertools.count()
         self._depth = 0
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -202,37 +209,38 @@ class Batcher:
         await self.close()
 
     # -- public calls --------------------------------------------------------------------------
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation (what the engine will see)."""
+    def tokenize(self, texts: Sequence[str]) -> list[TokenRow]:
+        """Token ids and types of each text, truncated as the engine will see them (no padding)."""
         if not texts:
             return []
-        mask = self.embedder.tokenize(list(texts))["attention_mask"]
-        return [int(n) for n in mask.sum(axis=1)]
+        from nmengine.hf.tokenizer import encode_ids
+
+        emb = self.embedder
+        items = [t.lower() for t in texts] if self._lower else list(texts)  # as SentenceEmbedder.tokenize
+        return encode_ids(emb.tokenizer, items, emb.max_length)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text after truncation (what the engine will see)."""
+        return [len(ids) for ids, _ in self.tokenize(texts)]
 
     async def encode(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         """Embeddings of ``texts``: ``(n, dim)`` float32 in input order (``(dim,)`` for one str)."""
         vectors, _ = await self.encode_with_usage(texts)
         return vectors
 
-    async def encode_with_usage(
-        self, texts: Union[str, Sequence[str]], lengths: Optional[Sequence[int]] = None
-    ) -> tuple[np.ndarray, int]:
-        """``(embeddings, token count)``; ``lengths`` may pass token counts already computed."""
+    async def encode_with_usage(self, texts: Union[str, Sequence[str]]) -> tuple[np.ndarray, int]:
+        """``(embeddings, token count)``."""
         single = isinstance(texts, str)
         items = _check_texts(texts)
-        if lengths is None:
-            lengths = self.count_tokens(items)
-        elif len(lengths) != len(items):
-            raise ValueError(f"{len(lengths)} lengths for {len(items)} texts")
         if not items:
             dim = int(getattr(self.embedder, "dim", 0))
             return np.zeros((0, dim), dtype=np.float32), 0
-        fut = self.submit(items, lengths)
-        out = await fut
-        return (out[0] if single else out), int(sum(lengths))
+        rows = self.tokenize(items)
+        out = await self.submit(items, rows)
+        return (out[0] if single else out), sum(len(r[0]) for r in rows)
 
-    def submit(self, texts: list[str], lengths: Sequence[int]) -> "asyncio.Future[np.ndarray]":
-        """Queue texts (with their token counts); the future resolves to their ``(n, dim)`` rows.
+    def submit(self, texts: Sequence[str], rows: Sequence[TokenRow]) -> "asyncio.Future[np.ndarray]":
+        """Queue texts with their :meth:`tokenize` rows; the future resolves to their ``(n, dim)`` rows.
 
         Cancelling the future drops the sentences that have not reached the engine yet.
         """
@@ -240,114 +248,148 @@ class Batcher:
             raise RuntimeError("the batcher is not running (call `await batcher.start()` first)")
         if self._closing:
             raise RuntimeError("the batcher is shutting down")
+        if len(rows) != len(texts):
+            raise ValueError(f"{len(rows)} token rows for {len(texts)} texts")
         n = len(texts)
         if self._depth > 0 and self._depth + n > self.max_queue:
             raise QueueFullError(self._depth, n, self.max_queue)
         loop = asyncio.get_running_loop()
-        req = _Request(list(texts), [int(x) for x in lengths], loop.create_future(), remaining=n)
+        req = _Request(list(texts), list(rows), loop.create_future(), remaining=n)
+        if n == 0:
+            req.future.set_result(np.zeros((0, int(getattr(self.embedder, "dim", 0))), dtype=np.float32))
+            return req.future
         now = time.monotonic()
-        for i, length in enumerate(req.lengths):
-            padded = self.padded_length(length)
-            b = self._buckets.setdefault(padded, _Bucket())
-            b.items.append(_Item(req, i, length, now))
-            b.padded_tokens += padded
+        for i, (ids, _) in enumerate(req.rows):
+            it = _Item(req, i, max(len(ids), 1), next(self._seq), now)
+            self._fifo.append(it)
+            self._items[it.key] = it
+            bisect.insort(self._by_length, it.key)
         self._depth += n
         assert self._wake is not None
         self._wake.set()
         return req.future
 
-    def padded_length(self, length: int) -> int:
-        """The length a sentence of ``length`` tokens is padded to (depends on nothing else)."""
-        m = self.pad_multiple
-        p = -(-max(int(length), 1) // m) * m
-        return max(min(p, self.max_length), int(length)) if self.max_length else p
-
     # -- scheduling ----------------------------------------------------------------------------
-    def _pick(self, now: float) -> tuple[Optional[int], float]:
-        """The bucket to run now (full, or its oldest sentence waited long enough, or closing), and
-        otherwise how long until the next deadline."""
-        best, best_age, wait = None, -1.0, float("inf")
-        for padded, b in self._buckets.items():
-            if not b.items:
-                continue
-            age = now - b.items[0].arrived
-            full = b.padded_tokens >= self.max_batch_tokens or len(b.items) >= self.max_batch_size
-            if full or age >= self.max_wait or self._closing:
-                if age > best_age:
-                    best, best_age = padded, age
-            else:
-                wait = min(wait, self.max_wait - age)
-        return best, wait
+    def _oldest(self) -> Optional[_Item]:
+        while self._fifo and not self._fifo[0].queued:
+            self._fifo.popleft()
+        return self._fifo[0] if self._fifo else None
 
-    def _take(self, padded: int) -> list[_Item]:
-        b = self._buckets[padded]
-        taken: list[_Item] = []
-        while (
-            b.items
-            and len(taken) < self.max_batch_size
-            and (not taken or (len(taken) + 1) * padded <= self.max_batch_tokens)
-        ):
-            it = b.items.popleft()
-            b.padded_tokens -= padded
-            self._depth -= 1
+    def _ready(self, oldest: _Item, now: float) -> float:
+        """0 when a batch should run now, else how long until the oldest sentence's deadline."""
+        if self._closing or self._batch_full() or now - oldest.arrived >= self.max_wait:
+            return 0.0
+        return self.max_wait - (now - oldest.arrived)
+
+    def _batch_full(self) -> bool:
+        """Whether the queue holds at least one full batch (by count, or by the shortest sentences)."""
+        if self._depth >= self.max_batch_size:
+            return True
+        keys = self._by_length
+        k = min(len(keys), self.max_batch_size)
+        return k * keys[k - 1][0] >= self.max_batch_tokens  # the k shortest already fill a batch
+
+    def _unqueue(self, it: _Item) -> None:
+        it.queued = False
+        del self._items[it.key]
+        self._depth -= 1
+
+    def _take(self, anchor: _Item) -> list[_Item]:
+        """The anchor (the oldest sentence) and the queued sentences nearest to it in length, as
+        many as fit the batch limits; the rest stay queued."""
+        keys = self._by_length
+        a = bisect.bisect_left(keys, anchor.key)
+        lo, hi = a, a + 1  # the window keys[lo:hi], contiguous in length order
+        longest = anchor.length
+        while hi - lo < self.max_batch_size:
+            left = keys[lo - 1] if lo > 0 else None
+            right = keys[hi] if hi < len(keys) else None
+            if not self._pooled:  # host pooling: one length per batch
+                left = left if left is not None and left[0] == anchor.length else None
+                right = right if right is not None and right[0] == anchor.length else None
+            # the nearer length first; on a tie the shorter (it pads nothing)
+            if left is not None and (right is None or anchor.length - left[0] <= right[0] - anchor.length):
+                if (hi - lo + 1) * longest > self.max_batch_tokens:
+                    break
+                lo -= 1
+            elif right is not None:
+                if (hi - lo + 1) * right[0] > self.max_batch_tokens:
+                    break
+                hi += 1
+                longest = right[0]
+            else:
+                break
+        window = keys[lo:hi]
+        del keys[lo:hi]
+        taken = []
+        for key in window:
+            it = self._items[key]
+            self._unqueue(it)
             if not it.request.future.done():  # cancelled (client gone): costs nothing further
                 taken.append(it)
-        if not b.items:
-            del self._buckets[padded]
-        taken.sort(key=lambda it: it.length)
         return taken
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
-            if not self._buckets:
+            oldest = self._oldest()
+            if oldest is None:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            padded, wait = self._pick(time.monotonic())
-            if padded is None:
+            wait = self._ready(oldest, time.monotonic())
+            if wait > 0:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 except asyncio.TimeoutError:
                     pass
                 continue
-            batch = self._take(padded)
+            batch = self._take(oldest)
             if not batch:
                 continue
+            rows = [it.request.rows[it.index] for it in batch]
             texts = [it.request.texts[it.index] for it in batch]
             t0 = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self._executor, self._run_engine, texts, padded)
+                out = await loop.run_in_executor(self._executor, self._run_engine, texts, rows)
             except Exception as e:  # noqa: BLE001 - the error goes to every caller of the batch
                 for it in batch:
                     if not it.request.future.done():
                         it.request.future.set_exception(e)
                 continue
             seconds = time.perf_counter() - t0
-            for it, row in zip(batch, rows):
+            for it, row in zip(batch, out):
                 req = it.request
                 if req.future.done():
                     continue
                 if req.out is None:
-                    req.out = np.empty((len(req.texts), rows.shape[1]), dtype=np.float32)
+                    req.out = np.empty((len(req.texts), out.shape[1]), dtype=np.float32)
                 req.out[it.index] = row
                 req.remaining -= 1
                 if req.remaining == 0:
                     req.future.set_result(req.out)
             if self.on_batch is not None:
-                self.on_batch(BatchStats(len(batch), padded, sum(it.length for it in batch), seconds))
+                longest = max(len(r[0]) for r in rows)
+                self.on_batch(BatchStats(len(batch), longest, sum(len(r[0]) for r in rows), seconds))
 
-    def _run_engine(self, texts: list[str], padded: int) -> np.ndarray:
-        """One engine call (worker thread): every text padded to ``padded`` tokens."""
+    def _run_engine(self, texts: list[str], rows: list[TokenRow]) -> np.ndarray:
+        """One engine call (worker thread): the rows padded to the longest of them."""
         emb = self.embedder
         if self._pooled:
-            batch = emb.tokenize(texts, pad_to=padded)
-            out = np.asarray(emb.program.run(batch, mode=self._mode), dtype=np.float32)
-        else:  # host-side pooling: pad_multiple is 1, so these texts have one length (no padding)
+            from nmengine.hf.tokenizer import pad_batch
+
+            batch = pad_batch(rows, emb.config.pad_token_id)
+            session = getattr(emb, "session", None)
+            if self._mode == "matrixized" and session is not None:
+                y = session.run(batch)  # the embedder's own session: its plans and packed weights
+            else:
+                y = emb.program.run(batch, mode=self._mode)
+            out = np.array(y, dtype=np.float32)
+        else:  # host-side pooling: the texts have one length (no padding)
             out = np.asarray(emb.encode(texts, batch_size=len(texts), normalize=False), dtype=np.float32)
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
