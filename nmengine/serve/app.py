@@ -107,7 +107,8 @@ def create_app(
 ) -> Any:
     """The ASGI app serving ``model`` (see the module docstring); the batcher starts with the app."""
     limits = limits or Limits()
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmengine-engine")
+    # engine work runs on one thread: the batcher's worker for a text model, else this executor
+    executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
     batcher: Optional[Batcher] = None
     metrics = metrics or Metrics()
     if model.is_text:
@@ -116,11 +117,18 @@ def create_app(
             max_batch_tokens=max_batch_tokens,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            executor=executor,
             on_batch=lambda s: metrics.batch_done(s.sentences, s.sentences * s.padded_length, s.real_tokens, s.seconds),
         )
         metrics.queue_depth = lambda: batcher.queue_depth
+    else:
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmengine-engine")
     state = {"draining": False}
+
+    async def on_engine(fn: Any) -> Any:
+        """``fn()`` on the engine thread (between embedding batches, for a text model)."""
+        if batcher is not None:
+            return await batcher.call(fn)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
 
     async def body_json(request: Request) -> Any:
         body = await read_body(request.stream(), limits, request.headers.get("content-length"))
@@ -199,13 +207,12 @@ def create_app(
     async def run(request: Request) -> Response:
         doc = await body_json(request)
         inputs, fmt = run_inputs(doc, model.program.inputs)
-        loop = asyncio.get_running_loop()
 
         def call() -> Any:
             return model.program.run(inputs, mode=model.mode)
 
         try:
-            out = await _or_disconnect(request, loop.run_in_executor(executor, call))
+            out = await _or_disconnect(request, on_engine(call))
         except (ValueError, TypeError, KeyError) as e:  # ProgramError is a ValueError
             raise RequestError(422, f"the program refused the inputs: {e}") from None
         outs = out if isinstance(out, dict) else {model.program.outputs[0]: out}
@@ -229,14 +236,15 @@ def create_app(
         if batcher is not None:
             await batcher.start()
             # the first engine call packs the weights for the GEMM kernel: pay it before listening
-            await asyncio.get_running_loop().run_in_executor(executor, model.embedder.encode, ["warm-up"])
+            await batcher.call(model.embedder.encode, ["warm-up"])
         try:
             yield
         finally:
             state["draining"] = True
             if batcher is not None:
                 await batcher.close()
-            executor.shutdown(wait=True)
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     routes = [
         Route("/v1/embeddings", handler(embeddings), methods=["POST"]),

@@ -36,13 +36,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import concurrent.futures
+import contextlib
 import itertools
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from nmengine.hf.tokenizer import encode_ids, pad_batch
 
 __all__ = ["Batcher", "QueueFullError", "BatchStats"]
 
@@ -68,13 +71,14 @@ class BatchStats:
     seconds: float
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     texts: list[str]
     rows: list[TokenRow]
     future: "asyncio.Future[np.ndarray]"
     out: Optional[np.ndarray] = None
     remaining: int = 0
+    dropped: bool = False  # the caller went away (set in the event loop, read by the worker)
 
 
 @dataclass(eq=False)
@@ -115,9 +119,10 @@ class Batcher:
         Rescale rows to unit length, as ``SentenceEmbedder.encode(normalize=True)`` does.
     on_batch:
         Called with a :class:`BatchStats` after every engine call (in the event loop).
-    executor:
-        Where engine calls run (default: a worker thread of the batcher's own).  Share a one-thread
-        executor to serialise other engine work with the batches.
+
+    Engine calls run on the batcher's own worker thread, which takes the next batch from the queue
+    itself as soon as the previous one is done (the event loop only queues sentences and hands rows
+    back).  :meth:`call` runs other engine work on that thread, between batches.
     """
 
     def __init__(
@@ -130,7 +135,6 @@ class Batcher:
         max_batch_size: int = 256,
         normalize: bool = True,
         on_batch: Optional[Callable[[BatchStats], None]] = None,
-        executor: Optional[concurrent.futures.Executor] = None,
     ) -> None:
         for name, v in (
             ("max_batch_tokens", max_batch_tokens),
@@ -156,21 +160,23 @@ class Batcher:
         self._pooled = list(embedder.program.outputs) == ["sentence_embedding"]
         self._mode = getattr(embedder, "mode", "matrixized")
         self._lower = bool(getattr(embedder.pipeline, "do_lower_case", False))
+        # the queue, shared by the event loop (submit) and the worker thread (take), under _cond
+        self._cond = threading.Condition(threading.Lock())
         self._by_length: list[tuple[int, int]] = []  # keys of queued items, sorted
         self._items: dict[tuple[int, int], _Item] = {}
         self._fifo: Deque[_Item] = collections.deque()  # arrival order (taken items are skipped)
+        self._jobs: Deque[tuple[Callable[[], Any], asyncio.Future]] = collections.deque()
         self._seq = itertools.count()
         self._depth = 0
-        self._wake: Optional[asyncio.Event] = None
-        self._task: Optional[asyncio.Task] = None
         self._closing = False
-        self._given_executor = executor
-        self._executor: Optional[concurrent.futures.Executor] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stopped: Optional[asyncio.Future] = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._thread is not None and self._thread.is_alive() and not self._closing
 
     @property
     def queue_depth(self) -> int:
@@ -178,28 +184,27 @@ class Batcher:
         return self._depth
 
     async def start(self) -> None:
-        """Start the scheduling task in the running event loop (idempotent)."""
+        """Start the worker thread, bound to the running event loop (idempotent)."""
         if self.running:
             return
+        if self._thread is not None:  # closing or closed: let it finish first
+            await self.close()
+        self._loop = asyncio.get_running_loop()
         self._closing = False
-        self._wake = asyncio.Event()
-        self._executor = self._given_executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="nmengine-engine"
-        )
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="nmengine-batcher")
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._work, name="nmengine-engine", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
         """Run everything already queued, then stop the worker.  New work is refused meanwhile."""
-        self._closing = True
-        if self._wake is not None:
-            self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        if self._executor is not None:
-            if self._executor is not self._given_executor:
-                self._executor.shutdown(wait=True)
-            self._executor = None
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = self._stopped = None
 
     async def __aenter__(self) -> "Batcher":
         await self.start()
@@ -213,8 +218,6 @@ class Batcher:
         """Token ids and types of each text, truncated as the engine will see them (no padding)."""
         if not texts:
             return []
-        from nmengine.hf.tokenizer import encode_ids
-
         emb = self.embedder
         items = [t.lower() for t in texts] if self._lower else list(texts)  # as SentenceEmbedder.tokenize
         return encode_ids(emb.tokenizer, items, emb.max_length)
@@ -242,34 +245,50 @@ class Batcher:
     def submit(self, texts: Sequence[str], rows: Sequence[TokenRow]) -> "asyncio.Future[np.ndarray]":
         """Queue texts with their :meth:`tokenize` rows; the future resolves to their ``(n, dim)`` rows.
 
-        Cancelling the future drops the sentences that have not reached the engine yet.
+        Call it from the batcher's event loop.  Cancelling the future drops the sentences that have
+        not reached the engine yet.
         """
         if not self.running:
-            raise RuntimeError("the batcher is not running (call `await batcher.start()` first)")
-        if self._closing:
-            raise RuntimeError("the batcher is shutting down")
+            raise RuntimeError(
+                "the batcher is shutting down"
+                if self._closing and self._thread is not None
+                else "the batcher is not running (call `await batcher.start()` first)"
+            )
         if len(rows) != len(texts):
             raise ValueError(f"{len(rows)} token rows for {len(texts)} texts")
+        assert self._loop is not None
         n = len(texts)
-        if self._depth > 0 and self._depth + n > self.max_queue:
-            raise QueueFullError(self._depth, n, self.max_queue)
-        loop = asyncio.get_running_loop()
-        req = _Request(list(texts), list(rows), loop.create_future(), remaining=n)
+        req = _Request(list(texts), list(rows), self._loop.create_future(), remaining=n)
         if n == 0:
             req.future.set_result(np.zeros((0, int(getattr(self.embedder, "dim", 0))), dtype=np.float32))
             return req.future
         now = time.monotonic()
-        for i, (ids, _) in enumerate(req.rows):
-            it = _Item(req, i, max(len(ids), 1), next(self._seq), now)
-            self._fifo.append(it)
-            self._items[it.key] = it
-            bisect.insort(self._by_length, it.key)
-        self._depth += n
-        assert self._wake is not None
-        self._wake.set()
+        with self._cond:
+            if self._depth > 0 and self._depth + n > self.max_queue:
+                raise QueueFullError(self._depth, n, self.max_queue)
+            for i, (ids, _) in enumerate(req.rows):
+                it = _Item(req, i, max(len(ids), 1), next(self._seq), now)
+                self._fifo.append(it)
+                self._items[it.key] = it
+                bisect.insort(self._by_length, it.key)
+            self._depth += n
+            self._cond.notify()
+        req.future.add_done_callback(lambda f: setattr(req, "dropped", f.cancelled()))
         return req.future
 
-    # -- scheduling ----------------------------------------------------------------------------
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the engine's worker thread, between batches (other engine work, serialised
+        with the embeddings)."""
+        if not self.running:
+            raise RuntimeError("the batcher is not running (call `await batcher.start()` first)")
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        with self._cond:
+            self._jobs.append((lambda: fn(*args), fut))
+            self._cond.notify()
+        return await fut
+
+    # -- the queue (callers hold self._cond) ---------------------------------------------------
     def _oldest(self) -> Optional[_Item]:
         while self._fifo and not self._fifo[0].queued:
             self._fifo.popleft()
@@ -288,11 +307,6 @@ class Batcher:
         keys = self._by_length
         k = min(len(keys), self.max_batch_size)
         return k * keys[k - 1][0] >= self.max_batch_tokens  # the k shortest already fill a batch
-
-    def _unqueue(self, it: _Item) -> None:
-        it.queued = False
-        del self._items[it.key]
-        self._depth -= 1
 
     def _take(self, anchor: _Item) -> list[_Item]:
         """The anchor (the oldest sentence) and the queued sentences nearest to it in length, as
@@ -323,65 +337,93 @@ class Batcher:
         del keys[lo:hi]
         taken = []
         for key in window:
-            it = self._items[key]
-            self._unqueue(it)
-            if not it.request.future.done():  # cancelled (client gone): costs nothing further
+            it = self._items.pop(key)
+            it.queued = False
+            self._depth -= 1
+            if not it.request.dropped:  # cancelled (client gone): costs nothing further
                 taken.append(it)
         return taken
 
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        while True:
-            oldest = self._oldest()
-            if oldest is None:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            wait = self._ready(oldest, time.monotonic())
-            if wait > 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            batch = self._take(oldest)
-            if not batch:
-                continue
-            rows = [it.request.rows[it.index] for it in batch]
-            texts = [it.request.texts[it.index] for it in batch]
-            t0 = time.perf_counter()
-            try:
-                out = await loop.run_in_executor(self._executor, self._run_engine, texts, rows)
-            except Exception as e:  # noqa: BLE001 - the error goes to every caller of the batch
-                for it in batch:
-                    if not it.request.future.done():
-                        it.request.future.set_exception(e)
-                continue
-            seconds = time.perf_counter() - t0
-            for it, row in zip(batch, out):
-                req = it.request
-                if req.future.done():
+    # -- the worker thread ---------------------------------------------------------------------
+    def _next(self) -> Union[None, list[_Item], tuple[Callable[[], Any], asyncio.Future]]:
+        """Block until there is a job or a batch to run; None once closing with nothing left."""
+        with self._cond:
+            while True:
+                if self._jobs:
+                    return self._jobs.popleft()
+                oldest = self._oldest()
+                if oldest is None:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
                     continue
-                if req.out is None:
-                    req.out = np.empty((len(req.texts), out.shape[1]), dtype=np.float32)
-                req.out[it.index] = row
-                req.remaining -= 1
-                if req.remaining == 0:
-                    req.future.set_result(req.out)
-            if self.on_batch is not None:
-                longest = max(len(r[0]) for r in rows)
-                self.on_batch(BatchStats(len(batch), longest, sum(len(r[0]) for r in rows), seconds))
+                wait = self._ready(oldest, time.monotonic())
+                if wait <= 0:
+                    batch = self._take(oldest)
+                    if batch:
+                        return batch
+                    continue
+                self._cond.wait(timeout=wait)
+
+    def _work(self) -> None:
+        loop = self._loop
+        assert loop is not None and self._stopped is not None
+        stopped = self._stopped
+        try:
+            while True:
+                task = self._next()
+                if task is None:
+                    break
+                if isinstance(task, tuple):
+                    fn, fut = task
+                    try:
+                        result, error = fn(), None
+                    except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
+                        result, error = None, e
+                    loop.call_soon_threadsafe(_settle, fut, result, error)
+                    continue
+                rows = [it.request.rows[it.index] for it in task]
+                texts = [it.request.texts[it.index] for it in task]
+                t0 = time.perf_counter()
+                try:
+                    out, error = self._run_engine(texts, rows), None
+                except Exception as e:  # noqa: BLE001 - the error goes to every caller of the batch
+                    out, error = None, e
+                stats = BatchStats(
+                    len(rows), max(len(r[0]) for r in rows), sum(len(r[0]) for r in rows), time.perf_counter() - t0
+                )
+                loop.call_soon_threadsafe(self._deliver, task, out, error, stats)
+        except RuntimeError:  # the event loop was closed under us: nobody is waiting any more
+            return
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, stopped, None, None)
+
+    def _deliver(
+        self, batch: list[_Item], out: Optional[np.ndarray], error: Optional[Exception], stats: BatchStats
+    ) -> None:
+        """Hand a batch's rows (or its error) to the callers (in the event loop)."""
+        for i, it in enumerate(batch):
+            req = it.request
+            if req.future.done():
+                continue
+            if error is not None:
+                req.future.set_exception(error)
+                continue
+            assert out is not None
+            if req.out is None:
+                req.out = np.empty((len(req.texts), out.shape[1]), dtype=np.float32)
+            req.out[it.index] = out[i]
+            req.remaining -= 1
+            if req.remaining == 0:
+                req.future.set_result(req.out)
+        if error is None and self.on_batch is not None:
+            self.on_batch(stats)
 
     def _run_engine(self, texts: list[str], rows: list[TokenRow]) -> np.ndarray:
         """One engine call (worker thread): the rows padded to the longest of them."""
         emb = self.embedder
         if self._pooled:
-            from nmengine.hf.tokenizer import pad_batch
-
             batch = pad_batch(rows, emb.config.pad_token_id)
             session = getattr(emb, "session", None)
             if self._mode == "matrixized" and session is not None:
@@ -394,6 +436,15 @@ class Batcher:
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+
+def _settle(fut: asyncio.Future, result: Any, error: Optional[BaseException]) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 def _check_texts(texts: Any) -> list[str]:
