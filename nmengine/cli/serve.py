@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         timeout_keep_alive=args.keep_alive,
+        proxy_headers=False,  # served directly (loopback or behind a proxy that logs for itself)
+        server_header=False,
     )
 
     class _Server(uvicorn.Server):

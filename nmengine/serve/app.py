@@ -82,18 +82,17 @@ async def _until_disconnect(request: Request) -> None:
 
 async def _or_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     """Await ``work`` unless the client goes away first (then cancel it: it costs nothing further)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_until_disconnect(request))
+    fut = asyncio.ensure_future(work)
+    watch = asyncio.get_running_loop().create_task(_until_disconnect(request))
+    watch.add_done_callback(lambda w: w.cancelled() or fut.cancel())  # gone: drop the queued work
     try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await fut
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled():
+            raise _Disconnected() from None
+        raise
     finally:
         watch.cancel()
-    if task not in done:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise _Disconnected()
-    return task.result()
 
 
 def create_app(
