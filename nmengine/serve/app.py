@@ -42,9 +42,10 @@ PATHS = ("/v1/embeddings", "/embed", "/v1/run", "/health", "/metrics")
 _TOKENIZE_INLINE_CHARS = 20_000  # larger requests are tokenized in a thread, off the event loop
 
 try:  # orjson writes float32 rows straight from numpy, about 15x faster than json over .tolist()
-    import orjson
+    import orjson as _orjson
 except ImportError:  # pragma: no cover - the serve extra installs it
-    orjson = None
+    _orjson = None  # type: ignore[assignment]
+orjson: Any = _orjson
 
 
 class _JSON(Response):
