@@ -227,7 +227,7 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
         /* a one-row last micro-panel (avx2): several B panels per pass instead of a 6-row tile each */
         const int64_t npan = (mcur + mr - 1) / mr;
 #if NM_X86
-        const int row1 = kd->ukr == nm_ukr_avx2 && mcur % mr == 1;
+        const int row1 = (kd->ukr == nm_ukr_avx2 || kd->kernel == NM_KERNEL_AVX512) && mcur % mr == 1;
 #else
         const int row1 = 0;
 #endif
@@ -267,16 +267,24 @@ static void nm_unit(const nm_prob *p, const nm_kdesc *kd, float *abuf, const flo
         }
 #if NM_X86
         if (row1) {
-            _Alignas(32) float acc[4 * NM_AVX2_NR];
+            /* the one-row last panel against 4 B panels per pass (8 FMA chains instead of 2); on
+             * avx512 the row is read in place (never packed there), on avx2 from the packed panel */
+            _Alignas(64) float acc[4 * NM_MAX_NR];
             const int64_t r0 = ic + ipn * mr;
+            const int z = kd->kernel == NM_KERNEL_AVX512;
             for (int64_t jp = jp0; jp < jp1; jp += 4) {
                 const int np = (int)min64(4, jp1 - jp);
-                nm_ukr_avx2_row1(kcur, abuf + ipn * mr * kcur, bbuf + jp * nr * kcur, nr * kcur, np, acc);
+                if (z)
+                    nm_ukr_avx512_row1(kcur, p->A + r0 * p->rsa + pc * p->csa, p->csa, bbuf + jp * nr * kcur, nr * kcur,
+                                       np, acc);
+                else nm_ukr_avx2_row1(kcur, abuf + ipn * mr * kcur, bbuf + jp * nr * kcur, nr * kcur, np, acc);
                 for (int q = 0; q < np; q++) {
                     const int64_t j0 = jc + (jp + q) * nr;
+                    const int n = (int)min64(nr, p->N - j0);
+                    float *cp = p->C + r0 * p->rsc + j0 * p->csc;
                     nm_tile_ctx_at(p, r0, j0, load_c, last, &t);
-                    nm_tile_finish(acc + q * nr, nr, 1, (int)min64(nr, p->N - j0), p->C + r0 * p->rsc + j0 * p->csc,
-                                   p->rsc, p->csc, &t, kd->act);
+                    if (z) nm_ukr_avx512_finish(acc + q * nr, 1, n, cp, p->rsc, p->csc, &t);
+                    else nm_tile_finish(acc + q * nr, nr, 1, n, cp, p->rsc, p->csc, &t, kd->act);
                 }
             }
         }
@@ -340,6 +348,29 @@ static void nm_run(const nm_prob *p, const nm_kdesc *kd, float *abuf, float *bbu
     }
 }
 
+/* Column split of one product with pre-packed B (small M): work units of NM_COL_CHUNK B micro-panels
+ * (within one NC block) x all rows x all K blocks, handed out dynamically (nm_team_next), so each
+ * thread streams only its share of B (which tends to stay in its core's L2 from call to call) and a
+ * thread whose core is busy elsewhere holds up nobody (nm_parallel_dyn).  Every output element is
+ * computed by the same kernel calls whichever thread runs its unit. */
+#define NM_COL_CHUNK 4
+static void nm_run_cols(const nm_prob *p, const nm_kdesc *kd, float *abuf, nm_team *team)
+{
+    const int nr = kd->bk.nr, nc = kd->bk.nc; /* nc is a multiple of nr */
+    const int64_t M = p->M, N = p->N, K = p->K;
+    const int64_t kcb = nm_kc_block(K, kd->bk.kc), nkb = ceil_div(K, kcb);
+    const int64_t nblk = ceil_div(N, nc), upb = ceil_div(nc / nr, NM_COL_CHUNK);
+    const int64_t units = (nblk - 1) * upb + ceil_div(ceil_div(N - (nblk - 1) * nc, nr), NM_COL_CHUNK);
+    for (int64_t u = nm_team_next(team); u < units; u = nm_team_next(team)) {
+        const int64_t jc = u / upb * nc, np = ceil_div(min64(nc, N - jc), nr);
+        const int64_t lo = u % upb * NM_COL_CHUNK, hi = min64(np, lo + NM_COL_CHUNK);
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            const int64_t pc = kb * kcb, kcur = min64(kcb, K - pc);
+            nm_unit(p, kd, abuf, p->bpacked + jc * K + pc * np * nr, jc, pc, kcur, kb > 0, kb == nkb - 1, 0, M, lo, hi);
+        }
+    }
+}
+
 static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
                        const float *A, ptrdiff_t ps1a, ptrdiff_t ps2a,
                        const float *B, ptrdiff_t ps1b, ptrdiff_t ps2b,
@@ -354,8 +385,9 @@ static void nm_prob_at(nm_prob *p, const nm_prob *base, int64_t q, int64_t P2,
     p->res = res ? res + p1 * ps1r + p2 * ps2r : NULL;
 }
 
-/* The parallel part of one call: how the team splits it (mode 0 whole products per thread, 1 row
- * ranges with private buffers, 2 one shared-B team per product). */
+/* The parallel part of one call: how the team splits it (mode 0 whole products, dynamically; 1 row
+ * ranges with private buffers; 2 one shared-B team per product; 3 column chunks of a pre-packed B,
+ * dynamically). */
 typedef struct nm_gemm_task_args {
     const nm_prob *base;
     const nm_kdesc *kd;
@@ -378,8 +410,10 @@ static void nm_gemm_task(void *arg, nm_team *team, int tid, int nt)
     const nm_gemm_task_args *g = (const nm_gemm_task_args *)arg;
     nm_prob pq;
     float *abuf = g->buf + g->asz * (size_t)tid;
+    (void)nt;
     if (g->mode == 0) {
-        for (int64_t q = g->P * tid / nt; q < g->P * (tid + 1) / nt; q++) {
+        /* whole products, handed out dynamically (nm_parallel_dyn) */
+        for (int64_t q = nm_team_next(team); q < g->P; q = nm_team_next(team)) {
             nm_prob_at(&pq, g->base, q, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c,
                        g->ps2c, g->res, g->ps1r, g->ps2r);
             nm_run(&pq, g->kd, abuf, g->bbufs + g->bsz * (size_t)tid, NULL, 0, 1);
@@ -397,6 +431,10 @@ static void nm_gemm_task(void *arg, nm_team *team, int tid, int nt)
             if (pq.res) pq.res += r0 * pq.res_rs;
             nm_run(&pq, g->kd, abuf, g->bbufs + g->bsz * (size_t)tid, NULL, 0, 1);
         }
+    } else if (g->mode == 3) {
+        nm_prob_at(&pq, g->base, 0, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c, g->ps2c,
+                   g->res, g->ps1r, g->ps2r);
+        nm_run_cols(&pq, g->kd, abuf, team);
     } else {
         for (int64_t q = 0; q < g->P; q++) {
             nm_prob_at(&pq, g->base, q, g->P2, g->A, g->ps1a, g->ps2a, g->B, g->ps1b, g->ps2b, g->C, g->ps1c,
@@ -405,6 +443,11 @@ static void nm_gemm_task(void *arg, nm_team *team, int tid, int nt)
         }
     }
 }
+
+/* Products of at most this many rows with a pre-packed B split their columns among threads. */
+#ifndef NM_COL_SPLIT_MAX_M
+#define NM_COL_SPLIT_MAX_M 128
+#endif
 
 /* Products up to this many multiply-adds split their rows among threads without barriers. */
 #define NM_ROW_SPLIT_WORK (16.0 * 1024.0 * 1024.0)
@@ -473,7 +516,11 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
      * two barriers of the shared-B team, each of which must wake threads sleeping under a passive wait
      * policy (tens of microseconds).  Rows keep their global MR alignment: the same tiles, the same
      * arithmetic per element as every other partition. */
-    const int row_split = nt > 1 && !batch_split && P == 1 && work <= NM_ROW_SPLIT_WORK &&
+    /* Small M against a pre-packed B (batch-1 transformer layers, attention): split the columns, so
+     * that each thread reads half of B (the big operand) and no thread idles when M < nt * MR. */
+    const int col_split = nt > 1 && !batch_split && P == 1 && bpacked && M <= NM_COL_SPLIT_MAX_M &&
+                          ceil_div(N, kd.bk.nr) >= 2 * (int64_t)nt;
+    const int row_split = !col_split && nt > 1 && !batch_split && P == 1 && work <= NM_ROW_SPLIT_WORK &&
                           ceil_div(M, kd.bk.mr) >= nt;
 
     /* pack buffers sized to the problem */
@@ -515,8 +562,10 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
     }
     else {
         nm_gemm_task_args ta = {&base, &kd, buf, bbufs, asz, bsz, P, P2, A, ps1a, ps2a, B, ps1b, ps2b,
-                                C, ps1c, ps2c, res, ps1r, ps2r, batch_split ? 0 : row_split ? 1 : 2};
-        nm_parallel(nt, nm_gemm_task, &ta);
+                                C, ps1c, ps2c, res, ps1r, ps2r, batch_split ? 0 : row_split ? 1 : col_split ? 3 : 2};
+        /* the dynamic modes (0, 3) let the call finish without a worker that has not started */
+        if (ta.mode == 0 || ta.mode == 3) nm_parallel_dyn(nt, nm_gemm_task, &ta);
+        else nm_parallel(nt, nm_gemm_task, &ta);
     }
     free(raw);
     return NM_OK;

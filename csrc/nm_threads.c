@@ -23,16 +23,19 @@ struct nm_team {
 };
 
 typedef struct nm_worker {
-    _Alignas(64) _Atomic unsigned gen; /* bumped once per task handed to this worker */
+    _Alignas(64) _Atomic unsigned gen; /* bumped once per call that asks this worker to join */
     _Atomic int sleepers;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    nm_task_fn task;
-    void *arg;
-    int tid, nt;
     pthread_t th;
 } nm_worker;
 
+/* The gate of the current call: bits 32.. a call sequence number, bit 31 open, bits 0..30 the
+ * workers that have entered.  A woken worker enters only an open gate (CAS), and takes the next
+ * tid; the caller does not reuse the call's descriptor (P.task, ...) before every worker that entered
+ * has finished, and a worker that finds the gate closed touches nothing of the call. */
+#define NM_GATE_OPEN ((uint64_t)1 << 31)
+#define NM_GATE_COUNT(g) ((int)((g) & (NM_GATE_OPEN - 1)))
 static struct {
     pthread_mutex_t create_mu;
     _Atomic int busy;
@@ -40,6 +43,10 @@ static struct {
     int nworkers;
     nm_worker *w[NM_MAX_THREADS];
     nm_team team;
+    _Atomic uint64_t gate;
+    nm_task_fn task; /* the current call (stable while a worker is inside the gate) */
+    void *arg;
+    int nt;
     _Atomic int done;
     _Atomic unsigned done_gen;
     _Atomic int done_sleepers;
@@ -127,9 +134,14 @@ static void *nm_worker_main(void *p)
     for (;;) {
         nm_wait_change(&w->gen, seen, &w->sleepers, &w->mu, &w->cv);
         seen = atomic_load_explicit(&w->gen, memory_order_acquire);
-        w->task(w->arg, &P.team, w->tid, w->nt);
-        if (atomic_fetch_add(&P.done, 1) == w->nt - 2) /* the last worker of the call */
-            nm_publish(&P.done_gen, &P.done_sleepers, &P.done_mu, &P.done_cv);
+        uint64_t g = atomic_load(&P.gate);
+        while ((g & NM_GATE_OPEN) && !atomic_compare_exchange_weak(&P.gate, &g, g + 1)) {
+        }
+        if (!(g & NM_GATE_OPEN)) continue; /* the call finished without this worker */
+        const int tid = NM_GATE_COUNT(g) + 1;
+        if (tid < P.nt) P.task(P.arg, &P.team, tid, P.nt); /* (a surplus entrant only reports done) */
+        atomic_fetch_add(&P.done, 1);
+        nm_publish(&P.done_gen, &P.done_sleepers, &P.done_mu, &P.done_cv);
     }
     return NULL;
 }
@@ -139,6 +151,7 @@ static void nm_pool_atfork_child(void)
     /* the child has none of the parent's workers: start over (the old structs are leaked) */
     P.nworkers = 0;
     atomic_store(&P.busy, 0);
+    atomic_store(&P.gate, 0);
     pthread_mutex_init(&P.create_mu, NULL);
     pthread_mutex_init(&P.team.mu, NULL);
     pthread_cond_init(&P.team.cv, NULL);
@@ -176,7 +189,17 @@ static int nm_pool_grow(int n)
 
 int nm_pool_workers(void) { return P.nworkers; }
 
-int nm_parallel(int nt, nm_task_fn task, void *arg)
+/* Wait until P.done reaches n. */
+static void nm_wait_done(int n)
+{
+    for (;;) {
+        const unsigned dg = atomic_load(&P.done_gen);
+        if (atomic_load(&P.done) >= n) return;
+        nm_wait_change(&P.done_gen, dg, &P.done_sleepers, &P.done_mu, &P.done_cv);
+    }
+}
+
+static int nm_parallel_impl(int nt, nm_task_fn task, void *arg, int dyn)
 {
     if (nt > NM_MAX_THREADS) nt = NM_MAX_THREADS;
     int expect = 0;
@@ -189,17 +212,22 @@ int nm_parallel(int nt, nm_task_fn task, void *arg)
             atomic_store(&t->next, 0);
             atomic_store(&t->arrived, 0);
             atomic_store(&P.done, 0);
-            const unsigned dg = atomic_load(&P.done_gen);
-            for (int i = 1; i < nt; i++) {
-                nm_worker *w = P.w[i];
-                w->task = task;
-                w->arg = arg;
-                w->tid = i;
-                w->nt = nt;
-                nm_publish(&w->gen, &w->sleepers, &w->mu, &w->cv);
-            }
+            P.task = task;
+            P.arg = arg;
+            P.nt = nt;
+            const uint64_t seq = (atomic_load(&P.gate) >> 32) + 1;
+            atomic_store(&P.gate, (seq << 32) | NM_GATE_OPEN); /* publishes the descriptor */
+            for (int i = 1; i < nt; i++) nm_publish(&P.w[i]->gen, &P.w[i]->sleepers, &P.w[i]->mu, &P.w[i]->cv);
             task(arg, t, 0, nt);
-            nm_wait_change(&P.done_gen, dg, &P.done_sleepers, &P.done_mu, &P.done_cv);
+            if (dyn) {
+                /* the work is all handed out: workers not yet inside may stay out */
+                const uint64_t g = atomic_fetch_and(&P.gate, ~NM_GATE_OPEN);
+                nm_wait_done(NM_GATE_COUNT(g));
+            } else {
+                nm_wait_done(nt - 1); /* every tid must run (static splits, barriers) */
+                const uint64_t g = atomic_fetch_and(&P.gate, ~NM_GATE_OPEN);
+                nm_wait_done(NM_GATE_COUNT(g)); /* surplus entrants, if any */
+            }
             atomic_store(&P.busy, 0);
             return nt;
         }
@@ -214,6 +242,10 @@ int nm_parallel(int nt, nm_task_fn task, void *arg)
     task(arg, &solo, 0, 1);
     return 1;
 }
+
+int nm_parallel(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 0); }
+
+int nm_parallel_dyn(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 1); }
 
 void nm_team_barrier(nm_team *t)
 {
@@ -247,6 +279,7 @@ int nm_parallel(int nt, nm_task_fn task, void *arg)
     task(arg, &solo, 0, 1);
     return 1;
 }
+int nm_parallel_dyn(int nt, nm_task_fn task, void *arg) { return nm_parallel(nt, task, arg); }
 void nm_team_barrier(nm_team *t) { t->next = 0; }
 int64_t nm_team_next(nm_team *t) { return t->next++; }
 int nm_spin_us(void) { return 0; }

@@ -44,6 +44,12 @@ typedef void (*nm_range_fn)(void *arg, int64_t i0, int64_t i1, int tid);
  * nt <= 1, the pool is busy or threads are unavailable). */
 int nm_parallel(int nt, nm_task_fn task, void *arg);
 
+/* nm_parallel for tasks that take ALL their work from nm_team_next and never meet at a barrier
+ * (tid only picks private scratch): the caller returns as soon as the work is done, without
+ * waiting for workers that have not started yet (e.g. whose core another process holds).  A
+ * worker that starts late finds no work; the work items, not the threads, fix every result. */
+int nm_parallel_dyn(int nt, nm_task_fn task, void *arg);
+
 /* fn(arg, i0, i1, tid) on nt contiguous ranges [n * tid / nt, n * (tid + 1) / nt) (empty ones skipped). */
 void nm_parallel_for(int nt, int64_t n, nm_range_fn fn, void *arg);
 

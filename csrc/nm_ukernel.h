@@ -46,6 +46,9 @@ NM_AVX2 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const
  * each element the same FMA chain as nm_ukr_avx2's; the caller finishes with nm_tile_finish. */
 NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdiff_t bstride, int np,
                               float *acc);
+/* The same with A's elements csa floats apart (csa = 1: a row of a row-major A read in place). */
+NM_AVX2 void nm_ukr_avx2_row1s(int64_t kc, const float *a, ptrdiff_t csa, const float *b, ptrdiff_t bstride,
+                               int np, float *acc);
 
 /* AVX-512 F kernel: 14 x 32 tile in 28 zmm accumulators, epilogue in registers (nm_pwl_avx512.h). */
 #define NM_AVX512_MR 14
@@ -56,6 +59,13 @@ NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *
 NM_AVX512 void nm_ukr_avx512_small(int64_t kc, const float *a, ptrdiff_t rsa, ptrdiff_t csa, int m,
                                    const float *b, float *c, ptrdiff_t rsc, ptrdiff_t csc, int n,
                                    const nm_tile_ctx *t);
+/* One row of A (elements csa apart) against np <= 4 B micro-panels bstride apart: acc[np * 32], each
+ * element nm_ukr_avx512's FMA chain (8 chains for np = 4); finish with nm_ukr_avx512_finish. */
+NM_AVX512 void nm_ukr_avx512_row1(int64_t kc, const float *a, ptrdiff_t csa, const float *b, ptrdiff_t bstride,
+                                  int np, float *acc);
+/* Rows [0, m) of an accumulator buffer (row stride 32) combined with C and finished (epilogue). */
+NM_AVX512 void nm_ukr_avx512_finish(const float *buf, int m, int n, float *c, ptrdiff_t rsc, ptrdiff_t csc,
+                                    const nm_tile_ctx *t);
 /* nm_ukr_avx512 reading A in place (nm_ukr_direct_fn). */
 NM_AVX512 void nm_ukr_avx512_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
                                     ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t);

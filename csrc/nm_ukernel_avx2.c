@@ -196,12 +196,18 @@ NM_AVX2 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const
 NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdiff_t bstride, int np,
                               float *acc)
 {
+    nm_ukr_avx2_row1s(kc, a, NM_AVX2_MR, b, bstride, np, acc);
+}
+
+NM_AVX2 void nm_ukr_avx2_row1s(int64_t kc, const float *a, ptrdiff_t csa, const float *b, ptrdiff_t bstride,
+                               int np, float *acc)
+{
     __m256 c[8];
     for (int q = 0; q < 8; q++) c[q] = _mm256_setzero_ps();
     if (np == 4) {
         const float *b1 = b + bstride, *b2 = b + 2 * bstride, *b3 = b + 3 * bstride;
         for (int64_t p = 0; p < kc; p++) {
-            const __m256 ai = _mm256_broadcast_ss(a + p * NM_AVX2_MR);
+            const __m256 ai = _mm256_broadcast_ss(a + p * csa);
             const int64_t o = p * NM_AVX2_NR;
             c[0] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + o), c[0]);
             c[1] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + o + 8), c[1]);
@@ -214,7 +220,7 @@ NM_AVX2 void nm_ukr_avx2_row1(int64_t kc, const float *a, const float *b, ptrdif
         }
     } else {
         for (int64_t p = 0; p < kc; p++) {
-            const __m256 ai = _mm256_broadcast_ss(a + p * NM_AVX2_MR);
+            const __m256 ai = _mm256_broadcast_ss(a + p * csa);
             const int64_t o = p * NM_AVX2_NR;
             for (int q = 0; q < np; q++) {
                 c[2 * q] = _mm256_fmadd_ps(ai, _mm256_load_ps(b + q * bstride + o), c[2 * q]);

@@ -301,6 +301,53 @@ NM_AVX512 void nm_ukr_avx512_small(int64_t kc, const float *a, ptrdiff_t rsa, pt
     else finish_edge(buf, m, n, c, rsc, csc, t);
 }
 
+/* One row of A (element p at a[p * csa]) against np <= 4 consecutive packed B micro-panels
+ * (bstride floats apart): acc[q * 32 + j] = the same FMA chain over p as every other kernel of this
+ * path, with 2 * np independent chains (8 for np = 4: enough to cover the FMA latency) where the
+ * one-panel small kernel has 2.  For M = 1 (GEMV) and one-row tails: B streams once. */
+NM_AVX512 void nm_ukr_avx512_row1(int64_t kc, const float *a, ptrdiff_t csa, const float *b, ptrdiff_t bstride,
+                                  int np, float *acc)
+{
+    __m512 c[8];
+    for (int q = 0; q < 8; q++) c[q] = _mm512_setzero_ps();
+    if (np == 4) {
+        const float *b1 = b + bstride, *b2 = b + 2 * bstride, *b3 = b + 3 * bstride;
+        for (int64_t p = 0; p < kc; p++) {
+            const __m512 ai = _mm512_set1_ps(a[p * csa]);
+            const int64_t o = p * NM_AVX512_NR;
+            c[0] = _mm512_fmadd_ps(ai, _mm512_load_ps(b + o), c[0]);
+            c[1] = _mm512_fmadd_ps(ai, _mm512_load_ps(b + o + 16), c[1]);
+            c[2] = _mm512_fmadd_ps(ai, _mm512_load_ps(b1 + o), c[2]);
+            c[3] = _mm512_fmadd_ps(ai, _mm512_load_ps(b1 + o + 16), c[3]);
+            c[4] = _mm512_fmadd_ps(ai, _mm512_load_ps(b2 + o), c[4]);
+            c[5] = _mm512_fmadd_ps(ai, _mm512_load_ps(b2 + o + 16), c[5]);
+            c[6] = _mm512_fmadd_ps(ai, _mm512_load_ps(b3 + o), c[6]);
+            c[7] = _mm512_fmadd_ps(ai, _mm512_load_ps(b3 + o + 16), c[7]);
+        }
+    } else {
+        for (int64_t p = 0; p < kc; p++) {
+            const __m512 ai = _mm512_set1_ps(a[p * csa]);
+            const int64_t o = p * NM_AVX512_NR;
+            for (int q = 0; q < np; q++) {
+                c[2 * q] = _mm512_fmadd_ps(ai, _mm512_load_ps(b + q * bstride + o), c[2 * q]);
+                c[2 * q + 1] = _mm512_fmadd_ps(ai, _mm512_load_ps(b + q * bstride + o + 16), c[2 * q + 1]);
+            }
+        }
+    }
+    for (int q = 0; q < 2 * np; q++) _mm512_storeu_ps(acc + 16 * q, c[q]);
+}
+
+/* Finish rows [0, m) of an accumulator buffer (row stride 32) into C: the tile kernels' own
+ * combination and epilogue (register table, vector activation), for callers that compute the sums
+ * themselves (nm_ukr_avx512_row1). */
+NM_AVX512 void nm_ukr_avx512_finish(const float *buf, int m, int n, float *c, ptrdiff_t rsc, ptrdiff_t csc,
+                                    const nm_tile_ctx *t)
+{
+    const int fast = (n == NM_AVX512_NR && csc == 1 && (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
+    if (fast) nm_avx512_tile_out(buf, m, c, rsc, t);
+    else finish_edge(buf, m, n, c, rsc, csc, t);
+}
+
 #else
 typedef int nm_ukernel_avx512_unused; /* ISO C forbids an empty translation unit */
 #endif
