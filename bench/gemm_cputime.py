@@ -3,9 +3,16 @@
     PYTHONPATH=. python bench/gemm_cputime.py [--kernel avx512|avx2|scalar]
     OPENBLAS_CORETYPE=Haswell PYTHONPATH=. python bench/gemm_cputime.py --kernel avx2   # AVX2 vs Haswell
 
+    PYTHONPATH=. python bench/gemm_cputime.py --pwl [--kernel avx2]      # PWL epilogue overhead
+    PYTHONPATH=. python bench/gemm_cputime.py --smallm [--kernel avx2]   # M 1..64, pre-packed B
+
 Both libraries run on one thread (nm.set_num_threads(1), threadpoolctl for OpenBLAS); each timing is
 ``time.thread_time`` around one call, so time spent descheduled by other processes is not counted.
-Prints, per #12 shape (M x K x N), the best GFLOP/s of 5 x N runs and numpy time / nmengine time.
+Prints, per #12 shape (M x K x N), the best GFLOP/s of 5 x N runs and numpy time / nmengine time;
+with --pwl, the fused 16- and 32-segment tables (tanh, uniform breakpoints on [-4, 4], as in
+bench/test_bench_gemm.py), the 34-segment GELU fit and relu against the plain product (best of 7
+rounds of 3 calls, peers alternating); with --smallm, M in {1, 8, 25, 64, 4096} x K 384 -> N 1536 with
+B pre-packed (kernels.pack_b) against numpy at the same shapes.
 """
 
 from __future__ import annotations
@@ -40,13 +47,68 @@ def _best(fn, n: int) -> float:
     return best
 
 
+def _tanh_table(segments: int):
+    from nmengine.pwl import PWLTable
+
+    x = np.linspace(-4, 4, segments + 1)
+    y = np.tanh(x)
+    s = np.diff(y) / np.diff(x)
+    return PWLTable(x, s, y[:-1] - s * x[:-1])
+
+
+def pwl_overhead() -> None:
+    from nmengine.approx.fit import fit
+
+    eps = {"plain": None, "pwl16": _tanh_table(16), "pwl32": _tanh_table(32), "gelu34": fit("gelu", segments=32)}
+    eps["relu"] = "relu"
+    for M, K, N in [(4096, 384, 1536), (1024, 1024, 1024)]:
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        b = rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K))
+        out = np.empty((M, N), np.float32)
+        best = {k: float("inf") for k in eps}
+        for _ in range(7):
+            for k, e in eps.items():
+                best[k] = min(best[k], _best(lambda e=e: nm.gemm(a, b, epilogue=e, out=out), 3))
+        plain = nm.gemm(a, b)
+        for k in ("pwl16", "pwl32", "gelu34"):
+            assert np.array_equal(nm.gemm(a, b, epilogue=eps[k]), eps[k](plain)), k
+        p = best["plain"]
+        parts = " ".join(f"{k} {100 * (v / p - 1):+.1f}%" for k, v in best.items() if k != "plain")
+        print(f"{M}x{K}x{N}: plain {p * 1e3:.2f} ms  {parts}")
+
+
+def small_m() -> None:
+    K, N = 384, 1536
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K))
+    packed = kernels.pack_b(b)
+    for M in (1, 8, 25, 64, 4096):
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+        reps = 100 if M <= 64 else 5
+        tn = min(_best(lambda: np.matmul(a, b, out=o1), reps) for _ in range(5))
+        tm = min(_best(lambda: nm.gemm(a, packed, out=o2), reps) for _ in range(5))
+        assert np.array_equal(o2, nm.gemm(a, b))
+        gf = 2.0 * M * N * K / 1e9
+        print(f"M={M}: numpy {gf / tn:6.1f} GFLOP/s  nmengine packed {gf / tm:6.1f} GFLOP/s  ratio {tn / tm:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="auto")
+    ap.add_argument("--pwl", action="store_true", help="PWL epilogue overhead instead of sgemm vs numpy")
+    ap.add_argument("--smallm", action="store_true", help="small M with pre-packed B instead")
     args = ap.parse_args()
     nm.set_num_threads(1)
     with threadpool_limits(1), kernels.use_kernel(args.kernel):
         print(nm.kernel_info())
+        if args.pwl:
+            pwl_overhead()
+            return
+        if args.smallm:
+            small_m()
+            return
         for M, K, N in SHAPES:
             rng = np.random.default_rng(0)
             a = rng.standard_normal((M, K), dtype=np.float32)
