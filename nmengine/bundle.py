@@ -1,14 +1,20 @@
 """Weight bundles: a compiled :class:`~nmengine.program.Program` in one ``.nmb`` file.
 
-A bundle is a `safetensors <https://github.com/huggingface/safetensors>`_ container, so any safetensors
-reader can list and load its tensors, with the program itself stored in the header metadata::
+A bundle is a `safetensors <https://github.com/huggingface/safetensors>`_ file, written and framed by the
+``safetensors`` library, so any safetensors reader can list and load its tensors, with the program itself
+stored in the header metadata::
 
     offset 0        u64 little-endian N: length of the JSON header in bytes
     offset 8        N bytes of UTF-8 JSON (padded with spaces to a multiple of 8), an object
-                      {"<tensor>": {"dtype": "F32"|"I64"|"I8", "shape": [...], "data_offsets": [begin, end]},
-                       ...,
-                       "__metadata__": {"format": "nmengine-bundle", "schema_version": "1", ...}}
+                      {"__metadata__": {"nmengine-bundle": "<JSON: format, schema_version, program, ...>"},
+                       "<tensor>": {"dtype": "F32"|"I64"|"I8", "shape": [...], "data_offsets": [begin, end]},
+                       ...}
     offset 8 + N    the tensor bytes, little-endian, back to back; offsets are relative to here
+
+The nmengine metadata is one JSON object in the single metadata key ``"nmengine-bundle"``: the library
+writes metadata keys in hash order, which changes from run to run, so one key is what keeps a bundle
+byte-reproducible (``SOURCE_DATE_EPOCH``).  Files written before (schema versions 1 and 2 with the
+same fields as separate metadata keys) load as they always did.
 
 Tensors are every Program constant (under its own name) and every PWL table ``key`` as three float32
 vectors ``table/<key>/breakpoints``, ``table/<key>/slopes`` and ``table/<key>/intercepts``.  The
@@ -16,17 +22,18 @@ metadata holds the program (ops, inputs, outputs, names and meta, as JSON), a SH
 of the program JSON and of the whole header.  See ``docs/bundle.md`` for the full layout.
 
 :func:`load` checks everything (framing, JSON, format and version, tensor index, checksums, PWL tables,
-program structure) before it builds the Program, and raises :class:`BundleError` naming the problem.
+program structure) before it builds the Program, and raises :class:`BundleError` naming the problem:
+its own checks of the framing come first (they name the problem precisely), then the library's
+``safe_open`` reads the same file (anything it refuses, a panic included, is a BundleError too).
 Nothing in a file is executed: no pickle, no eval.  With ``mmap=True`` (the default) the tensors are
-read-only views of a memory map of the file, kept alive by the arrays themselves.
+read-only views of a memory map of the file, kept alive by the arrays themselves; with ``mmap=False``
+they are the library's own copies (``safe_open(...).get_tensor``).
 
 :func:`save` writes to a temporary file next to the target, fsyncs it and renames it into place, so
 readers (and a crash) only ever see the old file or the complete new one.
 
 Why one module of this length: the file layout, every validation before use and the atomic writer are
-one contract (docs/bundle.md) that reads best in one place.  The writer stays hand-framed on purpose:
-safetensors 0.8's ``save`` orders ``__metadata__`` keys differently on every call, which would break
-byte-reproducible bundles (``SOURCE_DATE_EPOCH``); any safetensors reader loads the files.
+one contract (docs/bundle.md) that reads best in one place.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from .program import ROLES, Op, Program, ProgramError
 from .pwl import PWLTable
@@ -53,8 +62,10 @@ from .spec import InputSpec
 
 __all__ = ["BundleError", "save", "load", "inspect", "format_inspect", "FORMAT", "SCHEMA_VERSION", "MAX_HEADER_BYTES"]
 
-#: Value of ``__metadata__["format"]``.
+#: Value of the metadata's ``format``; also the one ``__metadata__`` key that holds the metadata as JSON.
 FORMAT = "nmengine-bundle"
+#: The one ``__metadata__`` key of files written now (older files have the fields as separate keys).
+METADATA_KEY = FORMAT
 #: Newest schema version: :func:`load` reads versions ``1..SCHEMA_VERSION``.  :func:`save` writes 2
 #: when the program has fused row ops (``softmax_rows`` / ``layernorm_rows``, which a version-1 reader
 #: does not know) and 1 otherwise; a version-1 file is fused on load (nmengine.compile.fuse_program).
@@ -106,16 +117,16 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-def _header_digest(header: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical header: every tensor's dtype and shape and the metadata except
-    ``header_sha256`` itself.  Data offsets are left out: they are checked structurally, the data by the
-    per-tensor checksums, so another safetensors writer may lay the same tensors out in another order."""
+def _header_digest(header: Mapping[str, Any], meta: Mapping[str, str]) -> str:
+    """SHA-256 of the canonical header: every tensor's dtype and shape and the nmengine metadata ``meta``
+    (the fields, however the file stores them) except ``header_sha256`` itself.  Data offsets are left
+    out: they are checked structurally, the data by the per-tensor checksums, so another safetensors
+    writer may lay the same tensors out in another order."""
     doc: dict[str, Any] = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            doc[name] = {k: v for k, v in entry.items() if k != "header_sha256"}
-        else:
+        if name != "__metadata__":
             doc[name] = {"dtype": entry["dtype"], "shape": entry["shape"]}
+    doc["__metadata__"] = {k: v for k, v in meta.items() if k != "header_sha256"}
     return _sha256(_canonical(doc))
 
 
@@ -199,28 +210,32 @@ def _program_json(program: Program) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
 
 
-def _le_bytes(arr: np.ndarray) -> np.ndarray:
-    """``arr`` as a flat little-endian uint8 array (no copy on little-endian hosts)."""
-    arr = np.ascontiguousarray(arr)
+def _le_array(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a C-contiguous little-endian array (no copy when it already is one)."""
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)  # (ascontiguousarray makes a 0-d array 1-d)
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+def _raw_bytes(arr: np.ndarray) -> np.ndarray:
+    """The bytes of a contiguous array as a flat uint8 view (what the data section holds)."""
     return arr.reshape(-1).view(np.uint8)
 
 
-def _collect_tensors(program: Program) -> list[tuple[str, str, tuple[int, ...], np.ndarray]]:
-    """``(name, dtype code, shape, bytes)`` for every constant and table vector, int64 first so that
-    every tensor is aligned to its item size in the file."""
-    items: list[tuple[str, str, tuple[int, ...], np.ndarray]] = []
+def _collect_tensors(program: Program) -> list[tuple[str, str, np.ndarray]]:
+    """``(name, dtype code, little-endian array)`` for every constant and table vector."""
+    items: list[tuple[str, str, np.ndarray]] = []
     for name, arr in program.constants.items():
         arr = np.asarray(arr)
         code = _DTYPE_CODES.get(arr.dtype.newbyteorder("="))
         if code is None:
             raise BundleError(f"constant {name!r} has dtype {arr.dtype}; bundles hold float32, int64 and int8 only")
-        items.append((name, code, tuple(int(d) for d in arr.shape), _le_bytes(arr)))
+        items.append((name, code, _le_array(arr)))
     for key, table in program.tables.items():
         for part in TABLE_PARTS:
             vec = np.asarray(getattr(table, part), dtype=np.float32)
-            items.append((_table_tensor(key, part), "F32", tuple(vec.shape), _le_bytes(vec)))
+            items.append((_table_tensor(key, part), "F32", _le_array(vec)))
     seen: set[str] = set()
     for name, *_ in items:
         if name == "__metadata__" or name in seen:
@@ -229,8 +244,6 @@ def _collect_tensors(program: Program) -> list[tuple[str, str, tuple[int, ...], 
                 f"'__metadata__' nor collide with 'table/<key>/<part>' names of the PWL tables)"
             )
         seen.add(name)
-    # stable (program order within a dtype); widest first, so every tensor is aligned to its item size
-    items.sort(key=lambda t: {"I64": 0, "F32": 1}.get(t[1], 2))
     return items
 
 
@@ -241,32 +254,34 @@ def _created() -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _build_header(program: Program, tensors: list[tuple[str, str, tuple[int, ...], np.ndarray]]) -> bytes:
+def _build_file(program: Program, tensors: list[tuple[str, str, np.ndarray]]) -> bytes:
+    """The whole bundle file, framed by ``safetensors.numpy.save``: the tensors (the library lays them
+    out widest dtype first, so each is aligned to its item size) and the metadata as one key."""
     from . import __version__
 
-    header: dict[str, Any] = {}
-    offset = 0
-    checksums: dict[str, str] = {}
-    for name, code, shape, data in tensors:
-        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + data.size]}
-        offset += data.size
-        checksums[name] = _sha256(data)
     program_json = _program_json(program)
-    header["__metadata__"] = {
+    meta: dict[str, str] = {
         "format": FORMAT,
         "schema_version": "2" if program.has_fused else "1",
         "producer": f"nmengine {__version__}",
         "created": _created(),
         "program": program_json,
         "program_sha256": _sha256(program_json.encode("ascii")),
-        "checksums": json.dumps(checksums, separators=(",", ":"), ensure_ascii=True),
+        "checksums": json.dumps(
+            {name: _sha256(_raw_bytes(arr)) for name, _, arr in tensors}, separators=(",", ":"), ensure_ascii=True
+        ),
     }
-    header["__metadata__"]["header_sha256"] = _header_digest(header)
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
-    raw += b" " * (-len(raw) % 8)  # 8 + N is a multiple of 8: every tensor is aligned in an mmap
-    if len(raw) > MAX_HEADER_BYTES:
-        raise BundleError(f"bundle header would be {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit")
-    return raw
+    index = {name: {"dtype": code, "shape": list(arr.shape)} for name, code, arr in tensors}
+    meta["header_sha256"] = _header_digest(index, meta)
+    packed = json.dumps(meta, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    try:
+        blob = safetensors.numpy.save({name: arr for name, _, arr in tensors}, metadata={METADATA_KEY: packed})
+    except Exception as e:  # the library refuses something the checks above let through
+        raise BundleError(f"safetensors cannot write this program: {e}") from None
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > MAX_HEADER_BYTES:
+        raise BundleError(f"bundle header would be {n} bytes, over the {MAX_HEADER_BYTES}-byte limit")
+    return blob
 
 
 def _write_chunks(f: Any, chunks: Iterable[Any]) -> None:
@@ -317,14 +332,14 @@ def save(program: Program, path: str | os.PathLike[str], *, overwrite: bool = Tr
         raise IsADirectoryError(errno.EISDIR, "cannot save a bundle over a directory", str(path))
     if not overwrite and path.exists():
         raise FileExistsError(errno.EEXIST, "bundle file exists (pass overwrite=True to replace it)", str(path))
-    tensors = _collect_tensors(program)
-    header = _build_header(program, tensors)
+    blob = _build_file(program, _collect_tensors(program))
 
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = _open_temp(directory, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_chunks(f, [struct.pack("<Q", len(header)), header, *(t[3] for t in tensors)])
+            view, n = memoryview(blob), 8 + struct.unpack("<Q", blob[:8])[0]
+            _write_chunks(f, [view[:8], view[8:n], view[n:]])  # length, header, data
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
@@ -378,13 +393,14 @@ class _Parsed:
         path: Path,
         file_size: int,
         header_len: int,
+        raw_meta: dict[str, str],
         meta: dict[str, str],
         version: int,
         entries: dict[str, _Entry],
         checksums: dict[str, str],
         program: dict[str, Any],
     ) -> None:
-        self.path, self.file_size, self.header_len = path, file_size, header_len
+        self.path, self.file_size, self.header_len, self.raw_meta = path, file_size, header_len, raw_meta
         self.meta, self.version, self.entries, self.checksums, self.program = meta, version, entries, checksums, program
 
     @property
@@ -447,11 +463,16 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
         raise fail(f"header is a JSON {type(header).__name__}, not an object")
 
     # -- metadata: format and version first, so newer files fail with the clearest message -------
-    meta = header.get("__metadata__")
-    if meta is None:
+    raw_meta = header.get("__metadata__")
+    if raw_meta is None:
         raise fail("no __metadata__ in the header: a plain safetensors file, not an nmengine bundle")
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+    if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise fail("__metadata__ must be an object of string values")
+    meta = raw_meta
+    if set(raw_meta) == {METADATA_KEY}:  # the metadata as one JSON object (files written now)
+        meta = _parse_json(raw_meta[METADATA_KEY], f"__metadata__[{METADATA_KEY!r}]", allow_nonfinite=False, fail=fail)
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise fail(f"__metadata__[{METADATA_KEY!r}] must be a JSON object of string values")
     if "format" not in meta:
         raise fail("__metadata__ has no 'format': not an nmengine bundle")
     if meta["format"] != FORMAT:
@@ -505,12 +526,17 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
             )
         entries[name] = _Entry(name, code, tuple(shape), begin, end)
     data_size = file_size - 8 - n
+
+    def past_the_end(ent: _Entry) -> BundleError:
+        return fail(
+            f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] run past the data section "
+            f"({data_size} bytes): truncated or corrupt"
+        )
+
     for ent in entries.values():
-        if ent.end > data_size:
-            raise fail(
-                f"tensor {ent.name!r}: data_offsets [{ent.begin}, {ent.end}] run past the data section "
-                f"({data_size} bytes): truncated or corrupt"
-            )
+        if ent.begin > data_size:
+            raise past_the_end(ent)
+    # In file order: a misplaced tensor is named for its overlap or gap before a truncation shows at the end.
     pos = 0
     for ent in sorted(entries.values(), key=lambda ent: (ent.begin, ent.end)):
         if ent.begin < pos:
@@ -523,6 +549,8 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
                 f"tensor {ent.name!r}: data_offsets start at {ent.begin}, leaving a gap after byte {pos}; "
                 f"tensors must be contiguous"
             )
+        if ent.end > data_size:
+            raise past_the_end(ent)
         pos = ent.end
     if pos != data_size:
         raise fail(
@@ -536,7 +564,7 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
         or _sha256(meta["program"].encode("utf-8", "surrogatepass")) != meta["program_sha256"]
     ):
         raise fail("program checksum mismatch: the program JSON is corrupt or was edited")
-    if not _is_hex64(meta["header_sha256"]) or _header_digest(header) != meta["header_sha256"]:
+    if not _is_hex64(meta["header_sha256"]) or _header_digest(header, meta) != meta["header_sha256"]:
         raise fail("header checksum mismatch: the header is corrupt or was edited")
 
     # -- per-tensor checksums -----------------------------------------------------------------
@@ -549,7 +577,7 @@ def _read_header(path: Path, f: Any, file_size: int) -> _Parsed:
 
     program = _parse_json(meta["program"], "'program'", allow_nonfinite=True, fail=fail)
     _check_program_doc(program, entries, fail)
-    return _Parsed(path, file_size, n, meta, version, entries, checksums, program)
+    return _Parsed(path, file_size, n, raw_meta, meta, version, entries, checksums, program)
 
 
 def _check_program_doc(doc: Any, entries: Mapping[str, _Entry], fail: Callable[[str], BundleError]) -> None:
@@ -636,26 +664,51 @@ def _check_program_doc(doc: Any, entries: Mapping[str, _Entry], fail: Callable[[
                 raise fail(f"PWL table {t['key']!r}: {part} must be a 1-D F32 tensor, got {e.code} {list(e.shape)}")
 
 
-def _map_data(f: Any, parsed: _Parsed, use_mmap: bool) -> np.ndarray:
-    """The data section as a read-only uint8 array: a view of a memory map, or a private copy."""
+def _library_read(parsed: _Parsed, *, copies: bool) -> dict[str, np.ndarray]:
+    """Open the validated file with the safetensors library (``safe_open``): it must accept the framing
+    and see the same metadata and tensor index as :func:`_read_header`.  With ``copies`` returns the
+    library's own copy of every tensor, else ``{}``.  Whatever the library raises -- a Rust panic
+    included, which is not an ``Exception`` -- becomes a :class:`BundleError`."""
+
+    def fail(msg: str) -> BundleError:
+        return BundleError(f"{parsed.path}: {msg}")
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        with safetensors.safe_open(os.fspath(parsed.path), framework="np") as sf:
+            meta = sf.metadata() or {}
+            names = set(sf.keys())
+            if copies:
+                out = {name: sf.get_tensor(name) for name in sorted(names & set(parsed.entries))}
+    except Exception as e:
+        raise fail(f"the safetensors library refuses the file: {e}") from None
+    except BaseException as e:  # pyo3's PanicException derives from BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        raise fail(f"the safetensors library failed on the file: {e}") from None
+    if meta != parsed.raw_meta or names != set(parsed.entries):
+        raise fail("the safetensors library reads another header than nmengine did (did the file change?)")
+    for name, arr in out.items():
+        ent = parsed.entries[name]
+        if arr.dtype.newbyteorder("=") != ent.dtype.newbyteorder("=") or arr.shape != ent.shape:
+            raise fail(f"tensor {name!r}: the safetensors library reads {arr.dtype} {list(arr.shape)}")
+        arr = arr.astype(ent.dtype.newbyteorder("="), copy=False)
+        arr.setflags(write=False)
+        out[name] = arr
+    return out
+
+
+def _map_data(f: Any, parsed: _Parsed) -> np.ndarray:
+    """The data section as a read-only uint8 view of a memory map of the file."""
     size = parsed.file_size - parsed.data_start
     if size == 0:
         out = np.empty(0, dtype=np.uint8)
-    elif use_mmap:
+    else:
         mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
         if len(mm) != parsed.file_size:
             raise BundleError(f"{parsed.path}: file changed size while being loaded")
         # The array (and every tensor view of it) keeps the map alive; it is unmapped when they are freed.
         out = np.frombuffer(mm, dtype=np.uint8, count=size, offset=parsed.data_start)
-    else:
-        out = np.empty(size, dtype=np.uint8)
-        f.seek(parsed.data_start)
-        view, got = out.data, 0
-        while got < size:
-            k = f.readinto(view[got:])
-            if not k:
-                raise BundleError(f"{parsed.path}: file shrank while being loaded")
-            got += k
     out.setflags(write=False)
     return out
 
@@ -676,26 +729,31 @@ def load(path: str | os.PathLike[str], *, mmap: bool = True) -> Program:
     Validates the whole file before any tensor is used (see the module docstring and ``docs/bundle.md``)
     and raises :class:`BundleError` naming the problem.  With ``mmap=True`` the constants and tables are
     read-only views of a memory map of the file (pages load on demand; the map lives as long as the
-    arrays); with ``mmap=False`` the data is read into memory once.  A missing path raises
-    :class:`FileNotFoundError`, a directory :class:`IsADirectoryError`.
+    arrays); with ``mmap=False`` they are read into memory once (the safetensors library's copies).  A
+    missing path raises :class:`FileNotFoundError`, a directory :class:`IsADirectoryError`.
     """
     path, f, file_size = _open_checked(path)
     with f:
         parsed = _read_header(path, f, file_size)
-        data = _map_data(f, parsed, mmap)
+        data = _map_data(f, parsed) if mmap else None
+    copies = _library_read(parsed, copies=not mmap)
 
     def fail(msg: str) -> BundleError:
         return BundleError(f"{path}: {msg}")
 
+    def tensor(name: str) -> np.ndarray:
+        return _tensor(data, parsed.entries[name]) if data is not None else copies[name]
+
     for name, e in parsed.entries.items():
-        if _sha256(data[e.begin : e.end]) != parsed.checksums[name]:
+        raw = data[e.begin : e.end] if data is not None else _raw_bytes(copies[name])
+        if _sha256(raw) != parsed.checksums[name]:
             raise fail(f"checksum mismatch for tensor {name!r}: the data is corrupt")
 
     doc = parsed.program
-    constants = {c: _tensor(data, parsed.entries[c]) for c in doc["constants"]}
+    constants = {c: tensor(c) for c in doc["constants"]}
     tables: dict[str, PWLTable] = {}
     for t in doc["tables"]:
-        vec = {p: _tensor(data, parsed.entries[_table_tensor(t["key"], p)]) for p in TABLE_PARTS}
+        vec = {p: tensor(_table_tensor(t["key"], p)) for p in TABLE_PARTS}
         try:
             tables[t["key"]] = PWLTable(
                 vec["breakpoints"], vec["slopes"], vec["intercepts"], name=t["name"], meta=t["meta"]
@@ -729,6 +787,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     path, f, file_size = _open_checked(path)
     with f:
         p = _read_header(path, f, file_size)
+    _library_read(p, copies=False)
     doc = p.program
     by_kind: dict[str, int] = {}
     for op in doc["ops"]:

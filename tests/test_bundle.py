@@ -80,13 +80,26 @@ def bundle_path(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Independent reader/writer of the documented layout
 # ---------------------------------------------------------------------------------------------
+PACKED = "nmengine-bundle"  # the one __metadata__ key that holds the metadata fields as a JSON object
+
+
 def read_raw(path: Path) -> tuple[dict, bytes]:
+    """The header (its metadata fields unpacked into ``__metadata__``, as files of schema 1 and 2 hold
+    them) and the data section."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict) and set(meta) == {PACKED}:
+        header["__metadata__"] = json.loads(meta[PACKED])
+    return header, raw[8 + n :]
 
 
-def write_raw(path: Path, header: dict, data: bytes, *, pad: bool = True) -> None:
+def write_raw(path: Path, header: dict, data: bytes, *, pad: bool = True, packed: bool = True) -> None:
+    """Write ``header`` (metadata fields as :func:`read_raw` gives them) packed into one metadata key, or
+    with ``packed=False`` as separate keys (the layout of files written before)."""
+    if packed and isinstance(header.get("__metadata__"), dict):
+        header = dict(header, __metadata__={PACKED: json.dumps(header["__metadata__"], separators=(",", ":"))})
     h = json.dumps(header, separators=(",", ":")).encode()
     if pad:
         h += b" " * (-len(h) % 8)
@@ -286,7 +299,7 @@ def test_readable_by_safetensors(bundle_path: Path) -> None:
     for k, v in expected.items():
         assert loaded[k].dtype == v.dtype and loaded[k].tobytes() == v.tobytes()
     with safe_open(str(bundle_path), framework="numpy") as f:
-        meta = f.metadata()
+        meta = json.loads(f.metadata()[PACKED])  # the metadata fields, as one JSON object
     assert meta["format"] == "nmengine-bundle" and meta["schema_version"] == "1"
     assert meta["producer"].startswith("nmengine ")
     assert json.loads(meta["program"])["name"] == "tiny"
@@ -313,6 +326,77 @@ def test_unaligned_layout_is_copied(bundle_path: Path, tmp_path: Path) -> None:
     for arr in q.constants.values():
         assert arr.ctypes.data % arr.dtype.alignment == 0
     assert_same_program(tiny_program(), q)
+
+
+def test_bytes_are_the_same_in_every_process(tmp_path: Path) -> None:
+    """The safetensors library writes metadata keys in a per-process hash order; with the metadata in one
+    key the file is byte-reproducible across processes, not only within one."""
+    import subprocess
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from tests.test_bundle import tiny_program; "
+        "from nmengine.bundle import save; save(tiny_program(), sys.argv[1])"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000", PYTHONPATH=root)
+    blobs = []
+    for i in range(4):
+        out = tmp_path / f"p{i}.nmb"
+        subprocess.run([sys.executable, "-c", code, str(out), root], check=True, env=env, cwd=root)
+        blobs.append(out.read_bytes())
+    assert all(b == blobs[0] for b in blobs)
+    header, _ = read_raw(tmp_path / "p0.nmb")
+    raw_header = json.loads(blobs[0][8 : 8 + struct.unpack("<Q", blobs[0][:8])[0]])
+    assert list(raw_header["__metadata__"]) == [PACKED]  # one key: nothing for a hash order to reorder
+    assert header["__metadata__"]["created"] == "2023-11-14T22:13:20Z"
+
+
+def test_version_1_file_of_the_previous_writer_loads() -> None:
+    """tests/data/bundle_v1_flat_metadata.nmb: tiny_program() saved by the hand-framed writer of nmengine
+    before this layout (schema version 1, every metadata field a separate key)."""
+    path = Path(__file__).parent / "data" / "bundle_v1_flat_metadata.nmb"
+    raw = path.read_bytes()
+    meta = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]
+    assert meta["format"] == "nmengine-bundle" and meta["schema_version"] == "1"  # separate keys
+    for mmap in (True, False):
+        assert_same_program(tiny_program(), load(path, mmap=mmap))
+    assert inspect(path)["schema_version"] == 1
+
+
+def test_version_2_file_with_flat_metadata_loads(tmp_path: Path) -> None:
+    """A fused program (schema version 2) in the layout of files written before (separate metadata keys)
+    loads as it is, without fusing again."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import specs
+
+    from nmengine.compile import compile as nm_compile
+
+    p = nm_compile(specs.transformer_spec())
+    assert p.has_fused
+    header, data = read_raw(save(p, tmp_path / "v2.nmb"))
+    assert header["__metadata__"]["schema_version"] == "2"
+    old = tmp_path / "v2_flat.nmb"
+    write_raw(old, header, data, packed=False)
+    raw_header = json.loads(old.read_bytes()[8 : 8 + struct.unpack("<Q", old.read_bytes()[:8])[0]])
+    assert raw_header["__metadata__"]["schema_version"] == "2"  # the old layout, really
+    q = load(old)
+    assert_same_program(p, q)
+    run_both(p, q, specs.transformer_inputs())
+
+
+def test_a_panic_in_the_library_is_a_bundle_error(bundle_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic: not an Exception
+        pass
+
+    def panicking_open(*args, **kwargs):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr(bundle.safetensors, "safe_open", panicking_open)
+    for mmap in (True, False):
+        with pytest.raises(BundleError, match="safetensors library failed"):
+            load(bundle_path, mmap=mmap)
+    with pytest.raises(BundleError, match="safetensors library failed"):
+        inspect(bundle_path)
 
 
 def test_plain_safetensors_file_is_rejected(tmp_path: Path) -> None:
