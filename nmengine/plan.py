@@ -57,6 +57,16 @@ def _same_view(v: np.ndarray) -> np.ndarray:
     return v
 
 
+def _reshaped(shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The alias view of a reshape: the source viewed with ``shape``."""
+    return lambda v: v.reshape(shape)
+
+
+def _first_rows(n: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The alias view of a slice_rows: the source's first ``n`` rows."""
+    return lambda v: v[:n]
+
+
 def mask_names(program: Program) -> list[str]:
     """Buffers used as token masks (``pack``/``unpack``/``positions``), in first-use order."""
     out: dict[str, None] = {}
@@ -141,7 +151,7 @@ class Plan:
             shapes[name] = arr.shape
             dtypes[name] = arr.dtype
         #: name -> (root, view function) for views; roots map to themselves
-        self.alias: dict[str, tuple[str, Optional[Callable[[np.ndarray], np.ndarray]]]] = {}
+        self.alias: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {}
         seen: dict[str, str] = {}
         for op in prog.ops:
             # an op identical to an earlier one (same kind, operands and attributes: e.g. the attention
@@ -179,7 +189,7 @@ class Plan:
                     raise ValueError(f"{op.layer}: {x[0]} packed rows for a mask with {ntok} tokens")
                 shape = tuple(m) + tuple(x[1:])
             if full:
-                self.alias[op.out] = (a["x"], lambda v, s=shape: v.reshape(s))
+                self.alias[op.out] = (a["x"], _reshaped(shape))
             return shape, dtypes[a["x"]]
         if k == "gather":
             return tuple(shapes[a["ids"]]) + tuple(shapes[a["table"]][1:]), dtypes[a["table"]]
@@ -188,14 +198,14 @@ class Plan:
             n = shapes[a["like"]][at["axis"]] if "like" in a else at["rows"]
             if n > x[0]:
                 raise ValueError(f"{op.layer}: needs {n} rows of {a['x']!r}, which has only {x[0]}")
-            self.alias[op.out] = (a["x"], lambda v, n=n: v[:n])
+            self.alias[op.out] = (a["x"], _first_rows(n))
             return (n,) + tuple(x[1:]), dtypes[a["x"]]
         try:
             shape = op_shape(op, shapes)
         except ValueError as e:
             raise ProgramError(f"{where}: {e}") from None
         if k == "reshape":
-            self.alias[op.out] = (a["x"], lambda v, s=shape: v.reshape(s))
+            self.alias[op.out] = (a["x"], _reshaped(shape))
         keeps = k in ("reshape", "transpose") or k in PLUMBING_KINDS  # int64 ids stay ids through movement
         return tuple(int(d) for d in shape), (dtypes[a["x"]] if keeps else np.float32)
 

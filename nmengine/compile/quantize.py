@@ -256,6 +256,10 @@ def quantize(
                     break
             else:
                 reason = f"no candidate within {tolerance:g}: the most accurate"
+        if chosen is None or best is None:  # every candidate's error was NaN or inf
+            raise QuantizationError(
+                f"op {i} ({op.layer}: {op.what}): no int8 candidate has a finite error ({measured})"
+            )
         base = op.args["b"]
         qname = f"{base}:int8"
         consts[qname] = best["q"]

@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -168,7 +168,7 @@ def read_rows(source: dict, shard: dict) -> list[str]:
                 first = offset if first is None else first
             offset += m
         table = pf.read_row_groups(groups, columns=[source["column"]]) if groups else None
-        values = [] if table is None else table.column(0).slice(start - first, n).to_pylist()
+        values = [] if table is None or first is None else table.column(0).slice(start - first, n).to_pylist()
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 raise TypeError(
@@ -455,7 +455,7 @@ def read_output(outdir: str, *, mmap: bool = False) -> tuple[np.ndarray, np.ndar
             f"{outdir}: {len(missing)} of {len(doc['shards'])} shards are not finished "
             f"(first: {missing[0]}); run the job again to complete it"
         )
-    mode = "r" if mmap else None
+    mode: Optional[Literal["r"]] = "r" if mmap else None
     vecs = [np.load(os.path.join(outdir, s["name"] + ".npy"), mmap_mode=mode) for s in doc["shards"]]
     idx = [np.load(os.path.join(outdir, s["name"] + ".index.npy"), mmap_mode=mode) for s in doc["shards"]]
     if not vecs:

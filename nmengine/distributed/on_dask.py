@@ -169,7 +169,7 @@ def run_block(
         if isinstance(y, Mapping):
             y = y[output]
         y = np.asarray(y)
-    if frame is None:
+    if frame is None or column_names is None:  # (both or neither: a dataframe partition has both)
         return y
     import pandas as pd
 
@@ -246,7 +246,7 @@ def map_program(
         elif out_ndim > x.ndim:
             kwargs["new_axis"] = list(range(x.ndim, out_ndim))
         return x.map_blocks(
-            run_block,
+            run_block,  # type: ignore[arg-type]  # dask's annotations type map_blocks' func as an Array
             path,
             input_name,
             output,
