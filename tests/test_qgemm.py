@@ -291,3 +291,24 @@ def test_bad_inputs():
 def test_scalar_default_under_use_kernel():
     with kernels.use_kernel("scalar"):
         assert kernels.qkernel_info()["kernel"] == "scalar"
+
+
+@pytest.mark.parametrize("layout", ["c", "strided"])
+def test_epilogue_layouts_and_wide_table(qkernel, layout):
+    """The vector tile finisher (unit column strides) and the generic one (strided output / residual)
+    give the reference bits, with a PWL table of more than 32 segments (two register halves)."""
+    rng = np.random.default_rng(9)
+    M, K, N, group = 45, 200, 75, 64
+    w = rng.standard_normal((K, N)).astype(np.float32) * 0.2
+    q, s = _quantize_weights(w, group)
+    Q = kernels.QuantizedMatrix(q, s, group)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    bias, res = rng.standard_normal(N).astype(np.float32), rng.standard_normal((M, N)).astype(np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    if layout == "strided":
+        res = np.asfortranarray(res)
+        out = np.full((N, M), np.nan, np.float32).T
+    tab = _table(48)
+    got = kernels.qgemm(a, Q, bias=bias, residual=res, epilogue=tab, kernel=qkernel, out=out)
+    x = ((reference(a, q, s, group) + bias[None, :]).astype(np.float32) + res).astype(np.float32)
+    assert np.array_equal(got, tab(x))
