@@ -352,6 +352,14 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
 
 /* ---- tiles ---------------------------------------------------------------------------------- */
 
+/* the AVX-512 tile finisher applies (32-column tiles, unit column strides of C and the residual;
+ * the activation is then deferred to whole rows) */
+static int nm_qfast_finish(const nm_qplan *p)
+{
+    const nm_qgemm_args *x = p->x;
+    return p->z512 && p->kd.nr == 32 && x->C && x->csc == 1 && (!x->ep || !x->ep->res || x->ep->res_cs == 1);
+}
+
 /* defer_act: leave the activation to the caller (nm_qunit applies it to whole output rows) */
 static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_act)
 {
@@ -387,7 +395,8 @@ static void nm_qtile_run(const nm_qplan *p, int64_t i0, int64_t j0, int defer_ac
     const nm_epilogue *ep = x->ep;
     const int act = ep ? ep->act : NM_ACT_NONE;
 #if NM_X86
-    if (p->z512 && nr == 32 && x->csc == 1 && (act == NM_ACT_NONE || defer_act) && (!ep || !ep->res || ep->res_cs == 1)) {
+    if (nm_qfast_finish(p)) {
+        /* AVX-512: bias / residual (the activation is deferred to whole rows: nm_qunit) */
         nm_qfinish_avx512(f, m, n, x->C + i0 * x->rsc + j0, x->rsc, ep && ep->bias_col ? ep->bias_col + j0 : NULL,
                           ep && ep->bias_row ? ep->bias_row + i0 : NULL,
                           ep && ep->res ? ep->res + i0 * ep->res_rs + j0 : NULL, ep ? ep->res_rs : 0);
