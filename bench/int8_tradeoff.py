@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from nmengine import corpus, hf
-from nmengine.compile.quantize import Candidate, quantize
+from nmengine.compile.quantize import DEFAULT_CANDIDATES, Candidate, quantize
 
 CONFIGS: dict[str, object] = {
     "static, one scale per GEMM input": [Candidate(None, "static", None)],
@@ -18,10 +18,17 @@ CONFIGS: dict[str, object] = {
     "static per K group of 32, smoothing": [Candidate(32, "static", 0.5)],
     "dynamic per row": [Candidate(None, "dynamic", None)],
     "dynamic per row, smoothing": [Candidate(None, "dynamic", 0.5)],
+    "dynamic per row and K group of 128, smoothing": [Candidate(128, "dynamic", 0.5)],
+    "dynamic per row and K group of 64, smoothing": [Candidate(64, "dynamic", 0.5)],
     "dynamic per row and K group of 32": [Candidate(32, "dynamic", None)],
     "dynamic per row and K group of 32, smoothing": [Candidate(32, "dynamic", 0.5)],
     "chosen per GEMM, tolerance 0.01": 0.01,
+    "chosen per GEMM, tolerance 0.008": 0.008,
     "chosen per GEMM, tolerance 0.006 (default)": 0.006,
+    "chosen per GEMM, tolerance 0.006, groups down to 32": (
+        DEFAULT_CANDIDATES + (Candidate(32, "dynamic", 0.5),),
+        0.006,
+    ),
 }
 
 
@@ -39,6 +46,8 @@ def main() -> None:
     for name, how in CONFIGS.items():
         if isinstance(how, float):
             program = quantize(emb.program, calib, tolerance=how)
+        elif isinstance(how, tuple):
+            program = quantize(emb.program, calib, candidates=how[0], tolerance=how[1])
         else:
             program = quantize(emb.program, calib, candidates=how, tolerance=1e-9)
         f = hf.fidelity(hf.SentenceEmbedder(program=program).encode(sents), exact)
