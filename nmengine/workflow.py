@@ -79,8 +79,10 @@ def run_flow(
     model_options: dict[str, Any] | None = None,
     learn_tables: bool = False,
     table_lr: float = 1e-2,
+    table_init: str = "data",
     target: Any = None,
     precision: str = "float32",
+    data: Any = None,
 ) -> FlowResult:
     """Train ``model`` ("cnn" or "vit") on digits, fine-tune it with the engine's PWL tables, compile it.
 
@@ -90,20 +92,31 @@ def run_flow(
     ``learn_tables``: AAT also trains every table's breakpoints and knot values (continuous tables, see
     :mod:`nmengine.train.tables`, learning rate ``table_lr``); the exported program keeps the learned
     tables (no bias correction: the learned intercepts and the fine-tuned biases absorb the mean error).
+    ``table_init``: ``"data"`` (default) refits each learnable table to the exact model's inputs on the
+    calibration images before AAT (breakpoints and values, least squares, same segment count and range;
+    :func:`nmengine.train.fit_tables_to_data`), ``"compiled"`` starts from the compiler's tables as they are.
     ``segments="auto"`` with ``target`` (e.g. ``{"accuracy_drop": 0.005}``; labels are the calibration
     images' own) lets the compiler choose each table's size (:mod:`nmengine.compile.budget`).
     ``precision="int8"`` compiles the linear layers to int8 GEMMs (the compiler's int8 pass; convolutions
     stay float32), and AAT then also runs them fake-quantized (quantization-aware training,
     :mod:`nmengine.train.qat`).
+    ``data``: a :class:`~nmengine.train.data.Dataset` to use instead of the fixed digits split for
+    ``seed`` (e.g. a validation split carved from the training images, for choosing settings without
+    looking at the test split); accuracies are then on its ``x_test``/``y_test``.
     """
     from . import train as nt
     from .compile import compile
     from .train.qat import quantization_aware
 
+    if table_init not in ("data", "compiled"):
+        raise ValueError(f"table_init must be 'data' or 'compiled', got {table_init!r}")
     if aat_epochs < 0:
         raise ValueError(f"aat_epochs must be >= 0, got {aat_epochs}")
     timings: dict[str, float] = {}
-    data = nt.load_digits_split(seed=seed)
+    if data is None:
+        data = nt.load_digits_split(seed=seed)
+    elif not isinstance(data, nt.Dataset):
+        raise TypeError(f"data must be a nmengine.train.Dataset, got {type(data).__name__}")
     config: dict[str, Any] = nt.default_config(model)
     if epochs is not None:
         config["epochs"] = epochs
@@ -134,7 +147,9 @@ def run_flow(
         t0 = time.perf_counter()
         aat_config = dict(config, epochs=aat_epochs, lr=config["lr"] * 0.1, warmup_epochs=0.0)
         if learn_tables:
-            program = _learn_tables(net, data, program, calib, pwl, aat_config, table_lr, seed, progress, model)
+            program = _learn_tables(
+                net, data, program, calib, pwl, aat_config, table_lr, seed, progress, model, table_init
+            )
         else:
             # The trainer computes exactly what the program computes: its tables and its bias corrections,
             # and with int8 the fake-quantized linear layers (straight-through gradient).
@@ -179,6 +194,7 @@ def _learn_tables(
     seed: int,
     progress: bool,
     model: str,
+    table_init: str = "data",
 ) -> Program:
     """AAT with trainable tables, starting from ``program``'s tables; returns the program to export."""
     from . import train as nt
@@ -188,6 +204,8 @@ def _learn_tables(
     # intercepts and the fine-tuned biases take over the mean error
     fixed = {k: program.tables[k] for k in program.tables}
     start = nt.learnable_tables(program.tables_by_layer())
+    if table_init == "data":
+        nt.fit_tables_to_data(start, nt.collect_activations(net, calib, max_per_role=65536, seed=seed), seed=seed)
     opt = nt.table_optimizer(
         net, start, lr=aat_config["lr"], table_lr=table_lr, weight_decay=aat_config.get("weight_decay", 0.0)
     )

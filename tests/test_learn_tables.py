@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import expit
+from scipy.special import erf, expit
 
 import nmengine as nm
 from nmengine import train as nt
@@ -123,6 +123,80 @@ def test_learning_a_table_alone_lowers_its_error():
     end = np.mean((lt.table()(x.astype(np.float32)) - target) ** 2)
     assert end < 0.2 * start
     assert np.all(np.diff(lt.table().breakpoints) > 0)
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _best_chain_on_grid(x, y, lo, hi, grid):
+    """Brute force: the continuous PWL on knots (lo, e1, e2, e3, hi) with least-squares knot values
+    (hat basis via np.interp), best over every e1 < e2 < e3 from ``grid``; its RMS error."""
+    from itertools import combinations
+
+    best = np.inf
+    for es in combinations(grid, 3):
+        knots = np.array([lo, *es, hi])
+        basis = np.stack([np.interp(x, knots, np.eye(5)[i]) for i in range(5)], axis=1)
+        v = np.linalg.lstsq(basis, y, rcond=None)[0]
+        best = min(best, float(np.sqrt(np.mean((basis @ v - y) ** 2))))
+    return best
+
+
+def test_fit_to_data_finds_the_least_squares_table():
+    """A uniform 4-segment GELU table refitted to N(0, 1) inputs: at least as good as the best
+    continuous 4-segment table over a grid of breakpoints (independent hat-basis least squares),
+    far better than the uniform start; same range, tails and segment count; continuous."""
+    t = nm.approx.fit("gelu", segments=4, lo=-4.0, hi=4.0, method="uniform")
+    lt = LearnableTable(t)
+    x = np.clip(np.random.default_rng(0).standard_normal(3000), -3.95, 3.95)
+    y = _gelu(x)
+    start = float(np.sqrt(np.mean((t(x.astype(np.float32)) - y) ** 2)))
+    rms = lt.fit_to_data(x)
+    got = lt.table()
+    fitted = float(np.sqrt(np.mean((got(x.astype(np.float32)) - y) ** 2)))
+    reference = _best_chain_on_grid(x, y, -4.0, 4.0, np.arange(-3.75, 3.8, 0.25))
+    assert rms == pytest.approx(fitted, rel=1e-3)
+    assert fitted <= 1.01 * reference
+    assert fitted < 0.3 * start
+    assert got.slopes.size == t.slopes.size
+    e, s, c = lt.lines()
+    for j in range(e.size):
+        if not lt.tail[j] and not lt.tail[j + 1]:
+            assert s[j] * e[j] + c[j] == pytest.approx(s[j + 1] * e[j] + c[j + 1], abs=1e-9)
+    far = np.array([-30.0, -10.0, 10.0, 30.0], np.float32)
+    np.testing.assert_array_equal(got(far), t(far))  # the asymptotes stay
+    assert np.all(lt.edges.data == 0) and np.all(lt.values.data == 0)  # parameters restart at the fit
+
+
+def test_fit_to_data_relative_function():
+    """rsqrt on inputs spanning a decade, uniform start on a much wider range: the relative error on
+    the data drops by an order of magnitude; breakpoints stay positive, sorted, inside the range."""
+    t = nm.approx.fit("rsqrt", segments=4, lo=0.01, hi=20.0, method="uniform")
+    lt = LearnableTable(t)
+    x = np.exp(np.random.default_rng(1).uniform(np.log(0.05), np.log(0.8), 4000))
+    y = 1.0 / np.sqrt(x)
+
+    def rel(tab):
+        return float(np.sqrt(np.mean(((tab(x.astype(np.float32)) - y) / y) ** 2)))
+
+    start = rel(t)
+    lt.fit_to_data(x)
+    assert rel(lt.table()) < 0.1 * start
+    e = lt.knots()[0]
+    assert np.all(e > 0) and np.all(np.diff(e) > 0)
+    inner = e[lt.moving]
+    assert inner.min() >= 0.01 and inner.max() <= 20.0
+
+
+def test_fit_to_data_without_data_leaves_the_table():
+    t = nm.approx.fit("silu", segments=4, lo=-6.0, hi=6.0)
+    lt = LearnableTable(t)
+    before = lt.table()
+    assert lt.fit_to_data(np.array([np.nan, np.inf])) is None
+    after = lt.table()
+    np.testing.assert_array_equal(before.breakpoints, after.breakpoints)
+    np.testing.assert_array_equal(before.intercepts, after.intercepts)
 
 
 def test_program_with_learned_tables_computes_what_the_trainer_computed(tmp_path):

@@ -42,7 +42,15 @@ from .data import Dataset, batches, load_digits_split, random_shift
 from .models import SmallCNN, SmallViT, create_model, default_config, small_cnn, small_vit
 from .nn import Module, manual_seed
 from .optim import SGD, AdamW, Constant, CosineWarmup, StepDecay, clip_grad_norm, param_groups
-from .tables import LearnableTable, TableAdamW, fixed_tables, learnable_tables, learned_pwl, table_optimizer
+from .tables import (
+    LearnableTable,
+    TableAdamW,
+    fit_tables_to_data,
+    fixed_tables,
+    learnable_tables,
+    learned_pwl,
+    table_optimizer,
+)
 from .tensor import Parameter, Tensor, no_grad
 from .trainer import History, blas_threads, evaluate, predict, train
 
@@ -84,6 +92,7 @@ __all__ = [
     "calibrate_uniform_tables",
     "LearnableTable",
     "learnable_tables",
+    "fit_tables_to_data",
     "learned_pwl",
     "fixed_tables",
     "TableAdamW",

@@ -23,11 +23,12 @@ Flex-SFU (Reggiani et al., 2023) and GQA-LUT (2024) train PWL breakpoints this w
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..pwl import PWLTable
+from .functional import EXACT_FUNCTIONS
 from .optim import AdamW, param_groups
 from .tensor import Tensor, make_result
 
@@ -38,6 +39,7 @@ __all__ = [
     "TableAdamW",
     "table_optimizer",
     "fixed_tables",
+    "fit_tables_to_data",
     "FROZEN_FUNCTIONS",
 ]
 
@@ -79,6 +81,17 @@ class LearnableTable:
         self.free = ~(tl & tr)
         #: edges between two learnable segments (they move; the range's ends stay where the compiler put them)
         self.moving = ~tl & ~tr
+        self.gap_fraction = float(min_gap)
+        self.ends = (float(b[0]), float(b[-1]))
+        self.edges = Tensor(np.zeros_like(e0), requires_grad=True, dtype=np.float64)
+        self.values = Tensor(np.zeros_like(v0), requires_grad=True, dtype=np.float64)
+        self._start(e0, v0)
+
+    def _start(self, e0: np.ndarray, v0: np.ndarray) -> None:
+        """Make ``(e0, v0)`` the origin of the parameters (zeroed) and derive their scales from it."""
+        left = np.concatenate([[-np.inf], e0])  # segment k spans [left[k], right[k]]
+        right = np.concatenate([e0, [np.inf]])
+        tl, tr = self.tail[:-1], self.tail[1:]
         widths = (right - left)[~self.tail]
         finite = widths[np.isfinite(widths)]
         unit = float(finite.min()) if finite.size else max(float(np.max(np.abs(e0))), 1.0)
@@ -86,13 +99,12 @@ class LearnableTable:
         wl = np.where(np.isfinite(wl) & ~tl, wl, np.inf)
         wr = np.where(np.isfinite(wr) & ~tr, wr, np.inf)
         esc = np.minimum(wl, wr)
-        self.e0, self.v0 = e0, v0
+        self.e0, self.v0 = np.asarray(e0, np.float64), np.asarray(v0, np.float64)
         self.escale = np.where(np.isfinite(esc), esc, unit)
-        self.vscale = np.maximum(np.abs(v0), 1e-2 * max(float(np.max(np.abs(v0))), 1e-12))
-        self.min_gap = float(min_gap) * unit
-        self.ends = (float(b[0]), float(b[-1]))
-        self.edges = Tensor(np.zeros_like(e0), requires_grad=True, dtype=np.float64)
-        self.values = Tensor(np.zeros_like(v0), requires_grad=True, dtype=np.float64)
+        self.vscale = np.maximum(np.abs(self.v0), 1e-2 * max(float(np.max(np.abs(self.v0))), 1e-12))
+        self.min_gap = self.gap_fraction * unit
+        self.edges.data[...] = 0.0
+        self.values.data[...] = 0.0
 
     # -- the function ---------------------------------------------------------------------------
     @property
@@ -109,8 +121,11 @@ class LearnableTable:
     def lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(edges, slopes, intercepts) of all ``n`` segments, float64."""
         e, v = self.knots()
+        return self._lines_at(e, v, self.s0)
+
+    def _lines_at(self, e: np.ndarray, v: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = e.size + 1
-        s, c = self.s0.copy(), self.c0.copy()
+        s, c = s0.copy(), self.c0.copy()
         for k in np.flatnonzero(~self.tail):
             if k == 0:
                 c[0] = v[0] - s[0] * e[0]
@@ -120,6 +135,134 @@ class LearnableTable:
                 s[k] = (v[k] - v[k - 1]) / (e[k] - e[k - 1])
                 c[k] = v[k - 1] - s[k] * e[k - 1]
         return e, s, c
+
+    # -- a start fitted to the data ------------------------------------------------------------
+    def fit_to_data(
+        self,
+        x: np.ndarray,
+        fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        *,
+        max_points: int = 4096,
+        seed: int = 0,
+    ) -> float | None:
+        """Re-place the moving breakpoints and refit the knot values to ``fn`` on the inputs ``x``.
+
+        The table keeps its segment count, its range ends and its frozen tails; inside the range it
+        becomes the continuous PWL function with the smallest squared error on ``x`` (relative error for
+        ``rsqrt``/``reciprocal``/``sqrt``): for given breakpoints the knot values (and the slopes of
+        outermost in-range segments) are a linear least-squares fit, and the breakpoints are searched
+        (Nelder-Mead from the current ones, the data's quantiles and equal steps between the data's
+        ends).  ``fn`` defaults to the exact function of the table's name.  The parameters restart at
+        zero around the new knots.  Returns the weighted RMS error on ``x`` after the fit (None when
+        ``x`` has no usable value: the table is left as it was).
+        """
+        from scipy.optimize import minimize
+
+        f = fn if fn is not None else EXACT_FUNCTIONS.get(self.name or "")
+        if f is None:
+            raise ValueError(f"fit_to_data: no exact function for table {self.name!r}; pass fn=")
+        x = np.asarray(x, np.float64).ravel()
+        x = x[np.isfinite(x)]
+        if self.relative:
+            x = x[x > 0]
+        if x.size > max_points:
+            x = x[np.random.default_rng(seed).choice(x.size, max_points, replace=False)]
+        if x.size == 0:
+            return None
+        x = np.sort(x)
+        y = np.asarray(f(x), np.float64)
+        ok = np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if x.size == 0:
+            return None
+        w = 1.0 / np.maximum(np.abs(y), 1e-30) if self.relative else np.ones_like(y)
+        n = self.s0.size
+        e_now, v_now = self.knots()
+        vi = np.flatnonzero(self.free)
+        si = np.array([k for k in (0, n - 1) if not self.tail[k]], dtype=np.int64)
+        theta_now = np.concatenate([v_now[vi], self.s0[si]])
+        theta_scale = np.concatenate([self.vscale[vi], np.maximum(np.abs(self.s0[si]), 1e-6)])
+        ridge = 1e-3 * float(np.sqrt(np.mean((w * y) ** 2))) * np.sqrt(x.size)
+
+        def lines(e: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            v, s0 = v_now.copy(), self.s0.copy()
+            v[vi], s0[si] = theta[: vi.size], theta[vi.size :]
+            _, sl, c = self._lines_at(e, v, s0)
+            return sl, c
+
+        def solve(e: np.ndarray) -> tuple[float, np.ndarray]:
+            # the table is affine in theta (knot values, outer slopes): columns by unit steps
+            seg = np.searchsorted(e, x, side="right")
+            k = theta_now.size
+            sl0, c0 = lines(e, np.zeros(k))
+            g0 = sl0[seg] * x + c0[seg]
+            cols = []
+            for i in range(k):
+                sl, c = lines(e, np.eye(k)[i])
+                cols.append((sl - sl0)[seg] * x + (c - c0)[seg])
+            A = np.vstack([np.stack(cols, axis=1) * w[:, None], np.diag(ridge / theta_scale)])
+            rhs = np.concatenate([(y - g0) * w, ridge * theta_now / theta_scale])
+            theta = np.linalg.lstsq(A, rhs, rcond=None)[0]
+            sl, c = lines(e, theta)
+            r = (sl[seg] * x + c[seg] - y) * w
+            return float(np.mean(r**2)), theta
+
+        mv = np.flatnonzero(self.moving)
+        if mv.size:
+            fixed = e_now[~self.moving]
+            lo_b = max([float(x[0])] + [float(v) for v in fixed if v < e_now[mv[0]]])
+            hi_b = min([float(x[-1])] + [float(v) for v in fixed if v > e_now[mv[-1]]])
+            to_t = np.log if self.relative else (lambda a: np.asarray(a, np.float64))
+            from_t = np.exp if self.relative else (lambda a: np.asarray(a, np.float64))
+            if not hi_b > lo_b:
+                lo_b, hi_b = float(e_now[mv[0]]), float(e_now[mv[-1]]) + 1e-12
+            ta, tb = float(to_t(lo_b)), float(to_t(hi_b))
+            gap = 1e-4 * (tb - ta)
+
+            def edges_of(u: np.ndarray) -> np.ndarray:
+                t = np.sort(np.clip(u, ta + gap, tb - gap))
+                for i in range(1, t.size):
+                    t[i] = max(t[i], t[i - 1] + gap)
+                for i in range(t.size - 2, -1, -1):
+                    t[i] = min(t[i], t[i + 1] - gap)
+                e = e_now.copy()
+                e[mv] = from_t(t)
+                return e
+
+            def cost(u: np.ndarray) -> float:
+                return solve(edges_of(u))[0]
+
+            m = mv.size
+            starts = [
+                to_t(np.clip(e_now[mv], lo_b, hi_b)),
+                to_t(np.quantile(x[(x >= lo_b) & (x <= hi_b)], (np.arange(m) + 1) / (m + 1))),
+                np.linspace(ta, tb, m + 2)[1:-1],
+            ]
+            step = max((tb - ta) / (m + 1) / 2, 1e-12)
+            best, best_cost = starts[0], cost(starts[0])
+            for u0 in starts:  # Nelder-Mead from each start (the error has local minima), keep the best
+                u0 = np.sort(np.clip(u0, ta, tb))
+                simplex = np.vstack(
+                    [u0] + [u0 + step * np.eye(m)[i] * (1 if u0[i] + step <= tb else -1) for i in range(m)]
+                )
+                res = minimize(
+                    cost,
+                    u0,
+                    method="Nelder-Mead",
+                    options={"initial_simplex": simplex, "maxiter": 100 * m, "xatol": 1e-4 * (tb - ta), "fatol": 0.0},
+                )
+                if res.fun < best_cost:
+                    best, best_cost = res.x, float(res.fun)
+            e_new = edges_of(best)
+        else:
+            e_new = e_now
+        mse, theta = solve(e_new)
+        v_new = v_now.copy()
+        v_new[vi] = theta[: vi.size]
+        self.s0 = self.s0.copy()
+        self.s0[si] = theta[vi.size :]
+        self._start(e_new, v_new)
+        return float(np.sqrt(mse))
 
     def project(self) -> None:
         """Learnable edges sorted, at least ``min_gap`` apart and between their frozen neighbours."""
@@ -208,6 +351,26 @@ def learnable_tables(
                 or t.meta.get("method") == "exact"
             )
             out[layer][role] = t if frozen else LearnableTable(t, name=t.name or role, min_gap=min_gap)
+    return out
+
+
+def fit_tables_to_data(
+    tables: Mapping[str, Mapping[str, Any]], activations: Mapping[str, Mapping[str, np.ndarray]], *, seed: int = 0
+) -> dict[str, float]:
+    """Refit every :class:`LearnableTable` of ``tables`` to its inputs in ``activations`` (in place).
+
+    ``activations`` is :func:`~nmengine.train.aat.collect_activations`' ``{layer: {role: values}}`` (the
+    exact model on training images); see :meth:`LearnableTable.fit_to_data`.  Tables without recorded
+    inputs stay as they are.  Returns ``{"layer:role": weighted RMS error after the fit}``.
+    """
+    out: dict[str, float] = {}
+    for layer, roles in tables.items():
+        for role, t in roles.items():
+            x = activations.get(layer, {}).get(role)
+            if isinstance(t, LearnableTable) and x is not None:
+                err = t.fit_to_data(x, seed=seed)
+                if err is not None:
+                    out[f"{layer}:{role}"] = err
     return out
 
 
