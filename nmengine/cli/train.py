@@ -60,6 +60,7 @@ def _train(args: argparse.Namespace) -> int:
         model_options=options,
         learn_tables=args.learn_tables,
         table_lr=args.table_lr,
+        table_init=args.table_init,
         precision=args.precision,
     )
     print(result.summary())
@@ -107,6 +108,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="AAT also trains the tables' breakpoints and values (kept sorted and continuous)",
     )
     p.add_argument("--table-lr", type=float, default=1e-2, help="learning rate of the tables' parameters")
+    p.add_argument(
+        "--table-init",
+        choices=("data", "compiled"),
+        default="data",
+        help="with --learn-tables: start from tables refitted to the calibration inputs (default) or the compiled ones",
+    )
     p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
     p.add_argument(
         "--precision",
