@@ -62,6 +62,8 @@ def parse_variant(text: str) -> dict[str, Any]:
             v[k] = int(val)
         elif k == "init":
             v[k] = val
+        elif k == "distill":
+            v[k] = val in ("1", "true", "yes")
         else:
             raise ValueError(f"unknown variant key {k!r} in {text!r}")
     return v
@@ -78,6 +80,8 @@ def run_variant(model: str, act: str | None, variant: dict[str, Any], seed: int,
         kw["table_lr"] = variant.get("table_lr", 1e-2)
         if "init" in variant:
             kw["table_init"] = variant["init"]
+    if variant.get("distill"):
+        kw["distill"] = True
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         r = run_flow(
@@ -95,10 +99,15 @@ def run_variant(model: str, act: str | None, variant: dict[str, Any], seed: int,
         program = load(Path(tmp) / "m.nmb")
     d = data if data is not None else __import__("nmengine.train", fromlist=["x"]).load_digits_split(seed=seed)
     after = program_accuracy(program, d.x_test, d.y_test)
+    logits = np.asarray(program.run(d.x_test), np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    nll = float(-np.mean(logp[np.arange(len(d.y_test)), d.y_test]))
     return {
         "exact": r.exact_accuracy,
         "before": r.matrixized_before_aat,
         "after": after,
+        "nll": nll,
         "n": len(d.y_test),
         "seconds": time.perf_counter() - t0,
     }
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             res.append(r)
             print(
                 f"{text:<40s} seed {seed}: exact {100 * r['exact']:6.2f}  before {100 * r['before']:6.2f}  "
-                f"after {100 * r['after']:6.2f}  gap {100 * (r['exact'] - r['after']):+5.2f}  ({r['seconds']:.0f} s)",
+                f"after {100 * r['after']:6.2f}  gap {100 * (r['exact'] - r['after']):+5.2f}  nll {r['nll']:.4f}  "
+                f"({r['seconds']:.0f} s)",
                 flush=True,
             )
         rows.append((text, res))
@@ -131,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.model}{' ' + args.act if args.act else ''}, {args.segments} segments, {args.split} split ({n} images), "
         f"seeds {args.seeds}; gap = exact - compiled program after AAT, points"
     )
-    print("| variant | exact (mean) | before AAT (mean) | after AAT (mean) | gap per seed | mean gap |")
-    print("| --- | ---: | ---: | ---: | --- | ---: |")
+    print("| variant | exact (mean) | before AAT (mean) | after AAT (mean) | gap per seed | mean gap | NLL (mean) |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: |")
     for text, res in rows:
         gaps = [100 * (r["exact"] - r["after"]) for r in res]
         print(
             f"| {text} | {100 * np.mean([r['exact'] for r in res]):.2f}% | {100 * np.mean([r['before'] for r in res]):.2f}% "
-            f"| {100 * np.mean([r['after'] for r in res]):.2f}% | {', '.join(f'{g:+.2f}' for g in gaps)} | {np.mean(gaps):+.2f} |"
+            f"| {100 * np.mean([r['after'] for r in res]):.2f}% | {', '.join(f'{g:+.2f}' for g in gaps)} | {np.mean(gaps):+.2f} | {np.mean([r['nll'] for r in res]):.4f} |"
         )
     return 0
 

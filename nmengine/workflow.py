@@ -80,6 +80,7 @@ def run_flow(
     learn_tables: bool = False,
     table_lr: float = 1e-2,
     table_init: str = "data",
+    distill: bool = False,
     target: Any = None,
     precision: str = "float32",
     data: Any = None,
@@ -95,6 +96,8 @@ def run_flow(
     ``table_init``: ``"data"`` (default) refits each learnable table to the exact model's inputs on the
     calibration images before AAT (breakpoints and values, least squares, same segment count and range;
     :func:`nmengine.train.fit_tables_to_data`), ``"compiled"`` starts from the compiler's tables as they are.
+    ``distill``: AAT's loss also pulls the matrixized network's outputs towards the exact model's
+    (knowledge distillation, :func:`nmengine.train.functional.distillation_loss`).
     ``segments="auto"`` with ``target`` (e.g. ``{"accuracy_drop": 0.005}``; labels are the calibration
     images' own) lets the compiler choose each table's size (:mod:`nmengine.compile.budget`).
     ``precision="int8"`` compiles the linear layers to int8 GEMMs (the compiler's int8 pass; convolutions
@@ -146,6 +149,8 @@ def run_flow(
     if aat_epochs > 0 and (program.tables or precision == "int8"):
         t0 = time.perf_counter()
         aat_config = dict(config, epochs=aat_epochs, lr=config["lr"] * 0.1, warmup_epochs=0.0)
+        if distill:  # AAT learns the exact model's outputs as well as the labels
+            aat_config["teacher"] = nt.predict(net, data.x_train)
         if learn_tables:
             program = _learn_tables(
                 net, data, program, calib, pwl, aat_config, table_lr, seed, progress, model, table_init

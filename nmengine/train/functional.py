@@ -68,6 +68,7 @@ __all__ = [
     "softmax",
     "log_softmax",
     "cross_entropy",
+    "distillation_loss",
     "mse_loss",
     "embedding",
     "patchify",
@@ -582,6 +583,36 @@ def cross_entropy(logits: Tensor, targets: Any, *, label_smoothing: float = 0.0)
         return (g * (np.exp(logp) - q) / N,)
 
     return make_result(np.asarray(loss, dtype=L.dtype), (logits,), backward, "cross_entropy")
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Any, *, temperature: float = 1.0) -> Tensor:
+    """Mean ``T^2 KL(softmax(teacher / T) || softmax(logits / T))`` over the rows (Hinton et al., 2015).
+
+    ``teacher_logits`` is a plain ``(N, C)`` array (no gradient); ``temperature`` > 0.
+    """
+    L = logits.data
+    Tl = np.asarray(teacher_logits.data if isinstance(teacher_logits, Tensor) else teacher_logits, dtype=np.float64)
+    if L.ndim != 2 or Tl.shape != L.shape:
+        raise ValueError(
+            f"distillation_loss: need logits and teacher logits of one (N, C) shape, got {L.shape} and {Tl.shape}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"distillation_loss: temperature must be > 0, got {temperature}")
+    T = float(temperature)
+    N = L.shape[0]
+    z = L.astype(np.float64) / T
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    zt = Tl / T
+    zt = zt - zt.max(axis=1, keepdims=True)
+    logq = zt - np.log(np.exp(zt).sum(axis=1, keepdims=True))
+    q = np.exp(logq)
+    loss = T * T * float((q * (logq - logp)).sum()) / max(N, 1)
+
+    def backward(g: np.ndarray) -> tuple[np.ndarray]:
+        return ((g * T * (np.exp(logp) - q) / max(N, 1)).astype(L.dtype),)
+
+    return make_result(np.asarray(loss, dtype=L.dtype), (logits,), backward, "distillation_loss")
 
 
 def mse_loss(pred: Tensor, target: Any) -> Tensor:

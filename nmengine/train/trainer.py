@@ -135,6 +135,9 @@ def train(
     eval_every: int = 1,
     desc: str | None = None,
     threads: int | None = 1,
+    teacher: np.ndarray | None = None,
+    distill_weight: float = 0.5,
+    temperature: float = 2.0,
 ) -> History:
     """Train ``model`` on ``data`` with cross-entropy; return the per-epoch :class:`History`.
 
@@ -155,12 +158,28 @@ def train(
         Seeds batch order, augmentation and dropout.
     threads:
         BLAS threads during training (None: leave the BLAS default); see :func:`blas_threads`.
+    teacher, distill_weight, temperature:
+        Knowledge distillation: ``teacher`` holds a teacher's logits ``(N, C)`` for the ``N`` training
+        images (e.g. the exact model's, for approximation-aware fine-tuning); the loss is then
+        ``(1 - distill_weight) * cross-entropy + distill_weight * distillation_loss(temperature)``
+        (see :func:`~nmengine.train.functional.distillation_loss`).  Not with ``augment_shift``.
 
     The model is left in eval mode.
     """
     x_tr, y_tr, x_te, y_te = _unpack(data)
+    y_tr = np.asarray(y_tr)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if teacher is not None:
+        teacher = np.asarray(teacher)
+        if teacher.ndim != 2 or teacher.shape[0] != len(x_tr):
+            raise ValueError(
+                f"teacher must hold (N, C) logits for the {len(x_tr)} training images, got {teacher.shape}"
+            )
+        if augment_shift:
+            raise ValueError("teacher logits are per training image: not with augment_shift")
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}")
     dt = _model_dtype(model)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
     total = epochs * steps_per_epoch
@@ -199,12 +218,16 @@ def train(
             for epoch in range(epochs):
                 model.train()
                 loss_sum, correct, seen = 0.0, 0, 0
-                for xb, yb in batches(x_tr, y_tr, batch_size, rng=rng_batches):
+                for xb, ib in batches(x_tr, np.arange(len(x_tr)), batch_size, rng=rng_batches):
+                    yb = y_tr[ib]
                     if augment_shift:
                         xb = random_shift(xb, rng_aug, augment_shift)
                     opt.set_lr_factor(sched(step))
                     logits = model(Tensor(np.asarray(xb, dtype=dt)))
                     loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+                    if teacher is not None and distill_weight > 0:
+                        kd = F.distillation_loss(logits, teacher[ib], temperature=temperature)
+                        loss = loss * (1.0 - distill_weight) + kd * distill_weight
                     opt.zero_grad()
                     loss.backward()
                     if grad_clip:
