@@ -24,18 +24,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import nmengine as nm
+from bench.test_bench_gemm import SGEMM_SHAPES
 from nmengine import kernels
 
-SHAPES = [
-    (1024, 1024, 1024),
-    (4096, 384, 384),
-    (4096, 384, 1536),
-    (4096, 1536, 384),
-    (12544, 147, 64),
-    (3136, 576, 64),
-    (784, 1152, 128),
-    (196, 2304, 256),
-]
+SHAPES = SGEMM_SHAPES  # the #12 shapes: one list for this script and the pytest-benchmark suite
 
 
 def _best(fn, n: int) -> float:

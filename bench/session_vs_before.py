@@ -14,7 +14,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(1, sys.argv[1])
@@ -24,6 +23,8 @@ import numpy as np  # noqa: E402
 
 import nmengine as nm  # noqa: E402
 from nmengine import corpus, hf  # noqa: E402
+
+from . import peers  # noqa: E402
 
 ref = sys.argv[2]
 T = 2
@@ -52,9 +53,7 @@ def digits() -> None:
 
 
 def minilm() -> None:
-    import onnxruntime as ort
     import torch
-    import transformers
 
     nm.set_num_threads(T)
     old.set_num_threads(T)
@@ -64,50 +63,12 @@ def minilm() -> None:
     prog_old = old.load(f"{ref}/minilm.nmb")
     emb = hf.SentenceEmbedder(program=prog)
     sess = nm.Session(prog, threads=T)
-    tok = hf.load_tokenizer(md)
-    sents = corpus.sentences(64)
-    long_texts = [" ".join(sents[i:] + sents[:i]) for i in range(32)]
-    inputs = {
-        "batch1": hf.tokenize(tok, sents[40:41]),
-        "batch32": hf.tokenize(tok, sents[:32]),
-        "fixed32x128": hf.tokenize(tok, long_texts, max_length=128),
-    }
-
-    class Pooled(torch.nn.Module):
-        def __init__(s, b):
-            super().__init__()
-            s.bert = b
-
-        def forward(s, i, t, m):
-            h = s.bert(input_ids=i, token_type_ids=t, attention_mask=m).last_hidden_state
-            mm = m.unsqueeze(-1).to(h.dtype)
-            e = (h * mm).sum(1) / mm.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(e, dim=1)
-
-    model = Pooled(transformers.BertModel.from_pretrained(md)).eval()
-    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
-    ex = tuple(torch.from_numpy(inputs["batch32"][k]) for k in hf.INPUT_NAMES)
-    axes = {k: {0: "b", 1: "t"} for k in hf.INPUT_NAMES}
-    axes["e"] = {0: "b"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            ex,
-            path,
-            input_names=list(hf.INPUT_NAMES),
-            output_names=["e"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = T
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    osess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    one = sents[40]
+    inputs = peers.minilm_inputs(md, ("batch1", "batch32", "fixed32x128"))
+    model = peers.pooled_bert(md)
+    osess = peers.ort_session(
+        peers.export_onnx(model, inputs["batch32"], os.path.join(tempfile.mkdtemp(), "m.onnx")), T
+    )
+    one = corpus.sentences(64)[40]
     for scen, b in inputs.items():
         n = b["input_ids"].shape[0]
         eng = {

@@ -31,7 +31,6 @@ PyTorch everywhere.
 from __future__ import annotations
 
 import os
-import warnings
 
 # nmengine's core and PyTorch share one OpenMP runtime (libgomp).  With its default spin-waiting,
 # alternating the two on 2 cores (or running on a loaded machine) stalls every parallel region
@@ -48,7 +47,9 @@ transformers = pytest.importorskip("transformers", reason="the speed benchmark n
 pytest.importorskip("onnx", reason="the speed benchmark needs the bench extra (onnx)")
 
 import nmengine as nm  # noqa: E402
-from nmengine import corpus, hf  # noqa: E402
+from nmengine import hf  # noqa: E402
+
+from . import peers  # noqa: E402
 
 MODEL_DIR = hf.default_model_dir()
 if MODEL_DIR is None:
@@ -63,32 +64,9 @@ ROUNDS = {"batch32": 5, "fixed32x128": 3, "batch1": 30}
 RESULTS: dict[tuple[str, str], float] = {}
 
 
-class _Pooled(torch.nn.Module):
-    """BertModel + masked mean pooling + L2 normalisation (the sentence-transformers pipeline)."""
-
-    def __init__(self, bert: torch.nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, token_type_ids, attention_mask):
-        h = self.bert(
-            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(e, dim=1)
-
-
 @pytest.fixture(scope="module")
 def inputs() -> dict[str, dict[str, np.ndarray]]:
-    tok = hf.load_tokenizer(MODEL_DIR)
-    sents = corpus.sentences(64)
-    long_texts = [" ".join(sents[i:] + sents[:i]) for i in range(32)]
-    return {
-        "batch32": hf.tokenize(tok, sents[:32]),
-        "fixed32x128": hf.tokenize(tok, long_texts, max_length=128),
-        "batch1": hf.tokenize(tok, sents[40:41]),
-    }
+    return peers.minilm_inputs(MODEL_DIR, SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -97,40 +75,14 @@ def engines(tmp_path_factory, inputs):
     nm.set_num_threads(THREADS)
     torch.set_num_threads(THREADS)
     program = hf.load_bert(MODEL_DIR)
-    model = _Pooled(transformers.BertModel.from_pretrained(MODEL_DIR)).eval()
-
-    def run_torch(b):
-        with torch.inference_mode():
-            return model(*(torch.from_numpy(b[k]) for k in hf.INPUT_NAMES)).numpy()
-
-    path = str(tmp_path_factory.mktemp("onnx") / "minilm.onnx")
-    example = tuple(torch.from_numpy(inputs["batch32"][k]) for k in hf.INPUT_NAMES)
-    axes = {k: {0: "batch", 1: "tokens"} for k in hf.INPUT_NAMES}
-    axes["sentence_embedding"] = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            example,
-            path,
-            input_names=list(hf.INPUT_NAMES),
-            output_names=["sentence_embedding"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads otherwise spin after each run and steal the cores of whatever runs next
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    model = peers.pooled_bert(MODEL_DIR)
+    path = peers.export_onnx(model, inputs["batch32"], str(tmp_path_factory.mktemp("onnx") / "minilm.onnx"))
+    sess = peers.ort_session(path, THREADS)
 
     return {
         "nm-matrixized": lambda b: program.run(b, mode="matrixized"),
         "nm-exact": lambda b: program.run(b, mode="exact"),
-        "torch": run_torch,
+        "torch": peers.run_torch(model),
         "onnxruntime": lambda b: sess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
     }
 

