@@ -8,9 +8,11 @@
  * (nm_threads.h) statically; every output element is one copy, so the result is the same bits for
  * any thread count.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "nm_epilogue.h"
+#include "nm_gemm.h"
 #include "nm_plan.h"
 #include "nm_threads.h"
 
@@ -97,33 +99,49 @@ static void windows_planes(void *arg, int64_t p0, int64_t p1, int tid)
  *   layout 2 (im2col):       out[r, (i*kw + j)*c + ch]   the taps of one i inside the image are one
  *                            contiguous run of x (one memcpy), the rest zeros
  *   layout 3 (pool windows): out[r, ch*kh*kw + i*kw + j] zero or replicated-edge padding */
-static void nhwc_pixels(void *arg, int64_t r0, int64_t r1, int tid)
+/* NHWC im2col (layout 2) of output pixels r0..r1 into dst (row r at dst + (r - r0) * kh*kw*c) */
+static void nhwc_rows(const nm_windows_args *a, int64_t r0, int64_t r1, float *dst)
 {
-    (void)tid;
-    const nm_windows_args *a = (const nm_windows_args *)arg;
-    const int64_t kk = a->kh * a->kw, c = a->c, row = kk * c;
+    const int64_t c = a->c, row = a->kh * a->kw * c;
     for (int64_t r = r0; r < r1; r++) {
         const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
         const float *src = a->x + img * a->h * a->w * c;
-        float *d = a->out + r * row;
+        float *d = dst + (r - r0) * row;
         /* taps j in [jlo, jhi) are inside the image: in NHWC they are one run of (jhi - jlo)*c floats */
         const int64_t x0 = ox * a->sw - a->pw;
         const int64_t jlo = clamp64(-x0, 0, a->kw), jhi = clamp64(a->w - x0, jlo, a->kw);
         for (int64_t i = 0; i < a->kh; i++) {
             const int64_t y = oy * a->sh + i - a->ph;
-            const int in_y = y >= 0 && y < a->h;
-            const int64_t yc = clamp64(y, 0, a->h - 1);
-            if (a->layout == 2) {
-                float *o = d + i * a->kw * c;
-                if (!in_y) {
-                    memset(o, 0, (size_t)(a->kw * c) * sizeof(float));
-                    continue;
-                }
-                if (jlo > 0) memset(o, 0, (size_t)(jlo * c) * sizeof(float));
-                if (jhi > jlo) memcpy(o + jlo * c, src + (y * a->w + x0 + jlo) * c, (size_t)((jhi - jlo) * c) * sizeof(float));
-                if (jhi < a->kw) memset(o + jhi * c, 0, (size_t)((a->kw - jhi) * c) * sizeof(float));
+            float *o = d + i * a->kw * c;
+            if (y < 0 || y >= a->h) {
+                memset(o, 0, (size_t)(a->kw * c) * sizeof(float));
                 continue;
             }
+            if (jlo > 0) memset(o, 0, (size_t)(jlo * c) * sizeof(float));
+            if (jhi > jlo)
+                memcpy(o + jlo * c, src + (y * a->w + x0 + jlo) * c, (size_t)((jhi - jlo) * c) * sizeof(float));
+            if (jhi < a->kw) memset(o + jhi * c, 0, (size_t)((a->kw - jhi) * c) * sizeof(float));
+        }
+    }
+}
+
+static void nhwc_pixels(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    const nm_windows_args *a = (const nm_windows_args *)arg;
+    const int64_t kk = a->kh * a->kw, c = a->c;
+    if (a->layout == 2) {
+        nhwc_rows(a, r0, r1, a->out + r0 * kk * c);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
+        const float *src = a->x + img * a->h * a->w * c;
+        float *d = a->out + r * kk * c;
+        for (int64_t i = 0; i < a->kh; i++) {
+            const int64_t y = oy * a->sh + i - a->ph;
+            const int in_y = y >= 0 && y < a->h;
+            const int64_t yc = clamp64(y, 0, a->h - 1);
             for (int64_t j = 0; j < a->kw; j++) {
                 const int64_t xx = ox * a->sw + j - a->pw;
                 const int in = in_y && xx >= 0 && xx < a->w;
@@ -239,5 +257,174 @@ int nm_depthwise(const nm_depthwise_args *d, int nthreads)
     if (planes * a->ho * a->wo * a->kh * a->kw < NM_WIN_PAR_MIN) nt = 1;
     if (nt > planes) nt = (int)planes;
     nm_parallel_for(nt, planes, depthwise_planes, (void *)d);
+    return NM_OK;
+}
+
+/* ---- channels-last max pooling (nm_plan.h: nm_maxpool_nhwc) ---------------------------------- */
+
+typedef struct nm_maxpool_task {
+    const nm_windows_args *a;
+    float *scratch;      /* per thread: (kk + 1) / 2 rows of c floats */
+    const float **taps;  /* per thread: kk row pointers */
+    const float *zeros;  /* c zeros (zero padding) */
+} nm_maxpool_task;
+
+/* one level of the tree on rows of c floats: dst[i] = relu(a[i] - b[i]) + b[i] (pmax_level's order) */
+static inline void mp_level(float *dst, const float *a, const float *b, int64_t c)
+{
+    for (int64_t ch = 0; ch < c; ch++) {
+        float d = a[ch] - b[ch];
+        d = (0.0f > d) ? 0.0f : d;
+        dst[ch] = d + b[ch];
+    }
+}
+
+static void maxpool_pixels(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    const nm_maxpool_task *m = (const nm_maxpool_task *)arg;
+    const nm_windows_args *a = m->a;
+    const int64_t kk = a->kh * a->kw, c = a->c;
+    float *t = m->scratch + (size_t)tid * (size_t)((kk + 1) / 2 * c);
+    const float **tap = m->taps + (size_t)tid * (size_t)kk;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
+        const float *src = a->x + img * a->h * a->w * c;
+        for (int64_t i = 0; i < a->kh; i++) {
+            const int64_t y = oy * a->sh + i - a->ph;
+            for (int64_t j = 0; j < a->kw; j++) {
+                const int64_t xx = ox * a->sw + j - a->pw;
+                const int in = y >= 0 && y < a->h && xx >= 0 && xx < a->w;
+                tap[i * a->kw + j] = in || a->edge ? src + (clamp64(y, 0, a->h - 1) * a->w + clamp64(xx, 0, a->w - 1)) * c
+                                                   : m->zeros;
+            }
+        }
+        float *out = a->out + r * c;
+        if (kk == 1) {
+            memcpy(out, tap[0], (size_t)c * sizeof(float));
+            continue;
+        }
+        /* nm_pairwise_max's halving tree, each channel's values exactly as in its row of kk */
+        int64_t h = kk / 2, n = kk;
+        for (int64_t i = 0; i < h; i++) mp_level(t + i * c, tap[i], tap[i + h], c);
+        if (n & 1) memcpy(t + h * c, tap[2 * h], (size_t)c * sizeof(float));
+        n = h + (n & 1);
+        while (n > 1) {
+            h = n / 2;
+            for (int64_t i = 0; i < h; i++) mp_level(t + i * c, t + i * c, t + (i + h) * c, c);
+            if (n & 1) memcpy(t + h * c, t + 2 * h * c, (size_t)c * sizeof(float));
+            n = h + (n & 1);
+        }
+        memcpy(out, t, (size_t)c * sizeof(float));
+    }
+}
+
+int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads)
+{
+    if (!a || !a->x || !a->out || a->n < 0 || a->c < 0 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1
+        || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0 || a->layout != 3)
+        return NM_EINVAL;
+    const int64_t pixels = a->n * a->ho * a->wo, kk = a->kh * a->kw, c = a->c;
+    if (pixels == 0 || c == 0) return NM_OK;
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    if (pixels * kk * c < NM_WIN_PAR_MIN) nt = 1;
+    if (nt > pixels) nt = (int)pixels;
+    const size_t tfl = (size_t)((kk + 1) / 2 * c);
+    float *scratch = (float *)malloc((tfl * (size_t)nt + (size_t)c) * sizeof(float));
+    const float **taps = (const float **)malloc((size_t)(kk * nt) * sizeof(*taps));
+    if (!scratch || !taps) {
+        free(scratch);
+        free(taps);
+        return NM_ENOMEM;
+    }
+    float *zeros = scratch + tfl * (size_t)nt;
+    memset(zeros, 0, (size_t)c * sizeof(float));
+    nm_maxpool_task m = {a, scratch, taps, zeros};
+    nm_parallel_for(nt, pixels, maxpool_pixels, &m);
+    free(scratch);
+    free(taps);
+    return NM_OK;
+}
+
+/* ---- channels-last convolution (nm_plan.h: nm_conv_nhwc) ------------------------------------- */
+
+/* A block of output pixels: its windows (rows x K floats) should stay in L2 for the GEMM that reads
+ * them (~384 KiB), but the GEMM re-reads the packed weights once per block, so a block has at least
+ * NM_CONV_MIN_ROWS rows (B traffic per flop ~ 1 / rows). */
+#define NM_CONV_BLOCK_FLOATS (96 * 1024)
+#define NM_CONV_MIN_ROWS 224
+
+typedef struct nm_conv_task {
+    const nm_conv_args *c;
+    int64_t rows, nblocks, K, R;
+    int kernel;
+    int rc[NM_MAX_THREADS];
+} nm_conv_task;
+
+static int conv_block(const nm_conv_task *t, int64_t q, float *buf)
+{
+    const nm_conv_args *c = t->c;
+    const int64_t r0 = q * t->rows, r1 = r0 + t->rows < t->R ? r0 + t->rows : t->R;
+    nhwc_rows(&c->win, r0, r1, buf);
+    nm_epilogue ep = c->ep;
+    if (ep.res) ep.res += r0 * ep.res_rs;
+    if (ep.bias_row) ep.bias_row += r0;
+    return nm_sgemm_packed(r1 - r0, c->N, t->K, buf, t->K, 1, c->Bp, c->C + r0 * c->N, c->N, 1, &ep, 1, t->kernel);
+}
+
+static void conv_task(void *arg, nm_team *team, int tid, int nt)
+{
+    (void)nt;
+    nm_conv_task *t = (nm_conv_task *)arg;
+    float *buf = t->c->win.out + (size_t)tid * (size_t)(t->rows * t->K);
+    int rc = NM_OK;
+    for (int64_t q = nm_team_next(team); q < t->nblocks; q = nm_team_next(team)) {
+        const int r = conv_block(t, q, buf);
+        if (r != NM_OK) rc = r;
+    }
+    t->rc[tid] = rc;
+}
+
+int nm_conv_nhwc(const nm_conv_args *c, int nthreads, int kernel)
+{
+    const nm_windows_args *a = c ? &c->win : NULL;
+    if (!a || !a->x || !a->out || !c->Bp || !c->C || c->N < 0 || a->n < 0 || a->c < 1 || a->h < 1 || a->w < 1
+        || a->kh < 1 || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0 || a->ho < 0 || a->wo < 0
+        || a->layout != 2 || a->edge)
+        return NM_EINVAL;
+    const int kres = nm_resolve_kernel(kernel);
+    if (kres < 0) return NM_EINVAL;
+    const int64_t K = a->kh * a->kw * a->c, R = a->n * a->ho * a->wo;
+    if (R == 0 || c->N == 0) return NM_OK;
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    const int mr = nm_get_blocking(kres).mr;
+    int64_t rows = NM_CONV_BLOCK_FLOATS / K;
+    if (rows < NM_CONV_MIN_ROWS) rows = NM_CONV_MIN_ROWS;
+    rows = rows / mr * mr;
+    if (rows < mr) rows = mr;
+    const int64_t nblocks = (R + rows - 1) / rows;
+    if (nt > 1 && nblocks < 4 * (int64_t)nt) {
+        /* too few blocks to share out: all windows, then one GEMM on the team */
+        const int rc = nm_windows_mt(a, nt);
+        if (rc != NM_OK) return rc;
+        return nm_sgemm_packed(R, c->N, K, a->out, K, 1, c->Bp, c->C, c->N, 1, &c->ep, nt, kres);
+    }
+    nm_conv_task t;
+    t.c = c;
+    t.rows = rows;
+    t.nblocks = nblocks;
+    t.K = K;
+    t.R = R;
+    t.kernel = kres;
+    if (nt == 1) {
+        for (int64_t q = 0; q < nblocks; q++) {
+            const int rc = conv_block(&t, q, a->out);
+            if (rc != NM_OK) return rc;
+        }
+        return NM_OK;
+    }
+    for (int i = 0; i < nt; i++) t.rc[i] = NM_OK;
+    const int used = nm_parallel(nt, conv_task, &t);
+    for (int i = 0; i < used; i++)
+        if (t.rc[i] != NM_OK) return t.rc[i];
     return NM_OK;
 }

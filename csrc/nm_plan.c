@@ -68,6 +68,10 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
         return nm_tokens(&s->u.tok);
     case NM_STEP_DEPTHWISE:
         return nm_depthwise(&s->u.dw, nthreads);
+    case NM_STEP_CONV_NHWC:
+        return nm_conv_nhwc(&s->u.conv, nthreads, kernel);
+    case NM_STEP_MAXPOOL_NHWC:
+        return nm_maxpool_nhwc(&s->u.win, nthreads);
     default:
         return NM_EINVAL;
     }

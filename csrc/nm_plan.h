@@ -27,7 +27,9 @@ enum {
     NM_STEP_MOVE_ROWS,     /* nm_move_rows */
     NM_STEP_WINDOWS,       /* nm_windows */
     NM_STEP_TOKENS,        /* nm_tokens */
-    NM_STEP_DEPTHWISE      /* nm_depthwise */
+    NM_STEP_DEPTHWISE,     /* nm_depthwise */
+    NM_STEP_CONV_NHWC,     /* nm_conv_nhwc */
+    NM_STEP_MAXPOOL_NHWC   /* nm_maxpool_nhwc */
 };
 
 /* Token bookkeeping, pure copies:
@@ -78,6 +80,30 @@ typedef struct nm_depthwise_args {
 } nm_depthwise_args;
 int nm_depthwise(const nm_depthwise_args *a, int nthreads);
 
+/* Max pooling of NHWC x straight from the image: what nm_windows (layout 3) followed by
+ * nm_pairwise_max over each window computes, without the windows: a->out is y[n, ho, wo, c] and
+ * y[img, oy, ox, ch] = the pairwise-max tree (nm_rowops.h) of the window's kh*kw values in (i, j)
+ * order, padding zeros or replicated edges (a->edge).  a->layout must be 3.  Pixels are split over
+ * the pool's threads; the result does not depend on them. */
+int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads);
+
+/* A channels-last convolution: nm_windows layout 2 (NHWC im2col, K = kh*kw*c) followed by
+ *   C[R, N] = epilogue(cols[R, K] @ B[K, N])     (R = n*ho*wo, B packed by nm_pack_b_full, C row-major)
+ * computed by blocks of output pixels: each block's windows are built in a per-thread part of
+ * win.out (the full [R, K] im2col buffer, used as scratch) right before the GEMM reads them, and
+ * blocks go to the pool's threads whole (no barriers); with fewer blocks than 4 per thread the whole
+ * im2col is built, then one GEMM runs on the team.  The epilogue's res (element (r, j) at
+ * res[r * res_rs + j * res_cs]) and bias_row follow the block's rows.  Every element is the same
+ * GEMM arithmetic whichever way it runs, so the result does not depend on the thread count. */
+typedef struct nm_conv_args {
+    nm_windows_args win;   /* x NHWC, geometry, layout 2, edge 0; out = the [R, K] im2col buffer */
+    const float *Bp;       /* B[K, N] packed for the kernel */
+    int64_t N;
+    float *C;              /* [R, N] contiguous */
+    nm_epilogue ep;
+} nm_conv_args;
+int nm_conv_nhwc(const nm_conv_args *a, int nthreads, int kernel);
+
 typedef struct nm_step_gemm {
     int64_t P1, P2, M, N, K;
     const float *A; ptrdiff_t ps1a, ps2a, rsa, csa;
@@ -120,6 +146,7 @@ typedef union nm_step_u {
     nm_windows_args win;
     nm_tokens_args tok;
     nm_depthwise_args dw;
+    nm_conv_args conv;
 } nm_step_u;
 
 typedef struct nm_step {

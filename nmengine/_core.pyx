@@ -581,6 +581,18 @@ cdef extern from "nm_plan.h":
 
     int nm_depthwise(const nm_depthwise_args *a, int nthreads) nogil
 
+    ctypedef struct nm_conv_args:
+        nm_windows_args win
+        const float *Bp
+        int64_t N
+        float *C
+        nm_epilogue ep
+
+    int nm_conv_nhwc(const nm_conv_args *a, int nthreads, int kernel) nogil
+    int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads) nogil
+    int NM_STEP_CONV_NHWC
+    int NM_STEP_MAXPOOL_NHWC
+
     int NM_STEP_TOKENS
     int NM_STEP_DEPTHWISE
     int NM_ERANGE
@@ -650,6 +662,7 @@ cdef extern from "nm_plan.h":
         nm_windows_args win
         nm_tokens_args tok
         nm_depthwise_args dw
+        nm_conv_args conv
 
     ctypedef struct nm_step:
         int kind
@@ -660,7 +673,8 @@ cdef extern from "nm_plan.h":
 
 
 cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh,
-                       int64_t sw, int64_t ph, int64_t pw, bint edge, int layout) except -1:
+                       int64_t sw, int64_t ph, int64_t pw, bint edge, int layout, bint reduced=False) except -1:
+    """reduced: out holds one value per window (the max pool), not the windows."""
     if x.ndim != 4 or x.dtype != np.float32 or out.dtype != np.float32 or not x.flags.c_contiguous \
             or not out.flags.c_contiguous:
         raise ValueError("windows: x must be a C-contiguous float32 NCHW array and out C-contiguous float32")
@@ -675,7 +689,7 @@ cdef int _fill_windows(nm_windows_args *w, cnp.ndarray x, cnp.ndarray out, int64
     w.wo = (w.w + 2 * pw - kw) // sw + 1
     w.edge = edge
     w.layout = layout
-    if w.ho < 1 or w.wo < 1 or out.size != w.n * w.c * kh * kw * w.ho * w.wo:
+    if w.ho < 1 or w.wo < 1 or out.size != w.n * w.c * (1 if reduced else kh * kw) * w.ho * w.wo:
         raise ValueError("windows: the window does not fit the image, or out has the wrong size")
     return 0
 
@@ -775,6 +789,50 @@ def depthwise(cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh, int64_t
     with nogil:
         rc = nm_depthwise(&d, nthreads)
     del keep
+    _check(rc)
+
+
+cdef int _fill_conv(nm_conv_args *a, cnp.ndarray x, cnp.ndarray cols, int64_t kh, int64_t kw, int64_t sh,
+                    int64_t sw, int64_t ph, int64_t pw, cnp.ndarray bp, int64_t N, cnp.ndarray c) except -1:
+    _fill_windows(&a.win, x, cols, kh, kw, sh, sw, ph, pw, False, 2)
+    if c.ndim != 2 or c.dtype != np.float32 or not c.flags.c_contiguous \
+            or c.shape[0] != a.win.n * a.win.ho * a.win.wo or c.shape[1] != N:
+        raise ValueError("conv_nhwc: c must be C-contiguous float32 [N*Ho*Wo, N]")
+    if bp.dtype != np.float32 or not bp.flags.c_contiguous:
+        raise ValueError("conv_nhwc: bp must be a packed float32 B (pack_b)")
+    a.Bp = _fptr(bp)
+    a.N = N
+    a.C = _fptr(c)
+    return 0
+
+
+def conv_nhwc(cnp.ndarray x, cnp.ndarray cols, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+              int64_t pw, cnp.ndarray bp, int64_t N, cnp.ndarray c, object bias_col, object bias_row, object res,
+              int act, object table, int nthreads, int kernel) -> None:
+    """Channels-last convolution (nm_conv_nhwc): c [N*Ho*Wo, N] = epilogue(im2col(x) @ B) for NHWC x, B
+    packed by pack_b [kh*kw*C, N]; cols is the [N*Ho*Wo, kh*kw*C] im2col buffer (scratch); res None or
+    2-D of c's shape (any strides)."""
+    cdef nm_conv_args a
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef int rc
+    _fill_conv(&a, x, cols, kh, kw, sh, sw, ph, pw, bp, N, c)
+    a.ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep)
+    with nogil:
+        rc = nm_conv_nhwc(&a, nthreads, kernel)
+    del keep
+    _check(rc)
+
+
+def maxpool_nhwc(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                 int64_t pw, bint edge, int nthreads=1) -> None:
+    """Max pooling of NHWC x into y [N, Ho, Wo, C] (nm_maxpool_nhwc): windows (layout 3) + the
+    pairwise-max tree of each window, without the windows copy."""
+    cdef nm_windows_args w
+    cdef int rc
+    _fill_windows(&w, x, y, kh, kw, sh, sw, ph, pw, edge, 3, True)
+    with nogil:
+        rc = nm_maxpool_nhwc(&w, nthreads)
     _check(rc)
 
 
@@ -958,6 +1016,25 @@ cdef class CPlan:
         cdef nm_step *s = self._new(NM_STEP_DEPTHWISE, nthreads, kernel)
         s.u.dw = d
         self.keep.append((x, w, out, bias_col, bias_row, res, table))
+
+    def add_conv_nhwc(self, cnp.ndarray x, cnp.ndarray cols, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                      int64_t ph, int64_t pw, cnp.ndarray bp, int64_t N, cnp.ndarray c, object bias_col,
+                      object bias_row, object res, int act, object table, int nthreads, int kernel):
+        table = self._prepared(table) if act == NM_ACT_PWL else None
+        cdef nm_conv_args a
+        _fill_conv(&a, x, cols, kh, kw, sh, sw, ph, pw, bp, N, c)
+        a.ep = _epilogue(bias_col, bias_row, res, act, table, NULL, None)
+        cdef nm_step *s = self._new(NM_STEP_CONV_NHWC, nthreads, kernel)
+        s.u.conv = a
+        self.keep.append((x, cols, bp, c, bias_col, bias_row, res, table))
+
+    def add_maxpool_nhwc(self, cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                         int64_t ph, int64_t pw, bint edge, int nthreads=1):
+        cdef nm_windows_args w
+        _fill_windows(&w, x, y, kh, kw, sh, sw, ph, pw, edge, 3, True)
+        cdef nm_step *s = self._new(NM_STEP_MAXPOOL_NHWC, nthreads, -1)
+        s.u.win = w
+        self.keep.append((x, y))
 
     def add_windows(self, cnp.ndarray x, cnp.ndarray out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                     int64_t ph, int64_t pw, bint edge, int layout, int nthreads=1):

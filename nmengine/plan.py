@@ -220,7 +220,7 @@ class Plan:
         last: dict[str, int] = {}
         # an op reading an im2col's windows may read its image instead (the depthwise step): the image
         # stays live until the windows' readers are done
-        image_of = {op.out: op.args["x"] for op in prog.ops if op.kind == "im2col"}
+        image_of = {op.out: op.args["x"] for op in prog.ops if op.kind in ("im2col", "pool_windows")}
         for i, op in enumerate(prog.ops):
             for name in op.args.values():
                 last[self.root(name)] = i
@@ -384,6 +384,8 @@ C_CALLS = frozenset(
         "windows",
         "tokens",
         "depthwise",
+        "conv_nhwc",
+        "maxpool_nhwc",
     }
 )
 
@@ -456,9 +458,81 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
             )
         )
     pk = ctx.packed.get(a_["b"])
+    src = _conv_source(ctx, op, bufs)
+    if pk is not None and src is not None:  # a channels-last conv: windows built block by block
+        return _conv_nhwc(ctx, op, src, bufs, pk, out2, bias, bias_row, res, code, table)
     if pk is not None:
         return ctx.core.sgemm_packed, (a2, pk, n, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
     return ctx.core.sgemm, (a2, b, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
+
+
+def _producer(ctx: StepContext, name: str) -> Optional[Op]:
+    return next((o for o in ctx.program.ops if o.out == name), None)
+
+
+def _sole_user(ctx: StepContext, name: str, op: Op) -> bool:
+    """op is the only reader of buffer ``name`` (and it is no program output)."""
+    return name not in ctx.program.outputs and not any(o is not op and name in o.args.values() for o in ctx.program.ops)
+
+
+def _conv_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
+    """The channels-last im2col feeding conv gemm ``op`` when only that GEMM reads it: the pair runs as
+    one core step (nm_conv_nhwc), the windows built by blocks of pixels right before their GEMM."""
+    if op.kind != "gemm" or not op.attrs.get("conv") or op.attrs.get("trans_a") or op.attrs.get("trans_b"):
+        return None
+    src = _producer(ctx, op.args["a"])
+    if src is None or src.kind != "im2col" or src.attrs.get("layout") != "nhwc" or not _sole_user(ctx, src.out, op):
+        return None
+    x = bufs[src.args["x"]]
+    if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return None
+    return src
+
+
+def _conv_nhwc(ctx: StepContext, op: Op, src: Op, bufs, pk, out2, bias, bias_row, res, code, table) -> Step:
+    at = src.attrs
+    kh, kw = pair(at["kernel"])
+    sh, sw = pair(at.get("stride", 1))
+    ph, pw = pair(at.get("padding", 0))
+    return ctx.core.conv_nhwc, (
+        bufs[src.args["x"]],
+        bufs[src.out],
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        pk,
+        out2.shape[1],
+        out2,
+        bias,
+        bias_row,
+        res,
+        code,
+        table,
+        ctx.threads,
+        ctx.kernel,
+    )
+
+
+def _maxpool_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
+    """The channels-last pool windows feeding pairwise_max ``op`` alone: the pair runs as one core step
+    (nm_maxpool_nhwc, the same max tree without the windows copy)."""
+    if op.kind != "pairwise_max":
+        return None
+    src = _producer(ctx, op.args["x"])
+    if (
+        src is None
+        or src.kind != "pool_windows"
+        or src.attrs.get("layout") != "nhwc"
+        or not _sole_user(ctx, src.out, op)
+    ):
+        return None
+    x = bufs[src.args["x"]]
+    if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return None
+    return src
 
 
 def _depthwise_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
@@ -626,6 +700,15 @@ def _scale(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
 
 
 def _pairwise_max(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
+    src = _maxpool_source(ctx, op, bufs)
+    if src is not None:
+        at = src.attrs
+        kh, kw = pair(at["kernel"])
+        sh, sw = pair(at.get("stride", at["kernel"]))
+        ph, pw = pair(at.get("padding", 0))
+        edge = at.get("pad", "zero") == "edge"
+        y = bufs[op.out]
+        return ctx.core.maxpool_nhwc, (bufs[src.args["x"]], y, kh, kw, sh, sw, ph, pw, edge, ctx.threads)
     x, y = bufs[op.args["x"]], bufs[op.out]
     if x.ndim == 0 or x.shape[-1] == 0 or not _c_contig_f32(x):
         return None
@@ -749,6 +832,8 @@ def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     users = [o for o in ctx.program.ops if op.out in o.args.values()]
     if len(users) == 1 and _depthwise_source(ctx, users[0], bufs) is op:
         return NO_STEP  # the depthwise step reads the image itself
+    if len(users) == 1 and _conv_source(ctx, users[0], bufs) is op and users[0].args["b"] in ctx.packed:
+        return NO_STEP  # the conv step builds the windows itself
     return _windows(ctx, op, bufs, 0) or (movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out]))
 
 
@@ -764,6 +849,9 @@ _patch_step = _copy_of(movement.patchify)
 
 
 def _pool_windows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
+    users = [o for o in ctx.program.ops if op.out in o.args.values()]
+    if len(users) == 1 and _maxpool_source(ctx, users[0], bufs) is op:
+        return NO_STEP  # the max pool step reads the image itself
     return _windows(ctx, op, bufs, 1) or (_pool_step, (bufs[op.out], bufs[op.args["x"]], op.attrs))
 
 

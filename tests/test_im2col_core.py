@@ -205,3 +205,80 @@ def test_channels_last_im2col_refuses_edge_padding():
     x = np.zeros((1, 4, 4, 2), np.float32)
     with pytest.raises(ValueError):
         core.windows(x, np.zeros((1, 4, 4, 18), np.float32), 3, 3, 1, 1, 1, 1, True, 2, 1)
+
+
+CONV_CASES = [  # n, c, h, w, kh, kw, sh, sw, ph, pw, N
+    (1, 3, 9, 9, 3, 3, 1, 1, 1, 1, 5),
+    (2, 16, 40, 40, 3, 3, 1, 1, 1, 1, 24),  # enough pixel blocks to share out
+    (3, 8, 30, 30, 1, 1, 2, 2, 0, 0, 33),
+    (2, 3, 45, 45, 7, 7, 2, 2, 3, 3, 16),
+    (1, 64, 7, 7, 3, 3, 1, 1, 1, 1, 40),  # one block: the whole-im2col path
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("with_res,act", [(False, "none"), (True, "relu")])
+def test_conv_nhwc_is_im2col_then_gemm(case, with_res, act):
+    """nm_conv_nhwc (windows built block by block right before their GEMM) gives the bits of the NHWC
+    im2col followed by one pre-packed GEMM with the same epilogue, for any thread count; and the
+    convolution itself against a float64 reference from the definition."""
+    from nmengine import kernels
+
+    n, c, h, w, kh, kw, sh, sw, ph, pw, N = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    ho, wo = _hw(h, w, kh, kw, sh, sw, ph, pw)
+    R, K = n * ho * wo, kh * kw * c
+    wt = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    res = rng.standard_normal((R, N)).astype(np.float32) if with_res else None
+    code = kernels.kernel_code()
+    bp = kernels.pack_b(wt, kernels.KERNEL_NAMES[code]).data
+    a = core.ACT_RELU if act == "relu" else core.ACT_NONE
+    cols = np.empty((R, K), np.float32)
+    core.windows(x, cols, kh, kw, sh, sw, ph, pw, False, 2, 1)
+    want = np.empty((R, N), np.float32)
+    core.sgemm_packed(cols, bp, N, want, bias, None, res, a, None, 1, code)
+    for nt in (1, 2, 3):
+        got = np.full((R, N), np.nan, np.float32)
+        core.conv_nhwc(
+            x, np.empty((R, K), np.float32), kh, kw, sh, sw, ph, pw, bp, N, got, bias, None, res, a, None, nt, code
+        )
+        np.testing.assert_array_equal(got, want)
+    # the definition, in float64
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    w4 = wt.astype(np.float64).reshape(kh, kw, c, N)
+    ref = np.zeros((n, ho, wo, N))
+    for i in range(kh):
+        for j in range(kw):
+            ref += xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] @ w4[i, j]
+    ref = ref.reshape(R, N) + bias + (0 if res is None else res)
+    if act == "relu":
+        ref = np.maximum(ref, 0)
+    np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("edge", [False, True])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_maxpool_nhwc_is_windows_then_pairwise_max(case, edge, nthreads):
+    """nm_maxpool_nhwc gives the bits of the NHWC pool windows followed by the pairwise-max tree
+    (numpy's matrixized tree in nmengine.movement), and the max itself within rounding."""
+    from nmengine import movement
+
+    n, c, h, w, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(sum(case) + 11)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    attrs = {
+        "kernel": [kh, kw],
+        "stride": [sh, sw],
+        "padding": [ph, pw],
+        "layout": "nhwc",
+        "pad": "edge" if edge else "zero",
+    }
+    win = movement.pool_windows(x, attrs)
+    want = movement.pairwise_max(win, exact=False)[..., 0]
+    got = np.full(want.shape, np.nan, np.float32)
+    core.maxpool_nhwc(x, got, kh, kw, sh, sw, ph, pw, edge, nthreads)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, win.max(axis=-1), rtol=1e-6, atol=1e-6)

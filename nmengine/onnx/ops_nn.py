@@ -69,7 +69,8 @@ def _explicit_pad(cx: Ctx, x: Val, t: int, l: int, b: int, r: int, mode: str) ->
 @rule(
     "Conv",
     how="im2col + one GEMM per image (groups/depthwise: a batch of per-group GEMMs through a "
-    "zero-copy view); bias, BatchNorm, residual and activation fused into the GEMM",
+    "zero-copy view); bias, BatchNorm, residual and activation fused into the GEMM; networks without "
+    "grouped convs run channels last: one GEMM per conv over all images (NHWC im2col, none for 1x1)",
 )
 def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, wv = cx.dense(ins[0]), ins[1]
