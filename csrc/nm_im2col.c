@@ -357,27 +357,39 @@ typedef struct nm_conv_task {
     const nm_conv_args *c;
     int64_t rows, nblocks, K, R;
     int kernel;
+    int direct;  /* 1x1, stride 1, no padding: the image is the im2col, read in place */
+    int shared;  /* blocks handed out dynamically, each thread's windows in its own scratch rows */
     int rc[NM_MAX_THREADS];
 } nm_conv_task;
 
+/* block q: its windows (unless direct) in buf, then its rows of the GEMM on this thread alone */
 static int conv_block(const nm_conv_task *t, int64_t q, float *buf)
 {
     const nm_conv_args *c = t->c;
     const int64_t r0 = q * t->rows, r1 = r0 + t->rows < t->R ? r0 + t->rows : t->R;
-    nhwc_rows(&c->win, r0, r1, buf);
+    const float *A;
+    if (t->direct) {
+        A = c->win.x + r0 * t->K;
+    } else {
+        nhwc_rows(&c->win, r0, r1, buf);
+        A = buf;
+    }
     nm_epilogue ep = c->ep;
     if (ep.res) ep.res += r0 * ep.res_rs;
     if (ep.bias_row) ep.bias_row += r0;
-    return nm_sgemm_packed(r1 - r0, c->N, t->K, buf, t->K, 1, c->Bp, c->C + r0 * c->N, c->N, 1, &ep, 1, t->kernel);
+    return nm_sgemm_packed(r1 - r0, c->N, t->K, A, t->K, 1, c->Bp, c->C + r0 * c->N, c->N, 1, &ep, 1, t->kernel);
 }
 
 static void conv_task(void *arg, nm_team *team, int tid, int nt)
 {
     (void)nt;
     nm_conv_task *t = (nm_conv_task *)arg;
-    float *buf = t->c->win.out + (size_t)tid * (size_t)(t->rows * t->K);
+    float *cols = t->c->win.out;
     int rc = NM_OK;
     for (int64_t q = nm_team_next(team); q < t->nblocks; q = nm_team_next(team)) {
+        /* shared: scratch rows of this thread (nblocks >= 4 nt keeps them inside the buffer);
+         * else the block's own rows of the im2col buffer */
+        float *buf = cols + (size_t)((t->shared ? (int64_t)tid : q) * t->rows * t->K);
         const int r = conv_block(t, q, buf);
         if (r != NM_OK) rc = r;
     }
@@ -397,27 +409,30 @@ int nm_conv_nhwc(const nm_conv_args *c, int nthreads, int kernel)
     if (R == 0 || c->N == 0) return NM_OK;
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     const int mr = nm_get_blocking(kres).mr;
+    nm_conv_task t;
+    t.c = c;
+    t.K = K;
+    t.R = R;
+    t.kernel = kres;
+    t.direct = a->kh == 1 && a->kw == 1 && a->sh == 1 && a->sw == 1 && a->ph == 0 && a->pw == 0;
     int64_t rows = NM_CONV_BLOCK_FLOATS / K;
     if (rows < NM_CONV_MIN_ROWS) rows = NM_CONV_MIN_ROWS;
     rows = rows / mr * mr;
     if (rows < mr) rows = mr;
-    const int64_t nblocks = (R + rows - 1) / rows;
-    if (nt > 1 && nblocks < 4 * (int64_t)nt) {
-        /* too few blocks to share out: all windows, then one GEMM on the team */
-        const int rc = nm_windows_mt(a, nt);
-        if (rc != NM_OK) return rc;
-        return nm_sgemm_packed(R, c->N, K, a->out, K, 1, c->Bp, c->C, c->N, 1, &c->ep, nt, kres);
+    t.shared = 1;
+    if (nt > 1 && (R + rows - 1) / rows < 4 * (int64_t)nt) {
+        /* too few blocks to share out: one block of whole MR-row panels per thread */
+        const int64_t panels = (R + mr - 1) / mr;
+        rows = (panels + nt - 1) / nt * mr;
+        t.shared = 0;
     }
-    nm_conv_task t;
-    t.c = c;
+    if (2.0 * (double)R * (double)c->N * (double)K < 2.0 * 64 * 64 * 64) nt = 1; /* tiny: one thread */
     t.rows = rows;
-    t.nblocks = nblocks;
-    t.K = K;
-    t.R = R;
-    t.kernel = kres;
-    if (nt == 1) {
-        for (int64_t q = 0; q < nblocks; q++) {
-            const int rc = conv_block(&t, q, a->out);
+    t.nblocks = (R + rows - 1) / rows;
+    if (nt > t.nblocks) nt = (int)t.nblocks;
+    if (nt <= 1) {
+        for (int64_t q = 0; q < t.nblocks; q++) {
+            const int rc = conv_block(&t, q, a->out + (t.shared ? 0 : q * rows * K));
             if (rc != NM_OK) return rc;
         }
         return NM_OK;

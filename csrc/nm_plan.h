@@ -89,12 +89,14 @@ int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads);
 
 /* A channels-last convolution: nm_windows layout 2 (NHWC im2col, K = kh*kw*c) followed by
  *   C[R, N] = epilogue(cols[R, K] @ B[K, N])     (R = n*ho*wo, B packed by nm_pack_b_full, C row-major)
- * computed by blocks of output pixels: each block's windows are built in a per-thread part of
- * win.out (the full [R, K] im2col buffer, used as scratch) right before the GEMM reads them, and
- * blocks go to the pool's threads whole (no barriers); with fewer blocks than 4 per thread the whole
- * im2col is built, then one GEMM runs on the team.  The epilogue's res (element (r, j) at
- * res[r * res_rs + j * res_cs]) and bias_row follow the block's rows.  Every element is the same
- * GEMM arithmetic whichever way it runs, so the result does not depend on the thread count. */
+ * computed by blocks of output pixels, each a single-threaded GEMM on its rows: the block's windows
+ * are built in win.out (the full [R, K] im2col buffer, used as scratch: a per-thread part when blocks
+ * are handed out dynamically, else the block's own rows) right before the GEMM reads them; with
+ * fewer than 4 blocks per thread each thread takes one block of whole MR-row panels.  No barriers.
+ * A 1x1 stride-1 unpadded conv reads x in place as the im2col (win.out is not touched).  The
+ * epilogue's res (element (r, j) at res[r * res_rs + j * res_cs]) and bias_row follow the block's
+ * rows.  Every element is the same GEMM arithmetic whichever block it falls in, so the result does
+ * not depend on the thread count. */
 typedef struct nm_conv_args {
     nm_windows_args win;   /* x NHWC, geometry, layout 2, edge 0; out = the [R, K] im2col buffer */
     const float *Bp;       /* B[K, N] packed for the kernel */

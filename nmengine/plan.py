@@ -476,27 +476,38 @@ def _sole_user(ctx: StepContext, name: str, op: Op) -> bool:
 
 
 def _conv_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
-    """The channels-last im2col feeding conv gemm ``op`` when only that GEMM reads it: the pair runs as
-    one core step (nm_conv_nhwc), the windows built by blocks of pixels right before their GEMM."""
+    """For a channels-last conv gemm ``op``: the NHWC im2col feeding it when only that GEMM reads it
+    (the pair runs as one core step, nm_conv_nhwc, the windows built by blocks of pixels right before
+    the GEMM reads them), or ``op`` itself for a 1x1 stride-1 conv reading a 4-D NHWC activation (the
+    same step, reading the image in place); else None."""
     if op.kind != "gemm" or not op.attrs.get("conv") or op.attrs.get("trans_a") or op.attrs.get("trans_b"):
         return None
     src = _producer(ctx, op.args["a"])
-    if src is None or src.kind != "im2col" or src.attrs.get("layout") != "nhwc" or not _sole_user(ctx, src.out, op):
-        return None
-    x = bufs[src.args["x"]]
+    if src is not None and src.kind == "im2col" and src.attrs.get("layout") == "nhwc":
+        if not _sole_user(ctx, src.out, op):
+            return None
+        x = bufs[src.args["x"]]
+    else:
+        src, x = op, bufs[op.args["a"]]
     if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous:
         return None
     return src
 
 
 def _conv_nhwc(ctx: StepContext, op: Op, src: Op, bufs, pk, out2, bias, bias_row, res, code, table) -> Step:
-    at = src.attrs
-    kh, kw = pair(at["kernel"])
-    sh, sw = pair(at.get("stride", 1))
-    ph, pw = pair(at.get("padding", 0))
+    if src is op:  # 1x1 stride 1: the activation is the im2col
+        x = cols = bufs[op.args["a"]]
+        kh = kw = sh = sw = 1
+        ph = pw = 0
+    else:
+        at = src.attrs
+        x, cols = bufs[src.args["x"]], bufs[src.out]
+        kh, kw = pair(at["kernel"])
+        sh, sw = pair(at.get("stride", 1))
+        ph, pw = pair(at.get("padding", 0))
     return ctx.core.conv_nhwc, (
-        bufs[src.args["x"]],
-        bufs[src.out],
+        x,
+        cols,
         kh,
         kw,
         sh,

@@ -212,7 +212,8 @@ CONV_CASES = [  # n, c, h, w, kh, kw, sh, sw, ph, pw, N
     (2, 16, 40, 40, 3, 3, 1, 1, 1, 1, 24),  # enough pixel blocks to share out
     (3, 8, 30, 30, 1, 1, 2, 2, 0, 0, 33),
     (2, 3, 45, 45, 7, 7, 2, 2, 3, 3, 16),
-    (1, 64, 7, 7, 3, 3, 1, 1, 1, 1, 40),  # one block: the whole-im2col path
+    (1, 64, 7, 7, 3, 3, 1, 1, 1, 1, 40),  # one block per thread
+    (2, 32, 20, 20, 1, 1, 1, 1, 0, 0, 48),  # 1x1 stride 1: the image read in place
 ]
 
 
