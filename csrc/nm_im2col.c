@@ -262,30 +262,33 @@ int nm_depthwise(const nm_depthwise_args *d, int nthreads)
 
 /* ---- channels-last max pooling (nm_plan.h: nm_maxpool_nhwc) ---------------------------------- */
 
+#define NM_MP_LANES 16 /* NM_PMAX_LANES of nm_rows.h: part of the row max's definition */
+
 typedef struct nm_maxpool_task {
     const nm_windows_args *a;
-    float *scratch;      /* per thread: (kk + 1) / 2 rows of c floats */
+    float *scratch;      /* per thread: min(kk, 16) lane rows of c floats */
     const float **taps;  /* per thread: kk row pointers */
     const float *zeros;  /* c zeros (zero padding) */
 } nm_maxpool_task;
 
-/* one level of the tree on rows of c floats: dst[i] = relu(a[i] - b[i]) + b[i] (pmax_level's order) */
-static inline void mp_level(float *dst, const float *a, const float *b, int64_t c)
+/* m[ch] = m[ch] + relu(v[ch] - m[ch]) for a row of c channels (nm_rows.h: pmax_step) */
+static inline void mp_step(float *m, const float *v, int64_t c)
 {
     for (int64_t ch = 0; ch < c; ch++) {
-        float d = a[ch] - b[ch];
+        float d = v[ch] - m[ch];
         d = (0.0f > d) ? 0.0f : d;
-        dst[ch] = d + b[ch];
+        m[ch] = m[ch] + d;
     }
 }
 
 static void maxpool_pixels(void *arg, int64_t r0, int64_t r1, int tid)
 {
-    const nm_maxpool_task *m = (const nm_maxpool_task *)arg;
-    const nm_windows_args *a = m->a;
+    const nm_maxpool_task *mt = (const nm_maxpool_task *)arg;
+    const nm_windows_args *a = mt->a;
     const int64_t kk = a->kh * a->kw, c = a->c;
-    float *t = m->scratch + (size_t)tid * (size_t)((kk + 1) / 2 * c);
-    const float **tap = m->taps + (size_t)tid * (size_t)kk;
+    const int64_t w0 = kk < NM_MP_LANES ? kk : NM_MP_LANES;
+    float *m = mt->scratch + (size_t)tid * (size_t)(w0 * c);
+    const float **tap = mt->taps + (size_t)tid * (size_t)kk;
     for (int64_t r = r0; r < r1; r++) {
         const int64_t img = r / (a->ho * a->wo), oy = (r / a->wo) % a->ho, ox = r % a->wo;
         const float *src = a->x + img * a->h * a->w * c;
@@ -295,26 +298,21 @@ static void maxpool_pixels(void *arg, int64_t r0, int64_t r1, int tid)
                 const int64_t xx = ox * a->sw + j - a->pw;
                 const int in = y >= 0 && y < a->h && xx >= 0 && xx < a->w;
                 tap[i * a->kw + j] = in || a->edge ? src + (clamp64(y, 0, a->h - 1) * a->w + clamp64(xx, 0, a->w - 1)) * c
-                                                   : m->zeros;
+                                                   : mt->zeros;
             }
         }
-        float *out = a->out + r * c;
-        if (kk == 1) {
-            memcpy(out, tap[0], (size_t)c * sizeof(float));
-            continue;
+        /* nm_pairwise_max's lane fold over the window's kk values, each channel on its own: tap k
+         * folds into lane k % 16 left to right, then lane l absorbs lane l + h, h = 8, 4, 2, 1 */
+        for (int64_t l = 0; l < w0; l++) memcpy(m + l * c, tap[l], (size_t)c * sizeof(float));
+        for (int64_t k = NM_MP_LANES; k < kk; k++) mp_step(m + (k % NM_MP_LANES) * c, tap[k], c);
+        int64_t w = w0;
+        for (int64_t h = NM_MP_LANES / 2; h >= 1; h /= 2) {
+            if (w > h) {
+                for (int64_t l = 0; l < w - h; l++) mp_step(m + l * c, m + (l + h) * c, c);
+                w = h;
+            }
         }
-        /* nm_pairwise_max's halving tree, each channel's values exactly as in its row of kk */
-        int64_t h = kk / 2, n = kk;
-        for (int64_t i = 0; i < h; i++) mp_level(t + i * c, tap[i], tap[i + h], c);
-        if (n & 1) memcpy(t + h * c, tap[2 * h], (size_t)c * sizeof(float));
-        n = h + (n & 1);
-        while (n > 1) {
-            h = n / 2;
-            for (int64_t i = 0; i < h; i++) mp_level(t + i * c, t + i * c, t + (i + h) * c, c);
-            if (n & 1) memcpy(t + h * c, t + 2 * h * c, (size_t)c * sizeof(float));
-            n = h + (n & 1);
-        }
-        memcpy(out, t, (size_t)c * sizeof(float));
+        memcpy(a->out + r * c, m, (size_t)c * sizeof(float));
     }
 }
 
@@ -328,7 +326,7 @@ int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads)
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
     if (pixels * kk * c < NM_WIN_PAR_MIN) nt = 1;
     if (nt > pixels) nt = (int)pixels;
-    const size_t tfl = (size_t)((kk + 1) / 2 * c);
+    const size_t tfl = (size_t)((kk < NM_MP_LANES ? kk : NM_MP_LANES) * c);
     float *scratch = (float *)malloc((tfl * (size_t)nt + (size_t)c) * sizeof(float));
     const float **taps = (const float **)malloc((size_t)(kk * nt) * sizeof(*taps));
     if (!scratch || !taps) {
@@ -338,8 +336,8 @@ int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads)
     }
     float *zeros = scratch + tfl * (size_t)nt;
     memset(zeros, 0, (size_t)c * sizeof(float));
-    nm_maxpool_task m = {a, scratch, taps, zeros};
-    nm_parallel_for(nt, pixels, maxpool_pixels, &m);
+    nm_maxpool_task mt = {a, scratch, taps, zeros};
+    nm_parallel_for(nt, pixels, maxpool_pixels, &mt);
     free(scratch);
     free(taps);
     return NM_OK;

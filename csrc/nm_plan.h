@@ -82,7 +82,7 @@ int nm_depthwise(const nm_depthwise_args *a, int nthreads);
 
 /* Max pooling of NHWC x straight from the image: what nm_windows (layout 3) followed by
  * nm_pairwise_max over each window computes, without the windows: a->out is y[n, ho, wo, c] and
- * y[img, oy, ox, ch] = the pairwise-max tree (nm_rowops.h) of the window's kh*kw values in (i, j)
+ * y[img, oy, ox, ch] = the lane-folded row max (nm_rowmax.h) of the window's kh*kw values in (i, j)
  * order, padding zeros or replicated edges (a->edge).  a->layout must be 3.  Pixels are split over
  * the pool's threads; the result does not depend on them. */
 int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads);

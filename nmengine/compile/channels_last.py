@@ -20,7 +20,8 @@ value entering a converted op from NCHW is transposed once.
 Only exact rewrites: the products, sums and epilogues are those of the NCHW program, with each
 output's K terms summed in (i, j, c) instead of (c, i, j) order.  Grouped and depthwise convolutions
 stay NCHW (their direct kernel reads NCHW planes), and a program that has them is left unchanged, as is
-one where the rewrite would need more than :data:`MAX_TRANSPOSES` layout changes.
+one where the rewrite would need more than :data:`MAX_TRANSPOSES` layout changes, or more layout
+changes than convolutions (a ViT's single patch convolution).
 """
 
 from __future__ import annotations
@@ -313,7 +314,8 @@ def channels_last(prog: Program) -> Program:
             have_nchw.add(r.out)
     for name in prog.outputs:
         need_nchw(name, "output")
-    if transposes > MAX_TRANSPOSES:
+    n_conv = sum(k == "conv" for k, _ in units.values())
+    if transposes > MAX_TRANSPOSES or transposes > n_conv:  # e.g. a ViT's one patch conv: no gain
         return prog
     used = {n for op in new_ops for n in op.args.values()}
     constants = {k: v for k, v in constants.items() if k in used or k in prog.constants and k not in replaced}
