@@ -56,7 +56,9 @@
 #define NM_PWL_REG_BINS 32
 #define NM_PWL_REG_MAX_STEPS 3
 #define NM_PWL_R8_BINS 8
-#define NM_PWL_R8_MAX_STEPS 4
+#ifndef NM_PWL_R8_MAX_STEPS
+#define NM_PWL_R8_MAX_STEPS 6
+#endif
 typedef struct nm_pwl_reg {
     _Alignas(64) float edges[NM_PWL_REG_MAX];  /* edges[s]: the breakpoint that ends segment s; NaN past */
     _Alignas(64) float slopes[NM_PWL_REG_MAX];

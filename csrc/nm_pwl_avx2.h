@@ -211,7 +211,13 @@ NM_AVX2 NM_INLINE void nm_pwl_v8_block16(const nm_pwl_v8 *v, const float *x, int
     case 1: NM_V8_BLOCK(1); break;
     case 2: NM_V8_BLOCK(2); break;
     case 3: NM_V8_BLOCK(3); break;
-    default: NM_V8_BLOCK(4); break; /* steps8 <= NM_PWL_R8_MAX_STEPS == 4 */
+    case 4: NM_V8_BLOCK(4); break;
+#if NM_PWL_R8_MAX_STEPS > 4
+    case 5: NM_V8_BLOCK(5); break;
+    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS); break;
+#else
+    default: NM_V8_BLOCK(4); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
+#endif
     }
 }
 #undef NM_V8_BLOCK

@@ -2,8 +2,8 @@
 
 Full 6 x 16 / 14 x 32 tiles evaluate tables of up to ~33 breakpoints from registers (an own coarse
 grid, per-bin breakpoints compared lane by lane, slopes and intercepts picked by bit selects); this
-checks, on every kernel, tables built to need 0..5 comparisons per bin (5 exceeds the AVX2 form and
-takes the row path), duplicate and clustered breakpoints, constant end segments (input clamps), and
+checks, on every kernel, tables that need 0..8 comparisons per bin (more than 6 exceed the AVX2 form
+and take the row path), duplicate and clustered breakpoints, constant end segments (input clamps), and
 inputs at, next to and between every breakpoint, outside the range, +-inf, NaN and +-0.  The
 reference is numpy's PWLTable evaluation of the unfused product (independent of the C code).
 """
@@ -34,6 +34,7 @@ def _tables():
         "uniform16": _table(np.linspace(-4, 4, 17), rng),
         "uniform32": _table(np.linspace(-4, 4, 33), rng),
         "uniform34_clamped": _table(np.linspace(-6, 6, 35), rng, clamp=True),
+        "uniform60": _table(np.linspace(-6, 6, 61), rng),
         "far_ends": _table(np.concatenate([[-8.0], np.linspace(-2, 2, 25), [8.0]]), rng),
         "random20": _table(np.sort(rng.uniform(-3, 3, 21)), rng),
         "dense_cluster": _table(np.concatenate([np.linspace(0, 0.01, 6), np.linspace(1, 5, 9)]), rng),
