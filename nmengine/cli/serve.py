@@ -14,7 +14,6 @@ import argparse
 import gc
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -58,28 +57,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
-    """Make glibc return large buffers to the OS on free (``mallopt(M_MMAP_THRESHOLD)``).
-
-    The engine's scratch buffers change size with every batch shape; glibc's default *dynamic*
-    threshold then serves them from the heap, whose fragments keep the server's RSS creeping up for
-    thousands of requests (measured: +20% over 10,000 requests, then a plateau).  A fixed threshold
-    maps every buffer above ``nbytes`` separately, so RSS stays flat.  No-op (False) without glibc or
-    when ``MALLOC_MMAP_THRESHOLD_`` is already set.
-    """
-    import ctypes
-    import ctypes.util
-    import os
-
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(nbytes)))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -106,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
             if v is not None
         }
     )
-    _fixed_mmap_threshold()
     t0 = time.perf_counter()
     model = load_model(args.model, mode=args.precision, name=args.name)
     app = create_app(
