@@ -14,8 +14,13 @@ What is measured:
   every response is checked (200, one 384-float row).  Throughput counts answered sentences per
   wall second; p50/p99 are per-request latencies.
 * The peer: the same bundle in this process, ``SentenceEmbedder.encode`` of the same 512 sentences in
-  batches of 32 with the same 2 engine threads, measured right before and right after each server
-  run (the machine's load drifts; the ratio uses the mean of the two).
+  batches of 32 with the same 2 engine threads (its 16 batch shapes stay in the session's plan cache
+  between calls).  Server and peer alternate: peer, server for ``SECONDS / ROUNDS`` (``ROUNDS`` =
+  ``NMENGINE_SERVE_BENCH_ROUNDS``, default 4), peer, ..., peer; the ratio is total server rate over
+  the mean peer rate, and each window also gets its own ratio against the peer runs around it (the
+  shared machine's load drifts on a scale of seconds).  A second peer, reported for CPU only, runs
+  encode with a one-plan session cache, so every batch builds its plan as for unseen text (measured
+  before and after each concurrency's windows).
 * Client and server share the machine's cores: the client's CPU time is part of what the server
   competes with, as it would be for a co-located caller.  Because wall rates on a shared machine
   depend on what else runs, the benchmark also reports CPU efficiency: sentences per CPU second of
@@ -61,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECONDS = float(os.environ.get("NMENGINE_SERVE_BENCH_SECONDS", "20"))
 MAX_REQUESTS = int(os.environ.get("NMENGINE_SERVE_BENCH_MAX_REQUESTS", "50000"))
 RSS_REQUESTS = int(os.environ.get("NMENGINE_SERVE_BENCH_RSS_REQUESTS", "10000"))
+ROUNDS = int(os.environ.get("NMENGINE_SERVE_BENCH_ROUNDS", "4"))  # server windows per concurrency
 CONCURRENCY = (1, 8, 64)
 THREADS = 2
 ASSERT = os.environ.get("NMENGINE_BENCH_ASSERT") == "1"
@@ -180,6 +186,7 @@ async def _load(url: str, texts: list[str], concurrency: int, seconds: float, ma
         "sentences_per_s": len(latencies) / wall,
         "p50_ms": 1e3 * q[49],
         "p99_ms": 1e3 * q[98],
+        "latencies": latencies,
     }
 
 
@@ -199,6 +206,16 @@ def peer(bundle, texts):
     return emb
 
 
+@pytest.fixture(scope="module")
+def cold_peer(bundle, texts):
+    """The peer without plan reuse: a session that caches one plan, so each batch of 32 builds its plan
+    as it would for text never seen before (the server's batches are new shapes every time)."""
+    emb = hf.SentenceEmbedder(bundle)
+    emb.session = nm.Session(emb.program, cache_size=1)
+    emb.encode(texts[:32])  # warm-up (packs the weights)
+    return emb
+
+
 def test_inprocess_batch32_encode(peer, texts, benchmark):
     benchmark.group = "serve"
     benchmark.extra_info["sentences"] = len(texts)
@@ -209,23 +226,50 @@ def test_inprocess_batch32_encode(peer, texts, benchmark):
 
 
 @pytest.mark.parametrize("concurrency", CONCURRENCY)
-def test_server_load(server, peer, texts, concurrency):
-    """The server at ``concurrency``, with the in-process peer measured right before and after (the
-    machine's load drifts; the ratio uses the mean of the two)."""
+def test_server_load(server, peer, cold_peer, texts, concurrency):
+    """The server at ``concurrency`` against the in-process peer, alternating: peer, server for
+    ``SECONDS / ROUNDS``, peer, server, ..., peer.  Each server window's ratio uses the mean of the
+    peer right before and right after it (the shared machine's load drifts on a scale of seconds);
+    reported are the ratio of the totals and the median window ratio."""
     proc, url = server
-    before = _inprocess(peer, texts)
-    cpu0, mine0 = _cpu_seconds(proc.pid), time.process_time()
-    r = asyncio.run(_load(url, texts, concurrency, SECONDS, MAX_REQUESTS))
-    server_cpu, client_cpu = _cpu_seconds(proc.pid) - cpu0, time.process_time() - mine0
-    after = _inprocess(peer, texts)
-    r["inprocess_sentences_per_s"] = (before[0] + after[0]) / 2
+    cold = [_inprocess(cold_peer, texts)]
+    peers = [_inprocess(peer, texts)]
+    windows, latencies = [], []
+    server_cpu = client_cpu = 0.0
+    for k in range(ROUNDS):
+        cpu0, mine0 = _cpu_seconds(proc.pid), time.process_time()
+        w = asyncio.run(_load(url, texts, concurrency, SECONDS / ROUNDS, max(MAX_REQUESTS // ROUNDS, 1)))
+        server_cpu += _cpu_seconds(proc.pid) - cpu0
+        client_cpu += time.process_time() - mine0
+        peers.append(_inprocess(peer, texts))
+        w["ratio"] = w["sentences_per_s"] / ((peers[k][0] + peers[k + 1][0]) / 2)
+        latencies += w.pop("latencies")
+        windows.append(w)
+    cold.append(_inprocess(cold_peer, texts))
+    answered = len(latencies)
+    wall = sum(w["seconds"] for w in windows)
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if answered > 1 else latencies * 99
+    r: dict[str, Any] = {
+        "requests": sum(w["requests"] for w in windows),
+        "errors": sum(w["errors"] for w in windows),
+        "error_samples": [e for w in windows for e in w["error_samples"]][:3],
+        "seconds": wall,
+        "sentences_per_s": answered / wall,
+        "p50_ms": 1e3 * q[49],
+        "p99_ms": 1e3 * q[98],
+        "inprocess_sentences_per_s": statistics.fmean(p[0] for p in peers),
+        "window_ratios": [round(w["ratio"], 3) for w in windows],
+    }
     r["ratio"] = r["sentences_per_s"] / r["inprocess_sentences_per_s"]
-    answered = r["requests"] - r["errors"]
+    r["median_window_ratio"] = statistics.median(w["ratio"] for w in windows)
     r["server_cpu_ms_per_sentence"] = 1e3 * server_cpu / max(answered, 1)
     r["client_cpu_ms_per_sentence"] = 1e3 * client_cpu / max(answered, 1)
     r["sentences_per_cpu_s"] = answered / max(server_cpu + client_cpu, 1e-9)
-    r["inprocess_sentences_per_cpu_s"] = (before[1] + after[1]) / 2
+    r["inprocess_sentences_per_cpu_s"] = statistics.fmean(p[1] for p in peers)
     r["cpu_ratio"] = r["sentences_per_cpu_s"] / r["inprocess_sentences_per_cpu_s"]
+    r["cold_plans_sentences_per_s"] = statistics.fmean(p[0] for p in cold)
+    r["cold_plans_sentences_per_cpu_s"] = statistics.fmean(p[1] for p in cold)
+    r["cold_plans_cpu_ratio"] = r["sentences_per_cpu_s"] / r["cold_plans_sentences_per_cpu_s"]
     RESULTS[f"server-c{concurrency}"] = r
     print(f"\nconcurrency {concurrency}: {r}")
     assert r["errors"] == 0, r["error_samples"]
@@ -255,7 +299,7 @@ def test_summary():
         pytest.skip("no results")
     base = RESULTS["inprocess-batch32"]["sentences_per_s"]
     lines = [
-        f"server benchmark ({SECONDS:g} s per concurrency, {THREADS} engine threads, shared machine)",
+        f"server benchmark ({SECONDS:g} s per concurrency in {ROUNDS} windows, {THREADS} engine threads, shared machine)",
         f"  startup: {RESULTS.get('startup', {}).get('seconds_to_listen', float('nan')):.2f} s to listen "
         f"({RESULTS.get('startup', {}).get('line', '')})",
         f"  in-process encode, batch 32: {base:8.1f} sentences/s",
@@ -266,12 +310,15 @@ def test_summary():
             lines.append(
                 f"  server c={c:<3d} {r['sentences_per_s']:8.1f} sentences/s  p50 {r['p50_ms']:7.1f} ms  "
                 f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  requests {r['requests']}  "
-                f"in-process alongside {r['inprocess_sentences_per_s']:.1f}: {r['ratio']:.2f}x"
+                f"in-process alongside {r['inprocess_sentences_per_s']:.1f}: {r['ratio']:.2f}x "
+                f"(median window {r['median_window_ratio']:.2f}x of {r['window_ratios']})"
             )
             lines.append(
                 f"           CPU: server {r['server_cpu_ms_per_sentence']:.2f} + client "
                 f"{r['client_cpu_ms_per_sentence']:.2f} ms per sentence = {r['sentences_per_cpu_s']:.1f} "
-                f"sentences per CPU s; in-process {r['inprocess_sentences_per_cpu_s']:.1f}: {r['cpu_ratio']:.2f}x"
+                f"sentences per CPU s; in-process {r['inprocess_sentences_per_cpu_s']:.1f}: {r['cpu_ratio']:.2f}x; "
+                f"in-process with a new plan per batch {r['cold_plans_sentences_per_cpu_s']:.1f}: "
+                f"{r['cold_plans_cpu_ratio']:.2f}x"
             )
     if "rss" in RESULTS:
         r = RESULTS["rss"]
