@@ -350,6 +350,9 @@ int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads)
  * NM_CONV_MIN_ROWS rows (B traffic per flop ~ 1 / rows). */
 #define NM_CONV_BLOCK_FLOATS (96 * 1024)
 #define NM_CONV_MIN_ROWS 224
+/* Up to this many rows the whole product goes to nm_sgemm_packed's threads (its column split for
+ * small M against a pre-packed B, nm_gemm.c: NM_COL_SPLIT_MAX_M) instead of row blocks. */
+#define NM_CONV_GEMM_SPLIT_M 128
 
 typedef struct nm_conv_task {
     const nm_conv_args *c;
@@ -418,6 +421,15 @@ int nm_conv_nhwc(const nm_conv_args *c, int nthreads, int kernel)
     rows = rows / mr * mr;
     if (rows < mr) rows = mr;
     t.shared = 1;
+    if (nt > 1 && R <= NM_CONV_GEMM_SPLIT_M) {
+        /* few rows (batch-1 deep layers): the whole im2col, then the GEMM's own small-M split, which
+         * shares out the columns so that each thread streams only its part of the weights */
+        if (!t.direct) {
+            const int rc = nm_windows_mt(a, nt);
+            if (rc != NM_OK) return rc;
+        }
+        return nm_sgemm_packed(R, c->N, K, t.direct ? a->x : a->out, K, 1, c->Bp, c->C, c->N, 1, &c->ep, nt, kres);
+    }
     if (nt > 1 && (R + rows - 1) / rows < 4 * (int64_t)nt) {
         /* too few blocks to share out: one block of whole MR-row panels per thread */
         const int64_t panels = (R + mr - 1) / mr;

@@ -92,7 +92,8 @@ int nm_maxpool_nhwc(const nm_windows_args *a, int nthreads);
  * computed by blocks of output pixels, each a single-threaded GEMM on its rows: the block's windows
  * are built in win.out (the full [R, K] im2col buffer, used as scratch: a per-thread part when blocks
  * are handed out dynamically, else the block's own rows) right before the GEMM reads them; with
- * fewer than 4 blocks per thread each thread takes one block of whole MR-row panels.  No barriers.
+ * fewer than 4 blocks per thread each thread takes one block of whole MR-row panels (no barriers),
+ * and up to 128 rows the whole im2col is built and one nm_sgemm_packed call splits the work.
  * A 1x1 stride-1 unpadded conv reads x in place as the im2col (win.out is not touched).  The
  * epilogue's res (element (r, j) at res[r * res_rs + j * res_cs]) and bias_row follow the block's
  * rows.  Every element is the same GEMM arithmetic whichever block it falls in, so the result does

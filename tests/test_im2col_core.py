@@ -209,10 +209,11 @@ def test_channels_last_im2col_refuses_edge_padding():
 
 CONV_CASES = [  # n, c, h, w, kh, kw, sh, sw, ph, pw, N
     (1, 3, 9, 9, 3, 3, 1, 1, 1, 1, 5),
-    (2, 16, 40, 40, 3, 3, 1, 1, 1, 1, 24),  # enough pixel blocks to share out
+    (2, 16, 40, 40, 3, 3, 1, 1, 1, 1, 24),  # a few pixel blocks: one per thread
+    (4, 8, 64, 64, 3, 3, 1, 1, 1, 1, 16),  # many pixel blocks: shared out dynamically
     (3, 8, 30, 30, 1, 1, 2, 2, 0, 0, 33),
     (2, 3, 45, 45, 7, 7, 2, 2, 3, 3, 16),
-    (1, 64, 7, 7, 3, 3, 1, 1, 1, 1, 40),  # one block per thread
+    (1, 64, 7, 7, 3, 3, 1, 1, 1, 1, 40),  # few rows: the GEMM's own split
     (2, 32, 20, 20, 1, 1, 1, 1, 0, 0, 48),  # 1x1 stride 1: the image read in place
 ]
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..program import Op, Program
 from ..spec import InputSpec
 from .calibrate import correct_biases, fit_tables, record_activations
-from .channels_last import channels_last
+from .channels_last import channels_last as to_channels_last
 from .lower import TableRequest
 from .passes import fuse
 
@@ -60,10 +60,12 @@ def compile_lowered(
     target: Any = None,
     precision: str = "float32",
     int8_tolerance: float = 0.006,
+    channels_last: bool = True,
 ) -> Program:
     """Matrixize a lowered graph: the options mean what they mean for :func:`nmengine.compile`
     (``segments="auto"`` with ``target``: the budgeted compile, :mod:`.budget`; ``precision="int8"``:
-    the int8 pass, :mod:`.quantize`)."""
+    the int8 pass, :mod:`.quantize`); ``channels_last=False`` keeps convolution networks NCHW (the
+    channels-last rewrite, :mod:`.channels_last`, is for speed only: same products and epilogues)."""
     from .budget import check_auto
     from .quantize import PRECISIONS, quantize
 
@@ -73,7 +75,8 @@ def compile_lowered(
     def _finish(p: Program, calib: Any = None) -> Program:
         if precision != "float32":
             p = quantize(p, calib, tolerance=int8_tolerance)
-        return channels_last(_post(p))
+        p = _post(p)
+        return to_channels_last(p) if channels_last else p
 
     if not isinstance(graph, LoweredGraph):
         raise TypeError(f"compile_lowered expects a LoweredGraph, got {type(graph).__name__}")
