@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from nmengine import corpus, hf
-from nmengine.compile.quantize import DEFAULT_CANDIDATES, Candidate, quantize
+from nmengine.compile.quantize import Candidate, quantize
 
 CONFIGS: dict[str, object] = {
     "static, one scale per GEMM input": [Candidate(None, "static", None)],
@@ -22,11 +22,21 @@ CONFIGS: dict[str, object] = {
     "dynamic per row and K group of 64, smoothing": [Candidate(64, "dynamic", 0.5)],
     "dynamic per row and K group of 32": [Candidate(32, "dynamic", None)],
     "dynamic per row and K group of 32, smoothing": [Candidate(32, "dynamic", 0.5)],
-    "chosen per GEMM, tolerance 0.01": 0.01,
-    "chosen per GEMM, tolerance 0.008": 0.008,
+    "chosen per GEMM, tolerance 0.01, alpha 0.5": (
+        (Candidate(None, "dynamic", None),) + tuple(Candidate(g, "dynamic", 0.5) for g in (None, 128, 64)),
+        0.01,
+    ),
+    "chosen per GEMM, tolerance 0.008, alpha 0.5": (
+        (Candidate(None, "dynamic", None),) + tuple(Candidate(g, "dynamic", 0.5) for g in (None, 128, 64)),
+        0.008,
+    ),
     "chosen per GEMM, tolerance 0.006 (default)": 0.006,
-    "chosen per GEMM, tolerance 0.006, groups down to 32": (
-        DEFAULT_CANDIDATES + (Candidate(32, "dynamic", 0.5),),
+    "chosen per GEMM, tolerance 0.006, alpha 0.5, groups down to 32 (the default before AMX)": (
+        (Candidate(None, "dynamic", None),) + tuple(Candidate(g, "dynamic", 0.5) for g in (None, 128, 64, 32)),
+        0.006,
+    ),
+    "chosen per GEMM, tolerance 0.006, alpha 0.5, groups down to 64": (
+        (Candidate(None, "dynamic", None),) + tuple(Candidate(g, "dynamic", 0.5) for g in (None, 128, 64)),
         0.006,
     ),
 }

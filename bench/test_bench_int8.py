@@ -13,7 +13,9 @@ Engines, 2 threads, the same tokenized corpus sentences:
 * ``ort-float32`` -- the same ONNX model before quantization.
 
 Scenarios: ``batch32`` (32 real sentences padded to the longest; three different batches, one call
-each per round) and ``batch1`` (one sentence, latency).  Also the int8 GEMM against the float32 GEMM at
+each per round) and ``batch1`` (one sentence, latency); ``test_throughput_interleaved`` measures
+batch32 again with the engines alternating round by round (``NMENGINE_BENCH_ROUNDS``, default 8), the
+steadier ratio on a shared machine.  Also the int8 GEMM against the float32 GEMM at
 1024^3 and the MiniLM shapes (M = the tokens of a 32-sentence batch).
 
 The summary prints throughput ratios, and the fidelity of both int8 engines against the float32 exact
@@ -101,6 +103,29 @@ def test_throughput(benchmark, engines, batches, scenario, engine):
     RESULTS[(scenario, engine)] = n / benchmark.stats.stats.min
 
 
+def test_throughput_interleaved(engines, batches):
+    """batch32 again with the engines alternating round by round (best of ROUNDS each): on a shared
+    machine the load changes between pytest-benchmark's per-engine blocks, and this keeps the peers
+    under the same load.  The summary prints these ratios too."""
+    import time
+
+    bs = batches["batch32"]
+    n = sum(b["input_ids"].shape[0] for b in bs)
+    names = ("nm-int8", "nm-float32", "ort-int8")
+    best = dict.fromkeys(names, float("inf"))
+    for name in names:
+        for b in bs:
+            engines[name](b)
+    for _ in range(int(os.environ.get("NMENGINE_BENCH_ROUNDS", "8"))):
+        for name in names:
+            t = time.perf_counter()
+            for b in bs:
+                engines[name](b)
+            best[name] = min(best[name], time.perf_counter() - t)
+    for name in names:
+        RESULTS[("interleaved", name)] = n / best[name]
+
+
 @pytest.mark.parametrize(
     "shape", [(1024, 1024, 1024), (640, 384, 1152), (640, 384, 384), (640, 384, 1536), (640, 1536, 384)]
 )
@@ -147,6 +172,14 @@ def test_summary(engines, batches):
             f"  {'':8s} nm-int8 / nm-float32 = {row['nm-int8'] / row['nm-float32']:.2f}x, "
             f"nm-int8 / ort-int8 = {row['nm-int8'] / row['ort-int8']:.2f}x, "
             f"ort-int8 / ort-float32 = {row['ort-int8'] / row['ort-float32']:.2f}x"
+        )
+    inter = {e: RESULTS.get(("interleaved", e)) for e in ("nm-int8", "nm-float32", "ort-int8")}
+    if None not in inter.values():
+        print(
+            "  batch32 interleaved (best of alternating rounds): "
+            + "  ".join(f"{e} {v:8.1f}/s" for e, v in inter.items())
+            + f"\n  {'':8s} nm-int8 / nm-float32 = {inter['nm-int8'] / inter['nm-float32']:.2f}x, "
+            f"nm-int8 / ort-int8 = {inter['nm-int8'] / inter['ort-int8']:.2f}x"
         )
     for shape, row in GEMM.items():
         f32 = row.get("float32")
