@@ -5,6 +5,7 @@
 
     PYTHONPATH=. python bench/gemm_cputime.py --pwl [--kernel avx2]      # PWL epilogue overhead
     PYTHONPATH=. python bench/gemm_cputime.py --smallm [--kernel avx2]   # M 1..64, pre-packed B
+    PYTHONPATH=. python bench/gemm_cputime.py --smallm-threads            # the same, 1 vs 2 threads, wall
 
 Both libraries run on one thread (nm.set_num_threads(1), threadpoolctl for OpenBLAS); each timing is
 ``time.thread_time`` around one call, so time spent descheduled by other processes is not counted.
@@ -86,11 +87,35 @@ def small_m() -> None:
         print(f"M={M}: numpy {gf / tn:6.1f} GFLOP/s  nmengine packed {gf / tm:6.1f} GFLOP/s  ratio {tn / tm:.3f}")
 
 
+def small_m_threads() -> None:
+    """nmengine alone, wall time: 1 thread vs 2 threads at small M with pre-packed B (min / median)."""
+    K, N = 384, 1536
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K))
+    packed = kernels.pack_b(b)
+    for M in (1, 8, 25, 64):
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        o = np.empty((M, N), np.float32)
+        gf = 2.0 * M * N * K / 1e9
+        parts = []
+        for nt in (1, 2):
+            nm.set_num_threads(nt)
+            ts = []
+            for _ in range(500):
+                t0 = time.perf_counter()
+                nm.gemm(a, packed, out=o)
+                ts.append(time.perf_counter() - t0)
+            parts.append(f"{nt} thread(s) {gf / min(ts):6.1f} / {gf / float(np.median(ts)):6.1f}")
+        print(f"M={M}: GFLOP/s min / median: " + " | ".join(parts))
+    nm.set_num_threads(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="auto")
     ap.add_argument("--pwl", action="store_true", help="PWL epilogue overhead instead of sgemm vs numpy")
     ap.add_argument("--smallm", action="store_true", help="small M with pre-packed B instead")
+    ap.add_argument("--smallm-threads", action="store_true", help="small M, nmengine alone, 1 vs 2 threads, wall time")
     args = ap.parse_args()
     nm.set_num_threads(1)
     with threadpool_limits(1), kernels.use_kernel(args.kernel):
@@ -100,6 +125,9 @@ def main() -> None:
             return
         if args.smallm:
             small_m()
+            return
+        if args.smallm_threads:
+            small_m_threads()
             return
         for M, K, N in SHAPES:
             rng = np.random.default_rng(0)
