@@ -206,3 +206,24 @@ def test_onnx_model_without_the_frontend_is_a_clear_error(tmp_path):
     path.write_bytes(b"not read")
     with pytest.raises(ValueError, match="ONNX frontend"):
         load_model(str(path))
+
+
+def test_call_runs_on_the_engine_thread_and_passes_errors_back():
+    import threading
+
+    emb = embedder()
+
+    async def go():
+        async with Batcher(emb, max_wait_ms=20) as b:
+            names = await asyncio.gather(
+                b.call(lambda: threading.current_thread().name), b.encode(["a sentence"]), b.call(lambda: 6 * 7)
+            )
+            with pytest.raises(ZeroDivisionError):
+                await b.call(lambda: 1 / 0)
+            after = await b.encode("still serving")
+        return names, after
+
+    (thread, vec, answer), after = asyncio.run(go())
+    assert thread == "nmengine-engine" and thread != threading.current_thread().name
+    assert answer == 42 and vec.shape == (1, 384) and after.shape == (384,)
+    np.testing.assert_array_equal(after, emb.encode(["still serving"])[0])
