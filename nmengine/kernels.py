@@ -775,15 +775,27 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 _QKERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avxvnni": 3, "avx512vnni": 4, "amx": 5}
 _QKERNEL_NAMES = {v: k for k, v in _QKERNEL_CODES.items() if v}
+#: The int8 kernel names ``NMENGINE_QKERNEL`` and ``kernel=`` accept.
+QKERNEL_NAMES = tuple(_QKERNEL_CODES)
 _qkernel_cache: dict[int, int] = {}
 
 
+def _env_qkernel() -> str:
+    """The int8 kernel ``NMENGINE_QKERNEL`` names, else "auto"."""
+    env = os.environ.get("NMENGINE_QKERNEL", "").strip().lower()
+    if env and env not in _QKERNEL_CODES:
+        raise ValueError(f"NMENGINE_QKERNEL must be one of {sorted(_QKERNEL_CODES)}, got {env!r}")
+    return env or "auto"
+
+
 def _qkernel_code(kernel: Optional[str]) -> int:
-    """int8 kernel code (never auto).  Default: the fastest the CPU has, or scalar inside
-    ``use_kernel("scalar")`` / ``NMENGINE_KERNEL=scalar`` (the portable path everywhere)."""
+    """int8 kernel code (never auto).  Default: scalar inside ``use_kernel("scalar")`` /
+    ``NMENGINE_KERNEL=scalar`` (the portable path everywhere), else the kernel the
+    ``NMENGINE_QKERNEL`` environment variable names (one of :data:`QKERNEL_NAMES`; e.g.
+    ``avx512vnni`` to measure a CPU without AMX), else the fastest the CPU and OS offer."""
     core = compiled_core()
     if kernel is None:
-        key = "scalar" if kernel_code() == core.KERNEL_SCALAR else "auto"
+        key = "scalar" if kernel_code() == core.KERNEL_SCALAR else _env_qkernel()
     else:
         key = str(kernel).strip().lower() if isinstance(kernel, str) else None
         if key not in _QKERNEL_CODES:
@@ -801,8 +813,8 @@ def _qkernel_code(kernel: Optional[str]) -> int:
 
 def qkernel_for(float_kernel: int) -> int:
     """The int8 kernel code that goes with a float kernel code: scalar with the scalar kernel, else the
-    fastest int8 kernel this CPU runs."""
-    return _qkernel_code("scalar" if float_kernel == compiled_core().KERNEL_SCALAR else "auto")
+    int8 kernel ``NMENGINE_QKERNEL`` names, else the fastest int8 kernel this CPU runs."""
+    return _qkernel_code("scalar" if float_kernel == compiled_core().KERNEL_SCALAR else _env_qkernel())
 
 
 def qkernel_info() -> dict[str, Any]:

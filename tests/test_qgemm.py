@@ -293,6 +293,25 @@ def test_scalar_default_under_use_kernel():
         assert kernels.qkernel_info()["kernel"] == "scalar"
 
 
+def test_env_forces_the_int8_kernel(monkeypatch, qkernel):
+    """NMENGINE_QKERNEL picks the kernel of every default int8 call, which still gives numpy's int64 product."""
+    monkeypatch.setenv("NMENGINE_QKERNEL", qkernel)
+    assert kernels.qkernel_info()["kernel"] == qkernel
+    if kernels.kernel_code() != kernels.compiled_core().KERNEL_SCALAR:  # what sessions' int8 steps use
+        assert kernels.qkernel_for(kernels.kernel_code()) == kernels.QKERNEL_NAMES.index(qkernel)
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, size=(37, 70), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(70, 45), dtype=np.int8)
+    got = kernels.qgemm_int32(a, b)
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_env_names_a_real_int8_kernel(monkeypatch):
+    monkeypatch.setenv("NMENGINE_QKERNEL", "sse9")
+    with pytest.raises(ValueError, match="NMENGINE_QKERNEL must be one of"):
+        kernels.qkernel_info()
+
+
 @pytest.mark.parametrize("layout", ["c", "strided"])
 def test_epilogue_layouts_and_wide_table(qkernel, layout):
     """The vector tile finisher (unit column strides) and the generic one (strided output / residual)
