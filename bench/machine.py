@@ -120,12 +120,20 @@ def describe(measure: bool = True) -> dict[str, Any]:
         "numpy": np.__version__,
         "blas": blas_info(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-        "flags": sorted(set(re.findall(r"\b(avx2|fma|avx512f|avx512bw|avx512vl)\b", _cpuinfo().get("flags", "")))),
+        "flags": sorted(
+            set(
+                re.findall(
+                    r"\b(avx2|fma|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni|amx_int8)\b",
+                    _cpuinfo().get("flags", ""),
+                )
+            )
+        ),
     }
     try:
         import nmengine as nm
 
         info["nmengine_kernel"] = nm.kernel_info()
+        info["nmengine_int8_kernel"] = nm.kernels.qkernel_info()
     except Exception:  # pragma: no cover - core not built
         pass
     return info
@@ -147,6 +155,12 @@ def format_machine(info: dict[str, Any]) -> str:
     ]
     for b in info.get("blas", []):
         lines.append("BLAS: " + ", ".join(f"{k}={v}" for k, v in b.items() if v is not None and k != "filepath"))
+    if info.get("nmengine_kernel"):
+        q = info.get("nmengine_int8_kernel") or {}
+        lines.append(
+            f"nmengine: float kernel {info['nmengine_kernel'].get('kernel')}, int8 kernel {q.get('kernel')} "
+            f"(available: {', '.join(q.get('available', []))})"
+        )
     if info.get("OPENBLAS_CORETYPE"):
         lines.append(f"OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']}")
     return "\n".join(lines)

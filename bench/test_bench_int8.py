@@ -170,7 +170,7 @@ def test_summary(engines, batches):
     tok = hf.load_tokenizer(MODEL_DIR)
     chunks = [hf.tokenize(tok, sents[i : i + 32]) for i in range(0, len(sents), 32)]
     exact = np.concatenate([engines["_exact"](b) for b in chunks])
-    print("\n\nint8 (#13), 2 threads, shared machine: sentences/s and ratios")
+    print("\n\nint8 (#13), 2 threads: sentences/s and ratios")
     for scen in ("batch32", "batch1"):
         row = {e: RESULTS.get((scen, e)) for e in ENGINES}
         if None in row.values():

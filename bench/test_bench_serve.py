@@ -299,7 +299,7 @@ def test_summary():
         pytest.skip("no results")
     base = RESULTS["inprocess-batch32"]["sentences_per_s"]
     lines = [
-        f"server benchmark ({SECONDS:g} s per concurrency in {ROUNDS} windows, {THREADS} engine threads, shared machine)",
+        f"server benchmark ({SECONDS:g} s per concurrency in {ROUNDS} windows, {THREADS} engine threads)",
         f"  startup: {RESULTS.get('startup', {}).get('seconds_to_listen', float('nan')):.2f} s to listen "
         f"({RESULTS.get('startup', {}).get('line', '')})",
         f"  in-process encode, batch 32: {base:8.1f} sentences/s",
