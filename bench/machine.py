@@ -10,7 +10,8 @@ The clock is the larger of /proc/cpuinfo's "cpu MHz" (often the nominal clock un
 and a measurement by nmengine's core (a chain of dependent integer adds, one per cycle), because
 boost clocks are what the FMA units run at.  Peak single-precision FLOP/s of an AVX2/FMA core with
 two 256-bit FMA pipes (Zen 2/3/4, Haswell..): 2 pipes x 8 lanes x 2 flops = 32 per cycle (Zen 4
-executes AVX-512 as 2 x 256 bits, so its AVX-512 peak is the same).
+executes AVX-512 as 2 x 256 bits, so its AVX-512 peak is the same); an Intel core with AVX-512 and
+two 512-bit pipes: 64 per cycle (see :func:`flops_per_cycle`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ import re
 from typing import Any, Optional
 
 FLOPS_PER_CYCLE_AVX2 = 2 * 8 * 2  # FMA pipes x fp32 lanes x (mul + add)
+FLOPS_PER_CYCLE_AVX512 = 2 * 16 * 2  # Intel server cores with two 512-bit FMA pipes (Skylake-SP .. Sapphire Rapids)
+
+
+def flops_per_cycle() -> int:
+    """fp32 FLOPs per cycle and core: two 512-bit FMA pipes on Intel CPUs with AVX-512 (an assumption:
+    a few Xeons have one), else two 256-bit pipes (AVX2 CPUs, and Zen 4, which runs AVX-512 as 2 x 256)."""
+    info = _cpuinfo()
+    avx512 = "avx512f" in info.get("flags", "").split()
+    return FLOPS_PER_CYCLE_AVX512 if avx512 and info.get("vendor_id") == "GenuineIntel" else FLOPS_PER_CYCLE_AVX2
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -114,8 +124,8 @@ def describe(measure: bool = True) -> dict[str, Any]:
         "ghz_nominal": None if nominal is None else nominal / 1000.0,
         "ghz_measured": measured,
         "ghz": ghz,
-        "peak_gflops": None if ghz is None else peak_gflops(n, ghz),
-        "peak_gflops_per_core": None if ghz is None else peak_gflops(1, ghz),
+        "peak_gflops": None if ghz is None else peak_gflops(n, ghz, flops_per_cycle()),
+        "peak_gflops_per_core": None if ghz is None else peak_gflops(1, ghz, flops_per_cycle()),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas_info(),
