@@ -9,6 +9,7 @@
 
 #if NM_HAVE_THREADS
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -95,18 +96,39 @@ int nm_spin_us(void)
 
 void nm_set_spin_us(int us) { atomic_store(&P.spin_us, us < 0 ? 0 : us); }
 
-/* Wait until *v != old: spin for the budget, then sleep on (mu, cv). */
+/* Waits inside a call (a team barrier, the caller waiting for the team at the end) spin at least
+ * this long before they sleep.  The team is working on the call, so the wait is for a teammate that
+ * is about to arrive; sleeping instead costs a futex wake-up, which in a VM guest (an IPI to a halted
+ * vCPU) takes tens to hundreds of microseconds and, repeated at every barrier of a 1-2 ms GEMM, made
+ * 2 threads slower than 1 (784 x 1152 x 128: 2.0 ms with 2 threads against 1.6 ms with 1; 0.9 ms with
+ * this budget).  Idle workers between calls keep the short NM_SPIN_US budget: that is the wait that
+ * could steal a core from another library.  NMENGINE_SPIN_US=0 turns every spin off. */
+#define NM_TEAM_SPIN_US 1000
+#define NM_YIELD_AFTER_US 20
+
+static int nm_team_spin_us(void)
+{
+    const int us = nm_spin_us();
+    return us == 0 ? 0 : (us > NM_TEAM_SPIN_US ? us : NM_TEAM_SPIN_US);
+}
+
+/* Wait until *v != old: spin for `us` microseconds, then sleep on (mu, cv). */
 static void nm_wait_change(_Atomic unsigned *v, unsigned old, _Atomic int *sleepers, pthread_mutex_t *mu,
-                           pthread_cond_t *cv)
+                           pthread_cond_t *cv, int us)
 {
     if (atomic_load_explicit(v, memory_order_acquire) != old) return;
-    const int us = nm_spin_us();
     if (us > 0) {
         const double t0 = nm_now_us();
         for (unsigned i = 1;; i++) {
             nm_relax();
             if (atomic_load_explicit(v, memory_order_acquire) != old) return;
-            if ((i & 63) == 0 && nm_now_us() - t0 > us) break;
+            if ((i & 63) == 0) {
+                const double dt = nm_now_us() - t0;
+                if (dt > us) break;
+                /* past the first microseconds, let whatever shares this core run: the teammate we
+                 * wait for may be queued behind us (the OS placed both threads on one core) */
+                if (dt > NM_YIELD_AFTER_US) sched_yield();
+            }
         }
     }
     pthread_mutex_lock(mu);
@@ -132,7 +154,7 @@ static void *nm_worker_main(void *p)
     nm_worker *w = (nm_worker *)p;
     unsigned seen = 0;
     for (;;) {
-        nm_wait_change(&w->gen, seen, &w->sleepers, &w->mu, &w->cv);
+        nm_wait_change(&w->gen, seen, &w->sleepers, &w->mu, &w->cv, nm_spin_us());
         seen = atomic_load_explicit(&w->gen, memory_order_acquire);
         uint64_t g = atomic_load(&P.gate);
         while ((g & NM_GATE_OPEN) && !atomic_compare_exchange_weak(&P.gate, &g, g + 1)) {
@@ -195,7 +217,7 @@ static void nm_wait_done(int n)
     for (;;) {
         const unsigned dg = atomic_load(&P.done_gen);
         if (atomic_load(&P.done) >= n) return;
-        nm_wait_change(&P.done_gen, dg, &P.done_sleepers, &P.done_mu, &P.done_cv);
+        nm_wait_change(&P.done_gen, dg, &P.done_sleepers, &P.done_mu, &P.done_cv, nm_team_spin_us());
     }
 }
 
@@ -259,7 +281,7 @@ void nm_team_barrier(nm_team *t)
         atomic_store(&t->next, 0);
         nm_publish(&t->gen, &t->sleepers, &t->mu, &t->cv);
     } else {
-        nm_wait_change(&t->gen, g, &t->sleepers, &t->mu, &t->cv);
+        nm_wait_change(&t->gen, g, &t->sleepers, &t->mu, &t->cv, nm_team_spin_us());
     }
 }
 
