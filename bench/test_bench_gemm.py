@@ -158,7 +158,7 @@ def report(benchmark, group: str, times: dict[str, np.ndarray], flops: float | N
 def _summary():
     yield
     if SUMMARY:
-        print("\n==== GEMM summary (medians of interleaved rounds) ====")
+        print("\n==== GEMM summary (medians per peer; blocks or interleaved, see the module docstring) ====")
         print(f"kernel_info: {nm.kernel_info()}")
         try:
             from threadpoolctl import threadpool_info
