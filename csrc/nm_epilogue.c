@@ -20,16 +20,7 @@ void nm_tile_finish(const float *acc, int ldacc, int m, int n, float *c, ptrdiff
     for (int i = 0; i < m; i++) {
         float *cr = c + i * rsc;
         const float *ar = acc + (ptrdiff_t)i * ldacc;
-        for (int j = 0; j < n; j++) {
-            float v = ar[j];
-            if (t->load_c) v = cr[j * csc] + v;
-            if (t->last) {
-                if (t->bias_col) v = v + t->bias_col[j];
-                if (t->bias_row) v = v + t->bias_row[i];
-                if (t->res) v = v + t->res[i * t->res_rs + j * t->res_cs];
-            }
-            x[j] = v;
-        }
+        nm_tile_row_combine(ar, cr, csc, i, n, t, x);
         if (t->last && t->act != NM_ACT_NONE) act(t->act, t->pwl, t->rows, x, x, n);
         for (int j = 0; j < n; j++) cr[j * csc] = x[j];
     }

@@ -99,6 +99,24 @@ typedef struct nm_tile_ctx {
     const nm_pwl_reg *reg; /* register-table form of pwl (nm_pwl_reg_build) or NULL */
 } nm_tile_ctx;
 
+/* x[0..n) = row i of a finished tile before its activation: the accumulator row ar, plus C when this
+ * is not the first K block, plus bias_col / bias_row / residual on the last one (the order every
+ * path of the core uses, so all give the same bits).  Shared by the generic and the edge finishers. */
+NM_INLINE void nm_tile_row_combine(const float *ar, const float *cr, ptrdiff_t csc, int i, int n,
+                                   const nm_tile_ctx *t, float *x)
+{
+    for (int j = 0; j < n; j++) {
+        float v = ar[j];
+        if (t->load_c) v = cr[j * csc] + v;
+        if (t->last) {
+            if (t->bias_col) v = v + t->bias_col[j];
+            if (t->bias_row) v = v + t->bias_row[i];
+            if (t->res) v = v + t->res[i * t->res_rs + j * t->res_cs];
+        }
+        x[j] = v;
+    }
+}
+
 /* y[0..n) = act(x[0..n)) (x == y allowed): a kernel's vectorized activation (nm_act_scalar,
  * nm_act_avx2).  Both produce the same bits.  rows: optional derived lookup rows (may be NULL). */
 typedef void (*nm_act_fn)(int act, const nm_pwl *pwl, const float *rows, const float *x, float *y,

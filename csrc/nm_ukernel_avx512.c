@@ -93,16 +93,7 @@ NM_AVX512 static void finish_edge(const float *acc, int m, int n, float *c, ptrd
     for (int i = 0; i < m; i++) {
         float *cr = c + i * rsc;
         const float *ar = acc + (ptrdiff_t)i * NM_AVX512_NR;
-        for (int j = 0; j < n; j++) {
-            float v = ar[j];
-            if (t->load_c) v = cr[j * csc] + v;
-            if (t->last) {
-                if (t->bias_col) v = v + t->bias_col[j];
-                if (t->bias_row) v = v + t->bias_row[i];
-                if (t->res) v = v + t->res[i * t->res_rs + j * t->res_cs];
-            }
-            x[j] = v;
-        }
+        nm_tile_row_combine(ar, cr, csc, i, n, t, x);
         if (t->last && t->act != NM_ACT_NONE) nm_act_avx512_reg(t->act, t->pwl, t->reg, t->rows, x, x, n);
         for (int j = 0; j < n; j++) cr[j * csc] = x[j];
     }
