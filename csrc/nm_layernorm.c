@@ -41,7 +41,8 @@ NM_INLINE void ln_group(const nm_ln_args *a, int64_t row, int G, int64_t kcb, in
 {
     const int64_t n = a->n;
     const float *x = a->x + row * n;
-    float mu[NM_LN_G], var[NM_LN_G], r[NM_LN_G];
+    /* zeros: with n == 0 the dots below add nothing, as a GEMM with K = 0 gives 0 */
+    float mu[NM_LN_G] = {0}, var[NM_LN_G] = {0}, r[NM_LN_G];
     /* 1. mean = x @ w_mean  (gemm, no epilogue) */
     ln_dots(x, n, G, a->w_mean, kcb, NULL, 0, use_fma, mu);
     /* 2-4. variance: ((x - mean)^2) @ w_var, + eps (bias), rsqrt table */
