@@ -6,7 +6,8 @@
  * nmengine call.  OMP_WAIT_POLICY can only be set before libgomp loads and applies to the whole
  * process.  This pool's workers spin at most NM_SPIN_US microseconds (default 50: covers the gap
  * between the back-to-back calls of one model run, costs another library at most that long), then
- * sleep on a condition variable; a call wakes only the workers it needs.
+ * sleep on a condition variable; a call wakes only the workers it needs, after keeping them off the
+ * caller's CPU (affinity; see nm_pool_steer in nm_threads.c).
  *
  * Use (C API, also for other kernels such as the int8 GEMM):
  *     static void task(void *arg, nm_team *team, int tid, int nt) { ... }

@@ -8,7 +8,10 @@ cgroup CPU quota (read from fake cgroup trees here).
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -165,3 +168,72 @@ def test_default_threads_follow_usable_cpus(monkeypatch):
     monkeypatch.setenv("NMENGINE_NUM_THREADS", "5")
     monkeypatch.setattr(kernels, "_num_threads", None)
     assert kernels.get_num_threads() == 5
+
+
+def _cpu_list(text: str) -> set:
+    """'0-2,5' -> {0, 1, 2, 5} (the kernel's Cpus_allowed_list format)."""
+    cpus: set = set()
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _pool_worker_cpus() -> list:
+    """The allowed CPU sets of this process's pool workers (threads named nm-pool)."""
+    masks = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "nm-pool":
+                    continue
+            with open(f"/proc/self/task/{tid}/status") as f:
+                line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
+        except OSError:  # the thread ended meanwhile
+            continue
+        masks.append(_cpu_list(line.split(":", 1)[1]))
+    return masks
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_pool_workers_keep_off_the_callers_cpu(threads):
+    """A call's workers may run anywhere the process may, except on the CPU the caller runs on."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs 2 CPUs in the affinity mask")
+    rng = np.random.default_rng(3)
+    a, b = rand(rng, (512, 512)), rand(rng, (512, 512))
+    kernels.set_num_threads(2)
+    for cpu in sorted(allowed)[:2]:
+
+        def pinned_call(cpu=cpu):
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            nm.gemm(a, b)
+
+        t = threading.Thread(target=pinned_call)
+        t.start()
+        t.join()
+        masks = _pool_worker_cpus()
+        assert masks, "the 2-thread call started no pool worker"
+        assert all(m == allowed - {cpu} for m in masks), (cpu, masks)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux only")
+def test_pool_steering_can_be_turned_off():
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs 2 CPUs in the affinity mask")
+    code = (
+        "import numpy as np, nmengine as nm\n"
+        "from nmengine import kernels\n"
+        "from tests.test_threads import _pool_worker_cpus\n"
+        "kernels.set_num_threads(2)\n"
+        "a = np.ones((512, 512), np.float32)\n"
+        "nm.gemm(a, a)\n"
+        "print(sorted(sorted(m) for m in _pool_worker_cpus()))\n"
+    )
+    env = dict(os.environ, NMENGINE_POOL_STEER="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    masks = ast.literal_eval(out.stdout.strip())
+    assert masks and all(set(m) == allowed for m in masks), masks
