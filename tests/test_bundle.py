@@ -706,13 +706,13 @@ def test_atomic_save_crash_mid_write(bundle_path: Path, monkeypatch: pytest.Monk
     before = bundle_path.read_bytes()
     listing = _dir_listing(bundle_path.parent)
 
-    def crash(f, chunks):
-        chunks = list(chunks)
-        f.write(chunks[0])
-        f.write(chunks[1][: len(chunks[1]) // 2])
+    def crash(tensors, path, metadata):
+        bundle.safetensors.numpy.save_file(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:  # the data half written
+            f.truncate(os.path.getsize(path) // 2)
         raise exc
 
-    monkeypatch.setattr(bundle, "_write_chunks", crash)
+    monkeypatch.setattr(bundle, "_write_file", crash)
     with pytest.raises(type(exc)):
         save(tiny_program(seed=5), bundle_path)
     assert bundle_path.read_bytes() == before
@@ -734,10 +734,10 @@ def test_atomic_save_fsync_failure(bundle_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_save_new_file_crash_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(f, chunks):
+    def crash(tensors, path, metadata):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bundle, "_write_chunks", crash)
+    monkeypatch.setattr(bundle, "_write_file", crash)
     with pytest.raises(OSError):
         save(tiny_program(), tmp_path / "new.nmb")
     assert _dir_listing(tmp_path) == []
