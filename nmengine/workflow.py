@@ -100,9 +100,9 @@ def run_flow(
     (knowledge distillation, :func:`nmengine.train.functional.distillation_loss`).
     ``segments="auto"`` with ``target`` (e.g. ``{"accuracy_drop": 0.005}``; labels are the calibration
     images' own) lets the compiler choose each table's size (:mod:`nmengine.compile.budget`).
-    ``precision="int8"`` compiles the linear layers to int8 GEMMs (the compiler's int8 pass; convolutions
-    stay float32), and AAT then also runs them fake-quantized (quantization-aware training,
-    :mod:`nmengine.train.qat`).
+    ``precision="int8"`` compiles the linear layers and the convolutions (channels last, K >= 16) to
+    int8 GEMMs (the compiler's int8 pass), and AAT then also runs the linear layers fake-quantized
+    (quantization-aware training, :mod:`nmengine.train.qat`; convolutions are not fake-quantized).
     ``data``: a :class:`~nmengine.train.data.Dataset` to use instead of the fixed digits split for
     ``seed`` (e.g. a validation split carved from the training images, for choosing settings without
     looking at the test split); accuracies are then on its ``x_test``/``y_test``.

@@ -62,8 +62,14 @@ def test_cnn_int8(tmp_path):
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((8, 1, 8, 8)).astype(np.float32) for _ in range(2)]
     p = compile(spec, calibration=calib, precision="int8")
-    # the classifier head is int8; convolutions (weights on the left of gemm_batched) stay float32
-    assert [op.layer for op in p.ops if op.attrs.get("precision") == "int8"] == ["head"]
+    # the classifier head and the channels-last convolutions with K >= 16 are int8; the first conv
+    # (1 input channel x 3 x 3: K = 9) stays float32 and says why
+    q = [op for op in p.ops if op.attrs.get("precision") == "int8"]
+    assert [op.layer for op in q if not op.attrs.get("conv")] == ["head"] and sum(
+        op.attrs.get("conv", False) for op in q
+    ) == 2
+    (first,) = [op for op in p.ops if op.attrs.get("conv") and op.attrs.get("precision", "float32") == "float32"]
+    assert "K = 9" in first.attrs["quant"]["reason"]
     x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
     ref = reference.forward(spec, {"x": x})
     ref = ref[spec.outputs[0]]

@@ -87,3 +87,15 @@ def test_flow_int8_vit():
     assert p.meta["precision"] == "int8"
     assert sum(op.attrs.get("precision") == "int8" for op in p.ops) >= 4
     assert result.matrixized_after_aat >= result.exact_accuracy - 0.02, result.summary()
+
+
+def test_flow_int8_cnn():
+    """--precision int8 on the digits CNN: its convolutions (channels last, K >= 16) and its head run as
+    int8 GEMMs, and the matrixized int8 program stays within 0.5 point of the float32 exact model's
+    accuracy (no QAT)."""
+    result = run_flow("cnn", aat_epochs=0, progress=False, precision="int8")
+    p = result.program
+    convs = [op for op in p.ops if op.attrs.get("conv")]
+    assert sum(op.attrs.get("precision") == "int8" for op in convs) == 2  # the 1-channel stem (K = 9) stays float
+    assert result.exact_accuracy >= 0.97
+    assert result.exact_accuracy - result.matrixized_after_aat <= 0.005, result.summary()

@@ -29,6 +29,7 @@ from ..coverage import source_layers
 from ..program import Program
 from ..spec import ModelSpec
 from .calibrate import correct_biases, fit_tables, record_activations
+from .channels_last import channels_last as to_channels_last
 from .fuse_rows import fuse_rows
 from .lower import MASK_BIAS, lower
 from .passes import fold_batchnorm, fold_layernorm_affine, fuse
@@ -123,7 +124,9 @@ def compile(  # noqa: A001 - the contract name is nm.compile
 
     def finish(p: Program, calib: Any) -> Program:
         if precision != "float32":
-            p = quantize(p, calib, tolerance=int8_tolerance)
+            # convolutions go channels last (plain GEMMs, activations on the left) so the int8 pass
+            # quantizes them like the linear layers; a program the rewrite does not pay for stays NCHW
+            p = quantize(to_channels_last(p), calib, tolerance=int8_tolerance)
         return fuse_program(p)
 
     if calibration is None:

@@ -74,7 +74,10 @@ def compile_lowered(
 
     def _finish(p: Program, calib: Any = None) -> Program:
         if precision != "float32":
-            p = quantize(p, calib, tolerance=int8_tolerance)
+            # channels last first: its convolutions are plain GEMMs with the activations on the left,
+            # which the int8 pass quantizes like any weight GEMM (NCHW ones stay float32)
+            p = to_channels_last(p) if channels_last else p
+            return _post(quantize(p, calib, tolerance=int8_tolerance))
         p = _post(p)
         return to_channels_last(p) if channels_last else p
 

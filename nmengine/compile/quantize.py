@@ -2,7 +2,12 @@
 
 ``quantize(program, calibration)`` rewrites each ``gemm`` op whose ``b`` is a constant ``(K, N)`` weight
 matrix (``K >= MIN_K``, ``N >= 2``: the LayerNorm / softmax reductions against a column of ones stay float)
-into an int8 op (convolutions, lowered as ``gemm_batched`` with the weights on the left, stay float32):
+into an int8 op.  That includes convolutions in channels-last form (:mod:`.channels_last`: ``gemm`` ops
+with ``attrs["conv"]``, the im2col rows times the ``(kh*kw*Ci, Co)`` weights, so activation scales are
+per output pixel and weight scales per output channel); the compiler runs that rewrite before this pass
+under ``precision="int8"``.  Convolutions still in NCHW form (``gemm_batched`` with the weights on the
+left: grouped / depthwise ones, and every conv of a program the rewrite leaves NCHW) stay float32, as do
+GEMMs with ``K < MIN_K``; a conv that stays float32 says why in ``attrs["quant"]``.
 
 * weights: symmetric int8 per output channel (one scale per column), or per (K group, column);
 * activations: int8 per row (and K group) with the scale computed at run time ("dynamic"), or one
@@ -12,8 +17,10 @@ into an int8 op (convolutions, lowered as ``gemm_batched`` with the weights on t
 
 Candidates are tried from the cheapest (one group, no smoothing) to the most accurate (K groups of 64);
 for each GEMM the first whose relative error on the calibration rows is at most ``tolerance`` wins
-(else the most accurate one).  The error is measured by running the real int8 kernel on the recorded
-activations against the float64 product: ``||Y_q - Y|| / ||Y||`` over the whole output.
+(else the most accurate one); a GEMM whose most accurate candidate still has an error above
+``max_error`` stays float32 (``attrs["quant"]["precision"] == "float32"`` with the measured errors).
+The error is measured by running the real int8 kernel on the recorded activations against the float64
+product: ``||Y_q - Y|| / ||Y||`` over the whole output.
 
 The op keeps kind ``gemm`` (coverage, shapes, cost and reports see a GEMM) with
 ``attrs["precision"] = "int8"`` and ``attrs["quant"]`` (group, activations, smoothing alpha, the measured
@@ -51,6 +58,10 @@ MIN_K = 16
 
 #: Rows of recorded activations kept per GEMM (a seeded random subset beyond this).
 MAX_ROWS = 2048
+
+#: A GEMM whose best int8 candidate has a larger relative output error on the calibration rows stays
+#: float32 (the ladder's last candidate is at ~0.006 on MiniLM's GEMMs and ResNet's convolutions).
+MAX_ERROR = 0.05
 
 
 class QuantizationError(ValueError):
@@ -133,6 +144,23 @@ def eligible(program: Program, op: Op) -> bool:
     return b is not None and b.ndim == 2 and b.dtype == np.float32 and b.shape[0] >= MIN_K and b.shape[1] >= 2
 
 
+def _float_conv(program: Program, op: Op) -> str | None:
+    """Why convolution ``op`` stays float32 (None when ``op`` is no convolution the pass skips)."""
+    if op.kind == "gemm" and op.attrs.get("conv"):
+        b = program.constants.get(op.args["b"])
+        if b is not None and b.ndim == 2 and b.shape[0] < MIN_K:
+            return f"K = {b.shape[0]} < {MIN_K} (kh * kw * input channels): too small to pay"
+        return None
+    if op.kind == "gemm_batched" and op.args.get("a") in program.constants:
+        src = next((o for o in program.ops if o.out == op.args.get("b")), None)
+        one_by_one = src is not None and src.kind == "reshape" and src.attrs.get("shape") == [0, 0, -1]
+        if src is not None and (src.kind == "im2col" or one_by_one):
+            if op.attrs.get("b_view"):
+                return "grouped or depthwise convolution (NCHW planes): float32"
+            return "NCHW convolution (weights on the left of gemm_batched; the program is not channels last)"
+    return None
+
+
 def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, seed: int) -> dict[int, np.ndarray]:
     """Rows of the A operand of every target op, from the exact program on the calibration data."""
     from .calibrate import iter_batches
@@ -147,7 +175,10 @@ def _record_inputs(program: Program, targets: Sequence[int], calibration: Any, s
             outs = {names[0]: outs}
         for n in names:
             x = np.asarray(outs[n], np.float32)
-            rows[n].append(x.reshape(-1, x.shape[-1]))
+            x = x.reshape(-1, x.shape[-1])
+            if x.shape[0] > MAX_ROWS:  # bounds the memory (a conv's im2col rows): a seeded subset
+                x = x[np.sort(rng.choice(x.shape[0], MAX_ROWS, replace=False))]
+            rows[n].append(x)
     got: dict[int, np.ndarray] = {}
     for i in targets:
         n = program.ops[i].args["a"]
@@ -207,12 +238,14 @@ def quantize(
     tolerance: float = 0.006,
     candidates: Iterable[Candidate] | None = None,
     seed: int = 0,
+    max_error: float = MAX_ERROR,
 ) -> Program:
     """A copy of ``program`` with its weight GEMMs in int8 (see the module docstring).
 
     ``calibration``: program inputs (as for :func:`nmengine.compile`) the exact program runs on to record
     every GEMM's activations.  Without it, every GEMM gets the most accurate candidate (the last),
-    without smoothing or static scales, since nothing can be measured.
+    without smoothing or static scales, since nothing can be measured.  ``max_error``: a GEMM whose
+    best measured error is above it stays float32 (recorded in its ``attrs["quant"]``).
     """
     cands = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
     if not cands:
@@ -226,6 +259,8 @@ def quantize(
             raise ValueError(f"candidate smooth alpha must be in [0, 1], got {c.smooth!r}")
     if not 0.0 < tolerance:
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+    if not 0.0 < max_error:
+        raise ValueError(f"max_error must be > 0, got {max_error!r}")
     targets = [i for i, op in enumerate(program.ops) if eligible(program, op)]
     acts = _record_inputs(program, targets, calibration, seed) if calibration is not None and targets else {}
     consts = dict(program.constants)
@@ -234,6 +269,13 @@ def quantize(
     for op in program.ops:
         for name in op.args.values():
             users[name] = users.get(name, 0) + 1
+    kept = 0
+    chosen_ops = set(targets)
+    for i, op in enumerate(ops):
+        if i not in chosen_ops:
+            why = _float_conv(program, op)
+            if why:
+                op.attrs["quant"] = {"precision": "float32", "reason": why}
     for i in targets:
         op = ops[i]
         w = program.constants[op.args["b"]]
@@ -265,6 +307,14 @@ def quantize(
             raise QuantizationError(
                 f"op {i} ({op.layer}: {op.what}): no int8 candidate has a finite error ({measured})"
             )
+        if measured and min(measured.values()) > max_error:  # int8 costs too much accuracy here
+            op.attrs["quant"] = {
+                "precision": "float32",
+                "measured": measured,
+                "reason": f"every int8 candidate's error is above max_error {max_error:g}",
+            }
+            kept += 1
+            continue
         base = op.args["b"]
         qname = f"{base}:int8"
         consts[qname] = best["q"]
@@ -292,5 +342,5 @@ def quantize(
             consts.pop(base, None)
     meta = dict(program.meta)
     meta["precision"] = "int8"
-    meta["quantized_gemms"] = len(targets)
+    meta["quantized_gemms"] = len(targets) - kept
     return Program(program.inputs, program.outputs, ops, consts, program.tables, name=program.name, meta=meta)

@@ -266,7 +266,8 @@ def load(
     :func:`nmengine.compile`.  Inputs and outputs keep the ONNX names.
     """
     graph = to_spec(source, max_len=max_len)
-    if exact or not graph.requests:
+    # a graph without PWL tables needs no calibration, unless the int8 pass measures its GEMMs on it
+    if exact or (not graph.requests and compile_opts.get("precision", "float32") == "float32"):
         calib = None
     elif calibration is None:
         warnings.warn(
