@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import nmengine as nm
-from nmengine.compile.budget import LADDER, Target, format_report, parse_target
+from nmengine.compile.budget import LADDER, Target, parse_target
+from nmengine.compile.budget_report import format_report
 from nmengine.spec import InputSpec, Layer, ModelSpec
 
 from .reference import forward
@@ -197,7 +198,7 @@ def test_inspect_plot_without_budget_is_an_error(mlp, tmp_path, capsys):
 def test_cli_segments_argument():
     import argparse
 
-    from nmengine.compile.budget import segments_arg, segments_options
+    from nmengine.cli.segments import segments_arg, segments_options
 
     assert segments_arg("auto") == "auto" and segments_arg("16") == 16
     with pytest.raises(argparse.ArgumentTypeError):

@@ -220,6 +220,26 @@ def test_bundle_roundtrip_and_cli(tmp_path):
     assert main(["import", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "z.nmb")]) == 2
 
 
+def test_cli_import_budget_and_int8(tmp_path):
+    """``nmengine import --segments auto --target ... --precision int8``: the options reach the compiler."""
+    from nmengine.cli import main
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(_with_sigmoid(resnet_style()))
+    x = RNG.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    argv = ["import", str(src), "-o", str(tmp_path / "m.nmb"), "--calibration", str(tmp_path / "x.npz")]
+    assert main([*argv, "--segments", "auto", "--target", "cosine=0.999", "--precision", "int8"]) == 0
+    prog = nm.load(tmp_path / "m.nmb")
+    assert prog.meta["budget"]["met"] and prog.meta["budget"]["target"]["cosine"] == 0.999
+    assert any(op.attrs.get("precision") == "int8" for op in prog.ops)
+    y = nm.Session(prog).run({"x": x})  # the one output
+    ref = ort_run(src.read_bytes(), {"x": x})[0]
+    cos = np.sum(y * ref, axis=1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99
+    assert main([*argv, "--target", "cosine=0.999"]) == 2  # --target without --segments auto
+
+
 def test_docs_op_table_lists_every_rule():
     from pathlib import Path
 

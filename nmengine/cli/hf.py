@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from ..compile.budget import add_segments_args, segments_options
 from ..hf.bert import INPUT_NAMES
 from ..hf.config import default_model_dir
 from ..hf.embedder import SentenceEmbedder
 from ..hf.load import DEFAULT_SEGMENTS, export, load_bert
+from .segments import add_segments_args, segments_options
 
 __all__ = ["add_embed_parser", "run_embed", "add_export_parser", "run_export", "add_hf_report_parser", "run_hf_report"]
 

@@ -24,13 +24,13 @@ def _inspect(args: argparse.Namespace) -> int:
     info = inspect(args.bundle)
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspect(info, tensors=args.tensors))
     if info.get("budget") and not args.json:
-        from ..compile.budget import format_report
+        from ..compile.budget_report import format_report
 
         print(format_report(info["budget"]))
     if args.plot:
         if not info.get("budget"):
             raise ValueError(f"{args.bundle}: no budget record to plot (compile with segments='auto')")
-        from ..compile.budget import plot_curve
+        from ..compile.budget_report import plot_curve
 
         plot_curve(info["budget"], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """``nmengine import`` (ONNX -> bundle) and ``nmengine run`` (any bundle on named arrays).
 
-    nmengine import model.onnx -o model.nmb [--calibration inputs.npz] [--segments N] [--method M]
+    nmengine import model.onnx -o model.nmb [--calibration inputs.npz] [--segments N|auto [--target T]]
+        [--method M] [--precision float32|int8]
     nmengine run model.nmb --input x.npz [--output y.npz] [--exact]
 
 ``import`` prints the op mapping summary (ONNX op type -> count -> how it was matrixized) and the
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx import import_summary, load  # ImportError without the onnx extra: nmengine.cli reports it
+from .segments import add_segments_args, segments_options
 
 __all__ = ["add_parser"]
 
@@ -42,9 +44,7 @@ def _import(args: argparse.Namespace) -> int:
     import nmengine as nm
 
     calib = _read_arrays(args.calibration) if args.calibration else None
-    opts: dict[str, Any] = {"method": args.method}
-    if args.segments is not None:
-        opts["segments"] = args.segments
+    opts: dict[str, Any] = {"method": args.method, "precision": args.precision, **segments_options(args)}
     if calib is not None and len(calib) == 1:  # one array (e.g. an .npy) for a one-input model
         graph = nm.onnx.to_spec(args.model)
         names = list(graph.inputs)
@@ -94,8 +94,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=".npz of named input arrays for the PWL ranges (default: synthesised inputs, with a warning)",
     )
-    p.add_argument("--segments", type=int, default=None, help="PWL segments per table (default 32)")
+    add_segments_args(p, 32)
     p.add_argument("--method", default="optimized", help="PWL fitting method (see nmengine approx)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default="float32",
+        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
+    )
     p.add_argument("--exact", action="store_true", help="skip calibration (for exact-mode use)")
     p.set_defaults(func=_import)
     p = sub.add_parser("run", help="run a bundle on named arrays from an .npz")

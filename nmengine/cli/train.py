@@ -44,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     options = {"act": args.act} if args.act else None
-    from ..compile.budget import segments_options
+    from .segments import segments_options
 
     sizes = segments_options(args)
     result = run_flow(
@@ -99,7 +99,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="activation (default: relu for the CNN, gelu for the ViT)",
     )
-    from ..compile.budget import add_segments_args
+    from .segments import add_segments_args
 
     add_segments_args(p, 16)
     p.add_argument(
