@@ -5,6 +5,11 @@ Only nmengine.kernels calls this module: it validates shapes/dtypes, casts, broa
 the kernel; the functions here take float32 arrays whose strides are multiples of 4 bytes and
 aligned data, read their element strides, release the GIL and call C.  The Python objects (arrays,
 table arrays) stay referenced by the caller's frame for the whole call.
+
+Why one module of this length (~1,070 lines with _core_int8.pxi): Cython builds one extension per
+.pyx, and every entry point of the C core (GEMM, packing, row kernels, the plan executor) is a short
+typed-memoryview shim declared next to the C prototypes it calls; the int8 entry points are split out
+into the included _core_int8.pxi.
 """
 
 cimport numpy as cnp
