@@ -143,7 +143,7 @@ def describe(measure: bool = True) -> dict[str, Any]:
         import nmengine as nm
 
         info["nmengine_kernel"] = nm.kernel_info()
-        info["nmengine_int8_kernel"] = nm.kernels.qkernel_info()
+        info["nmengine_int8_kernel"] = nm.kernels_int8.qkernel_info()
     except Exception:  # pragma: no cover - core not built
         pass
     return info

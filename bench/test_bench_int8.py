@@ -40,7 +40,7 @@ pytest.importorskip("onnx", reason="needs the bench extra (onnx)")
 from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 
 import nmengine as nm  # noqa: E402
-from nmengine import corpus, hf, kernels  # noqa: E402
+from nmengine import corpus, hf, kernels, kernels_int8  # noqa: E402
 
 from . import peers  # noqa: E402
 
@@ -156,8 +156,8 @@ def test_gemm(benchmark, shape, precision):
 
         g = {"int8-row": None, "int8-g64": 64, "int8-g32": 32}[precision]
         q, s = quantize_weights(w, g)
-        Q = kernels.QuantizedMatrix(q, s, g)
-        fn = lambda: kernels.qgemm(a, Q, out=out)  # noqa: E731
+        Q = kernels_int8.QuantizedMatrix(q, s, g)
+        fn = lambda: kernels_int8.qgemm(a, Q, out=out)  # noqa: E731
     fn()
     benchmark.group = f"int8-gemm-{M}x{K}x{N}"
     benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)

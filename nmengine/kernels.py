@@ -21,6 +21,8 @@ Everything here validates and normalises its arguments, then calls the compiled 
                                               context manager choosing the kernel for this thread /
                                               task (overrides the NMENGINE_KERNEL environment variable)
 
+The int8 GEMM (``qgemm``, ``QuantizedMatrix``, ``qkernel_info``) is in :mod:`nmengine.kernels_int8`.
+
 ``epilogue`` is ``None`` (or ``"none"``), ``"relu"`` or a :class:`~nmengine.pwl.PWLTable`; it is
 applied in the GEMM's registers after the last K block, bit for bit like ``PWLTable.__call__``.
 
@@ -236,13 +238,15 @@ def kernel_info() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument normalisation
+# Argument normalisation (shape_str, as_f32, as_vector, gemm_operands are shared with
+# kernels_int8; they are not part of the user API)
 # ---------------------------------------------------------------------------------------------
-def _shape(s: tuple[int, ...]) -> str:
+def shape_str(s: tuple[int, ...]) -> str:
+    """A shape as numpy prints it, for error messages: ``(3,)``, ``(2, 4)``."""
     return "(" + ", ".join(str(int(d)) for d in s) + ("," if len(s) == 1 else "") + ")"
 
 
-def _as_f32(name: str, x: Any) -> np.ndarray:
+def as_f32(name: str, x: Any) -> np.ndarray:
     """x as a float32 array the core can read in place (cast/copy only when needed)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.dtype.kind not in "fiu":
@@ -254,10 +258,11 @@ def _as_f32(name: str, x: Any) -> np.ndarray:
     return arr
 
 
-def _as_vector(name: str, x: Any, n: int, what: str) -> np.ndarray:
-    arr = _as_f32(name, x)
+def as_vector(name: str, x: Any, n: int, what: str) -> np.ndarray:
+    """x as a contiguous float32 ``(n,)`` vector, or a ValueError naming ``name`` and ``what``."""
+    arr = as_f32(name, x)
     if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) ({what}), got {_shape(arr.shape)}")
+        raise ValueError(f"{name} must have shape ({n},) ({what}), got {shape_str(arr.shape)}")
     return np.ascontiguousarray(arr)
 
 
@@ -279,9 +284,9 @@ def _act(epilogue: Epilogue) -> tuple[int, Optional[PWLTable]]:
 
 def _check_out(fn: str, out: Any, shape: tuple[int, ...], inputs: dict[str, Any]) -> np.ndarray:
     if not isinstance(out, np.ndarray):
-        raise ValueError(f"{fn}: out must be a numpy array of shape {_shape(shape)}, got {type(out).__name__}")
+        raise ValueError(f"{fn}: out must be a numpy array of shape {shape_str(shape)}, got {type(out).__name__}")
     if out.shape != shape:
-        raise ValueError(f"{fn}: out must have shape {_shape(shape)}, got {_shape(out.shape)}")
+        raise ValueError(f"{fn}: out must have shape {shape_str(shape)}, got {shape_str(out.shape)}")
     if out.dtype != np.float32:
         raise ValueError(f"{fn}: out must be native float32, got dtype {out.dtype}")
     if not out.flags.writeable:
@@ -298,16 +303,16 @@ def _check_out(fn: str, out: Any, shape: tuple[int, ...], inputs: dict[str, Any]
 def _residual(fn: str, residual: Any, shape: tuple[int, ...]) -> Optional[np.ndarray]:
     if residual is None:
         return None
-    r = _as_f32("residual", residual)
+    r = as_f32("residual", residual)
     try:
         return np.broadcast_to(r, shape)  # stride-0 view, no copy
     except ValueError:
         raise ValueError(
-            f"{fn}: residual of shape {_shape(r.shape)} is not broadcastable to the output shape {_shape(shape)}"
+            f"{fn}: residual of shape {shape_str(r.shape)} is not broadcastable to the output shape {shape_str(shape)}"
         ) from None
 
 
-def _gemm_operands(
+def gemm_operands(
     fn: str,
     M: int,
     N: int,
@@ -323,8 +328,8 @@ def _gemm_operands(
     """The checked epilogue operands and output of a GEMM call with output ``shape`` (``(M, N)``
     last): ``(act, table, bias, bias_row, residual, out, kernel code)``."""
     act, table = _act(epilogue)
-    bc = None if bias is None else _as_vector("bias", bias, N, "one value per output column N")
-    br = None if bias_row is None else _as_vector("bias_row", bias_row, M, "one value per output row M")
+    bc = None if bias is None else as_vector("bias", bias, N, "one value per output column N")
+    br = None if bias_row is None else as_vector("bias_row", bias_row, M, "one value per output row M")
     res = _residual(fn, residual, shape)
     if out is None:
         C = np.empty(shape, dtype=np.float32)
@@ -336,7 +341,7 @@ def _gemm_operands(
 def _check_rows_out(fn: str, out: Any, shape: tuple[int, ...]) -> None:
     """out of a row op: a writeable, aligned, C-contiguous float32 array of ``shape``."""
     if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
-        raise ValueError(f"{fn}: out must be a float32 array of shape {_shape(shape)}")
+        raise ValueError(f"{fn}: out must be a float32 array of shape {shape_str(shape)}")
     if not out.flags.writeable or not out.flags.c_contiguous or not out.flags.aligned:
         raise ValueError(f"{fn}: out must be writeable, aligned and C-contiguous")
 
@@ -395,19 +400,21 @@ def gemm(
     The ``(M, N)`` float32 result (``out`` when given).
     """
     core = compiled_core()
-    A = _as_f32("a", a)
+    A = as_f32("a", a)
     if isinstance(b, PackedMatrix):
         return _gemm_packed(A, b, bias, bias_row, residual, epilogue, out)
-    B = _as_f32("b", b)
+    B = as_f32("b", b)
     if A.ndim != 2 or B.ndim != 2:
-        raise ValueError(f"gemm expects 2-D a (M, K) and b (K, N), got a {_shape(A.shape)} and b {_shape(B.shape)}")
+        raise ValueError(
+            f"gemm expects 2-D a (M, K) and b (K, N), got a {shape_str(A.shape)} and b {shape_str(B.shape)}"
+        )
     M, K = A.shape
     K2, N = B.shape
     if K != K2:
         raise ValueError(
-            f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
+            f"gemm: inner dimensions differ: a is {shape_str(A.shape)} (K={K}) but b is {shape_str(B.shape)} (K={K2})"
         )
-    act, table, bc, br, res, C, kernel = _gemm_operands(
+    act, table, bc, br, res, C, kernel = gemm_operands(
         "gemm", M, N, (M, N), a, b, bias, bias_row, residual, epilogue, out
     )
     if M == 0 or N == 0:
@@ -437,32 +444,32 @@ def gemm_batched(
     buffer).  Products are distributed over threads; results do not depend on the thread count.
     """
     core = compiled_core()
-    A = _as_f32("a", a)
-    B = _as_f32("b", b)
+    A = as_f32("a", a)
+    B = as_f32("b", b)
     if not (2 <= A.ndim <= 4 and 2 <= B.ndim <= 4):
         raise ValueError(
             f"gemm_batched expects a (..., M, K) and b (..., K, N) with at most 2 batch dims, "
-            f"got a {_shape(A.shape)} and b {_shape(B.shape)}"
+            f"got a {shape_str(A.shape)} and b {shape_str(B.shape)}"
         )
     M, K = A.shape[-2:]
     K2, N = B.shape[-2:]
     if K != K2:
         raise ValueError(
-            f"gemm_batched: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is {_shape(B.shape)} (K={K2})"
+            f"gemm_batched: inner dimensions differ: a is {shape_str(A.shape)} (K={K}) but b is {shape_str(B.shape)} (K={K2})"
         )
     try:
         batch = tuple(np.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
     except ValueError:
         raise ValueError(
-            f"gemm_batched: batch dimensions of a {_shape(A.shape[:-2])} and b {_shape(B.shape[:-2])} do not broadcast"
+            f"gemm_batched: batch dimensions of a {shape_str(A.shape[:-2])} and b {shape_str(B.shape[:-2])} do not broadcast"
         ) from None
     if not 1 <= len(batch) <= 2:
         raise ValueError(
-            f"gemm_batched needs 1 or 2 batch dimensions, got a {_shape(A.shape)} and b {_shape(B.shape)} "
-            f"(batch shape {_shape(batch)}); use gemm for a single product"
+            f"gemm_batched needs 1 or 2 batch dimensions, got a {shape_str(A.shape)} and b {shape_str(B.shape)} "
+            f"(batch shape {shape_str(batch)}); use gemm for a single product"
         )
     shape = batch + (M, N)
-    act, table, bc, br, res, C, kernel = _gemm_operands(
+    act, table, bc, br, res, C, kernel = gemm_operands(
         "gemm_batched", M, N, shape, a, b, bias, bias_row, residual, epilogue, out
     )
     if C.size == 0:
@@ -487,14 +494,14 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
     core = compiled_core()
     if not isinstance(table, (PWLTable, core.PreparedTable)):
         raise TypeError(f"pwl_apply expects a PWLTable, got {type(table).__name__}")
-    X = _as_f32("x", x)
+    X = as_f32("x", x)
     if out is None:
         Y = np.empty(X.shape, dtype=np.float32)
     else:
         if not isinstance(out, np.ndarray):
             raise ValueError(f"pwl_apply: out must be a numpy array, got {type(out).__name__}")
         if out.shape != X.shape:
-            raise ValueError(f"pwl_apply: out must have shape {_shape(X.shape)}, got {_shape(out.shape)}")
+            raise ValueError(f"pwl_apply: out must have shape {shape_str(X.shape)}, got {shape_str(out.shape)}")
         if out.dtype != np.float32:
             raise ValueError(f"pwl_apply: out must be native float32, got dtype {out.dtype}")
         if not out.flags.writeable:
@@ -534,9 +541,9 @@ class PackedMatrix:
 
     def __init__(self, b: Any, kernel: Optional[str] = None, *, copy: bool = True) -> None:
         core = compiled_core()
-        B = _as_f32("b", b)
+        B = as_f32("b", b)
         if B.ndim != 2:
-            raise ValueError(f"pack_b expects a 2-D b (K, N), got {_shape(B.shape)}")
+            raise ValueError(f"pack_b expects a 2-D b (K, N), got {shape_str(B.shape)}")
         code = kernel_code() if kernel is None else _code_for(kernel)
         self.shape = (int(B.shape[0]), int(B.shape[1]))
         self.kernel = code
@@ -586,14 +593,14 @@ def prepare_table(table: PWLTable) -> Any:
 def _gemm_packed(A: np.ndarray, P: PackedMatrix, bias, bias_row, residual, epilogue, out) -> np.ndarray:
     core = compiled_core()
     if A.ndim != 2:
-        raise ValueError(f"gemm expects 2-D a (M, K), got a {_shape(A.shape)}")
+        raise ValueError(f"gemm expects 2-D a (M, K), got a {shape_str(A.shape)}")
     M, K = A.shape
     K2, N = P.shape
     if K != K2:
         raise ValueError(
-            f"gemm: inner dimensions differ: a is {_shape(A.shape)} (K={K}) but b is packed {_shape(P.shape)} (K={K2})"
+            f"gemm: inner dimensions differ: a is {shape_str(A.shape)} (K={K}) but b is packed {shape_str(P.shape)} (K={K2})"
         )
-    act, table, bc, br, res, C, kernel = _gemm_operands(
+    act, table, bc, br, res, C, kernel = gemm_operands(
         "gemm", M, N, (M, N), A, P.source, bias, bias_row, residual, epilogue, out
     )
     if M == 0 or N == 0:
@@ -750,9 +757,9 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     every kernel and thread count; trailing columns at or below the running max change nothing
     (padding-independent attention); NaN propagates."""
     core = compiled_core()
-    X = _as_f32("x", x)
+    X = as_f32("x", x)
     if X.ndim == 0 or X.shape[-1] == 0:
-        raise ValueError(f"pairwise_max over an empty axis (x of shape {_shape(X.shape)})")
+        raise ValueError(f"pairwise_max over an empty axis (x of shape {shape_str(X.shape)})")
     shape = X.shape[:-1] + (1,)
     if out is None:
         Y = np.empty(shape, dtype=np.float32)
@@ -768,263 +775,3 @@ def pairwise_max(x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     n = X.shape[-1]
     core.pairwise_max(X, Y, Y.size, n, get_num_threads(), kernel)
     return Y
-
-
-# ---------------------------------------------------------------------------------------------
-# int8 GEMM (csrc/nm_qgemm.h): exact int32 products, float32 epilogue
-# ---------------------------------------------------------------------------------------------
-_QKERNEL_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avxvnni": 3, "avx512vnni": 4, "amx": 5}
-_QKERNEL_NAMES = {v: k for k, v in _QKERNEL_CODES.items() if v}
-#: The int8 kernel names ``NMENGINE_QKERNEL`` and ``kernel=`` accept.
-QKERNEL_NAMES = tuple(_QKERNEL_CODES)
-_qkernel_cache: dict[int, int] = {}
-
-
-def _env_qkernel() -> str:
-    """The int8 kernel ``NMENGINE_QKERNEL`` names, else "auto"."""
-    env = os.environ.get("NMENGINE_QKERNEL", "").strip().lower()
-    if env and env not in _QKERNEL_CODES:
-        raise ValueError(f"NMENGINE_QKERNEL must be one of {sorted(_QKERNEL_CODES)}, got {env!r}")
-    return env or "auto"
-
-
-def _qkernel_code(kernel: Optional[str]) -> int:
-    """int8 kernel code (never auto).  Default: scalar inside ``use_kernel("scalar")`` /
-    ``NMENGINE_KERNEL=scalar`` (the portable path everywhere), else the kernel the
-    ``NMENGINE_QKERNEL`` environment variable names (one of :data:`QKERNEL_NAMES`; e.g.
-    ``avx512vnni`` to measure a CPU without AMX), else the fastest the CPU and OS offer."""
-    core = compiled_core()
-    if kernel is None:
-        key = "scalar" if kernel_code() == core.KERNEL_SCALAR else _env_qkernel()
-    else:
-        key = str(kernel).strip().lower() if isinstance(kernel, str) else None
-        if key not in _QKERNEL_CODES:
-            raise ValueError(f"int8 kernel must be one of {sorted(_QKERNEL_CODES)}, got {kernel!r}")
-    code = _QKERNEL_CODES[key]
-    got = _qkernel_cache.get(code)
-    if got is None:
-        got = _qkernel_cache[code] = int(core.qkernel_resolve(code))
-    if got < 0:
-        raise KernelUnavailableError(
-            f"the int8 kernel {key!r} cannot run on this CPU/OS; available: {qkernel_info()['available']}"
-        )
-    return got
-
-
-def qkernel_for(float_kernel: int) -> int:
-    """The int8 kernel code that goes with a float kernel code: scalar with the scalar kernel, else the
-    int8 kernel ``NMENGINE_QKERNEL`` names, else the fastest int8 kernel this CPU runs."""
-    return _qkernel_code("scalar" if float_kernel == compiled_core().KERNEL_SCALAR else _env_qkernel())
-
-
-def qkernel_info() -> dict[str, Any]:
-    """``{"kernel": the int8 kernel the next call uses, "available": [names this CPU can run]}``."""
-    core = compiled_core()
-    return {
-        "kernel": _QKERNEL_NAMES[_qkernel_code(None)],
-        "available": [n for c, n in sorted(_QKERNEL_NAMES.items()) if core.qkernel_available(c)],
-    }
-
-
-def _groups(K: int, group: Optional[int]) -> tuple[int, int]:
-    """(G passed to C, number of K groups) for group size ``group`` (None/0: one group)."""
-    if group is None or group == 0 or group >= K:
-        return 0, 1
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0 or group % 4:
-        raise ValueError(f"group must be a positive multiple of 4 (or None for one group), got {group!r}")
-    return int(group), -(-K // int(group))
-
-
-class QuantizedMatrix:
-    """An int8 ``(K, N)`` B operand with float32 scales, packed once for the int8 kernels.
-
-    ``q`` holds the int8 values, ``scale`` one float32 scale per (K group, column): ``(ngroups, N)``
-    (``group`` None: one group, the per-output-channel case), so ``B ~= q * scale[k // group]``.
-    The packed layout is the same for every int8 kernel.  Read-only; shareable between threads.
-    """
-
-    __slots__ = ("shape", "group", "ngroups", "q", "scale", "data", "colsum", "w_scale")
-
-    def __init__(self, q: Any, scale: Any = None, group: Optional[int] = None) -> None:
-        core = compiled_core()
-        Q = np.asarray(q)
-        if Q.dtype != np.int8 or Q.ndim != 2:
-            raise ValueError(f"QuantizedMatrix expects a 2-D int8 q (K, N), got {Q.dtype} {_shape(Q.shape)}")
-        K, N = (int(d) for d in Q.shape)
-        G, ng = _groups(K, group)
-        self.shape = (K, N)
-        self.group = G or None
-        self.ngroups = ng
-        self.q = np.array(Q, copy=True)
-        self.q.flags.writeable = False
-        self.data, self.colsum = core.qpack_b(self.q, G, ng)
-        self.data.flags.writeable = False
-        np_ = self.colsum.shape[1]
-        self.scale = None
-        self.w_scale = None
-        if scale is not None:
-            S = np.asarray(scale, dtype=np.float32)
-            if S.ndim == 1 and ng == 1:
-                S = S[None, :]
-            if S.shape != (ng, N):
-                raise ValueError(f"scale must have shape ({ng}, {N}) (K groups x columns), got {_shape(S.shape)}")
-            if not np.all(np.isfinite(S)):
-                raise ValueError("scale must be finite")
-            self.scale = np.array(S, copy=True)
-            self.scale.flags.writeable = False
-            self.w_scale = np.zeros((ng, np_), dtype=np.float32)
-            self.w_scale[:, :N] = S
-            self.w_scale.flags.writeable = False
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes + self.colsum.nbytes + (0 if self.w_scale is None else self.w_scale.nbytes))
-
-    def dequantize(self) -> np.ndarray:
-        """``q * scale`` as float32 (K, N) (raises without scales)."""
-        if self.scale is None:
-            raise ValueError("this QuantizedMatrix has no scales")
-        rows = np.repeat(self.scale, self.group or self.shape[0], axis=0)[: self.shape[0]]
-        return (self.q.astype(np.float32) * rows).astype(np.float32)
-
-    def __repr__(self) -> str:
-        return f"QuantizedMatrix(shape={self.shape}, group={self.group}, {self.nbytes} bytes)"
-
-
-def _as_int8_2d(name: str, x: Any) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype != np.int8:
-        raise TypeError(f"{name} must be an int8 array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {_shape(arr.shape)}")
-    return arr
-
-
-def qgemm_int32(a: Any, b: Any, *, out: Optional[np.ndarray] = None, kernel: Optional[str] = None) -> np.ndarray:
-    """Exact ``a @ b`` of int8 matrices as int32 (every kernel, bit for bit numpy's int64 product
-    while it fits int32, i.e. for K < 2**17).  ``b`` is an int8 ``(K, N)`` array or a one-group
-    :class:`QuantizedMatrix`; any element strides; ``out`` an optional int32 (M, N) array."""
-    core = compiled_core()
-    A = _as_int8_2d("a", a)
-    P = b if isinstance(b, QuantizedMatrix) else QuantizedMatrix(_as_int8_2d("b", b))
-    K, N = P.shape
-    if P.ngroups != 1:
-        raise ValueError("qgemm_int32 needs a QuantizedMatrix with one K group")
-    if A.shape[1] != K:
-        raise ValueError(f"qgemm_int32: a is {_shape(A.shape)} but b is {_shape(P.shape)}")
-    if K >= 1 << 17:
-        raise ValueError(f"qgemm_int32: K = {K} could overflow int32; K must be < 131072")
-    M = A.shape[0]
-    if out is None:
-        out = np.empty((M, N), dtype=np.int32)
-    elif (
-        not isinstance(out, np.ndarray)
-        or out.shape != (M, N)
-        or out.dtype != np.int32
-        or not out.flags.writeable
-        or not out.flags.aligned
-        or any(s % 4 for s in out.strides)
-    ):
-        raise ValueError(f"qgemm_int32: out must be a writeable aligned int32 array of shape ({M}, {N})")
-    core.qgemm(
-        A,
-        P.data,
-        P.colsum,
-        None,
-        K,
-        N,
-        0,
-        None,
-        out,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        core.ACT_NONE,
-        None,
-        get_num_threads(),
-        _qkernel_code(kernel),
-    )
-    return out
-
-
-def qgemm(
-    a: Any,
-    b: QuantizedMatrix,
-    *,
-    a_scale: Any = None,
-    static_scale: Any = None,
-    inv_smooth: Any = None,
-    bias: Any = None,
-    bias_row: Any = None,
-    residual: Any = None,
-    epilogue: Epilogue = None,
-    out: Optional[np.ndarray] = None,
-    kernel: Optional[str] = None,
-) -> np.ndarray:
-    """``out = epilogue(dequant(quant(a) @ b.q) [+ bias] [+ bias_row] [+ residual])`` in float32.
-
-    ``a`` (M, K): float activations, quantized to int8 per row and K group of ``b`` at run time
-    (``static_scale``: one scale per K group from calibration instead; ``inv_smooth`` (K,): factors
-    applied to a's columns first, the SmoothQuant migration whose inverse ``b`` carries), or int8
-    activations with their ``a_scale`` (M, ngroups).  ``b`` a :class:`QuantizedMatrix` with scales.
-    The int32 sums are exact; see csrc/nm_qgemm.h for the float steps (identical in every kernel).
-    """
-    core = compiled_core()
-    if not isinstance(b, QuantizedMatrix):
-        raise TypeError(f"qgemm expects b as a QuantizedMatrix, got {type(b).__name__}")
-    if b.w_scale is None:
-        raise ValueError("qgemm needs a QuantizedMatrix with scales (use qgemm_int32 for raw int8)")
-    K, N = b.shape
-    ng = b.ngroups
-    arr = a if isinstance(a, np.ndarray) else np.asarray(a)
-    if arr.dtype == np.int8:
-        A = arr
-        if a_scale is None:
-            raise ValueError("qgemm: int8 a needs a_scale (M, ngroups)")
-    else:
-        A = _as_f32("a", arr)
-        if a_scale is not None:
-            raise ValueError("qgemm: a_scale is for int8 a only")
-    if A.ndim != 2 or A.shape[1] != K:
-        raise ValueError(f"qgemm: a must be (M, {K}), got {_shape(A.shape)}")
-    M = int(A.shape[0])
-    sa = None
-    if a_scale is not None:
-        sa = np.ascontiguousarray(_as_f32("a_scale", a_scale)).reshape(-1)
-        if sa.size != M * ng:
-            raise ValueError(f"qgemm: a_scale must have {M} x {ng} values, got {sa.size}")
-    st = None
-    if static_scale is not None:
-        st = np.ascontiguousarray(_as_f32("static_scale", static_scale)).reshape(-1)
-        if st.size != ng or not np.all(np.isfinite(st)) or not np.all(st > 0):
-            raise ValueError(f"qgemm: static_scale must hold {ng} positive finite values, got {st}")
-    sm = None if inv_smooth is None else _as_vector("inv_smooth", inv_smooth, K, "one factor per K")
-    act, table, bc, br, res, C, _ = _gemm_operands(
-        "qgemm", M, N, (M, N), A, b.q, bias, bias_row, residual, epilogue, out
-    )
-    if M and N:
-        core.qgemm(
-            A,
-            b.data,
-            b.colsum,
-            b.w_scale,
-            K,
-            N,
-            b.group or 0,
-            C,
-            None,
-            sm,
-            st,
-            sa,
-            bc,
-            br,
-            res,
-            act,
-            table,
-            get_num_threads(),
-            _qkernel_code(kernel),
-        )
-    return C

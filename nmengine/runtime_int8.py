@@ -2,7 +2,7 @@
 
 Such an op (made by :mod:`nmengine.compile.quantize`) reads ``b`` as an int8 constant ``(K, N)`` with
 ``w_scale`` (ngroups, N), optionally ``inv_smooth`` (K,) and ``a_static`` (ngroups,).  Matrixized mode
-runs :func:`nmengine.kernels.qgemm` (activations quantized per row / K group in the core, exact int32
+runs :func:`nmengine.kernels_int8.qgemm` (activations quantized per row / K group in the core, exact int32
 sums, the float epilogue with the op's PWL table); exact mode runs the float GEMM on the dequantized
 weights (smoothing folded back), i.e. the quantized model with exact activations and functions.
 """
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import kernels
+from . import kernels, kernels_int8
 from .program import Op, Program
 
 __all__ = ["Int8Gemm", "prepare", "is_int8", "plan_step"]
@@ -38,7 +38,7 @@ class Int8Gemm:
         group = (op.attrs.get("quant") or {}).get("group")
         self.where = where
         self.shape = q.shape
-        self.matrix = kernels.QuantizedMatrix(q, c[args["w_scale"]], group)
+        self.matrix = kernels_int8.QuantizedMatrix(q, c[args["w_scale"]], group)
         self.inv_smooth = c[args["inv_smooth"]] if "inv_smooth" in args else None
         self.a_static = c[args["a_static"]] if "a_static" in args else None
         if self.inv_smooth is not None and self.inv_smooth.shape != (q.shape[0],):
@@ -69,7 +69,7 @@ class Int8Gemm:
             return kernels.gemm(
                 a, self.dequantized(), bias=bias, bias_row=bias_row, residual=residual, epilogue=epilogue, out=out
             )
-        return kernels.qgemm(
+        return kernels_int8.qgemm(
             a,
             self.matrix,
             inv_smooth=self.inv_smooth,
@@ -129,7 +129,7 @@ def plan_step(
         act,
         table,
         threads,
-        kernels.qkernel_for(float_kernel),
+        kernels_int8.qkernel_for(float_kernel),
     )
 
 

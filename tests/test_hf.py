@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from nmengine import corpus, hf, kernels
+from nmengine import corpus, hf, kernels, kernels_int8
 from nmengine.cli import hf as hf_cli
 
 from .bert_reference import ReferenceBert
@@ -653,7 +653,7 @@ def test_int8_scalar_kernel_path(int8_embedder, int8_embeddings):
     int8 rounding, so the embeddings agree to quantization noise, not bit for bit."""
     sents, _, approx = int8_embeddings
     with kernels.use_kernel("scalar"):
-        assert kernels.qkernel_info()["kernel"] == "scalar"
+        assert kernels_int8.qkernel_info()["kernel"] == "scalar"
         got = int8_embedder.encode(sents[:16])
     cos = np.sum(got * approx[:16], 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(approx[:16], axis=1)
     assert cos.min() >= 0.999

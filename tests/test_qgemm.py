@@ -1,4 +1,4 @@
-"""int8 GEMM core (kernels.qgemm_int32 / kernels.qgemm) against independent numpy references.
+"""int8 GEMM core (kernels_int8.qgemm_int32 / kernels_int8.qgemm) against independent numpy references.
 
 * int32 products: bit-identical to numpy's int64 matmul for every int8 kernel the CPU runs (scalar,
   avx2 = vpmaddwd on widened operands, avxvnni / avx512vnni = vpdpbusd with the u8 offset
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 import nmengine as nm
-from nmengine import kernels
+from nmengine import kernels, kernels_int8
 from nmengine.pwl import PWLTable
 
 QKERNELS = ["scalar", "avx2", "avxvnni", "avx512vnni", "amx"]
 
 
 def _avail() -> list[str]:
-    return kernels.qkernel_info()["available"]
+    return kernels_int8.qkernel_info()["available"]
 
 
 @pytest.fixture(params=QKERNELS)
@@ -62,7 +62,7 @@ def test_int32_products_exact(qkernel, shape, la, lb):
     b[:, 0] = -128
     if N > 1:
         b[:, 1] = 127
-    got = kernels.qgemm_int32(_layout(a, la), _layout(b, lb), kernel=qkernel)
+    got = kernels_int8.qgemm_int32(_layout(a, la), _layout(b, lb), kernel=qkernel)
     assert got.dtype == np.int32
     assert np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
 
@@ -72,7 +72,7 @@ def test_int32_extremes_long_k(qkernel, va, vb):
     M, K, N = 7, 4099, 35
     a = np.full((M, K), va, np.int8)
     b = np.full((K, N), vb, np.int8)
-    got = kernels.qgemm_int32(a, b, kernel=qkernel)
+    got = kernels_int8.qgemm_int32(a, b, kernel=qkernel)
     assert np.array_equal(got.astype(np.int64), np.full((M, N), va * vb * K, np.int64))
 
 
@@ -86,16 +86,16 @@ def test_int32_threads_and_out(qkernel):
         for t in (1, 2, 3):
             nm.set_num_threads(t)
             big = np.zeros((257, 301), np.int32)
-            out = kernels.qgemm_int32(a, b, kernel=qkernel, out=big.T)
+            out = kernels_int8.qgemm_int32(a, b, kernel=qkernel, out=big.T)
             assert np.array_equal(out, ref) and np.array_equal(big.T, ref)
     finally:
         nm.set_num_threads(old)
 
 
 def test_int32_empty(qkernel):
-    assert kernels.qgemm_int32(np.zeros((0, 5), np.int8), np.ones((5, 3), np.int8), kernel=qkernel).shape == (0, 3)
-    assert kernels.qgemm_int32(np.zeros((4, 5), np.int8), np.ones((5, 0), np.int8), kernel=qkernel).shape == (4, 0)
-    z = kernels.qgemm_int32(np.zeros((4, 0), np.int8), np.zeros((0, 3), np.int8), kernel=qkernel)
+    assert kernels_int8.qgemm_int32(np.zeros((0, 5), np.int8), np.ones((5, 3), np.int8), kernel=qkernel).shape == (0, 3)
+    assert kernels_int8.qgemm_int32(np.zeros((4, 5), np.int8), np.ones((5, 0), np.int8), kernel=qkernel).shape == (4, 0)
+    z = kernels_int8.qgemm_int32(np.zeros((4, 0), np.int8), np.zeros((0, 3), np.int8), kernel=qkernel)
     assert np.array_equal(z, np.zeros((4, 3), np.int32))
 
 
@@ -160,10 +160,10 @@ def test_float_path_matches_reference_bits(qkernel, shape, group):
     rng = np.random.default_rng(M + K + N)
     w = rng.standard_normal((K, N)).astype(np.float32)
     q, s = _quantize_weights(w, group)
-    Q = kernels.QuantizedMatrix(q, s, group)
+    Q = kernels_int8.QuantizedMatrix(q, s, group)
     a = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(np.float32)
     a[0, :5] = 0.0
-    got = kernels.qgemm(a, Q, kernel=qkernel)
+    got = kernels_int8.qgemm(a, Q, kernel=qkernel)
     assert np.array_equal(got, reference(a, q, s, group))
     # and it is a good approximation of the float product
     ref = a.astype(np.float64) @ w
@@ -175,12 +175,16 @@ def test_smoothing_and_static_scales(qkernel):
     M, K, N, group = 20, 96, 40, 32
     w = rng.standard_normal((K, N)).astype(np.float32)
     q, s = _quantize_weights(w, group)
-    Q = kernels.QuantizedMatrix(q, s, group)
+    Q = kernels_int8.QuantizedMatrix(q, s, group)
     a = rng.standard_normal((M, K)).astype(np.float32)
     sm = rng.uniform(0.5, 2.0, K).astype(np.float32)
-    assert np.array_equal(kernels.qgemm(a, Q, inv_smooth=sm, kernel=qkernel), reference(a, q, s, group, inv_smooth=sm))
+    assert np.array_equal(
+        kernels_int8.qgemm(a, Q, inv_smooth=sm, kernel=qkernel), reference(a, q, s, group, inv_smooth=sm)
+    )
     st = np.array([0.02, 0.03, 0.01], np.float32)  # small: clamps at +-127
-    assert np.array_equal(kernels.qgemm(a, Q, static_scale=st, kernel=qkernel), reference(a, q, s, group, static=st))
+    assert np.array_equal(
+        kernels_int8.qgemm(a, Q, static_scale=st, kernel=qkernel), reference(a, q, s, group, static=st)
+    )
 
 
 def test_int8_activations_with_scales(qkernel):
@@ -190,7 +194,7 @@ def test_int8_activations_with_scales(qkernel):
     q = rng.integers(-127, 128, (K, N), dtype=np.int8)
     s = rng.uniform(0.01, 0.1, (1, N)).astype(np.float32)
     sa = rng.uniform(0.01, 0.1, (M, 1)).astype(np.float32)
-    got = kernels.qgemm(aq, kernels.QuantizedMatrix(q, s), a_scale=sa, kernel=qkernel)
+    got = kernels_int8.qgemm(aq, kernels_int8.QuantizedMatrix(q, s), a_scale=sa, kernel=qkernel)
     acc = (aq.astype(np.int64) @ q.astype(np.int64)).astype(np.float32)
     assert np.array_equal(got, (np.float32(0) + acc * (sa * s).astype(np.float32)).astype(np.float32))
 
@@ -208,7 +212,7 @@ def test_fused_epilogue_equals_unfused(qkernel, act):
     M, K, N, group = 70, 128, 90, 32
     w = rng.standard_normal((K, N)).astype(np.float32) * 0.2
     q, s = _quantize_weights(w, group)
-    Q = kernels.QuantizedMatrix(q, s, group)
+    Q = kernels_int8.QuantizedMatrix(q, s, group)
     a = rng.standard_normal((M, K)).astype(np.float32)
     bias, brow, res = (
         rng.standard_normal(N).astype(np.float32),
@@ -217,7 +221,7 @@ def test_fused_epilogue_equals_unfused(qkernel, act):
     )
     tab = _table()
     ep = tab if act == "pwl" else act
-    got = kernels.qgemm(a, Q, bias=bias, bias_row=brow, residual=res, epilogue=ep, kernel=qkernel)
+    got = kernels_int8.qgemm(a, Q, bias=bias, bias_row=brow, residual=res, epilogue=ep, kernel=qkernel)
     x = reference(a, q, s, group)
     x = ((x + bias[None, :]).astype(np.float32) + brow[:, None]).astype(np.float32)
     x = (x + res).astype(np.float32)
@@ -233,14 +237,14 @@ def test_kernels_and_threads_agree_bitwise():
     M, K, N, group = 257, 384, 200, 32
     w = rng.standard_normal((K, N)).astype(np.float32)
     q, s = _quantize_weights(w, group)
-    Q = kernels.QuantizedMatrix(q, s, group)
+    Q = kernels_int8.QuantizedMatrix(q, s, group)
     a = rng.standard_normal((M, K)).astype(np.float32)
     outs = []
     old = nm.get_num_threads()
     try:
         for t in (1, 2, 3):
             nm.set_num_threads(t)
-            outs += [kernels.qgemm(a, Q, kernel=k) for k in _avail()]
+            outs += [kernels_int8.qgemm(a, Q, kernel=k) for k in _avail()]
     finally:
         nm.set_num_threads(old)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
@@ -250,11 +254,11 @@ def test_non_finite_rows_give_nan_rows(qkernel):
     rng = np.random.default_rng(8)
     w = rng.standard_normal((64, 24)).astype(np.float32)
     q, s = _quantize_weights(w, 32)
-    Q = kernels.QuantizedMatrix(q, s, 32)
+    Q = kernels_int8.QuantizedMatrix(q, s, 32)
     a = rng.standard_normal((5, 64)).astype(np.float32)
     a[1, 3] = np.nan
     a[3, 40] = np.inf
-    got = kernels.qgemm(a, Q, kernel=qkernel)
+    got = kernels_int8.qgemm(a, Q, kernel=qkernel)
     assert np.isnan(got[1]).all() and np.isnan(got[3]).all()
     ok = [0, 2, 4]
     assert np.isfinite(got[ok]).all()
@@ -263,53 +267,53 @@ def test_non_finite_rows_give_nan_rows(qkernel):
 
 def test_bad_inputs():
     q = np.ones((8, 4), np.int8)
-    Q = kernels.QuantizedMatrix(q, np.ones((1, 4), np.float32))
+    Q = kernels_int8.QuantizedMatrix(q, np.ones((1, 4), np.float32))
     with pytest.raises(ValueError, match=r"\(M, 8\)"):
-        kernels.qgemm(np.ones((3, 7), np.float32), Q)
+        kernels_int8.qgemm(np.ones((3, 7), np.float32), Q)
     with pytest.raises(TypeError, match="QuantizedMatrix"):
-        kernels.qgemm(np.ones((3, 8), np.float32), q)
+        kernels_int8.qgemm(np.ones((3, 8), np.float32), q)
     with pytest.raises(ValueError, match="scales"):
-        kernels.qgemm(np.ones((3, 8), np.float32), kernels.QuantizedMatrix(q))
+        kernels_int8.qgemm(np.ones((3, 8), np.float32), kernels_int8.QuantizedMatrix(q))
     with pytest.raises(ValueError, match="multiple of 4"):
-        kernels.QuantizedMatrix(np.ones((16, 4), np.int8), np.ones((3, 4), np.float32), group=6)
+        kernels_int8.QuantizedMatrix(np.ones((16, 4), np.int8), np.ones((3, 4), np.float32), group=6)
     with pytest.raises(ValueError, match="shape"):
-        kernels.QuantizedMatrix(np.ones((16, 4), np.int8), np.ones((2, 4), np.float32), group=4)
+        kernels_int8.QuantizedMatrix(np.ones((16, 4), np.int8), np.ones((2, 4), np.float32), group=4)
     with pytest.raises(ValueError, match="int8"):
-        kernels.QuantizedMatrix(np.ones((16, 4), np.float32))
+        kernels_int8.QuantizedMatrix(np.ones((16, 4), np.float32))
     with pytest.raises(TypeError, match="int8"):
-        kernels.qgemm_int32(np.ones((2, 8), np.float32), q)
+        kernels_int8.qgemm_int32(np.ones((2, 8), np.float32), q)
     with pytest.raises(ValueError, match="int8 kernel"):
-        kernels.qgemm_int32(np.ones((2, 8), np.int8), q, kernel="sse9")
+        kernels_int8.qgemm_int32(np.ones((2, 8), np.int8), q, kernel="sse9")
     with pytest.raises(ValueError, match="a_scale"):
-        kernels.qgemm(np.ones((3, 8), np.int8), Q)
+        kernels_int8.qgemm(np.ones((3, 8), np.int8), Q)
     with pytest.raises(ValueError, match="static_scale"):
-        kernels.qgemm(np.ones((3, 8), np.float32), Q, static_scale=[0.0])
+        kernels_int8.qgemm(np.ones((3, 8), np.float32), Q, static_scale=[0.0])
     with pytest.raises(ValueError, match="shape"):
-        kernels.qgemm(np.ones((3, 8), np.float32), Q, out=np.empty((3, 5), np.float32))
+        kernels_int8.qgemm(np.ones((3, 8), np.float32), Q, out=np.empty((3, 5), np.float32))
 
 
 def test_scalar_default_under_use_kernel():
     with kernels.use_kernel("scalar"):
-        assert kernels.qkernel_info()["kernel"] == "scalar"
+        assert kernels_int8.qkernel_info()["kernel"] == "scalar"
 
 
 def test_env_forces_the_int8_kernel(monkeypatch, qkernel):
     """NMENGINE_QKERNEL picks the kernel of every default int8 call, which still gives numpy's int64 product."""
     monkeypatch.setenv("NMENGINE_QKERNEL", qkernel)
-    assert kernels.qkernel_info()["kernel"] == qkernel
+    assert kernels_int8.qkernel_info()["kernel"] == qkernel
     if kernels.kernel_code() != kernels.compiled_core().KERNEL_SCALAR:  # what sessions' int8 steps use
-        assert kernels.qkernel_for(kernels.kernel_code()) == kernels.QKERNEL_NAMES.index(qkernel)
+        assert kernels_int8.qkernel_for(kernels.kernel_code()) == kernels_int8.QKERNEL_NAMES.index(qkernel)
     rng = np.random.default_rng(3)
     a = rng.integers(-128, 128, size=(37, 70), dtype=np.int8)
     b = rng.integers(-128, 128, size=(70, 45), dtype=np.int8)
-    got = kernels.qgemm_int32(a, b)
+    got = kernels_int8.qgemm_int32(a, b)
     np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
 
 
 def test_env_names_a_real_int8_kernel(monkeypatch):
     monkeypatch.setenv("NMENGINE_QKERNEL", "sse9")
     with pytest.raises(ValueError, match="NMENGINE_QKERNEL must be one of"):
-        kernels.qkernel_info()
+        kernels_int8.qkernel_info()
 
 
 @pytest.mark.parametrize("layout", ["c", "strided"])
@@ -320,7 +324,7 @@ def test_epilogue_layouts_and_wide_table(qkernel, layout):
     M, K, N, group = 45, 200, 75, 64
     w = rng.standard_normal((K, N)).astype(np.float32) * 0.2
     q, s = _quantize_weights(w, group)
-    Q = kernels.QuantizedMatrix(q, s, group)
+    Q = kernels_int8.QuantizedMatrix(q, s, group)
     a = rng.standard_normal((M, K)).astype(np.float32)
     bias, res = rng.standard_normal(N).astype(np.float32), rng.standard_normal((M, N)).astype(np.float32)
     out = np.full((M, N), np.nan, np.float32)
@@ -328,6 +332,6 @@ def test_epilogue_layouts_and_wide_table(qkernel, layout):
         res = np.asfortranarray(res)
         out = np.full((N, M), np.nan, np.float32).T
     tab = _table(48)
-    got = kernels.qgemm(a, Q, bias=bias, residual=res, epilogue=tab, kernel=qkernel, out=out)
+    got = kernels_int8.qgemm(a, Q, bias=bias, residual=res, epilogue=tab, kernel=qkernel, out=out)
     x = ((reference(a, q, s, group) + bias[None, :]).astype(np.float32) + res).astype(np.float32)
     assert np.array_equal(got, tab(x))

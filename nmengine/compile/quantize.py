@@ -224,10 +224,10 @@ def _build(w: np.ndarray, cand: Candidate, x: np.ndarray | None) -> dict[str, An
 
 
 def _error(consts: dict[str, Any], x: np.ndarray, ref: np.ndarray, ref_norm: float) -> float:
-    from .. import kernels
+    from .. import kernels_int8
 
-    Q = kernels.QuantizedMatrix(consts["q"], consts["w_scale"], consts["group"])
-    y = kernels.qgemm(x, Q, inv_smooth=consts["inv_smooth"], static_scale=consts["a_static"])
+    Q = kernels_int8.QuantizedMatrix(consts["q"], consts["w_scale"], consts["group"])
+    y = kernels_int8.qgemm(x, Q, inv_smooth=consts["inv_smooth"], static_scale=consts["a_static"])
     return float(np.linalg.norm(y.astype(np.float64) - ref) / ref_norm) if ref_norm > 0 else 0.0
 
 
