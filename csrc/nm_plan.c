@@ -72,6 +72,12 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
         return nm_conv_nhwc(&s->u.conv, nthreads, kernel);
     case NM_STEP_MAXPOOL_NHWC:
         return nm_maxpool_nhwc(&s->u.win, nthreads);
+    case NM_STEP_ATTENTION: {
+        const nm_step_attention *a = &s->u.attn;
+        return nm_attention_packed(a->qkv, a->ntok, a->ld_qkv, a->q_off, a->k_off, a->v_off, a->heads, a->d,
+                                   a->mask, a->nseq, a->cols, a->bias, a->ld_bias, a->exp_pwl, a->recip_pwl,
+                                   a->out, a->ld_out, nthreads, kernel);
+    }
     default:
         return NM_EINVAL;
     }
@@ -81,6 +87,13 @@ int nm_plan_run(const nm_step *steps, int64_t lo, int64_t hi, int nthreads, int 
 {
     for (int64_t i = lo; i < hi; i++) {
         int rc = run_step(&steps[i], nthreads, kernel);
+        if (steps[i].kind == NM_STEP_ATTENTION) {
+            if (rc == NM_OK) {
+                i += steps[i].u.attn.skip; /* done: the padded chain after it is not needed */
+                continue;
+            }
+            if (rc == NM_ENOTPREFIX) continue; /* the padded chain runs instead */
+        }
         if (rc != NM_OK) {
             if (failed) *failed = i;
             return rc;

@@ -10,6 +10,7 @@
 #define NM_PLAN_H
 #include <stddef.h>
 #include <stdint.h>
+#include "nm_attention.h"
 #include "nm_gemm.h"
 #include "nm_layernorm.h"
 #include "nm_move.h"
@@ -29,7 +30,8 @@ enum {
     NM_STEP_TOKENS,        /* nm_tokens */
     NM_STEP_DEPTHWISE,     /* nm_depthwise */
     NM_STEP_CONV_NHWC,     /* nm_conv_nhwc */
-    NM_STEP_MAXPOOL_NHWC   /* nm_maxpool_nhwc */
+    NM_STEP_MAXPOOL_NHWC,  /* nm_maxpool_nhwc */
+    NM_STEP_ATTENTION      /* nm_attention_packed; then `skip` steps run only when it refuses the mask */
 };
 
 /* Token bookkeeping, pure copies:
@@ -138,6 +140,18 @@ typedef struct nm_step_move {
 
 typedef struct nm_step_scale { nm_scale_args a; float *y; } nm_step_scale;
 
+/* nm_attention_packed's arguments.  The `skip` steps recorded right after it compute the same
+ * result on the padded grid: nm_plan_run skips them when the attention step succeeds and runs them
+ * when it answers NM_ENOTPREFIX (a mask that is not right-padded). */
+typedef struct nm_step_attention {
+    const float *qkv; int64_t ntok, ld_qkv, q_off, k_off, v_off, heads, d;
+    const unsigned char *mask; int64_t nseq, cols;
+    const float *bias; int64_t ld_bias;
+    const nm_pwl *exp_pwl, *recip_pwl;
+    float *out; int64_t ld_out;
+    int64_t skip;
+} nm_step_attention;
+
 typedef union nm_step_u {
     nm_step_gemm gemm;
     nm_step_packed packed;
@@ -150,6 +164,7 @@ typedef union nm_step_u {
     nm_tokens_args tok;
     nm_depthwise_args dw;
     nm_conv_args conv;
+    nm_step_attention attn;
 } nm_step_u;
 
 typedef struct nm_step {

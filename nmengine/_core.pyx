@@ -116,6 +116,27 @@ cdef extern from "nm_softmax.h":
                         const nm_pwl *recip_pwl, float *m, float *e, float *r, float *p,
                         int nthreads, int kernel) nogil
 
+cdef extern from "nm_plan.h":
+    ctypedef struct nm_step_attention:
+        const float *qkv
+        int64_t ntok, ld_qkv, q_off, k_off, v_off, heads, d
+        const unsigned char *mask
+        int64_t nseq, cols
+        const float *bias
+        int64_t ld_bias
+        const nm_pwl *exp_pwl
+        const nm_pwl *recip_pwl
+        float *out
+        int64_t ld_out
+        int64_t skip
+
+cdef extern from "nm_attention.h":
+    int NM_ENOTPREFIX
+    int nm_attention_packed(const float *qkv, int64_t ntok, int64_t ld_qkv, int64_t q_off, int64_t k_off,
+                            int64_t v_off, int64_t heads, int64_t d, const unsigned char *mask, int64_t nseq,
+                            int64_t cols, const float *bias, int64_t ld_bias, const nm_pwl *exp_pwl,
+                            const nm_pwl *recip_pwl, float *out, int64_t ld_out, int nthreads, int kernel) nogil
+
 cdef extern from "nm_layernorm.h":
     ctypedef struct nm_ln_args:
         int64_t rows, n
@@ -506,6 +527,64 @@ def softmax_rows(cnp.ndarray s, int64_t rows, int64_t n, object exp_table, objec
     _check(rc)
 
 
+cdef int _fill_attention(nm_step_attention *a, cnp.ndarray qkv, int64_t q_off, int64_t k_off, int64_t v_off,
+                         int64_t heads, int64_t d, cnp.ndarray mask, object bias, cnp.ndarray out) except -1:
+    """Check the arrays of an attention_packed call and fill a's pointers and sizes (tables apart)."""
+    cdef cnp.ndarray b
+    if qkv.ndim != 2 or out.ndim != 2 or mask.ndim != 2:
+        raise ValueError("attention_packed expects 2-D qkv, mask and out")
+    for name, arr in (("qkv", qkv), ("out", out)):
+        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+            raise ValueError(f"attention_packed: {name} must be C-contiguous float32")
+    if mask.itemsize != 1 or mask.dtype.kind not in "bu" or not mask.flags.c_contiguous:
+        raise ValueError("attention_packed: mask must be C-contiguous bool or uint8")
+    if out.shape[0] != qkv.shape[0]:
+        raise ValueError(f"attention_packed: out has {out.shape[0]} rows for {qkv.shape[0]} qkv rows")
+    a.bias = NULL
+    a.ld_bias = 0
+    if bias is not None:
+        b = bias
+        if b.ndim != 2 or b.dtype != np.float32 or not b.flags.c_contiguous or b.shape[0] != mask.shape[0]:
+            raise ValueError("attention_packed: bias must be C-contiguous float32 [nseq, cols]")
+        a.bias = _fptr(b)
+        a.ld_bias = b.shape[1]
+    a.qkv = _fptr(qkv)
+    a.ntok = qkv.shape[0]
+    a.ld_qkv = qkv.shape[1]
+    a.q_off, a.k_off, a.v_off, a.heads, a.d = q_off, k_off, v_off, heads, d
+    a.mask = <const unsigned char *>cnp.PyArray_DATA(mask)
+    a.nseq = mask.shape[0]
+    a.cols = mask.shape[1]
+    a.out = _fptr(out)
+    a.ld_out = out.shape[1]
+    a.skip = 0
+    return 0
+
+
+def attention_packed(cnp.ndarray qkv, int64_t q_off, int64_t k_off, int64_t v_off, int64_t heads, int64_t d,
+                     cnp.ndarray mask, object bias, object exp_table, object recip_table, cnp.ndarray out,
+                     int nthreads, int kernel) -> bool:
+    """Attention of packed tokens, each sequence at its own length (nm_attention_packed): qkv
+    [ntok, ld] and out [ntok, >= heads * d] C-contiguous float32, mask [nseq, cols] C-contiguous
+    bool/uint8 with ntok nonzero entries, bias None or [nseq, >= cols] C-contiguous float32.  Returns
+    False (nothing written) when a mask row is not right-padded (the caller runs the padded chain)."""
+    cdef nm_pwl t1, t2
+    cdef list keep = []
+    cdef nm_step_attention a
+    _fill_attention(&a, qkv, q_off, k_off, v_off, heads, d, mask, bias, out)
+    a.exp_pwl = _pwl_of(exp_table, &t1, keep)
+    a.recip_pwl = _pwl_of(recip_table, &t2, keep)
+    cdef int rc
+    with nogil:
+        rc = nm_attention_packed(a.qkv, a.ntok, a.ld_qkv, a.q_off, a.k_off, a.v_off, a.heads, a.d, a.mask,
+                                 a.nseq, a.cols, a.bias, a.ld_bias, a.exp_pwl, a.recip_pwl, a.out, a.ld_out,
+                                 nthreads, kernel)
+    if rc == NM_ENOTPREFIX:
+        return False
+    _check(rc)
+    return True
+
+
 def layernorm_rows(cnp.ndarray x, int64_t rows, int64_t n, cnp.ndarray w_mean, cnp.ndarray w_var,
                    float eps, object rsqrt_table, object gamma, object beta, object mean, object c,
                    object sq, object rstd, cnp.ndarray y, int nthreads, int kernel) -> None:
@@ -561,6 +640,7 @@ from libc.stdlib cimport realloc, free
 from libc.string cimport memset
 
 cdef extern from "nm_plan.h":
+    int NM_STEP_ATTENTION
     int NM_STEP_GEMM
     int NM_STEP_GEMM_PACKED
     int NM_STEP_SCALE
@@ -657,6 +737,7 @@ cdef extern from "nm_plan.h":
         int unpack
 
     ctypedef union nm_step_u:
+        nm_step_attention attn
         nm_step_gemm gemm
         nm_step_packed packed
         nm_step_scale scale
@@ -972,6 +1053,24 @@ cdef class CPlan:
         f.r = _optr(r)
         f.p = _fptr(p)
         self.keep.append((s_, exp_table, recip_table, m, e, r, p))
+
+    def add_attention_packed(self, cnp.ndarray qkv, int64_t q_off, int64_t k_off, int64_t v_off, int64_t heads,
+                             int64_t d, cnp.ndarray mask, object bias, object exp_table, object recip_table,
+                             cnp.ndarray out, int nthreads, int kernel, int64_t skip=0):
+        """attention_packed's call; the ``skip`` calls recorded next run only when it refuses the mask
+        (they must compute the same result on the padded grid)."""
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        exp_table = self._prepared(exp_table)
+        recip_table = self._prepared(recip_table)
+        cdef nm_step_attention a
+        _fill_attention(&a, qkv, q_off, k_off, v_off, heads, d, mask, bias, out)
+        cdef nm_step *s = self._new(NM_STEP_ATTENTION, nthreads, kernel)
+        s.u.attn = a
+        s.u.attn.exp_pwl = &(<PreparedTable>exp_table).p
+        s.u.attn.recip_pwl = &(<PreparedTable>recip_table).p
+        s.u.attn.skip = skip
+        self.keep.append((qkv, mask, bias, exp_table, recip_table, out))
 
     def add_layernorm_rows(self, cnp.ndarray x, int64_t rows, int64_t n, cnp.ndarray w_mean, cnp.ndarray w_var,
                            float eps, object rsqrt_table, object gamma, object beta, object mean, object c,

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import kernels, movement, runtime_int8
+from . import attention_plan, kernels, movement, runtime_int8
 from .program import PLUMBING_KINDS, Op, Program, ProgramError, apply_view, expand
 from .runtime import scale_numpy
 from .shapes import op_shape, pair
@@ -165,6 +165,12 @@ class Plan:
             seen[key] = op.out
             shapes[op.out], dtypes[op.out] = self._shape(op, shapes, dtypes, counts)
         self.shapes, self.dtypes = shapes, dtypes
+        #: attention chains run at each sequence's own length (nmengine.attention_plan)
+        self.chains = (
+            attention_plan.find_chains(prog, shapes, int(ctx.core.get_blocking(ctx.kernel)["kc"]))
+            if attention_plan.enabled()
+            else []
+        )
         self._plan_buffers(prog, counts)
 
     # -- shapes and views -----------------------------------------------------------------------
@@ -228,6 +234,10 @@ class Plan:
                     last[self.root(image_of[name])] = i
         for name in prog.outputs:
             last[self.root(name)] = n_ops
+        for ch in self.chains:  # the fused step reads the packed rows and the bias at the chain's end
+            for name in (ch.qkv, ch.bias):
+                if name is not None:
+                    last[self.root(name)] = max(last.get(self.root(name), -1), ch.pack)
         # bool copies of the token masks: computed first, read by the packing ops
         self.mask_bufs = {m: f"{m}#bool" for m in counts}
         for m, b in self.mask_bufs.items():
@@ -306,25 +316,35 @@ class Plan:
             for m, b in self.mask_bufs.items()
         ]
         c = StepContext(**{**ctx.__dict__, "masks": self.mask_bufs})
+        # attention chains run as one step at their pack; their ops' own steps are its fallback
+        chain_of = {i: ch for ch in self.chains for i in ch.covered}
+        fallback: dict[int, list[Step]] = {ch.pack: [] for ch in self.chains}
         for i, op in enumerate(prog.ops):
+            chain = chain_of.get(i)
+            sink = steps if chain is None else fallback[chain.pack]
             if op.out in self.alias:
                 src, fn = self.alias[op.out]
                 bufs[op.out] = fn(bufs[src])
-                continue
-            bufs[op.out] = view(op.out)
-            if bufs[op.out].size == 0:
-                continue
-            operands: Mapping[str, np.ndarray] = bufs
-            if i in self.casts:
-                cast = {name: view(c_name) for name, c_name in self.casts[i]}
-                steps += [(np.copyto, (cast[name], bufs[name], "unsafe")) for name in cast]
-                operands = ChainMap(cast, bufs)
-            builder = BUILDERS.get(op.kind)
-            step = builder(c, op, operands) if builder is not None else None
-            if step is None:
-                step = (_interpret, (c, op, operands))
-            if step is not NO_STEP:
-                steps.append(step)
+            else:
+                bufs[op.out] = view(op.out)
+                if bufs[op.out].size == 0:
+                    continue
+                operands: Mapping[str, np.ndarray] = bufs
+                if i in self.casts:
+                    cast = {name: view(c_name) for name, c_name in self.casts[i]}
+                    sink += [(np.copyto, (cast[name], bufs[name], "unsafe")) for name in cast]
+                    operands = ChainMap(cast, bufs)
+                builder = BUILDERS.get(op.kind)
+                step = builder(c, op, operands) if builder is not None else None
+                if step is None:
+                    step = (_interpret, (c, op, operands))
+                if step is not NO_STEP:
+                    sink.append(step)
+            if chain is not None and i == chain.pack and bufs[op.out].size:
+                fused = attention_plan.chain_step(
+                    chain, core, bufs, bufs[self.mask_bufs[chain.mask]], ctx.table, sink, ctx.threads, ctx.kernel
+                )
+                steps += sink if fused is None else [fused]
         inputs = [(name, bufs[name]) for name in prog.inputs]
         outputs = [(name, bufs[name]) for name in prog.outputs]
         if self.c_executor:
@@ -355,6 +375,14 @@ def _to_c(core: Any, steps: list[Step]) -> list[Step]:
     out: list[Step] = []
     lo = None
     for fn, args in steps:
+        if fn is attention_plan.run_chain and _recordable(core, args[2]):
+            fused, fargs, fallback = args
+            cplan.add_attention_packed(*fargs, skip=len(fallback))
+            if lo is None:
+                lo = len(cplan) - 1
+            for ffn, ffargs in fallback:
+                getattr(cplan, "add_" + ffn.__name__)(*ffargs)
+            continue
         name = getattr(fn, "__name__", "")
         if name in C_CALLS and fn is getattr(core, name, None):
             getattr(cplan, "add_" + name)(*args)
@@ -368,6 +396,10 @@ def _to_c(core: Any, steps: list[Step]) -> list[Step]:
     if lo is not None:
         out.append((cplan.run, (lo, len(cplan))))
     return out
+
+
+def _recordable(core: Any, steps: Sequence[Step]) -> bool:
+    return all(getattr(fn, "__name__", "") in C_CALLS and fn is getattr(core, fn.__name__, None) for fn, _ in steps)
 
 
 #: Core functions a CPlan can record (``CPlan.add_<name>`` takes the function's arguments).
