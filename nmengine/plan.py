@@ -235,9 +235,8 @@ class Plan:
         for name in prog.outputs:
             last[self.root(name)] = n_ops
         for ch in self.chains:  # the fused step reads the packed rows and the bias at the chain's end
-            for name in (ch.qkv, ch.bias):
-                if name is not None:
-                    last[self.root(name)] = max(last.get(self.root(name), -1), ch.pack)
+            for read in [ch.qkv] + ([ch.bias] if ch.bias is not None else []):
+                last[self.root(read)] = max(last.get(self.root(read), -1), ch.pack)
         # bool copies of the token masks: computed first, read by the packing ops
         self.mask_bufs = {m: f"{m}#bool" for m in counts}
         for m, b in self.mask_bufs.items():

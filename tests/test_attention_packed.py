@@ -138,7 +138,9 @@ def test_bit_identical_to_padded_chain_any_threads(kernel, threads, lengths, ext
     for n in mask.sum(1):
         if n:
             m1 = np.ones((1, n), bool)
-            _, alone = _fused(core, np.ascontiguousarray(qkv[r : r + n]), m1, np.zeros((1, n), np.float32), exp, recip, 1)
+            _, alone = _fused(
+                core, np.ascontiguousarray(qkv[r : r + n]), m1, np.zeros((1, n), np.float32), exp, recip, 1
+            )
             _same(alone, outs[0][r : r + n])
         r += n
 
@@ -162,20 +164,25 @@ def test_empty_and_bad_inputs():
     assert _fused(core, empty, mask, None, exp, recip, 2)[0]
     assert _fused(core, empty, np.zeros((0, 0), bool), None, exp, recip, 2)[0]
     m, qkv, bias = _case(4, [3, 2])
+    code = kernels.kernel_code()
+
+    def call(q=qkv, off=(0, H * D, 2 * H * D), d=D, b=bias, out_rows=5, out_cols=H * D):
+        out = np.zeros((out_rows, out_cols), np.float32)
+        return core.attention_packed(q, *off, H, d, m, b, exp, recip, out, 1, code)
+
+    assert call()
     with pytest.raises(ValueError):  # the mask holds 5 tokens, qkv 4 rows
-        _fused(core, qkv[:4].copy(), m, bias, exp, recip, 1)
+        call(q=qkv[:4].copy(), out_rows=4)
     with pytest.raises(ValueError):  # Q columns beyond the row
-        core.attention_packed(qkv, 0, 1, 2 * H * D, H, D + 1, m, bias, exp, recip,
-                              np.zeros((5, H * D + H), np.float32), 1, kernels.kernel_code())
+        call(off=(0, 1, 2 * H * D), d=D + 1, out_cols=H * D + H)
     with pytest.raises(ValueError):
-        core.attention_packed(qkv.astype(np.float64), 0, H * D, 2 * H * D, H, D, m, bias, exp, recip,
-                              np.zeros((5, H * D), np.float32), 1, kernels.kernel_code())
+        call(q=qkv.astype(np.float64))
     with pytest.raises(ValueError):  # bias narrower than the mask
-        core.attention_packed(qkv, 0, H * D, 2 * H * D, H, D, m, bias[:, :2].copy(), exp, recip,
-                              np.zeros((5, H * D), np.float32), 1, kernels.kernel_code())
-    with pytest.raises(ValueError):
-        core.attention_packed(qkv, 0, H * D, 2 * H * D, H, D, m, bias, exp, recip,
-                              np.zeros((4, H * D), np.float32), 1, kernels.kernel_code())
+        call(b=bias[:, :2].copy())
+    with pytest.raises(ValueError):  # out rows != qkv rows
+        call(out_rows=4)
+    with pytest.raises(ValueError):  # out narrower than heads x d
+        call(out_cols=H * D - 1)
 
 
 # ---------------------------------------------------------------------------------------------
