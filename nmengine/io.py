@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Mapping, Union
+from typing import IO, Any, Mapping, Union
 
 import numpy as np
 
@@ -73,7 +73,8 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
     if target.suffix == ".npy":
         np.save(buf, np.asarray(next(iter(arrays.values()))), allow_pickle=False)
     else:
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        named: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+        np.savez(buf, **named)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else "."
     )

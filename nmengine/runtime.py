@@ -238,7 +238,7 @@ class Runtime:
         return None, post
 
     def _exec(
-        self, i: int, op: Op, env: dict[str, np.ndarray], arena: Arena, mode: str, record: Recorder | None
+        self, i: int, op: Op, env: Mapping[str, np.ndarray], arena: Arena, mode: str, record: Recorder | None
     ) -> np.ndarray:
         kind, args, attrs = op.kind, op.args, op.attrs
         if kind == "gemm":
@@ -247,7 +247,16 @@ class Runtime:
             return self._gemm_batched(i, op, env, arena, mode, record)
         if kind == "scale":
             return self._scale(i, op, env, arena, mode, record)
-        x = env[args["x"]] if "x" in args else None
+        if kind == "gather":
+            table, ids = env[args["table"]], env[args["ids"]]
+            if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+                raise ValueError(
+                    f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]"
+                )
+            return table[ids]
+        if kind == "positions":
+            return np.nonzero(movement.mask_bool(env[args["mask"]], None))[1].astype(np.int64)
+        x = env[args["x"]]  # every other op reads its operand as x
         if kind == "pairwise_max":
             if mode != "exact" and x.dtype == np.float32 and x.ndim and x.shape[-1]:
                 return kernels.pairwise_max(x, out=arena.get(i, x.shape[:-1] + (1,)))
@@ -265,13 +274,6 @@ class Runtime:
             return movement.pool_windows(x, attrs)
         if kind == "patchify":
             return movement.patchify(x, attrs["patch"])
-        if kind == "gather":
-            table, ids = env[args["table"]], env[args["ids"]]
-            if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-                raise ValueError(
-                    f"{op.layer}: ids must be in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]"
-                )
-            return table[ids]
         if kind == "pack":
             m = movement.mask_bool(env[args["mask"]], x.shape)
             if m.all():  # no padding: every row, in order (a view when x is contiguous)
@@ -315,8 +317,6 @@ class Runtime:
             if attrs.get("mode", "constant") == "edge":
                 return np.pad(x, attrs["pads"], mode="edge")
             return np.pad(x, attrs["pads"], mode="constant", constant_values=attrs.get("value", 0.0))
-        if kind == "positions":
-            return np.nonzero(movement.mask_bool(env[args["mask"]], None))[1].astype(np.int64)
         if kind == "slice_rows":
             n = env[args["like"]].shape[attrs["axis"]] if "like" in args else attrs["rows"]
             if n > x.shape[0]:

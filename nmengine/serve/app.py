@@ -233,7 +233,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        if batcher is not None:
+        if batcher is not None and model.embedder is not None:  # a text model
             await batcher.start()
             # the first engine call packs the weights for the GEMM kernel: pay it before listening
             await batcher.call(model.embedder.encode, ["warm-up"])
