@@ -211,3 +211,88 @@ def test_summary(engines, batches):
         r = {e: RESULTS[("batch32", e)] for e in ENGINES}
         assert r["nm-int8"] >= 1.5 * r["nm-float32"], r
         assert r["nm-int8"] >= 1.0 * r["ort-int8"], r
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_cnn_int8(tmp_path, name):
+    """int8 convolutions (#13): ResNet-18 / ResNet-50 (bench/test_bench_onnx.py's torch models, exported to
+    ONNX) imported with ``nm.onnx.load(..., precision="int8")`` against the same file in float32, nmengine
+    and ONNX Runtime, 2 threads.  Engines alternate round by round in this process (the machine may be
+    shared): prints the range and median of the per-round ratios and the best-round rates at batch 1 and
+    8, and the output fidelity on the bench's inputs (cosine of the logits per image, top-1 agreement)
+    against nmengine float32 exact and ONNX Runtime float32::
+
+        pytest bench/test_bench_int8.py -s -k cnn        # NMENGINE_BENCH_ROUNDS (default 8) rounds
+    """
+    import time
+
+    from . import test_bench_onnx as tb
+    from .onnx_torch_models import export
+
+    nm.set_num_threads(THREADS)
+    path = str(tmp_path / f"{name}.onnx")
+    example = tb._inputs(name, 2)
+    export(tb._torch_model(name), (torch.from_numpy(example["x"]),), path, ["x"], ["logits"], {"x": {0: "batch"}})
+    calib = [tb._inputs(name, 2, seed=1)]
+    p32 = nm.onnx.load(path, calibration=calib)
+    p8 = nm.onnx.load(path, calibration=calib, precision="int8")
+    sess = tb._session(path)
+    convs = [op for op in p8.ops if op.attrs.get("conv")]
+    n8 = sum(op.attrs.get("precision") == "int8" for op in convs)
+    choice: dict[str, int] = {}
+    for op in convs:
+        q = op.attrs.get("quant") or {}
+        key = q.get("candidate") or "float32"
+        choice[key] = choice.get(key, 0) + 1
+    print(f"\n\n{name} int8: {n8} of {len(convs)} convolutions in int8 ({choice})")
+
+    feeds = [tb._inputs(name, 8, seed=s) for s in (5, 6)]
+    got = np.concatenate([p8.run(f) for f in feeds]).astype(np.float64)
+    refs = {
+        "nm float32 exact": np.concatenate([p32.run(f, mode="exact") for f in feeds]),
+        "nm float32": np.concatenate([p32.run(f) for f in feeds]),
+        "ORT float32": np.concatenate([sess.run(None, f)[0] for f in feeds]),
+    }
+    for label, ref in refs.items():
+        ref = ref.astype(np.float64)
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        top1 = float(np.mean(got.argmax(1) == ref.argmax(1)))
+        print(
+            f"  fidelity nm-int8 vs {label} ({len(ref)} images): logits cosine mean {cos.mean():.6f} "
+            f"min {cos.min():.6f}, top-1 agreement {100 * top1:.1f}%"
+        )
+    ref = refs["ORT float32"].astype(np.float64)
+    c32 = refs["nm float32"].astype(np.float64)
+    cos32 = (c32 * ref).sum(1) / np.linalg.norm(c32, axis=1) / np.linalg.norm(ref, axis=1)
+    print(f"  (nm float32 vs ORT float32: cosine min {cos32.min():.6f})")
+
+    rounds = int(os.environ.get("NMENGINE_BENCH_ROUNDS", "8"))
+    for batch in (1, 8):
+        f = tb._inputs(name, batch)
+        runs = {
+            "nm-int8": lambda f=f: p8.run(f),
+            "nm-float32": lambda f=f: p32.run(f),
+            "ort-float32": lambda f=f: sess.run(None, f),
+        }
+        for fn in runs.values():
+            fn()
+        best = dict.fromkeys(runs, float("inf"))
+        ratios: dict[str, list[float]] = {"nm-float32": [], "ort-float32": []}
+        for _ in range(rounds if batch == 8 else 3 * rounds):
+            took = {}
+            for k, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                took[k] = time.perf_counter() - t
+                best[k] = min(best[k], took[k])
+            for peer in ratios:
+                ratios[peer].append(took[peer] / took["nm-int8"])
+        print(
+            f"  batch {batch}: best "
+            + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in best.items())
+            + "".join(
+                f"\n    {peer} / nm-int8 time per round: median {np.median(r):.2f}x, range {min(r):.2f}-{max(r):.2f}x"
+                f", best rounds {best[peer] / best['nm-int8']:.2f}x"
+                for peer, r in ratios.items()
+            )
+        )

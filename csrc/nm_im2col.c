@@ -453,3 +453,118 @@ int nm_conv_nhwc(const nm_conv_args *c, int nthreads, int kernel)
         if (t.rc[i] != NM_OK) return t.rc[i];
     return NM_OK;
 }
+
+/* ---- channels-last convolution, int8 GEMM (nm_plan.h: nm_qconv_nhwc) -------------------------- */
+
+/* Row blocks are a multiple of every int8 kernel's tile height (AMX 32, AVX512-VNNI 6, AVX-VNNI 3,
+ * AVX2 2, scalar 4), so no block ends in a partly padded tile except the last. */
+#define NM_QCONV_ROW_UNIT 96
+
+typedef struct nm_qconv_task {
+    const nm_qconv_args *c;
+    int64_t rows, nblocks, K, R;
+    int qkernel;
+    int direct;
+    int shared;
+    int rc[NM_MAX_THREADS];
+} nm_qconv_task;
+
+static int qconv_block(const nm_qconv_task *t, int64_t q, float *buf)
+{
+    const nm_qconv_args *c = t->c;
+    const int64_t r0 = q * t->rows, r1 = r0 + t->rows < t->R ? r0 + t->rows : t->R;
+    nm_qgemm_args x = c->q;
+    nm_epilogue ep;
+    x.M = r1 - r0;
+    x.K = t->K;
+    x.Aq = NULL;
+    if (t->direct) {
+        x.A = c->win.x + r0 * t->K;
+    } else {
+        nhwc_rows(&c->win, r0, r1, buf);
+        x.A = buf;
+    }
+    x.rsa = t->K;
+    x.csa = 1;
+    x.C = c->q.C + r0 * c->q.rsc;
+    if (c->q.ep) {
+        ep = *c->q.ep;
+        if (ep.res) ep.res += r0 * ep.res_rs;
+        if (ep.bias_row) ep.bias_row += r0;
+        x.ep = &ep;
+    }
+    return nm_qgemm(&x, 1, t->qkernel);
+}
+
+static void qconv_task(void *arg, nm_team *team, int tid, int nt)
+{
+    (void)nt;
+    nm_qconv_task *t = (nm_qconv_task *)arg;
+    float *cols = t->c->win.out;
+    int rc = NM_OK;
+    for (int64_t q = nm_team_next(team); q < t->nblocks; q = nm_team_next(team)) {
+        float *buf = cols + (size_t)((t->shared ? (int64_t)tid : q) * t->rows * t->K);
+        const int r = qconv_block(t, q, buf);
+        if (r != NM_OK) rc = r;
+    }
+    t->rc[tid] = rc;
+}
+
+int nm_qconv_nhwc(const nm_qconv_args *c, int nthreads, int qkernel)
+{
+    const nm_windows_args *a = c ? &c->win : NULL;
+    if (!a || !a->x || !a->out || !c->q.Bp || !c->q.C || !c->q.colsum || c->q.N < 0 || c->q.csc != 1 || a->n < 0
+        || a->c < 1 || a->h < 1 || a->w < 1 || a->kh < 1 || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0
+        || a->pw < 0 || a->ho < 0 || a->wo < 0 || a->layout != 2 || a->edge)
+        return NM_EINVAL;
+    if (nm_qkernel_resolve(qkernel) < 0) return NM_EINVAL;
+    const int64_t K = a->kh * a->kw * a->c, R = a->n * a->ho * a->wo;
+    if (c->q.K != K || c->q.M != R) return NM_EINVAL;
+    if (R == 0 || c->q.N == 0) return NM_OK;
+    int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
+    nm_qconv_task t;
+    t.c = c;
+    t.K = K;
+    t.R = R;
+    t.qkernel = qkernel;
+    t.direct = a->kh == 1 && a->kw == 1 && a->sh == 1 && a->sw == 1 && a->ph == 0 && a->pw == 0;
+    int64_t rows = NM_CONV_BLOCK_FLOATS / K;
+    if (rows < NM_CONV_MIN_ROWS) rows = NM_CONV_MIN_ROWS;
+    rows = (rows + NM_QCONV_ROW_UNIT - 1) / NM_QCONV_ROW_UNIT * NM_QCONV_ROW_UNIT;
+    t.shared = 1;
+    if (nt > 1 && R <= NM_CONV_GEMM_SPLIT_M) {
+        /* few rows: the whole im2col, then one int8 GEMM that shares out its tiles */
+        nm_qgemm_args x = c->q;
+        x.Aq = NULL;
+        if (!t.direct) {
+            const int rc = nm_windows_mt(a, nt);
+            if (rc != NM_OK) return rc;
+        }
+        x.A = t.direct ? a->x : a->out;
+        x.rsa = K;
+        x.csa = 1;
+        return nm_qgemm(&x, nt, qkernel);
+    }
+    if (nt > 1 && (R + rows - 1) / rows < 4 * (int64_t)nt) {
+        /* too few blocks to share out: one block of whole row units per thread */
+        const int64_t units = (R + NM_QCONV_ROW_UNIT - 1) / NM_QCONV_ROW_UNIT;
+        rows = (units + nt - 1) / nt * NM_QCONV_ROW_UNIT;
+        t.shared = 0;
+    }
+    if (2.0 * (double)R * (double)c->q.N * (double)K < 2.0 * 64 * 64 * 64) nt = 1; /* tiny: one thread */
+    t.rows = rows;
+    t.nblocks = (R + rows - 1) / rows;
+    if (nt > t.nblocks) nt = (int)t.nblocks;
+    if (nt <= 1) {
+        for (int64_t q = 0; q < t.nblocks; q++) {
+            const int rc = qconv_block(&t, q, a->out + (t.shared ? 0 : q * rows * K));
+            if (rc != NM_OK) return rc;
+        }
+        return NM_OK;
+    }
+    for (int i = 0; i < nt; i++) t.rc[i] = NM_OK;
+    const int used = nm_parallel(nt, qconv_task, &t);
+    for (int i = 0; i < used; i++)
+        if (t.rc[i] != NM_OK) return t.rc[i];
+    return NM_OK;
+}

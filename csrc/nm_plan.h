@@ -14,6 +14,7 @@
 #include "nm_gemm.h"
 #include "nm_layernorm.h"
 #include "nm_move.h"
+#include "nm_qgemm.h"
 #include "nm_rowmax.h"
 #include "nm_scale.h"
 #include "nm_softmax.h"
@@ -108,6 +109,19 @@ typedef struct nm_conv_args {
     nm_epilogue ep;
 } nm_conv_args;
 int nm_conv_nhwc(const nm_conv_args *a, int nthreads, int kernel);
+
+/* The same channels-last convolution with the int8 GEMM (nm_qgemm.h): q describes the whole product
+ * C[R, N] = epilogue(dequant(quant(cols[R, K]) @ Bq)) (q.M = R, q.K = kh*kw*c; q.A, q.Aq, q.rsa, q.csa
+ * are ignored: the windows are the activations; q.C row-major with q.rsc, q.csc = 1; q.ep's res and
+ * bias_row follow the rows).  Blocks of output pixels as in nm_conv_nhwc, each block's windows built
+ * right before a single-threaded nm_qgemm quantizes and multiplies them; every row's quantization
+ * (per row and K group) and products are those of one nm_qgemm over the whole im2col, so the result
+ * does not depend on the blocks or the thread count. */
+typedef struct nm_qconv_args {
+    nm_windows_args win;   /* as nm_conv_args.win */
+    nm_qgemm_args q;
+} nm_qconv_args;
+int nm_qconv_nhwc(const nm_qconv_args *a, int nthreads, int qkernel);
 
 typedef struct nm_step_gemm {
     int64_t P1, P2, M, N, K;

@@ -137,3 +137,55 @@ def qgemm(cnp.ndarray a, cnp.ndarray bp, cnp.ndarray colsum, object w_scale, int
         rc = nm_qgemm(&x, nthreads, qkernel)
     _check(rc)
     del keep
+
+
+cdef extern from "nm_plan.h":
+    ctypedef struct nm_qconv_args:
+        nm_windows_args win
+        nm_qgemm_args q
+
+    int nm_qconv_nhwc(const nm_qconv_args *a, int nthreads, int qkernel) nogil
+
+
+def qconv_nhwc(cnp.ndarray x, cnp.ndarray cols, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+               int64_t pw, cnp.ndarray bp, cnp.ndarray colsum, cnp.ndarray w_scale, int64_t N, int64_t G,
+               cnp.ndarray c, object inv_smooth, object a_static, object bias_col, object bias_row, object res,
+               int act, object table, int nthreads, int qkernel) -> None:
+    """Channels-last convolution with the int8 GEMM (nm_qconv_nhwc): c [N*Ho*Wo, N] =
+    epilogue(dequant(quant(im2col(x)) @ Bq)) for NHWC x, Bq packed by qpack_b [kh*kw*C, N] with its
+    column sums and scales; cols is the [N*Ho*Wo, kh*kw*C] float im2col buffer (scratch).  The caller
+    checks dtypes and shapes of the vectors (as for qgemm)."""
+    cdef nm_qconv_args a
+    cdef nm_pwl pwl
+    cdef list keep = []
+    cdef int rc
+    _fill_windows(&a.win, x, cols, kh, kw, sh, sw, ph, pw, False, 2)
+    if c.ndim != 2 or c.dtype != np.float32 or not c.flags.c_contiguous \
+            or c.shape[0] != a.win.n * a.win.ho * a.win.wo or c.shape[1] != N:
+        raise ValueError("qconv_nhwc: c must be C-contiguous float32 [N*Ho*Wo, N]")
+    if bp.dtype != np.int8 or colsum.dtype != np.int32 or w_scale.dtype != np.float32:
+        raise ValueError("qconv_nhwc: bp must be int8 (qpack_b), colsum int32, w_scale float32")
+    cdef nm_epilogue ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep)
+    a.q.M = a.win.n * a.win.ho * a.win.wo
+    a.q.N = N
+    a.q.K = kh * kw * a.win.c
+    a.q.G = G
+    a.q.A = NULL
+    a.q.Aq = NULL
+    a.q.rsa = 0
+    a.q.csa = 1
+    a.q.inv_smooth = _fopt(inv_smooth)
+    a.q.a_static = _fopt(a_static)
+    a.q.a_scale = NULL
+    a.q.Bp = <const int8_t *>cnp.PyArray_DATA(bp)
+    a.q.colsum = <const int32_t *>cnp.PyArray_DATA(colsum)
+    a.q.w_scale = <const float *>cnp.PyArray_DATA(w_scale)
+    a.q.C = <float *>cnp.PyArray_DATA(c)
+    a.q.Ci = NULL
+    a.q.rsc = N
+    a.q.csc = 1
+    a.q.ep = &ep
+    with nogil:
+        rc = nm_qconv_nhwc(&a, nthreads, qkernel)
+    del keep
+    _check(rc)

@@ -481,13 +481,17 @@ def _gemm(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     code, table = _act(ctx, op.epilogue)
     if int8:  # int8 x int8 -> int32 GEMM (runtime_int8), a Python step between the C runs
         g = ctx.interp.int8.get(op.out)
-        return (
-            None
-            if g is None
-            else runtime_int8.plan_step(
-                g, ctx.core, a2, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel
+        if g is None:
+            return None
+        src = _conv_source(ctx, op, bufs)
+        if src is not None and _fused_conv(ctx, op, bufs):  # channels-last int8 conv: windows by blocks
+            x, cols, geom = _conv_geometry(op, src, bufs)
+            step = runtime_int8.conv_step(
+                g, ctx.core, x, cols, geom, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel
             )
-        )
+            assert step is not None  # _fused_conv said the im2col has no step: this one must run
+            return step
+        return runtime_int8.plan_step(g, ctx.core, a2, out2, bias, bias_row, res, code, table, ctx.threads, ctx.kernel)
     pk = ctx.packed.get(a_["b"])
     src = _conv_source(ctx, op, bufs)
     if pk is not None and src is not None:  # a channels-last conv: windows built block by block
@@ -525,17 +529,34 @@ def _conv_source(ctx: StepContext, op: Op, bufs) -> Optional[Op]:
     return src
 
 
-def _conv_nhwc(ctx: StepContext, op: Op, src: Op, bufs, pk, out2, bias, bias_row, res, code, table) -> Step:
+def _fused_conv(ctx: StepContext, op: Op, bufs) -> bool:
+    """Whether the step of channels-last conv GEMM ``op`` builds its windows itself (its im2col then
+    has no step): float32 with pre-packed weights, or int8 with buffers runtime_int8.conv_step takes."""
+    if not runtime_int8.is_int8(op):
+        return op.args["b"] in ctx.packed
+    g = ctx.interp.int8.get(op.out)
+    src = _conv_source(ctx, op, bufs)
+    if g is None or src is None:
+        return False
+    x, cols, geom = _conv_geometry(op, src, bufs)
+    return runtime_int8.conv_fits(g, x, cols, geom)
+
+
+def _conv_geometry(op: Op, src: Op, bufs) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int, int, int]]:
+    """(image, im2col buffer, (kh, kw, sh, sw, ph, pw)) of a channels-last conv whose source is ``src``
+    (:func:`_conv_source`)."""
     if src is op:  # 1x1 stride 1: the activation is the im2col
-        x = cols = bufs[op.args["a"]]
-        kh = kw = sh = sw = 1
-        ph = pw = 0
-    else:
-        at = src.attrs
-        x, cols = bufs[src.args["x"]], bufs[src.out]
-        kh, kw = pair(at["kernel"])
-        sh, sw = pair(at.get("stride", 1))
-        ph, pw = pair(at.get("padding", 0))
+        x = bufs[op.args["a"]]
+        return x, x, (1, 1, 1, 1, 0, 0)
+    at = src.attrs
+    kh, kw = pair(at["kernel"])
+    sh, sw = pair(at.get("stride", 1))
+    ph, pw = pair(at.get("padding", 0))
+    return bufs[src.args["x"]], bufs[src.out], (kh, kw, sh, sw, ph, pw)
+
+
+def _conv_nhwc(ctx: StepContext, op: Op, src: Op, bufs, pk, out2, bias, bias_row, res, code, table) -> Step:
+    x, cols, (kh, kw, sh, sw, ph, pw) = _conv_geometry(op, src, bufs)
     return ctx.core.conv_nhwc, (
         x,
         cols,
@@ -874,7 +895,7 @@ def _im2col(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     users = [o for o in ctx.program.ops if op.out in o.args.values()]
     if len(users) == 1 and _depthwise_source(ctx, users[0], bufs) is op:
         return NO_STEP  # the depthwise step reads the image itself
-    if len(users) == 1 and _conv_source(ctx, users[0], bufs) is op and users[0].args["b"] in ctx.packed:
+    if len(users) == 1 and _conv_source(ctx, users[0], bufs) is op and _fused_conv(ctx, users[0], bufs):
         return NO_STEP  # the conv step builds the windows itself
     return _windows(ctx, op, bufs, 0) or (movement.im2col, (bufs[op.args["x"]], op.attrs, bufs[op.out]))
 

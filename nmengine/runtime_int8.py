@@ -17,7 +17,7 @@ import numpy as np
 from . import kernels, kernels_int8
 from .program import Op, Program
 
-__all__ = ["Int8Gemm", "prepare", "is_int8", "plan_step"]
+__all__ = ["Int8Gemm", "prepare", "is_int8", "plan_step", "conv_step", "conv_fits"]
 
 
 def is_int8(op: Op) -> bool:
@@ -130,6 +130,74 @@ def plan_step(
         table,
         threads,
         kernels_int8.qkernel_for(float_kernel),
+    )
+
+
+def conv_fits(g: Int8Gemm, x: np.ndarray, cols: np.ndarray, geom: tuple[int, ...]) -> bool:
+    """Whether :func:`conv_step` takes these buffers (dynamic activation scales, C-contiguous float32
+    NHWC image and im2col buffer, the op's K)."""
+    m = g.matrix
+    f32 = np.float32
+    return bool(
+        g.a_static is None
+        and x.dtype == f32
+        and x.ndim == 4
+        and x.flags.c_contiguous
+        and cols.dtype == f32
+        and cols.flags.c_contiguous
+        and geom[0] * geom[1] * x.shape[3] == m.shape[0]
+    )
+
+
+def conv_step(
+    g: Int8Gemm,
+    core: Any,
+    x: np.ndarray,
+    cols: np.ndarray,
+    geom: tuple[int, int, int, int, int, int],
+    out: np.ndarray,
+    bias: Any,
+    bias_row: Any,
+    res: Any,
+    act: int,
+    table: Any,
+    threads: int,
+    float_kernel: int,
+) -> Optional[tuple[Any, tuple]]:
+    """A session plan step ``(core.qconv_nhwc, args)`` for a channels-last int8 conv: x the NHWC image
+    (C-contiguous float32), cols its im2col buffer (scratch), geom (kh, kw, sh, sw, ph, pw), out
+    (rows, N); the windows are built block by block right before the int8 GEMM reads them.  None when
+    the buffers do not fit (:func:`conv_fits`: the plan then runs the im2col and :func:`plan_step`)."""
+    m = g.matrix
+    if not conv_fits(g, x, cols, geom):
+        return None
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 2 or out.shape[1] != m.shape[1]:
+        raise ValueError(f"{g.where}: the conv output buffer must be C-contiguous float32 (rows, {m.shape[1]})")
+    kh, kw, sh, sw, ph, pw = geom
+    return core.qconv_nhwc, (
+        x,
+        cols,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        m.data,
+        m.colsum,
+        m.w_scale,
+        m.shape[1],
+        m.group or 0,
+        out,
+        g.inv_smooth,
+        None,
+        bias,
+        bias_row,
+        res,
+        act,
+        table,
+        threads,
+        kernels.qkernel_for(float_kernel),
     )
 
 

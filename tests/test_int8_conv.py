@@ -110,7 +110,10 @@ def test_int8_conv_matches_fake_quant_reference(group, stride, k):
     assert np.abs(outs[0] - ref).max() <= tol, np.abs(outs[0] - ref).max() / np.abs(ref).max()
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])  # deterministic for any thread count
-    np.testing.assert_array_equal(p8.run(feed), outs[0])
+    # the interpreter (the whole im2col, then one int8 GEMM) gives the same bits as the plan's fused
+    # conv step (windows built and quantized block by block)
+    interp = p8.runtime.run(feed)
+    np.testing.assert_array_equal(interp["y"] if isinstance(interp, dict) else interp, outs[0])
     # exact mode: the float conv with the dequantized weights (the quantized model, exact activations)
     flt = _fake_quant_conv(x, w, b, stride, pad, None, relu=True, quantized=False).transpose(nhwc)
     assert np.abs(p8.run(feed, mode="exact") - flt).max() <= 0.02 * np.abs(flt).max()
