@@ -197,7 +197,7 @@ def conv_step(
         act,
         table,
         threads,
-        kernels.qkernel_for(float_kernel),
+        kernels_int8.qkernel_for(float_kernel),
     )
 
 
