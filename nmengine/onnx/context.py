@@ -37,12 +37,25 @@ class Val:
     kind: str  # "const" | "tensor"
     shape: tuple  # logical shape (ints and Syms)
     dtype: str = "f"  # "f" | "i" | "b"
-    arr: np.ndarray | None = None  # const
+    arr: np.ndarray | None = None  # const (read it through :attr:`array`)
     name: str = ""  # tensor buffer
 
     @property
     def is_const(self) -> bool:
         return self.kind == "const"
+
+    @property
+    def array(self) -> np.ndarray:
+        """The constant's array (physical shape; may be smaller than ``shape`` when lazily broadcast).
+
+        Rules read it after checking :attr:`is_const`; on a run-time tensor it raises
+        :class:`~.errors.OnnxImportError` rather than handing back None.
+        """
+        if self.arr is None:
+            raise OnnxImportError(
+                f"expected a constant known at import time, got the run-time tensor {self.name!r} of shape {self.shape}"
+            )
+        return self.arr
 
     @property
     def rank(self) -> int:
@@ -51,7 +64,7 @@ class Val:
     @property
     def pshape(self) -> tuple:
         """Physical shape: the array's, or the buffer's (may be smaller than ``shape`` when broadcast)."""
-        return self.arr.shape if self.kind == "const" else getattr(self, "_pshape", self.shape)
+        return self.array.shape if self.kind == "const" else getattr(self, "_pshape", self.shape)
 
 
 def const(arr: Any, shape: tuple | None = None) -> Val:
@@ -152,10 +165,10 @@ class Ctx:
     def buf(self, v: Val, hint: str = "c") -> str:
         """The buffer name of a value (constants become Program constants, at their physical shape)."""
         if v.is_const:
-            key = id(v.arr)
-            if key not in self._const_names:
-                self._const_names[key] = self.const_name(v.arr.astype(np.float32) if v.dtype == "b" else v.arr, hint)
-            return self._const_names[key]
+            a = v.array
+            if id(a) not in self._const_names:
+                self._const_names[id(a)] = self.const_name(a.astype(np.float32) if v.dtype == "b" else a, hint)
+            return self._const_names[id(a)]
         return v.name
 
     def record_dims(self, name: str, shape: Sequence[Dim]) -> None:
@@ -166,14 +179,14 @@ class Ctx:
     def dense(self, v: Val) -> Val:
         """A tensor (buffer) whose physical shape equals its logical shape."""
         if v.is_const:
-            if tuple(v.arr.shape) == tuple(v.shape):
+            if tuple(v.array.shape) == tuple(v.shape):
                 return tensor(self.buf(v), v.shape, v.dtype)
             if not is_static(v.shape):
-                if v.arr.size == 1:
+                if v.array.size == 1:
                     return self.dynamic_fill(v)
-                arr = v.arr.reshape((1,) * (len(v.shape) - v.arr.ndim) + v.arr.shape)
+                arr = v.array.reshape((1,) * (len(v.shape) - v.array.ndim) + v.array.shape)
                 return self.dense(tensor(self.buf(const(arr)), v.shape, v.dtype, pshape=arr.shape))
-            arr = np.broadcast_to(v.arr, v.shape)
+            arr = np.broadcast_to(v.array, v.shape)
             return tensor(self.buf(const(np.ascontiguousarray(arr))), v.shape, v.dtype)
         if v.pshape == v.shape:
             return v
@@ -186,19 +199,21 @@ class Ctx:
                 "scale", self.fresh("expand"), {"x": v.name, "mul": ones.name}, "expand (broadcast by a diagonal GEMM)"
             )
             return tensor(out, v.shape, v.dtype)
-        ones = self.const_name(np.ones([int(d) for d in v.shape], np.float32), "ones")
+        ones_name = self.const_name(np.ones([int(d) for d in v.shape], np.float32), "ones")
         out = self.op(
-            "scale", self.fresh("expand"), {"x": v.name, "mul": ones}, "expand (broadcast by a diagonal GEMM)"
+            "scale", self.fresh("expand"), {"x": v.name, "mul": ones_name}, "expand (broadcast by a diagonal GEMM)"
         )
         return tensor(out, v.shape, v.dtype)
 
     def dynamic_fill(self, v: Val) -> Val:
         """A constant-valued tensor of a dynamic shape: a slice of a max-size constant, ends from buffers."""
-        if v.arr.size != 1:
+        if v.array.size != 1:
             raise Unsupported(f"a constant broadcast to the dynamic shape {v.shape}")
         if len(v.shape) > 4:
             raise Unsupported("dynamic fill of rank > 4")
-        dims, like_ends, like = [], [], None
+        dims: list[int] = []
+        like_ends: list[list[int]] = []
+        like: str | None = None
         for ax, d in enumerate(v.shape):
             if isinstance(d, Sym):
                 src = self.sym_source.get(d)
@@ -209,7 +224,9 @@ class Ctx:
                 dims.append(self.max_len)
             else:
                 dims.append(int(d))
-        base = self.const_name(np.full(dims, v.arr.reshape(()), dtype=np.float32), "fill")
+        if like is None:
+            raise OnnxImportError(f"dynamic_fill: the shape {v.shape} has no dynamic dim (use dense)")
+        base = self.const_name(np.full(dims, v.array.reshape(()), dtype=np.float32), "fill")
         out = self.op(
             "slice",
             self.fresh("fill"),

@@ -74,9 +74,9 @@ def _fold(node: onnx.NodeProto, ins: list[Val | None], opset: int) -> list[Val] 
     for name, v in zip(node.input, ins):
         if v is None:
             continue
-        if not v.is_const or v.arr.dtype == object or tuple(v.arr.shape) != tuple(v.shape):
+        if not v.is_const or v.array.dtype == object or tuple(v.array.shape) != tuple(v.shape):
             return None
-        feeds[name] = v.arr
+        feeds[name] = v.array
     from onnx.reference import ReferenceEvaluator
 
     try:

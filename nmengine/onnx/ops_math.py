@@ -59,15 +59,16 @@ def unary_pwl(cx: Ctx, x: Val, fn: str, what: str, out: str | None = None) -> Va
 
 
 def _is_scalar(v: Val) -> bool:
-    return v.is_const and v.arr.size == 1 and v.arr.dtype != object
+    return v.is_const and v.array.size == 1 and v.array.dtype != object
 
 
 def _last_vector(v: Val, x: Val) -> bool:
     """A constant that varies only along the last axis, with x's last dim."""
-    a = v.arr
+    if not v.is_const:
+        return False
+    a = v.array
     return (
-        v.is_const
-        and a.ndim >= 1
+        a.ndim >= 1
         and a.dtype != object
         and a.ndim <= x.rank
         and a.shape[-1] == x.pshape[-1]
@@ -79,7 +80,7 @@ def _last_vector(v: Val, x: Val) -> bool:
 def _fval(v: Val) -> float:
     """A scalar constant; mask sentinels (|c| >= 1e30: -inf, finfo.min) saturate at +-MASK_BIAS, where exp
     underflows to 0 all the same and sums and max trees stay finite and exact."""
-    c = float(np.asarray(v.arr, dtype=np.float64).reshape(()))
+    c = float(np.asarray(v.array, dtype=np.float64).reshape(()))
     return float(np.sign(c) * MASK_BIAS) if abs(c) >= 1e30 else c
 
 
@@ -87,7 +88,7 @@ def _is01(v: Val) -> bool:
     """Values known to be 0 or 1 (boolean masks and their products)."""
     if v.dtype == "b":
         return True
-    return v.is_const and v.arr.dtype != object and bool(np.all((v.arr == 0) | (v.arr == 1)))
+    return v.is_const and v.array.dtype != object and bool(np.all((v.array == 0) | (v.array == 1)))
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -101,18 +102,18 @@ def _add_const(cx: Ctx, x: Val, c: Val, sign: float, what: str, out: str | None,
     if _is_scalar(c):
         kw["beta"] = sign * _fval(c)
     elif _last_vector(c, x):
-        kw["bias"] = const((sign * _f32(c.arr)).reshape(-1).astype(np.float32))
+        kw["bias"] = const((sign * _f32(c.array)).reshape(-1).astype(np.float32))
     else:
-        kw["res"] = const((sign * _f32(c.arr)).astype(np.float32), c.shape)
+        kw["res"] = const((sign * _f32(c.array)).astype(np.float32), c.shape)
     return scale(cx, x, what, out=out, **kw)
 
 
 def _mul_const(cx: Ctx, x: Val, c: np.ndarray, cshape: tuple, what: str, out: str | None) -> Val:
     cv = const(np.asarray(c, dtype=np.float32), cshape)
-    if cv.arr.size == 1:
+    if cv.array.size == 1:
         return scale(cx, x, what, out=out, alpha=_fval(cv), dtype="b" if _is01(x) and _is01(cv) else "f")
     if _last_vector(cv, x):
-        return scale(cx, x, what, out=out, col_scale=const(cv.arr.reshape(-1)))
+        return scale(cx, x, what, out=out, col_scale=const(cv.array.reshape(-1)))
     return scale(cx, x, what, out=out, mul=cv)
 
 
@@ -161,7 +162,7 @@ def _binary(cx: Ctx, node: Any, ins: list) -> list[Val]:
         if a.is_const:
             a, b = b, a
         if b.is_const:
-            return [_mul_const(cx, a, b.arr, b.shape, "multiply by constant", out)]
+            return [_mul_const(cx, a, b.array, b.shape, "multiply by constant", out)]
         if broadcast_dims(_phys(a), _phys(b)) != _phys(a):
             a, b = b, a
         return [
@@ -177,13 +178,13 @@ def _binary(cx: Ctx, node: Any, ins: list) -> list[Val]:
     # Div
     if b.is_const:
         with np.errstate(divide="ignore"):
-            inv = 1.0 / _f32(b.arr)
+            inv = 1.0 / _f32(b.array)
         if not np.all(np.isfinite(inv)):
             raise Unsupported("division by a constant zero")
         return [_mul_const(cx, a, inv, b.shape, "divide by constant", out)]
     r = reciprocal(cx, b)
     if a.is_const:
-        return [_mul_const(cx, r, a.arr, a.shape, "constant / x", out)]
+        return [_mul_const(cx, r, a.array, a.shape, "constant / x", out)]
     return [scale(cx, a, "x * reciprocal(y)", out=out, mul=r)]
 
 
@@ -191,7 +192,7 @@ def _fold_sym(t: str, a: Val, b: Val) -> Val:
     """Arithmetic on constants that are symbolic or lazily broadcast (shape math, fills)."""
     from .dims import Sym, ddiv, dmul, fresh
 
-    x, y = a.arr, b.arr
+    x, y = a.array, b.array
     if x.dtype != object and y.dtype != object:
         fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[t]
         r = fn(x, y)
@@ -223,9 +224,9 @@ def _fold_sym(t: str, a: Val, b: Val) -> Val:
 )
 def _pow(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, e = ins
-    if not (e.is_const and e.arr.size == 1):
+    if not (e.is_const and e.array.size == 1):
         raise Unsupported("Pow needs a constant scalar exponent")
-    p = float(np.asarray(e.arr, dtype=np.float64).reshape(()))
+    p = float(np.asarray(e.array, dtype=np.float64).reshape(()))
     out = cx.out_name()
     if p == 1.0:
         return [scale(cx, x, "x^1", out=out)]
@@ -324,8 +325,8 @@ def _matmul(cx: Ctx, node: Any, ins: list) -> list[Val]:
     out = cx.out_name()
     if a.rank < 2 or b.rank < 2:
         raise Unsupported("MatMul with a 1-D operand")
-    if b.is_const and b.arr.ndim == 2 and not a.is_const:
-        return [emit_gemm_const(cx, a, b.arr, None, f"linear {b.arr.shape[0]}->{b.arr.shape[1]}", out)]
+    if b.is_const and b.array.ndim == 2 and not a.is_const:
+        return [emit_gemm_const(cx, a, b.array, None, f"linear {b.array.shape[0]}->{b.array.shape[1]}", out)]
     a, b = cx.dense(a), cx.dense(b)
     batch = broadcast_dims(a.shape[:-2], b.shape[:-2])
     shape = batch + (a.shape[-2], b.shape[-1])
@@ -351,24 +352,24 @@ def _gemm(cx: Ctx, node: Any, ins: list) -> list[Val]:
         a = tensor(name, a.shape[::-1])
     if not b.is_const:
         raise Unsupported("Gemm with a run-time B")
-    w = _f32(b.arr)
+    w = _f32(b.array)
     w = (w.T if at.get("transB", 0) else w) * alpha
     bias = None
     res = None
     if c is not None:
         if (
             c.is_const
-            and (c.arr.size == 1 or c.arr.size == w.shape[1])
-            and c.arr.ndim <= 2
-            and c.arr.shape[-1:] in ((1,), (w.shape[1],), ())
+            and (c.array.size == 1 or c.array.size == w.shape[1])
+            and c.array.ndim <= 2
+            and c.array.shape[-1:] in ((1,), (w.shape[1],), ())
         ):
-            bias = np.broadcast_to(_f32(c.arr).reshape(-1), (w.shape[1],)) * beta
+            bias = np.broadcast_to(_f32(c.array).reshape(-1), (w.shape[1],)) * beta
         else:
             res = c
     y = emit_gemm_const(cx, a, w, bias, f"gemm {w.shape[0]}->{w.shape[1]}", out if res is None else cx.fresh("g"))
     if res is not None:
         if beta != 1.0:
-            res = scale(cx, res, "beta * C", alpha=beta) if not res.is_const else const(_f32(res.arr) * beta)
+            res = scale(cx, res, "beta * C", alpha=beta) if not res.is_const else const(_f32(res.array) * beta)
         y = scale(cx, y, "add C", out=out, res=res)
     return [y]
 
@@ -386,7 +387,7 @@ def axes_of(cx: Ctx, node: Any, ins: list, rank: int, attr_until: int) -> list[i
         if len(ins) > 1 and ins[1] is not None:
             if not ins[1].is_const:
                 raise Unsupported("run-time reduction axes")
-            axes = [int(v) for v in np.asarray(ins[1].arr).reshape(-1)]
+            axes = [int(v) for v in np.asarray(ins[1].array).reshape(-1)]
     if axes is None or len(axes) == 0:
         return None
     return sorted({int(a) % rank for a in axes})
@@ -422,7 +423,7 @@ def _reduce(cx: Ctx, node: Any, ins: list) -> list[Val]:
         name = cx.op("transpose", cx.fresh("perm"), {"x": x.name}, "move reduced axes last", perm=perm)
         cur = tensor(name, tuple(x.shape[p] for p in perm))
     red = [x.shape[a] for a in axes]
-    from .dims import dprod, is_static
+    from .dims import dprod
 
     n = dprod(red)
     if len(axes) > 1:
@@ -431,15 +432,19 @@ def _reduce(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if t == "ReduceMax":
         r = cx.op("pairwise_max", cx.fresh("max"), {"x": cur.name}, "max as b + relu(a - b) tree")
     else:
-        if t == "ReduceMean" and not is_static([n]):
-            raise Unsupported("ReduceMean over a dynamic axis")
+        static_n = n if isinstance(n, int) else None
+        mean_scale = 1.0
+        if t == "ReduceMean":
+            if static_n is None:
+                raise Unsupported("ReduceMean over a dynamic axis")
+            mean_scale = 1.0 / static_n
         r = cx.b.row_sum(
             cur.name,
-            n if is_static([n]) else None,
+            static_n,
             cx.layer,
             cx.fresh("sum"),
             "mean by GEMM with a 1/n column" if t == "ReduceMean" else "sum by GEMM with a ones column",
-            scale=1.0 / n if t == "ReduceMean" else 1.0,
+            scale=mean_scale,
             epilogue=cx.pwl("sqrt") if t == "ReduceL2" else None,
         )
     kshape = tuple(x.shape[i] for i in kept)
@@ -462,8 +467,8 @@ def _reduce(cx: Ctx, node: Any, ins: list) -> list[Val]:
 def _clamp_fill(v: Val) -> Val:
     """Large negative fills (-inf, finfo.min) become -MASK_BIAS: exp underflows to 0 all the same, and
     the products of the select stay finite."""
-    if v.is_const and v.arr.dtype.kind == "f":
-        a = np.where(v.arr <= -MASK_BIAS, -MASK_BIAS, v.arr)
+    if v.is_const and v.array.dtype.kind == "f":
+        a = np.where(v.array <= -MASK_BIAS, -MASK_BIAS, v.array)
         a = np.where(a >= MASK_BIAS * 1e30, MASK_BIAS * 1e30, a)
         return const(a.astype(np.float32), v.shape)
     return v
@@ -471,18 +476,18 @@ def _clamp_fill(v: Val) -> Val:
 
 def _not(cx: Ctx, c: Val, what: str = "1 - mask") -> Val:
     if c.is_const:
-        return const((1.0 - np.asarray(c.arr, np.float64)).astype(np.float32), c.shape)
+        return const((1.0 - np.asarray(c.array, np.float64)).astype(np.float32), c.shape)
     return scale(cx, c, what, alpha=-1.0, beta=1.0, dtype="b")
 
 
 def _times(cx: Ctx, x: Val, c: Val, what: str) -> Val:
     """x * c for a value and a 0/1 mask (either may be constant, not both)."""
     if x.is_const:
-        if x.arr.size == 1:
+        if x.array.size == 1:
             return scale(cx, c, what, alpha=_fval(x))
-        return scale(cx, c, what, mul=const(np.asarray(x.arr, np.float32), x.shape))
+        return scale(cx, c, what, mul=const(np.asarray(x.array, np.float32), x.shape))
     if c.is_const:
-        return scale(cx, x, what, mul=const(np.asarray(c.arr, np.float32), c.shape))
+        return scale(cx, x, what, mul=const(np.asarray(c.array, np.float32), c.shape))
     return scale(cx, x, what, mul=c)
 
 
@@ -494,19 +499,16 @@ def _times(cx: Ctx, x: Val, c: Val, what: str) -> Val:
 def _where(cx: Ctx, node: Any, ins: list) -> list[Val]:
     c, x, y = ins
     if c.is_const and x.is_const and y.is_const:
-        return [const(np.where(np.asarray(c.arr, bool), x.arr, y.arr), broadcast_dims(c.shape, x.shape, y.shape))]
+        return [const(np.where(np.asarray(c.array, bool), x.array, y.array), broadcast_dims(c.shape, x.shape, y.shape))]
     x, y = _clamp_fill(x), _clamp_fill(y)
     out = cx.out_name()
     nc = _not(cx, c)
     if c.is_const:
         # both masks constant: x * c + (y * (1 - c)) with one of x, y a tensor
         if x.is_const:
-            ty = _times(cx, y, nc, "y where not c")
-            return [
-                _add_const(
-                    cx, ty, const(np.asarray(x.arr, np.float64) * np.asarray(c.arr, np.float64)), 1.0, "select", out
-                )
-            ]
+            y_part = _times(cx, y, nc, "y where not c")
+            x_part = const(np.asarray(x.array, np.float64) * np.asarray(c.array, np.float64))
+            return [_add_const(cx, y_part, x_part, 1.0, "select", out)]
         if y.is_const:
             return [
                 scale(
@@ -514,11 +516,11 @@ def _where(cx: Ctx, node: Any, ins: list) -> list[Val]:
                     x,
                     "select",
                     out=out,
-                    mul=const(np.asarray(c.arr, np.float32), c.shape),
-                    res=const((np.asarray(y.arr, np.float64) * np.asarray(nc.arr, np.float64)).astype(np.float32)),
+                    mul=const(np.asarray(c.array, np.float32), c.shape),
+                    res=const((np.asarray(y.array, np.float64) * np.asarray(nc.array, np.float64)).astype(np.float32)),
                 )
             ]
-    ty = _times(cx, y, nc, "y * (1 - c)") if not (y.is_const and y.arr.size == 1 and _fval(y) == 0.0) else None
+    ty = _times(cx, y, nc, "y * (1 - c)") if not (y.is_const and y.array.size == 1 and _fval(y) == 0.0) else None
     if x.is_const:
         tx = _times(cx, x, c, "x * c")
         if ty is None:
@@ -542,13 +544,13 @@ def _nonzero_int(cx: Ctx, d: Val, *, negate: bool) -> Val:
 def _equal(cx: Ctx, node: Any, ins: list) -> list[Val]:
     a, b = ins
     if a.is_const and b.is_const:
-        return [const(np.equal(a.arr, b.arr), broadcast_dims(a.shape, b.shape))]
+        return [const(np.equal(a.array, b.array), broadcast_dims(a.shape, b.shape))]
     if a.is_const:
         a, b = b, a
     if a.dtype == "f" or b.dtype == "f":
         raise Unsupported("Equal on float tensors (only integer / boolean masks)")
     if b.is_const:
-        d = _add_const(cx, a, b, -1.0, "a - b", None) if np.any(b.arr != 0) else a
+        d = _add_const(cx, a, b, -1.0, "a - b", None) if np.any(b.array != 0) else a
     else:
         d = scale(cx, a, "a - b", res=b, res_beta=-1.0)
     return [_nonzero_int(cx, d, negate=True)]
@@ -558,7 +560,7 @@ def _equal(cx: Ctx, node: Any, ins: list) -> list[Val]:
 def _not_rule(cx: Ctx, node: Any, ins: list) -> list[Val]:
     c = ins[0]
     if c.is_const:
-        return [const(np.logical_not(c.arr), c.shape)]
+        return [const(np.logical_not(c.array), c.shape)]
     return [scale(cx, c, "not", out=cx.out_name(), alpha=-1.0, beta=1.0, dtype="b")]
 
 
@@ -575,11 +577,11 @@ def _cast(cx: Ctx, node: Any, ins: list) -> list[Val]:
     to = int(attrs(node)["to"])
     np_t = h.tensor_dtype_to_np_dtype(to)
     if x.is_const:
-        if x.arr.dtype == object:
+        if x.array.dtype == object:
             if np.dtype(np_t).kind in "iu":
                 return [x]
             raise Unsupported("casting a dynamic shape to a non-integer type")
-        return [const(x.arr.astype(np_t), x.shape)]
+        return [const(x.array.astype(np_t), x.shape)]
     kind = "b" if to == TensorProto.BOOL else ("f" if np.dtype(np_t).kind == "f" else "i")
     if kind == "f":
         if x.dtype in ("f", "b"):

@@ -79,7 +79,7 @@ def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
         raise Unsupported("Conv with run-time weights")
     h, wd = _static_hw(x, "Conv")
     at = attrs(node)
-    w = np.asarray(wv.arr, np.float64)
+    w = np.asarray(wv.array, np.float64)
     if w.ndim != 4:
         raise Unsupported(f"Conv with a rank-{w.ndim} kernel (only 2-D)")
     co, cig, kh, kw = w.shape
@@ -117,13 +117,13 @@ def _conv(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if g == 1:
         args = {"a": cx.const_name(w.reshape(co, kg).astype(np.float32), "w"), "b": cols}
         if bv is not None:
-            args["bias_row"] = cx.const_name(np.asarray(bv.arr, np.float32).reshape(-1), "b")
+            args["bias_row"] = cx.const_name(np.asarray(bv.array, np.float32).reshape(-1), "b")
         gm = cx.op("gemm_batched", cx.fresh("gemm"), args, f"conv {c}->{co} {kh}x{kw}")
         inverse = [0, 0, -1]
     else:
         args = {"a": cx.const_name(w.reshape(g, co // g, kg).astype(np.float32), "w"), "b": cols}
         if bv is not None:
-            args["res"] = cx.const_name(np.asarray(bv.arr, np.float32).reshape(g, co // g, 1), "b")
+            args["res"] = cx.const_name(np.asarray(bv.array, np.float32).reshape(g, co // g, 1), "b")
         kind = "depthwise conv" if cig == 1 else f"grouped conv (groups={g})"
         gm = cx.op(
             "gemm_batched", cx.fresh("gemm"), args, f"{kind} {c}->{co} {kh}x{kw}", b_view={"reshape": [0, g, kg, -1]}
@@ -140,7 +140,7 @@ def _batchnorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
         raise Unsupported("BatchNormalization with run-time statistics")
     if len([o for o in node.output if o]) > 1:
         raise Unsupported("BatchNormalization in training mode (extra outputs)")
-    gamma, beta, mean, var = (np.asarray(v.arr, np.float64) for v in ins[1:5])
+    gamma, beta, mean, var = (np.asarray(v.array, np.float64) for v in ins[1:5])
     eps = float(attrs(node).get("epsilon", 1e-5))
     gsc = gamma / np.sqrt(var + eps)
     shift = beta - mean * gsc
@@ -158,12 +158,14 @@ def _batchnorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
 
 
 def _pool_geometry(at: dict, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], list[int], int, int, int, int]:
-    k = tuple(int(v) for v in at["kernel_shape"])
-    if len(k) != 2:
-        raise Unsupported(f"pooling kernel {k} (only 2-D)")
+    kl = [int(v) for v in at["kernel_shape"]]
+    if len(kl) != 2:
+        raise Unsupported(f"pooling kernel {tuple(kl)} (only 2-D)")
     if [int(v) for v in at.get("dilations", [1, 1])] != [1, 1]:
         raise Unsupported("dilated pooling")
-    s = tuple(int(v) for v in at.get("strides", [1, 1]))
+    k = (kl[0], kl[1])
+    sl = [int(v) for v in at.get("strides", [1, 1])]
+    s = (sl[0], sl[1])
     t, l, b, r = _pads(at, h, w, k, s)
     ceil = bool(at.get("ceil_mode", 0))
     outs = []
@@ -265,10 +267,10 @@ def _flatten(cx: Ctx, node: Any, ins: list) -> list[Val]:
         spec = [1, -1]
     elif ax == 1:
         spec = [0, -1]
-    elif is_static([lead]):
-        spec = [int(lead), -1]
-    elif is_static([rest]):
-        spec = [-1, int(rest)]
+    elif isinstance(lead, int):
+        spec = [lead, -1]
+    elif isinstance(rest, int):
+        spec = [-1, rest]
     else:
         raise Unsupported(f"Flatten(axis={ax}) of {x.shape}: both parts dynamic")
     return [tensor(cx.op("reshape", cx.out_name(), {"x": x.name}, "flatten", shape=spec), (lead, rest))]
@@ -340,8 +342,8 @@ def _layernorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
     beta = ins[2] if len(ins) > 2 and ins[2] is not None else const(np.zeros(d, np.float32))
     if not (gamma.is_const and beta.is_const):
         raise Unsupported("LayerNormalization with run-time scale/bias")
-    g = np.broadcast_to(np.asarray(gamma.arr, np.float32), trailing).reshape(d)
-    bb = np.broadcast_to(np.asarray(beta.arr, np.float32), trailing).reshape(d)
+    g = np.broadcast_to(np.asarray(gamma.array, np.float32), trailing).reshape(d)
+    bb = np.broadcast_to(np.asarray(beta.array, np.float32), trailing).reshape(d)
     cur = x
     if axis != x.rank - 1:
         cur = tensor(
@@ -362,9 +364,9 @@ def _layernorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
 # ---------------------------------------------------------------------------------------------
 def clip(cx: Ctx, x: Val, lo: float | None, hi: float | None, out: str) -> Val:
     """clip(x, lo, hi) = lo + relu((x - lo) - relu(x - hi)); one side only: relu / x - relu(x - hi)."""
-    if hi is None and lo is None:
-        return scale(cx, x, "clip (no bounds)", out=out)
     if hi is None:
+        if lo is None:
+            return scale(cx, x, "clip (no bounds)", out=out)
         if lo == 0.0:
             return relu_of(cx, x, "relu", out=out)
         y = relu_of(cx, x, "relu(x - lo)", beta=-lo)
@@ -381,9 +383,9 @@ def clip(cx: Ctx, x: Val, lo: float | None, hi: float | None, out: str) -> Val:
 def _scalar(v: Val | None, what: str) -> float | None:
     if v is None:
         return None
-    if not v.is_const or v.arr.size != 1:
+    if not v.is_const or v.array.size != 1:
         raise Unsupported(f"{what} must be a constant scalar")
-    return float(np.asarray(v.arr, np.float64).reshape(()))
+    return float(np.asarray(v.array, np.float64).reshape(()))
 
 
 @rule("Clip", how="exact PWL: lo + relu((x - lo) - relu(x - hi)) (ReLU6 = relu(x - relu(x - 6)))")
@@ -409,7 +411,7 @@ def _prelu(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, sl = ins
     if not sl.is_const:
         raise Unsupported("PRelu with a run-time slope")
-    s = np.asarray(sl.arr, np.float64)
+    s = np.asarray(sl.array, np.float64)
     t = relu_of(cx, x)
     if s.size == 1:
         a = float(s.reshape(()))

@@ -17,7 +17,8 @@ import numpy as np
 from onnx import numpy_helper
 
 from .context import Ctx, Unsupported, Val, broadcast_dims, const, rule, tensor
-from .dims import Sym, ddiv, dprod, fresh, is_static
+from .dims import Dim, Sym, ddiv, dprod, fresh, is_static
+from .errors import OnnxImportError
 from .ops_math import attrs, relu_of, scale
 
 __all__ = ["reshape_to"]
@@ -25,12 +26,28 @@ __all__ = ["reshape_to"]
 BIG = 1 << 62
 
 
-def _ints(v: Val | None, what: str) -> list[Any] | None:
+def _ints(v: Val | None, what: str) -> list[Dim]:
+    """The entries of a constant integer vector (a required input): ints, and Syms for free dims."""
     if v is None:
-        return None
+        raise OnnxImportError(f"{what}: the required input is missing")
     if not v.is_const:
         raise Unsupported(f"{what} computed at run time from data")
-    return [x if isinstance(x, Sym) else int(x) for x in np.asarray(v.arr).reshape(-1)]
+    return [x if isinstance(x, Sym) else int(x) for x in v.array.reshape(-1)]
+
+
+def _static_ints(v: Val | None, what: str) -> list[int]:
+    """:func:`_ints` of a vector that cannot depend on a free dim (axes, steps, offsets)."""
+    out = []
+    for d in _ints(v, what):
+        if isinstance(d, Sym):
+            raise Unsupported(f"{what} depends on the dynamic dim {d}")
+        out.append(d)
+    return out
+
+
+def _optional(ins: list, i: int) -> Val | None:
+    """Input ``i`` of a node; None when it is absent (past the end, or an empty name)."""
+    return ins[i] if len(ins) > i else None
 
 
 def _obj(values: list[Any]) -> Val:
@@ -112,7 +129,7 @@ def _reshape(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if x.is_const:
         if not is_static(out_shape):
             raise Unsupported("reshaping a constant to a dynamic shape")
-        return [const(np.reshape(np.broadcast_to(x.arr, x.shape), [int(d) for d in out_shape]))]
+        return [const(np.reshape(np.broadcast_to(x.array, x.shape), [int(d) for d in out_shape]))]
     return [reshape_to(cx, cx.dense(x), out_shape, cx.out_name())]
 
 
@@ -121,7 +138,7 @@ def _transpose(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = ins[0]
     perm = [int(p) for p in attrs(node).get("perm", list(range(x.rank))[::-1])]
     if x.is_const:
-        return [const(np.transpose(np.broadcast_to(x.arr, x.shape), perm))]
+        return [const(np.transpose(np.broadcast_to(x.array, x.shape), perm))]
     x = cx.dense(x)
     return [
         tensor(
@@ -146,10 +163,10 @@ def _squeeze(cx: Ctx, node: Any, ins: list) -> list[Val]:
         axes = [a % x.rank for a in raw] if raw else [i for i, d in enumerate(x.shape) if d == 1]
         shape = [d for i, d in enumerate(x.shape) if i not in axes]
     if x.is_const:
-        if tuple(x.arr.shape) == tuple(x.shape):
-            return [const(np.reshape(x.arr, [int(d) for d in shape]))]
-        if x.arr.size == 1:
-            return [const(x.arr.reshape((1,) * len(shape)), tuple(shape))]
+        if tuple(x.array.shape) == tuple(x.shape):
+            return [const(np.reshape(x.array, [int(d) for d in shape]))]
+        if x.array.size == 1:
+            return [const(x.array.reshape((1,) * len(shape)), tuple(shape))]
         raise Unsupported("squeezing a broadcast constant")
     return [reshape_to(cx, cx.dense(x), tuple(shape), cx.out_name(), node.op_type.lower())]
 
@@ -159,7 +176,7 @@ def _axes_raw(cx: Ctx, node: Any, ins: list) -> list[int]:
     if "axes" in at:
         return [int(a) for a in at["axes"]]
     if len(ins) > 1 and ins[1] is not None:
-        return [int(a) for a in _ints(ins[1], "axes")]
+        return _static_ints(ins[1], "axes")
     return []
 
 
@@ -171,7 +188,7 @@ def _concat(cx: Ctx, node: Any, ins: list) -> list[Val]:
         return [
             const(
                 np.concatenate(
-                    [np.broadcast_to(v.arr, v.shape) if is_static(v.shape) else v.arr for v in parts], axis=axis
+                    [np.broadcast_to(v.array, v.shape) if is_static(v.shape) else v.array for v in parts], axis=axis
                 )
             )
         ]
@@ -179,7 +196,7 @@ def _concat(cx: Ctx, node: Any, ins: list) -> list[Val]:
     if len(dense) == 1:
         return [dense[0]]
     args = {"x": dense[0].name, **{f"x{i}": v.name for i, v in enumerate(dense[1:], 1)}}
-    total = 0
+    total: Dim = 0
     for v in dense:
         d = v.shape[axis]
         total = total + d if isinstance(total, int) and isinstance(d, int) else fresh("cat")
@@ -193,7 +210,7 @@ def _const_rows(cx: Ctx, x: Val, axis: int, end: Sym, out: str) -> Val | None:
     """``x[..., :end, ...]`` of a constant along one axis to a dynamic end, as ``slice_rows`` (whose
     output keeps the dtype, so int64 position ids stay ids): the axis moved first at import."""
     src = cx.sym_source.get(end)
-    arr = x.arr
+    arr = x.array
     if src is None or arr.dtype == object or tuple(arr.shape) != tuple(x.shape):
         return None
     base = cx.const_name(np.ascontiguousarray(np.moveaxis(arr, axis, 0)), "rows")
@@ -238,7 +255,7 @@ def _slice_val(cx: Ctx, x: Val, starts: list, ends: list, axes: list, steps: lis
         idx = [slice(None)] * x.rank
         for a, s, e, st in zip(axes, starts, ends, steps):
             idx[a] = slice(int(s), int(e), int(st))
-        return const(np.broadcast_to(x.arr, x.shape)[tuple(idx)] if is_static(x.shape) else x.arr[tuple(idx)])
+        return const(np.broadcast_to(x.array, x.shape)[tuple(idx)] if is_static(x.shape) else x.array[tuple(idx)])
     x = cx.dense(x)
     like, like_ends, shape = None, [], list(x.shape)
     fixed_ends = []
@@ -268,7 +285,7 @@ def _slice_val(cx: Ctx, x: Val, starts: list, ends: list, axes: list, steps: lis
     args = {"x": x.name}
     if like is not None:
         args["like"] = like
-    attrs_ = {
+    attrs_: dict[str, Any] = {
         "starts": [int(s) for s in starts],
         "ends": fixed_ends,
         "axes": [int(a) for a in axes],
@@ -290,8 +307,9 @@ def _slice(cx: Ctx, node: Any, ins: list) -> list[Val]:
     else:
         starts = _ints(ins[1], "Slice starts")
         ends = _ints(ins[2], "Slice ends")
-        axes = _ints(ins[3] if len(ins) > 3 else None, "Slice axes") or list(range(len(starts)))
-        steps = _ints(ins[4] if len(ins) > 4 else None, "Slice steps") or [1] * len(starts)
+        axes_in, steps_in = _optional(ins, 3), _optional(ins, 4)
+        axes = (_static_ints(axes_in, "Slice axes") if axes_in is not None else []) or list(range(len(starts)))
+        steps = (_static_ints(steps_in, "Slice steps") if steps_in is not None else []) or [1] * len(starts)
     axes = [int(a) % x.rank for a in axes]
     return [_slice_val(cx, x, starts, ends, axes, steps, cx.out_name())]
 
@@ -327,17 +345,17 @@ def _gather(cx: Ctx, node: Any, ins: list) -> list[Val]:
     data, idx = ins
     axis = int(attrs(node).get("axis", 0)) % data.rank
     if data.is_const and idx.is_const:
-        a = np.asarray(idx.arr)
-        if tuple(a.shape) != tuple(idx.shape) and data.arr.dtype != object:  # lazily broadcast ids (zeros)
-            d = np.broadcast_to(data.arr, data.shape) if is_static(data.shape) else data.arr
+        a = np.asarray(idx.array)
+        if tuple(a.shape) != tuple(idx.shape) and data.array.dtype != object:  # lazily broadcast ids (zeros)
+            d = np.broadcast_to(data.array, data.shape) if is_static(data.shape) else data.array
             return [
                 const(np.take(d, a.astype(np.int64), axis=axis), data.shape[:axis] + idx.shape + data.shape[axis + 1 :])
             ]
-        return [const(np.take(data.arr, a.astype(np.int64), axis=axis))]
+        return [const(np.take(data.array, a.astype(np.int64), axis=axis))]
     if data.is_const:
         if axis != 0 or idx.dtype == "f":
             raise Unsupported("Gather of a constant along a non-leading axis, or with float indices")
-        tab = np.broadcast_to(data.arr, data.shape) if is_static(data.shape) else data.arr
+        tab = np.broadcast_to(data.array, data.shape) if is_static(data.shape) else data.array
         name = cx.op(
             "gather",
             cx.out_name(),
@@ -345,9 +363,9 @@ def _gather(cx: Ctx, node: Any, ins: list) -> list[Val]:
             "embedding rows",
         )
         return [tensor(name, idx.shape + data.shape[1:])]
-    ind = np.asarray(idx.arr)
-    if ind.dtype == object:
+    if not idx.is_const or idx.array.dtype == object:
         raise Unsupported("Gather with dynamic indices")
+    ind = np.asarray(idx.array)
     x = cx.dense(data)
     d = x.shape[axis]
     ind = ind.astype(np.int64)
@@ -363,7 +381,7 @@ def _expand(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x, s = ins
     shape = broadcast_dims(x.shape, tuple(_ints(s, "Expand shape")))
     if x.is_const:
-        return [const(x.arr, shape)]
+        return [const(x.array, shape)]
     return [tensor(x.name, shape, x.dtype, pshape=x.pshape)]
 
 
@@ -407,15 +425,15 @@ def _range(cx: Ctx, node: Any, ins: list) -> list[Val]:
 @rule("Trilu", how="folded at import; of a dynamic shape: a slice of a constant max_len x max_len triangle")
 def _trilu(cx: Ctx, node: Any, ins: list) -> list[Val]:
     x = ins[0]
-    k = int(_ints(ins[1], "Trilu k")[0]) if len(ins) > 1 and ins[1] is not None else 0
+    k = _static_ints(ins[1], "Trilu k")[0] if _optional(ins, 1) is not None else 0
     upper = bool(attrs(node).get("upper", 1))
-    if not (x.is_const and x.arr.size == 1 and x.rank >= 2):
+    if not (x.is_const and x.array.size == 1 and x.rank >= 2):
         raise Unsupported("Trilu of a run-time tensor")
     lead, (r, c) = x.shape[:-2], x.shape[-2:]
     if not is_static(lead):
         raise Unsupported("Trilu with dynamic batch dims")
     big = cx.max_len
-    full = np.full((big, big), x.arr.reshape(()), dtype=np.float32)
+    full = np.full((big, big), x.array.reshape(()), dtype=np.float32)
     tri = np.triu(full, k) if upper else np.tril(full, k)
     tri = tri.reshape((1,) * len(lead) + (big, big))
     base = cx.const_name(tri, "tri")
@@ -447,7 +465,7 @@ def _trilu(cx: Ctx, node: Any, ins: list) -> list[Val]:
         steps=[1, 1],
         **extra,
     )
-    v = float(np.asarray(x.arr, np.float64).reshape(()))
+    v = float(np.asarray(x.array, np.float64).reshape(()))
     return [tensor(name, (1,) * len(lead) + (r, c), "b" if v in (0.0, 1.0) else "f", pshape=(1,) * len(lead) + (r, c))]
 
 
@@ -463,10 +481,14 @@ def _pad(cx: Ctx, node: Any, ins: list) -> list[Val]:
         pads, value = list(at["pads"]), float(at.get("value", 0.0))
     else:
         pads = _ints(ins[1], "Pad pads")
-        value = float(np.asarray(ins[2].arr).reshape(())) if len(ins) > 2 and ins[2] is not None else 0.0
+        value = 0.0
+        if len(ins) > 2 and ins[2] is not None:
+            if not ins[2].is_const:
+                raise Unsupported("Pad with a run-time constant_value")
+            value = float(ins[2].array.reshape(()))
         if len(ins) > 3 and ins[3] is not None:
-            axes = [a % x.rank for a in _ints(ins[3], "Pad axes")]
-            full = [0] * (2 * x.rank)
+            axes = [a % x.rank for a in _static_ints(ins[3], "Pad axes")]
+            full: list[Dim] = [0] * (2 * x.rank)
             for i, a in enumerate(axes):
                 full[a], full[a + x.rank] = pads[i], pads[i + len(axes)]
             pads = full
@@ -494,9 +516,9 @@ def _maxmin(cx: Ctx, node: Any, ins: list) -> list[Val]:
         a, b = b, a
     sign = 1.0 if node.op_type == "Max" else -1.0
     if b.is_const:
-        if b.arr.size != 1:
+        if b.array.size != 1:
             raise Unsupported(f"{node.op_type} with a non-scalar constant")
-        c = float(np.asarray(b.arr, np.float64).reshape(()))
+        c = float(np.asarray(b.array, np.float64).reshape(()))
         # max(a, c) = c + relu(a - c); min(a, c) = c - relu(c - a)
         t = relu_of(cx, a, "relu(+-(a - c))", alpha=sign, beta=-sign * c)
         return [scale(cx, t, node.op_type.lower(), out=cx.out_name(), alpha=sign, beta=c)]

@@ -241,8 +241,8 @@ def _fuse_silu(g: _Graph) -> bool:
     return False
 
 
-def _last_axis_mean(g: _Graph, n: onnx.NodeProto | None) -> bool:
-    if n is None or n.op_type != "ReduceMean":
+def _last_axis_mean(g: _Graph, n: onnx.NodeProto) -> bool:
+    if n.op_type != "ReduceMean":
         return False
     axes = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
     if axes is None and len(n.input) > 1:
@@ -252,13 +252,21 @@ def _last_axis_mean(g: _Graph, n: onnx.NodeProto | None) -> bool:
     return axes == [-1] and keep == 1
 
 
+def _const_operand(g: _Graph, node: onnx.NodeProto | None, op_type: str, name: str) -> str | None:
+    """The other input of ``node`` (a binary ``op_type`` reading ``name``) when it is a known constant."""
+    if node is None or node.op_type != op_type:
+        return None
+    other = g.other(node, name)
+    return other if other is not None and g.const(other) is not None else None
+
+
 def _fuse_layernorm(g: _Graph) -> bool:
     for sub in g.nodes:
         if sub.op_type != "Sub":
             continue
         x, mname = sub.input
         mean = g.producer.get(mname)
-        if not _last_axis_mean(g, mean) or mean.input[0] != x:
+        if mean is None or not _last_axis_mean(g, mean) or mean.input[0] != x:
             continue
         c = sub.output[0]
         users = g.users.get(c, [])
@@ -277,7 +285,7 @@ def _fuse_layernorm(g: _Graph) -> bool:
         if sq is None or div is None:
             continue
         var = g.sole(sq.output[0])
-        if not _last_axis_mean(g, var):
+        if var is None or not _last_axis_mean(g, var):
             continue
         addeps = g.sole(var.output[0])
         if addeps is None or addeps.op_type != "Add":
@@ -288,11 +296,13 @@ def _fuse_layernorm(g: _Graph) -> bool:
             continue
         last, gamma, beta = div, "", ""
         mul = g.sole(div.output[0])
-        if mul is not None and mul.op_type == "Mul" and g.const(g.other(mul, div.output[0]) or "") is not None:
-            last, gamma = mul, g.other(mul, div.output[0])
+        gname = _const_operand(g, mul, "Mul", div.output[0])
+        if mul is not None and gname is not None:
+            last, gamma = mul, gname
             add = g.sole(mul.output[0])
-            if add is not None and add.op_type == "Add" and g.const(g.other(add, mul.output[0]) or "") is not None:
-                last, beta = add, g.other(add, mul.output[0])
+            bname = _const_operand(g, add, "Add", mul.output[0])
+            if add is not None and bname is not None:
+                last, beta = add, bname
         g.replace(
             last,
             _mk("NmLayerNorm", [x, gamma, beta], last.output[0], last.name + "/layernorm", epsilon=float(eps), axis=-1),
