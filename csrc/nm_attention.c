@@ -17,14 +17,16 @@ typedef struct nm_attn_args {
     int kernel;
     const int64_t *start, *len, *order; /* per sequence: first packed row, length; longest first */
     int64_t nseq, maxlen;
+    int per_head;
     volatile int err;
 } nm_attn_args;
 
-static int nm_attn_one(const nm_attn_args *a, int64_t s, float *scores)
+/* Heads h0 .. h0 + nh - 1 of sequence s; scores holds nh * n * n floats. */
+static int nm_attn_one(const nm_attn_args *a, int64_t s, int64_t h0, int64_t nh, float *scores)
 {
-    const int64_t n = a->len[s], r0 = a->start[s], H = a->heads, d = a->d, ld = a->ld_qkv;
+    const int64_t n = a->len[s], r0 = a->start[s], d = a->d, ld = a->ld_qkv;
     if (n == 0) return NM_OK;
-    const float *rows = a->qkv + r0 * ld;
+    const float *rows = a->qkv + r0 * ld + h0 * d;
     nm_epilogue ep = {0};
     if (a->bias) {
         ep.res = a->bias + s * a->ld_bias;
@@ -33,32 +35,38 @@ static int nm_attn_one(const nm_attn_args *a, int64_t s, float *scores)
     }
     ep.act = NM_ACT_NONE;
     /* S[h] = Q_h K_h^T: A[i, c] = qkv[i, q_off + h d + c], B[c, j] = qkv[j, k_off + h d + c] */
-    int rc = nm_sgemm_batched(1, H, n, n, d, rows + a->q_off, 0, d, ld, 1, rows + a->k_off, 0, d, 1, ld,
+    int rc = nm_sgemm_batched(1, nh, n, n, d, rows + a->q_off, 0, d, ld, 1, rows + a->k_off, 0, d, 1, ld,
                               scores, 0, n * n, n, 1, &ep, 1, a->kernel);
     if (rc != NM_OK) return rc;
-    rc = nm_softmax_rows(scores, H * n, n, a->exp_pwl, a->recip_pwl, NULL, NULL, NULL, scores, 1, a->kernel);
+    rc = nm_softmax_rows(scores, nh * n, n, a->exp_pwl, a->recip_pwl, NULL, NULL, NULL, scores, 1, a->kernel);
     if (rc != NM_OK) return rc;
     /* out rows, head h = P[h] V_h: B[j, c] = qkv[j, v_off + h d + c] */
-    return nm_sgemm_batched(1, H, n, d, n, scores, 0, n * n, n, 1, rows + a->v_off, 0, d, ld, 1,
-                            a->out + r0 * a->ld_out, 0, d, a->ld_out, 1, NULL, 1, a->kernel);
+    return nm_sgemm_batched(1, nh, n, d, n, scores, 0, n * n, n, 1, rows + a->v_off, 0, d, ld, 1,
+                            a->out + r0 * a->ld_out + h0 * d, 0, d, a->ld_out, 1, NULL, 1, a->kernel);
 }
 
+/* Work items: whole sequences when there are enough of them to share out (a->per_head == 0), else
+ * (sequence, head) pairs, so that a batch of one still uses every thread.  Either way every head's
+ * products and softmax rows are the same calls on the same data, so the split changes no bit. */
 static void nm_attn_task(void *arg, nm_team *team, int tid, int nt)
 {
     (void)tid;
     nm_attn_args *a = (nm_attn_args *)arg;
+    const int64_t items = a->per_head ? a->nseq * a->heads : a->nseq;
+    const int64_t nh = a->per_head ? 1 : a->heads;
     float *scores = NULL;
-    for (int64_t i = nt > 1 ? nm_team_next(team) : 0; i < a->nseq; i = nt > 1 ? nm_team_next(team) : i + 1) {
-        const int64_t s = a->order[i];
+    for (int64_t i = nt > 1 ? nm_team_next(team) : 0; i < items; i = nt > 1 ? nm_team_next(team) : i + 1) {
+        const int64_t s = a->order[a->per_head ? i / a->heads : i];
+        const int64_t h0 = a->per_head ? i % a->heads : 0;
         if (a->len[s] == 0) continue;
         if (!scores) {
-            scores = (float *)malloc((size_t)(a->heads * a->maxlen * a->maxlen) * sizeof(float));
+            scores = (float *)malloc((size_t)(nh * a->maxlen * a->maxlen) * sizeof(float));
             if (!scores) {
                 a->err = NM_ENOMEM;
                 return;
             }
         }
-        const int rc = nm_attn_one(a, s, scores);
+        const int rc = nm_attn_one(a, s, h0, nh, scores);
         if (rc != NM_OK) a->err = rc;
     }
     free(scores);
@@ -122,9 +130,11 @@ int nm_attention_packed(const float *qkv, int64_t ntok, int64_t ld_qkv, int64_t 
         }
     }
     nm_attn_args a = {qkv, ld_qkv, q_off, k_off, v_off, heads, d, bias, ld_bias, exp_pwl, recip_pwl,
-                      out, ld_out, kernel, start, len, order, nseq, maxlen, NM_OK};
+                      out, ld_out, kernel, start, len, order, nseq, maxlen, 0, NM_OK};
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);
-    if (nt > nseq) nt = (int)nseq;
+    a.per_head = nt > 1 && nseq < 4 * (int64_t)nt;
+    const int64_t items = a.per_head ? nseq * heads : nseq;
+    if (nt > items) nt = (int)items;
     if (nt > 1)
         nm_parallel_dyn(nt, nm_attn_task, &a);
     else

@@ -33,8 +33,9 @@
  *     S = Q K^T (+ bias row)          nm_sgemm_batched, [n_s, n_s], K = d
  *     P = softmax_rows(S)             nm_softmax_rows with the exp and reciprocal tables
  *     out rows = P V                  nm_sgemm_batched, [n_s, d], K = n_s
- * Sequences are handed out to the pool's threads one at a time (longest first); each sequence's
- * operations run on one thread, so any nthreads gives the same bits.  Returns NM_OK, NM_EINVAL for
+ * Sequences (longest first), or (sequence, head) pairs when there are fewer than 4 sequences per
+ * thread, are handed out to the pool's threads one at a time; each head's operations are the same
+ * single-threaded calls whatever the split, so any nthreads gives the same bits.  Returns NM_OK, NM_EINVAL for
  * bad sizes / a missing table, NM_ENOMEM, or NM_ENOTPREFIX. */
 int nm_attention_packed(const float *qkv, int64_t ntok, int64_t ld_qkv, int64_t q_off, int64_t k_off, int64_t v_off,
                         int64_t heads, int64_t d, const unsigned char *mask, int64_t nseq, int64_t cols,

@@ -105,7 +105,8 @@ def _reference(qkv, mask):
     return out
 
 
-LENGTHS = [[5], [1], [7, 3, 1, 6], [16, 2, 9, 9, 1, 13], [3, 0, 4], [33, 17, 40, 1]]
+# few sequences (split by (sequence, head) across threads) and many (split by sequence)
+LENGTHS = [[5], [1], [7, 3, 1, 6], [16, 2, 9, 9, 1, 13], [3, 0, 4], [33, 17, 40, 1], [9, 1, 4, 12, 7, 7, 0, 15, 2, 11]]
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
