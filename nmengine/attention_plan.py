@@ -21,6 +21,7 @@ right-padded (checked at every run) runs the padded chain's own steps.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -76,9 +77,28 @@ def _head_view(view: Any, perm: list[int]) -> Optional[tuple[int, int, int]]:
     return part, h, d
 
 
+_MATCHED: "weakref.WeakKeyDictionary[Program, list[AttentionChain]]" = weakref.WeakKeyDictionary()
+
+
 def find_chains(program: Program, shapes: Mapping[str, tuple[int, ...]], kc: int) -> list[AttentionChain]:
     """The attention chains of ``program`` the fused step can run, for these buffer shapes (padded
     length at most ``kc``, the GEMM's K block of the plan's kernel)."""
+    chains = _MATCHED.get(program)
+    if chains is None:
+        chains = _MATCHED[program] = _match(program)
+    out = []
+    for ch in chains:
+        m_shape, qkv_shape = tuple(shapes.get(ch.mask, ())), tuple(shapes.get(ch.qkv, ()))
+        if len(m_shape) != 2 or m_shape[1] > kc or qkv_shape[1:] != (3 * ch.heads * ch.head_dim,):
+            continue
+        if ch.bias is not None and tuple(shapes.get(ch.bias, ())) != m_shape:
+            continue
+        out.append(ch)
+    return out
+
+
+def _match(program: Program) -> list[AttentionChain]:
+    """The chains of the program's structure (ops, views, readers), whatever the shapes."""
     ops = program.ops
     index = {op.out: i for i, op in enumerate(ops)}
     readers: dict[str, list[int]] = {}
@@ -148,11 +168,6 @@ def find_chains(program: Program, shapes: Mapping[str, tuple[int, ...]], kc: int
         u_i, unpack = found
         qkv = unpack.args["x"]
         _, heads, d = q
-        m_shape, qkv_shape = shapes.get(mask, ()), shapes.get(qkv, ())
-        if len(m_shape) != 2 or m_shape[1] > kc or qkv_shape[1:] != (3 * heads * d,):
-            continue
-        if bias is not None and tuple(shapes.get(bias, ())) != tuple(m_shape):
-            continue
         # every intermediate is read only inside the chain
         if not (
             only_read_by(unpack.out, [g_i, c_i])

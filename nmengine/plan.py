@@ -33,6 +33,8 @@ then copied into the arena), which gives the same bits, only slower.
 from __future__ import annotations
 
 import json
+import math
+import weakref
 from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -65,6 +67,25 @@ def _reshaped(shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
 def _first_rows(n: int) -> Callable[[np.ndarray], np.ndarray]:
     """The alias view of a slice_rows: the source's first ``n`` rows."""
     return lambda v: v[:n]
+
+
+_REPEATS: "weakref.WeakKeyDictionary[Program, list[Optional[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _repeats(program: Program) -> list[Optional[str]]:
+    """Per op, the output of an earlier identical op (same kind, operands and attributes: e.g. the
+    attention mask bias every layer recomputes), whose result it can view, else None.  Depends on
+    the program alone: computed once per program."""
+    found = _REPEATS.get(program)
+    if found is None:
+        seen: dict[str, str] = {}
+        found = []
+        for op in program.ops:
+            key = json.dumps([op.kind, sorted(op.args.items()), op.attrs], sort_keys=True, default=str)
+            found.append(seen.get(key))
+            seen.setdefault(key, op.out)
+        _REPEATS[program] = found
+    return found
 
 
 def mask_names(program: Program) -> list[str]:
@@ -152,17 +173,11 @@ class Plan:
             dtypes[name] = arr.dtype
         #: name -> (root, view function) for views; roots map to themselves
         self.alias: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {}
-        seen: dict[str, str] = {}
-        for op in prog.ops:
-            # an op identical to an earlier one (same kind, operands and attributes: e.g. the attention
-            # mask bias every layer recomputes) is a view of that op's result
-            key = json.dumps([op.kind, sorted(op.args.items()), op.attrs], sort_keys=True, default=str)
-            if key in seen:
-                first = seen[key]
+        for op, first in zip(prog.ops, _repeats(prog)):
+            if first is not None:  # the same op as an earlier one: a view of its result
                 self.alias[op.out] = (first, _same_view)
                 shapes[op.out], dtypes[op.out] = shapes[first], dtypes[first]
                 continue
-            seen[key] = op.out
             shapes[op.out], dtypes[op.out] = self._shape(op, shapes, dtypes, counts)
         self.shapes, self.dtypes = shapes, dtypes
         #: attention chains run at each sequence's own length (nmengine.attention_plan)
@@ -247,13 +262,19 @@ class Plan:
         self.offsets: dict[str, int] = {}
         nbytes = {}
 
+        # buffers by the op index after which they are free (a buffer owned at op i and read no later
+        # than i is free after op i), in the order they were owned
+        dies: dict[int, list[str]] = {}
+        now = -1
+
         def own(name: str) -> None:
-            nb = int(np.prod(self.shapes[name], dtype=np.int64)) * np.dtype(self.dtypes[name]).itemsize
+            nb = math.prod(self.shapes[name]) * np.dtype(self.dtypes[name]).itemsize
             nbytes[name] = nb
             self.offsets[name] = alloc.alloc(nb)
+            dies.setdefault(max(last.get(name, -1), now), []).append(name)
 
         def release(upto: int) -> None:
-            for name in [n for n in self.offsets if n in nbytes and last.get(n, -1) <= upto]:
+            for name in dies.pop(upto, ()):
                 alloc.release(self.offsets[name], nbytes.pop(name))
 
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
@@ -263,6 +284,7 @@ class Plan:
         #: cast in the arena right before the op (what the GEMM API's cast does)
         self.casts: dict[int, list[tuple[str, str]]] = {}
         for i, op in enumerate(prog.ops):
+            now = i
             if op.kind in ("gemm", "gemm_batched"):
                 for role in ("a",) if runtime_int8.is_int8(op) else ("a", "b"):
                     name = op.args[role]
@@ -302,7 +324,7 @@ class Plan:
         def view(name: str) -> np.ndarray:
             off = base + self.offsets[name]
             dt = np.dtype(self.dtypes[name])
-            n = int(np.prod(self.shapes[name], dtype=np.int64))
+            n = math.prod(self.shapes[name])
             return raw[off : off + n * dt.itemsize].view(dt).reshape(self.shapes[name])
 
         for name in list(prog.inputs) + list(self.mask_bufs.values()):
