@@ -82,6 +82,7 @@ typedef struct nm_pwl_reg {
     _Alignas(32) uint32_t dc[NM_PWL_R8_MAX_STEPS][NM_PWL_R8_BINS];
     float lo8, hi8, scale8, nlos8;
     int ok8, steps8;
+    int floor8; /* key = cvtt(floor(v)) mod 8 instead of cvtt(v) (v > -1): see nm_pwl_r8_build */
 } nm_pwl_reg;
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r);
 

@@ -151,12 +151,16 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v_eval(const nm_pwl_v *v, __m256 x)
 }
 
 /* The register form (nm_pwl_reg's 8-bin AVX2 tables, ok8): key = cvtt(fma(clamp(x, lo8, hi8),
- * scale8, nlos8)) in [0, 8), then one vpermps per table and step and a bit select (see nm_epilogue.h).
- * About 10 + 8 * steps8 vector instructions per 8 lanes, no loads but the table operands. */
+ * scale8, nlos8)) in [0, 8) (or, floor8, cvtt(floor(..)) mod 8), then one vpermps per table and step
+ * and a bit select (see nm_epilogue.h).  About 10 + 8 * steps8 vector instructions per 8 lanes (+1
+ * rounding for floor8), no loads but the table operands.  The cost of the epilogue on a GEMM that
+ * keeps both FMA ports busy is close to its instruction count (measured: ~0.5 cycle per instruction,
+ * whether right after the tile or interleaved with the next tile's K loop), so steps are what the
+ * grid search (nm_pwl_r8_build) minimises. */
 typedef struct nm_pwl_v8 {
     __m256 lo, hi, scale, nlos, xmin, xmax;
     const nm_pwl_reg *r;
-    int steps, clamp_lo, clamp_hi;
+    int steps, floor8, clamp_lo, clamp_hi;
 } nm_pwl_v8;
 
 NM_AVX2 NM_INLINE void nm_pwl_v8_init(nm_pwl_v8 *v, const nm_pwl *p, const nm_pwl_reg *r)
@@ -169,17 +173,21 @@ NM_AVX2 NM_INLINE void nm_pwl_v8_init(nm_pwl_v8 *v, const nm_pwl *p, const nm_pw
     v->xmin = _mm256_set1_ps(p->xmin);
     v->xmax = _mm256_set1_ps(p->xmax);
     v->steps = r->steps8;
+    v->floor8 = r->floor8;
     v->clamp_lo = !(p->xmin == -INFINITY); /* max(-inf, x) == x, NaN included */
     v->clamp_hi = !(p->xmax == INFINITY);
 }
 
-/* nm_pwl_v8 on x with `steps` (a compile-time constant after inlining: the loop unrolls). */
-NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int steps)
+/* nm_pwl_v8 on x with `steps` and `fl` (v->floor8) compile-time constants after inlining (the loop
+ * unrolls).  With fl the key is floor(v) mod 8 (vpermps reads the index's low 3 bits). */
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int steps, int fl)
 {
     const nm_pwl_reg *r = v->r;
     __m256 xk = _mm256_max_ps(x, v->lo); /* NaN -> lo */
     xk = _mm256_min_ps(xk, v->hi);
-    const __m256i key = _mm256_cvttps_epi32(_mm256_fmadd_ps(xk, v->scale, v->nlos));
+    __m256 kv = _mm256_fmadd_ps(xk, v->scale, v->nlos);
+    if (fl) kv = _mm256_round_ps(kv, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m256i key = _mm256_cvttps_epi32(kv);
     __m256 s = _mm256_permutevar8x32_ps(_mm256_load_ps(r->s0), key);
     __m256 c = _mm256_permutevar8x32_ps(_mm256_load_ps(r->c0), key);
     for (int j = 0; j < steps; j++) {
@@ -196,33 +204,45 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int ste
     return _mm256_add_ps(_mm256_mul_ps(s, xc), c);
 }
 
-/* y[i * ldy + j] = pwl(x[i * 16 + j]) for a rows x 16 block (x aligned), steps unrolled per case. */
-#define NM_V8_BLOCK(ST)                                                                   \
+/* y[i * ldy + j] = pwl(x[i * 16 + j]) for a rows x 16 block (x aligned), steps and key form
+ * unrolled per case. */
+#define NM_V8_BLOCK(ST, FL)                                                               \
     for (int i = 0; i < rows; i++) {                                                     \
-        const __m256 a0 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i), ST);           \
-        const __m256 a1 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i + 8), ST);       \
+        const __m256 a0 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i), ST, FL);       \
+        const __m256 a1 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i + 8), ST, FL);   \
         _mm256_storeu_ps(y + i * ldy, a0);                                                \
         _mm256_storeu_ps(y + i * ldy + 8, a1);                                            \
     }
 NM_AVX2 NM_INLINE void nm_pwl_v8_block16(const nm_pwl_v8 *v, const float *x, int rows, float *y, ptrdiff_t ldy)
 {
+    if (v->floor8) {
+        /* floor keys are chosen only when they save a step: 1..4 steps (tables of <= 32 segments) */
+        switch (v->steps) {
+        case 0: NM_V8_BLOCK(0, 1); break;
+        case 1: NM_V8_BLOCK(1, 1); break;
+        case 2: NM_V8_BLOCK(2, 1); break;
+        case 3: NM_V8_BLOCK(3, 1); break;
+        default: NM_V8_BLOCK(v->steps, 1); break;
+        }
+        return;
+    }
     switch (v->steps) {
-    case 0: NM_V8_BLOCK(0); break;
-    case 1: NM_V8_BLOCK(1); break;
-    case 2: NM_V8_BLOCK(2); break;
-    case 3: NM_V8_BLOCK(3); break;
-    case 4: NM_V8_BLOCK(4); break;
+    case 0: NM_V8_BLOCK(0, 0); break;
+    case 1: NM_V8_BLOCK(1, 0); break;
+    case 2: NM_V8_BLOCK(2, 0); break;
+    case 3: NM_V8_BLOCK(3, 0); break;
+    case 4: NM_V8_BLOCK(4, 0); break;
 #if NM_PWL_R8_MAX_STEPS > 4
-    case 5: NM_V8_BLOCK(5); break;
-    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS); break;
+    case 5: NM_V8_BLOCK(5, 0); break;
+    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS, 0); break;
 #else
-    default: NM_V8_BLOCK(4); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
+    default: NM_V8_BLOCK(4, 0); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
 #endif
     }
 }
 #undef NM_V8_BLOCK
 
-NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps); }
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps, v->floor8); }
 
 NM_AVX2 NM_INLINE __m256 nm_relu_v(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
 

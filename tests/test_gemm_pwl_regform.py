@@ -39,6 +39,13 @@ def _tables():
         "random20": _table(np.sort(rng.uniform(-3, 3, 21)), rng),
         "dense_cluster": _table(np.concatenate([np.linspace(0, 0.01, 6), np.linspace(1, 5, 9)]), rng),
         "tiny_width": _table(np.linspace(1.0, 1.0 + 1e-5, 12), rng),
+        # uniform tables whose breakpoints sit on multiples of a power of two: the AVX2 form takes a
+        # floor key on which bins open at breakpoints (no comparison for those), zero one of them
+        "uniform32_shifted": _table(np.linspace(0.5, 8.5, 33), rng),
+        "uniform16_negative": _table(np.linspace(-20, -4, 17), rng),
+        "uniform24_tenths": _table(np.linspace(-1.2, 1.2, 25), rng),  # spacing 0.1: inexact in float32
+        "uniform32_clamped": _table(np.linspace(-2, 2, 33), rng, clamp=True),
+        "neg_zero": _table([-2.0, -1.0, -0.0, 1.0, 2.0], rng),
     }
     return t
 
@@ -51,7 +58,8 @@ def _probes(table: PWLTable, rng, n: int) -> np.ndarray:
     lo, hi = float(b[0]), float(b[-1])
     w = max(hi - lo, 1e-3)
     mids = (b[:-1] + b[1:]) / 2
-    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38, -3e38, lo - 1e4, hi + 1e4], np.float32)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38, -3e38, lo - 1e4, hi + 1e4,
+                        1e-45, -1e-45, 1e-39, -1e-39, 1e-30, -1e-30], np.float32)
     x = np.concatenate(
         [
             b,
@@ -83,7 +91,7 @@ def test_full_tiles_bit_exact(kernel, name):
     assert np.array_equal(nm.gemm(a, b, epilogue=table), table(plain), equal_nan=True), name
 
 
-@pytest.mark.parametrize("name", ["uniform16", "uniform32", "far_ends"])
+@pytest.mark.parametrize("name", ["uniform16", "uniform32", "far_ends", "uniform32_shifted"])
 def test_large_product_bit_exact(kernel, name):
     table = TABLES[name]
     rng = np.random.default_rng(5)
