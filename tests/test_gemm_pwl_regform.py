@@ -58,8 +58,9 @@ def _probes(table: PWLTable, rng, n: int) -> np.ndarray:
     lo, hi = float(b[0]), float(b[-1])
     w = max(hi - lo, 1e-3)
     mids = (b[:-1] + b[1:]) / 2
-    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38, -3e38, lo - 1e4, hi + 1e4,
-                        1e-45, -1e-45, 1e-39, -1e-39, 1e-30, -1e-30], np.float32)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38, -3e38, lo - 1e4, hi + 1e4], np.float32)
+    tiny = np.array([1e-45, -1e-45, 1e-39, -1e-39, 1e-30, -1e-30], np.float32)  # denormals and near-zeros
+    special = np.concatenate([special, tiny])
     x = np.concatenate(
         [
             b,
