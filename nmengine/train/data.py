@@ -80,8 +80,8 @@ def random_shift(x: np.ndarray, rng: np.random.Generator, max_shift: int = 1) ->
     N, C, H, W = x.shape
     padded = np.zeros((N, C, H + 2 * k, W + 2 * k), dtype=x.dtype)
     padded[:, :, k : k + H, k : k + W] = x
-    dy = rng.integers(0, 2 * k + 1, N)
-    dx = rng.integers(0, 2 * k + 1, N)
+    dy = rng.integers(0, 2 * k + 1, (N,))
+    dx = rng.integers(0, 2 * k + 1, (N,))
     rows = dy[:, None] + np.arange(H)[None, :]  # (N, H)
     cols = dx[:, None] + np.arange(W)[None, :]  # (N, W)
     n_idx = np.arange(N)[:, None, None, None]

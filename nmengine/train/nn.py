@@ -250,7 +250,12 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # -- export -------------------------------------------------------------------------------
-    def _emit(self, b: SpecBuilder, path: str, *values: str) -> str:
+    def _emit(self, b: SpecBuilder, path: str, *values: Any, **kw: Any) -> str:
+        """Append this module's spec layers reading the values named ``values``; return the output's name.
+
+        Each module takes its own inputs, as its ``forward`` does (``x``; ``x, mask``; ``ids,
+        token_type_ids``): the open signature here (like ``forward``'s) is what lets subclasses narrow it.
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot be exported to a ModelSpec (no _emit)")
 
     def to_spec(

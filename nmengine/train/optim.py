@@ -26,10 +26,10 @@ class Optimizer:
     """Base class: parameter groups, ``zero_grad``, ``set_lr_factor``; subclasses implement ``step``."""
 
     def __init__(self, params: Iterable[Tensor] | Iterable[Mapping[str, Any]], defaults: dict[str, Any]) -> None:
-        params = list(params)
-        if not params:
+        items: list[Any] = list(params)  # Tensors or group mappings: each is checked below
+        if not items:
             raise ValueError("optimizer got an empty parameter list")
-        groups = params if isinstance(params[0], Mapping) else [{"params": params}]
+        groups: list[Mapping[str, Any]] = items if isinstance(items[0], Mapping) else [{"params": items}]
         self.param_groups: list[dict[str, Any]] = []
         seen: set[int] = set()
         for g in groups:
@@ -125,7 +125,8 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weight matrices/kernels with ``weight_decay``; biases, norm weights and embeddings without."""
     from .nn import Embedding, PositionAdd
 
-    decay, no_decay = [], []
+    decay: list[Tensor] = []
+    no_decay: list[Tensor] = []
     for m in model.modules():
         for p in m._parameters.values():
             (decay if p.ndim >= 2 and not isinstance(m, (Embedding, PositionAdd)) else no_decay).append(p)
@@ -137,12 +138,12 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale gradients so that their global L2 norm is at most ``max_norm``; return the norm before."""
-    ps = [p for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in ps))
+    grads = [(p, p.grad) for p in params if p.grad is not None]
+    total = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for _, g in grads))
     if total > max_norm > 0:
         scale = max_norm / (total + 1e-12)
-        for p in ps:
-            p.grad = p.grad * p.dtype.type(scale)
+        for p, g in grads:
+            p.grad = g * p.dtype.type(scale)
     return total
 
 

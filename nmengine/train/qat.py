@@ -34,12 +34,12 @@ def fake_quant(a: np.ndarray, group: int | None = None) -> np.ndarray:
     x = a.reshape(-1, K)
     if pad:
         x = np.concatenate([x, np.zeros((x.shape[0], pad), x.dtype)], axis=1)
-    x = x.reshape(x.shape[0], ng, G)
-    amax = np.abs(x).max(axis=2, keepdims=True)
+    xg = x.reshape(x.shape[0], ng, G)
+    amax = np.abs(xg).max(axis=2, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(amax > 0, 127.0 / amax, 0.0)
-    q = np.clip(np.rint(x * inv), -127, 127)
-    y = (q * (amax / 127.0)).reshape(x.shape[0], ng * G)[:, :K]
+    q = np.clip(np.rint(xg * inv), -127, 127)
+    y = (q * (amax / 127.0)).reshape(xg.shape[0], ng * G)[:, :K]
     return y.reshape(a.shape).astype(a.dtype, copy=False)
 
 

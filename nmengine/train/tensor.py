@@ -315,7 +315,7 @@ class Tensor:
     def swapaxes(self, a: int, b: int) -> "Tensor":
         axes = list(range(self.ndim))
         axes[a], axes[b] = axes[b], axes[a]
-        return self.transpose(axes)
+        return self.transpose(*axes)
 
     def flatten(self, start_dim: int = 1) -> "Tensor":
         """Merge dims ``start_dim..`` into one (default: keep the batch dim)."""

@@ -95,11 +95,13 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512)
     return float(np.mean(predict(model, x, batch_size).argmax(axis=1) == np.asarray(y)))
 
 
-def _unpack(data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _unpack(data: Any) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``(x_train, y_train, (x_test, y_test) or None)``: no test pair when there is no ``x_test``."""
     if isinstance(data, Dataset):
-        return data.x_train, data.y_train, data.x_test, data.y_test
+        return data.x_train, data.y_train, (data.x_test, data.y_test)
     if isinstance(data, (tuple, list)) and len(data) in (2, 4):
-        return (data[0], data[1], *(data[2:] if len(data) == 4 else (None, None)))  # type: ignore[return-value]
+        test = (data[2], data[3]) if len(data) == 4 and data[2] is not None else None
+        return data[0], data[1], test
     raise TypeError("data must be a Dataset, (x_train, y_train) or (x_train, y_train, x_test, y_test)")
 
 
@@ -166,7 +168,7 @@ def train(
 
     The model is left in eval mode.
     """
-    x_tr, y_tr, x_te, y_te = _unpack(data)
+    x_tr, y_tr, test = _unpack(data)
     y_tr = np.asarray(y_tr)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -245,8 +247,8 @@ def train(
                 hist.train_acc.append(correct / seen)
                 hist.lr.append(opt.lr)
                 post = {"loss": f"{hist.loss[-1]:.4f}", "train": f"{hist.train_acc[-1]:.3f}"}
-                if x_te is not None and ((epoch + 1) % eval_every == 0 or epoch == epochs - 1):
-                    hist.test_acc.append(evaluate(model, x_te, y_te))
+                if test is not None and ((epoch + 1) % eval_every == 0 or epoch == epochs - 1):
+                    hist.test_acc.append(evaluate(model, *test))
                     post["test"] = f"{hist.test_acc[-1]:.3f}"
                 if bar is not None:
                     bar.set_postfix(post)
