@@ -265,6 +265,34 @@ def test_cnn_int8(tmp_path, name):
     c32 = refs["nm float32"].astype(np.float64)
     cos32 = (c32 * ref).sum(1) / np.linalg.norm(c32, axis=1) / np.linalg.norm(ref, axis=1)
     print(f"  (nm float32 vs ORT float32: cosine min {cos32.min():.6f})")
+    # Random weights and white-noise images: the logits are nearly the same for every image (global
+    # pooling averages the noise out), so their cosine and top-1 say little.  Also: the logits with the
+    # batch mean removed (the image-dependent part), and the last feature map before the pool.
+    ex = refs["nm float32 exact"].astype(np.float64)
+    top = ex.argmax(1)
+    print(
+        f"  float32 top-1 classes of the {len(top)} images: {len(set(top.tolist()))} distinct; image-dependent "
+        f"part of the logits {np.linalg.norm(ex - ex.mean(0)) / np.linalg.norm(ex):.4f} of their norm; "
+        f"int8 error {np.linalg.norm(got - ex) / np.linalg.norm(ex):.4f} of their norm"
+    )
+    gc, ec = got - got.mean(0), ex - ex.mean(0)
+    cos_c = (gc * ec).sum(1) / np.linalg.norm(gc, axis=1) / np.linalg.norm(ec, axis=1)
+    print(f"  logits minus the batch mean: cosine mean {cos_c.mean():.4f} min {cos_c.min():.4f}")
+    feat = [op for op in p32.ops if op.kind == "gemm_batched"][-1].args["b"]  # [N, H*W, C] before the pool
+
+    def features(p: nm.Program, mode: str) -> np.ndarray:
+        probe = nm.Program(p.inputs, [feat], p.ops, p.constants, p.tables, name=p.name, meta={})
+        return np.concatenate([probe.run(f, mode=mode) for f in feeds]).reshape(16, -1).astype(np.float64)
+
+    fa, fb = features(p32, "exact"), features(p8, "matrixized")
+    fcos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
+    fac, fbc = fa - fa.mean(0), fb - fb.mean(0)
+    fcos_c = (fac * fbc).sum(1) / np.linalg.norm(fac, axis=1) / np.linalg.norm(fbc, axis=1)
+    print(
+        f"  last feature map ({fa.shape[1]} values per image) vs float32 exact: cosine min {fcos.min():.6f}, "
+        f"relative error {np.linalg.norm(fb - fa) / np.linalg.norm(fa):.4f}; minus the batch mean: cosine "
+        f"min {fcos_c.min():.4f}"
+    )
 
     rounds = int(os.environ.get("NMENGINE_BENCH_ROUNDS", "8"))
     for batch in (1, 8):
