@@ -185,6 +185,24 @@ def test_unknown_route_and_method(client):
     _still_answers(client)
 
 
+def test_unexpected_error_is_a_json_500_and_the_server_answers_after(monkeypatch):
+    """The embedding routes bypass Starlette's routing and error middleware: an exception that is no
+    refusal still answers a JSON 500 (counted in the metrics), and the next request works."""
+    app = create_app(_served(embedder()), limits=LIMITS, max_wait_ms=5)
+    with ThreadServer(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        batcher = app.app.app.state.batcher  # MetricsMiddleware -> direct routes -> Starlette
+
+        def broken(*args, **kwargs):
+            raise KeyError("not a refusal")
+
+        monkeypatch.setattr(batcher, "submit", broken)
+        r = c.post("/v1/embeddings", json={"input": "x", "model": "minilm"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert _metrics(c)['nmengine_requests_total{endpoint="/v1/embeddings",status="500"}'] == 1
+        monkeypatch.undo()
+        _still_answers(c)
+
+
 def test_run_on_text_model_checks_inputs(client):
     r = client.post("/v1/run", json={"inputs": {"input_ids": [[101, 102]]}})
     assert r.status_code == 422 and "attention_mask" in r.json()["error"]["message"]

@@ -13,9 +13,9 @@ hands every caller its own rows back in input order::
 How batches form.  Sentences are tokenized once, when they are submitted (in the caller's thread),
 and queued.  When the engine is free, the batcher takes the oldest queued sentence and the queued
 sentences closest to it in token count, as many as fit ``max_batch_tokens`` (sentences x the longest
-of them) and ``max_batch_size``: attention runs on the padded ``[batch, tokens]`` grid, so a batch of
-similar lengths wastes little (the dense layers see only real tokens either way), and the oldest
-sentence always goes first, so nothing starves.  A batch runs when it is full, when its oldest
+of them) and ``max_batch_size``: padding costs the engine little (the dense layers see only real
+tokens, and a session runs attention on each sentence at its own length), similar lengths keep the
+padded inputs small, and the oldest sentence always goes first, so nothing starves.  A batch runs when it is full, when its oldest
 sentence has waited ``max_wait_ms``; while the engine is busy, the next batch fills by itself (its
 oldest sentence has usually waited long enough by the time the engine is free).
 
