@@ -310,13 +310,19 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
     } else {
         for (int64_t k = 0; k < K; k++) tmp[k] = a[k * x->csa];
     }
+    /* the last group's SIMD loops may run on to K rounded up to 32 (within the row's lda bytes):
+     * zeros there change no max and round to the padding byte the row already holds */
+    const int64_t k32 = (K + 31) / 32 * 32;
+    for (int64_t k = K; k < k32; k++) tmp[k] = 0.0f;
     for (int64_t g = 0; g < p->ng; g++) {
         const int64_t k0 = g * p->G, k1 = p->ng == 1 ? K : nm_qmin(K, k0 + p->G);
+        const int64_t kv = k1 == K && k32 <= p->lda ? k32 : k1; /* SIMD end */
         float amax = 0.0f;
         int bad = 0;
         int64_t k = k0;
 #if NM_X86
-        if (p->simd) k = nm_qabsmax_avx2(tmp + k0, k1 - k0, &amax, &bad) + k0;
+        if (p->simd) k = nm_qabsmax_avx2(tmp + k0, kv - k0, &amax, &bad) + k0;
+        if (k > k1) k = k1;
 #endif
         for (; k < k1; k++) {
             const float ax = fabsf(tmp[k]);
@@ -338,7 +344,8 @@ static void nm_qrow(const nm_qplan *p, int64_t i, float *tmp)
         }
         k = k0;
 #if NM_X86
-        if (p->simd) k = nm_qround_avx2(tmp + k0, k1 - k0, inv, p->kd.offset, dst + k0) + k0;
+        if (p->simd) k = nm_qround_avx2(tmp + k0, kv - k0, inv, p->kd.offset, dst + k0) + k0;
+        if (k > k1) k = k1;
 #endif
         for (; k < k1; k++) {
             float v = tmp[k] * inv;
@@ -533,7 +540,7 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
                             M * N >= 4 * (int64_t)x->ep->pwl->nhint) ? nm_pwl_rows_floats(x->ep->pwl) : 0;
     const size_t abytes = (size_t)(p.Mp * p.lda);
     const size_t sabytes = (size_t)(p.Mp * ng) * sizeof(float);
-    const size_t tmpf = (size_t)(K > 0 ? K : 1) + 16;
+    const size_t tmpf = (size_t)(K > 0 ? K : 1) + 48; /* K rounded up to 32 (nm_qrow's zero tail), + 16 */
     const size_t total = abytes + 64 + sabytes + 64 + (size_t)nt * tmpf * sizeof(float) + 64 +
                          (size_t)rows_f * sizeof(float) + 64;
     void *raw = malloc(total);
