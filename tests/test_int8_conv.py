@@ -207,3 +207,33 @@ def test_int8_error_above_max_error_keeps_float32():
     np.testing.assert_array_equal(p.run({"x": x}), p32.run({"x": x}))
     with pytest.raises(ValueError, match="max_error"):
         quantize_mod.quantize(p32, calib, max_error=0)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (1, 1)])
+def test_fused_int8_conv_step_on_every_kernel(monkeypatch, k, stride):
+    """The session runs an int8 conv as one fused step (windows built and quantized block by block);
+    every int8 kernel the CPU has (scalar, AVX2, AVX-VNNI, AVX512-VNNI, AMX) gives the same bits, within
+    the int32-exact tolerance of the fake-quant reference."""
+    from nmengine.kernels_int8 import qkernel_info
+
+    pad = k // 2
+    w, b = _x(40, 24, k, k) * 0.2, _x(40)
+    nhwc = (0, 2, 3, 1)
+    calib = {"x": _x(2, 24, 9, 9).transpose(nhwc).copy()}
+    p8 = quantize_mod.quantize(
+        _conv_program(w, b, k, stride, pad), calib, candidates=[quantize_mod.Candidate(32 if k > 1 else None)]
+    )
+    x = _x(7, 24, 9, 9)  # 7 * 81 = 567 output rows at stride 1: several blocks per thread
+    feed = {"x": x.transpose(nhwc).copy()}
+    ref = _fake_quant_conv(x, w, b, stride, pad, 32 if k > 1 else None, relu=True).transpose(nhwc)
+    outs = {}
+    for name in qkernel_info()["available"]:
+        monkeypatch.setenv("NMENGINE_QKERNEL", name)
+        sess = nm.Session(p8, threads=2)
+        steps = [getattr(fn, "__name__", "") for fn, _ in sess.plan_for(feed).bind().steps]
+        assert steps == ["qconv_nhwc"], steps  # no separate im2col step
+        outs[name] = sess.run(feed)
+    first = next(iter(outs.values()))
+    assert np.abs(first - ref).max() <= 2e-6 * np.abs(ref).max()
+    for name, o in outs.items():
+        np.testing.assert_array_equal(o, first, err_msg=name)
