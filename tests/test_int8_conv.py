@@ -188,7 +188,7 @@ def test_depthwise_program_keeps_convs_float32_and_says_why():
     p8 = nm.onnx.load(d, calibration=calib, precision="int8")
     convs = [op for op in p8.ops if op.kind == "gemm_batched" and "reason" in op.attrs.get("quant", {})]
     assert len(convs) == 9
-    assert sum("depthwise" in op.attrs["quant"]["reason"] for op in convs) == 1
+    assert sum(op.attrs["quant"]["reason"].startswith("grouped or depthwise") for op in convs) == 1
     assert all(op.attrs.get("precision", "float32") == "float32" for op in convs)
     x = _x(3, 3, 16, 16)
     assert _row_cos(p8.run({"x": x}), ort_run(d, {"x": x})[0]).min() >= 0.99
@@ -237,3 +237,20 @@ def test_fused_int8_conv_step_on_every_kernel(monkeypatch, k, stride):
     assert np.abs(first - ref).max() <= 2e-6 * np.abs(ref).max()
     for name, o in outs.items():
         np.testing.assert_array_equal(o, first, err_msg=name)
+
+
+def test_cli_import_reports_each_conv_precision(tmp_path, capsys):
+    from nmengine.cli import main
+
+    src = tmp_path / "cnn.onnx"
+    src.write_bytes(resnet_style(17, depthwise=False, size=16))
+    calib = tmp_path / "x.npy"
+    np.save(calib, _x(4, 3, 16, 16))
+    cal = ["--calibration", str(calib)]
+    assert main(["import", str(src), "-o", str(tmp_path / "cnn.nmb"), "--precision", "int8", *cal]) == 0
+    out = capsys.readouterr().out
+    assert "7 of 8 convolutions" in out and "K = 8 < 16" in out
+    src.write_bytes(resnet_style(17, depthwise=True, size=16))
+    assert main(["import", str(src), "-o", str(tmp_path / "dw.nmb"), "--precision", "int8", *cal]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 9 convolutions" in out and "grouped or depthwise" in out and "not channels last" in out

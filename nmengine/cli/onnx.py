@@ -60,6 +60,21 @@ def _import(args: argparse.Namespace) -> int:
         f"({', '.join(f'{k} {v}' for k, v in sorted(cov['movement_by_kind'].items()))}); "
         f"arithmetic as GEMM+PWL: {cov['arithmetic_ops_as_gemm_pwl']:.0%}; {len(program.tables)} PWL tables"
     )
+    if args.precision == "int8":  # each convolution's precision, and why the float32 ones stay float32
+        convs = [
+            op
+            for op in program.ops
+            if op.attrs.get("conv") or (op.kind == "gemm_batched" and "reason" in op.attrs.get("quant", {}))
+        ]
+        why: dict[str, list[str]] = {}
+        for op in convs:
+            if op.attrs.get("precision") != "int8":
+                why.setdefault(op.attrs.get("quant", {}).get("reason", "float32"), []).append(op.layer)
+        n8 = sum(op.attrs.get("precision") == "int8" for op in convs)
+        print(
+            f"int8: {cov['gemm_precision']['int8']} GEMMs, {n8} of {len(convs)} convolutions"
+            + "".join(f"; float32 ({r}): {', '.join(layers)}" for r, layers in why.items())
+        )
     print(f"inputs: {json.dumps({k: list(v.shape) for k, v in program.inputs.items()})}  outputs: {program.outputs}")
     print(f"wrote {out}")
     return 0
@@ -100,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("float32", "int8"),
         default="float32",
-        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
+        help="GEMM precision of the linear layers and convolutions (default float32; int8: docs/int8.md)",
     )
     p.add_argument("--exact", action="store_true", help="skip calibration (for exact-mode use)")
     p.set_defaults(func=_import)

@@ -119,7 +119,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("float32", "int8"),
         default="float32",
-        help="GEMM precision of the linear layers in the exported program (docs/int8.md)",
+        help="GEMM precision of the linear layers and convolutions in the exported program (docs/int8.md)",
     )
     p.add_argument("--out", default="model.nmb", help="bundle to write")
     p.add_argument("--seed", type=int, default=0)

@@ -156,8 +156,11 @@ def _float_conv(program: Program, op: Op) -> str | None:
         one_by_one = src is not None and src.kind == "reshape" and src.attrs.get("shape") == [0, 0, -1]
         if src is not None and (src.kind == "im2col" or one_by_one):
             if op.attrs.get("b_view"):
-                return "grouped or depthwise convolution (NCHW planes): float32"
-            return "NCHW convolution (weights on the left of gemm_batched; the program is not channels last)"
+                return "grouped or depthwise convolution (NCHW planes)"
+            return (
+                "NCHW convolution: the program is not channels last (it has grouped / depthwise convolutions, "
+                "or would need too many layout changes), and int8 needs the activations on the left"
+            )
     return None
 
 
