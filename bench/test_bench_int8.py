@@ -213,9 +213,9 @@ def test_summary(engines, batches):
         assert r["nm-int8"] >= 1.0 * r["ort-int8"], r
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenetv2"])
 def test_cnn_int8(tmp_path, name):
-    """int8 convolutions (#13): ResNet-18 / ResNet-50 (bench/test_bench_onnx.py's torch models, exported to
+    """int8 convolutions (#13): ResNet-18 / ResNet-50 / MobileNetV2 (bench/test_bench_onnx.py's torch models, exported to
     ONNX) imported with ``nm.onnx.load(..., precision="int8")`` against the same file in float32, nmengine
     and ONNX Runtime, 2 threads.  Engines alternate round by round in this process (the machine may be
     shared): prints the range and median of the per-round ratios and the best-round rates at batch 1 and
@@ -237,12 +237,16 @@ def test_cnn_int8(tmp_path, name):
     p32 = nm.onnx.load(path, calibration=calib)
     p8 = nm.onnx.load(path, calibration=calib, precision="int8")
     sess = tb._session(path)
-    convs = [op for op in p8.ops if op.attrs.get("conv")]
+    convs = [  # channels-last ones, and the NCHW ones the int8 pass left float32 (with the reason)
+        op
+        for op in p8.ops
+        if op.attrs.get("conv") or (op.kind == "gemm_batched" and "reason" in op.attrs.get("quant", {}))
+    ]
     n8 = sum(op.attrs.get("precision") == "int8" for op in convs)
     choice: dict[str, int] = {}
     for op in convs:
         q = op.attrs.get("quant") or {}
-        key = q.get("candidate") or "float32"
+        key = q.get("candidate") or "float32: " + q.get("reason", "")[:40]
         choice[key] = choice.get(key, 0) + 1
     print(f"\n\n{name} int8: {n8} of {len(convs)} convolutions in int8 ({choice})")
 
@@ -278,7 +282,15 @@ def test_cnn_int8(tmp_path, name):
     gc, ec = got - got.mean(0), ex - ex.mean(0)
     cos_c = (gc * ec).sum(1) / np.linalg.norm(gc, axis=1) / np.linalg.norm(ec, axis=1)
     print(f"  logits minus the batch mean: cosine mean {cos_c.mean():.4f} min {cos_c.min():.4f}")
-    feat = [op for op in p32.ops if op.kind == "gemm_batched"][-1].args["b"]  # [N, H*W, C] before the pool
+    # the features the global average pool reads: NHWC [N, H*W, C] (a mean row on the left of a batched
+    # GEMM) or NCHW [N, C, H*W] (a GEMM with a mean column)
+    feat = None
+    for op in p32.ops:
+        a, b = (p32.constants.get(op.args.get(r, "")) for r in ("a", "b"))
+        if op.kind == "gemm_batched" and a is not None and a.shape[0] == 1:
+            feat = op.args["b"]
+        elif op.kind == "gemm" and b is not None and b.ndim == 2 and b.shape[1] == 1 and b.shape[0] > 1:
+            feat = op.args["a"]
 
     def features(p: nm.Program, mode: str) -> np.ndarray:
         probe = nm.Program(p.inputs, [feat], p.ops, p.constants, p.tables, name=p.name, meta={})
