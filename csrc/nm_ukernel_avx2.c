@@ -14,6 +14,12 @@
 
 #if NM_X86
 
+#if defined(__GNUC__) || defined(__clang__)
+#define NM_ALIGN64 __attribute__((aligned(64)))
+#else
+#define NM_ALIGN64
+#endif
+
 #define FMA_ROW(oa, i)                                               \
     do {                                                             \
         const __m256 ai = _mm256_broadcast_ss(a + (oa) * acs + (i) * ars); \
@@ -180,13 +186,16 @@ NM_AVX2 NM_INLINE void nm_ukr_avx2_body(int64_t kc, const float *a, ptrdiff_t ar
     else nm_tile_finish(buf, NM_AVX2_NR, m, n, c, rsc, csc, t, nm_act_avx2);
 }
 
-NM_AVX2 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
+/* 64-byte aligned entry points: the K loop then sits at the same offset from a cache-line (and
+ * uop-cache window) boundary whatever the link layout of the rest of the library (its speed moved
+ * by ~2% with the layout). */
+NM_AVX2 NM_ALIGN64 void nm_ukr_avx2(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                          ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
 {
     nm_ukr_avx2_body(kc, a, 1, NM_AVX2_MR, b, c, rsc, csc, m, n, t);
 }
 
-NM_AVX2 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
+NM_AVX2 NM_ALIGN64 void nm_ukr_avx2_direct(int64_t kc, const float *a, ptrdiff_t lda, const float *b, float *c,
                                 ptrdiff_t rsc, ptrdiff_t csc, int n, const nm_tile_ctx *t)
 {
     nm_ukr_avx2_body(kc, a, lda, 1, b, c, rsc, csc, NM_AVX2_MR, n, t);
