@@ -30,7 +30,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import kernels
-from .plan import Bound, Plan, StepContext, mask_names, signature_counts
+from .plan import Bound, Plan, mask_names, signature_counts
+from .plan_steps import StepContext
 from .program import Program
 from .runtime import bind_inputs
 from .threads import usable_cpus
