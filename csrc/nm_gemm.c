@@ -565,7 +565,7 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
                                 C, ps1c, ps2c, res, ps1r, ps2r, batch_split ? 0 : row_split ? 1 : col_split ? 3 : 2};
         /* the dynamic modes (0, 3) let the call finish without a worker that has not started */
         if (ta.mode == 0 || ta.mode == 3) nm_parallel_dyn(nt, nm_gemm_task, &ta);
-        else nm_parallel(nt, nm_gemm_task, &ta);
+        else nm_parallel_judged(nt, nm_gemm_task, &ta); /* even shares: a starved worker shows */
     }
     free(raw);
     return NM_OK;

@@ -48,6 +48,11 @@ static struct {
     int nworkers;
     int steer_cpu; /* the caller's CPU the workers' affinity excludes (-1: none applied yet) */
     int steer_off; /* NMENGINE_POOL_STEER=0 */
+    double solo_until;  /* calls before this time (nm_now_us) run on their caller alone */
+    double backoff_us;  /* the current solo period after starved calls (0: the last team call was sound) */
+    int strikes;        /* consecutive starved team calls */
+    _Atomic double entered_us; /* when the last worker entered the current call (nm_now_us) */
+    _Atomic int64_t backoffs; /* solo periods started so far */
     nm_worker *w[NM_MAX_THREADS];
     nm_team team;
     _Atomic uint64_t gate;
@@ -120,8 +125,12 @@ static int nm_team_spin_us(void)
     return us == 0 ? 0 : (us > NM_TEAM_SPIN_US ? us : NM_TEAM_SPIN_US);
 }
 
+/* Time the caller of a team call spends waiting for its team (barriers, the end of the call). */
+static _Thread_local int nm_is_caller;
+static _Thread_local double nm_caller_wait_us;
+
 /* Wait until *v != old: spin for `us` microseconds, then sleep on (mu, cv). */
-static void nm_wait_change(_Atomic unsigned *v, unsigned old, _Atomic int *sleepers, pthread_mutex_t *mu,
+static void nm_wait_change_impl(_Atomic unsigned *v, unsigned old, _Atomic int *sleepers, pthread_mutex_t *mu,
                            pthread_cond_t *cv, int us)
 {
     if (atomic_load_explicit(v, memory_order_acquire) != old) return;
@@ -144,6 +153,20 @@ static void nm_wait_change(_Atomic unsigned *v, unsigned old, _Atomic int *sleep
     while (atomic_load(v) == old) pthread_cond_wait(cv, mu);
     atomic_fetch_sub(sleepers, 1);
     pthread_mutex_unlock(mu);
+}
+
+static void nm_wait_change(_Atomic unsigned *v, unsigned old, _Atomic int *sleepers, pthread_mutex_t *mu,
+                           pthread_cond_t *cv, int us)
+{
+    /* a caller's wait counts once every worker has entered the call: waiting for a sleeping worker to
+     * wake up (tens to hundreds of microseconds in a VM) is not what nm_pool_judge looks for */
+    if (!nm_is_caller || NM_GATE_COUNT(atomic_load_explicit(&P.gate, memory_order_relaxed)) < P.nt - 1) {
+        nm_wait_change_impl(v, old, sleepers, mu, cv, us);
+        return;
+    }
+    const double t0 = nm_now_us();
+    nm_wait_change_impl(v, old, sleepers, mu, cv, us);
+    nm_caller_wait_us += nm_now_us() - t0;
 }
 
 /* *v += 1 and wake the sleepers of (mu, cv), if any. */
@@ -171,6 +194,7 @@ static void *nm_worker_main(void *p)
         while ((g & NM_GATE_OPEN) && !atomic_compare_exchange_weak(&P.gate, &g, g + 1)) {
         }
         if (!(g & NM_GATE_OPEN)) continue; /* the call finished without this worker */
+        atomic_store_explicit(&P.entered_us, nm_now_us(), memory_order_relaxed);
         const int tid = NM_GATE_COUNT(g) + 1;
         if (tid < P.nt) P.task(P.arg, &P.team, tid, P.nt); /* (a surplus entrant only reports done) */
         atomic_fetch_add(&P.done, 1);
@@ -184,6 +208,9 @@ static void nm_pool_atfork_child(void)
     /* the child has none of the parent's workers: start over (the old structs are leaked) */
     P.nworkers = 0;
     P.steer_cpu = -1;
+    P.solo_until = 0;
+    P.backoff_us = 0;
+    P.strikes = 0;
     atomic_store(&P.busy, 0);
     atomic_store(&P.gate, 0);
     pthread_mutex_init(&P.create_mu, NULL);
@@ -262,17 +289,69 @@ static void nm_pool_steer(void)
 #endif
 }
 
-static int nm_parallel_impl(int nt, nm_task_fn task, void *arg, int dyn)
+/* A team call whose caller spent more than this share of the call waiting for its team had a worker
+ * that could not run: its core was taken (numpy/OpenBLAS keeps its threads spinning for a while
+ * after each of its calls; another process), so the worker's static share (its part of the packed B
+ * block, then each barrier) held the caller up.  Measured: 784 x 1152 x 128 called right after a
+ * numpy matmul took 6.3 ms on 2 threads against ~1.8 ms on 1.  After NM_STRIKES such calls in a row
+ * (one alone is often a sleeping worker's slow wake-up in a VM) the next calls run on the caller
+ * alone for a while: 2 ms, doubling while the next team call is starved again, up to 64 ms; a sound
+ * team call resets it, so a call is never much slower than on one thread.  A worker that enters the
+ * call more than NM_LATE_ENTRY_US late counts as starved too (its core was busy); the caller's waits
+ * before every worker has entered do not count (a sleeping worker's wake-up).  Only calls whose work is
+ * balanced by construction are judged (nm_parallel_judged: the GEMM's shared-B team and its row
+ * split), where a healthy team keeps the caller waiting a few percent of the call; a static split of
+ * uneven work (sequences of different lengths) would read as starvation.  Calls shorter than
+ * NM_JUDGE_MIN_US are not judged.  The
+ * thread count never changes a result, so this changes only the time.  NMENGINE_POOL_STEER=0 turns
+ * this off too. */
+#define NM_STARVED_SHARE 0.2
+#define NM_STRIKES 2
+#define NM_JUDGE_MIN_US 300.0
+#define NM_LATE_ENTRY_US 500.0
+#define NM_BACKOFF_MIN_US 2000.0
+#define NM_BACKOFF_MAX_US 64000.0
+
+static void nm_pool_judge(double t0, double t1, double waited)
+{
+    const double wall = t1 - t0;
+    if (P.steer_off > 0 || wall < NM_JUDGE_MIN_US) return;
+    /* a worker that entered late could not get a core (a wake-up takes under ~0.3 ms even in a VM) */
+    const double late = atomic_load_explicit(&P.entered_us, memory_order_relaxed) - t0;
+    const int late_entry = late > NM_LATE_ENTRY_US && late > NM_STARVED_SHARE * wall;
+    if (!late_entry && waited <= NM_STARVED_SHARE * wall) {
+        P.strikes = 0;
+        P.backoff_us = 0;
+        return;
+    }
+    if (++P.strikes < NM_STRIKES) return;
+    P.backoff_us = P.backoff_us > 0 ? 2 * P.backoff_us : NM_BACKOFF_MIN_US;
+    if (P.backoff_us > NM_BACKOFF_MAX_US) P.backoff_us = NM_BACKOFF_MAX_US;
+    P.solo_until = t1 + P.backoff_us;
+    atomic_fetch_add(&P.backoffs, 1);
+}
+
+int64_t nm_pool_backoffs(void) { return atomic_load(&P.backoffs); }
+
+static int nm_parallel_impl(int nt, nm_task_fn task, void *arg, int dyn, int judged)
 {
     if (nt > NM_MAX_THREADS) nt = NM_MAX_THREADS;
     int expect = 0;
     if (nt > 1 && atomic_compare_exchange_strong(&P.busy, &expect, 1)) {
+        double t0 = 0;
+        if (P.solo_until > 0) {
+            t0 = nm_now_us();
+            if (t0 < P.solo_until) nt = 1; /* backing off after a starved call (nm_pool_judge) */
+        }
         const int had = P.nworkers;
         const int have = nm_pool_grow(nt - 1);
         if (have != had) P.steer_cpu = -1; /* new workers start with the creator's affinity */
         if (have + 1 < nt) nt = have + 1;
         if (nt > 1) {
             nm_pool_steer();
+            if (t0 == 0) t0 = nm_now_us();
+            nm_is_caller = judged;
+            nm_caller_wait_us = 0;
             nm_team *t = &P.team;
             t->nt = nt;
             atomic_store(&t->next, 0);
@@ -294,6 +373,10 @@ static int nm_parallel_impl(int nt, nm_task_fn task, void *arg, int dyn)
                 const uint64_t g = atomic_fetch_and(&P.gate, ~NM_GATE_OPEN);
                 nm_wait_done(NM_GATE_COUNT(g)); /* surplus entrants, if any */
             }
+            if (judged) {
+                nm_is_caller = 0;
+                nm_pool_judge(t0, nm_now_us(), nm_caller_wait_us);
+            }
             atomic_store(&P.busy, 0);
             return nt;
         }
@@ -309,9 +392,11 @@ static int nm_parallel_impl(int nt, nm_task_fn task, void *arg, int dyn)
     return 1;
 }
 
-int nm_parallel(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 0); }
+int nm_parallel(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 0, 0); }
 
-int nm_parallel_dyn(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 1); }
+int nm_parallel_judged(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 0, 1); }
+
+int nm_parallel_dyn(int nt, nm_task_fn task, void *arg) { return nm_parallel_impl(nt, task, arg, 1, 0); }
 
 void nm_team_barrier(nm_team *t)
 {
@@ -346,11 +431,13 @@ int nm_parallel(int nt, nm_task_fn task, void *arg)
     return 1;
 }
 int nm_parallel_dyn(int nt, nm_task_fn task, void *arg) { return nm_parallel(nt, task, arg); }
+int nm_parallel_judged(int nt, nm_task_fn task, void *arg) { return nm_parallel(nt, task, arg); }
 void nm_team_barrier(nm_team *t) { t->next = 0; }
 int64_t nm_team_next(nm_team *t) { return t->next++; }
 int nm_spin_us(void) { return 0; }
 void nm_set_spin_us(int us) { (void)us; }
 int nm_pool_workers(void) { return 0; }
+int64_t nm_pool_backoffs(void) { return 0; }
 
 #endif
 

@@ -51,6 +51,11 @@ int nm_parallel(int nt, nm_task_fn task, void *arg);
  * worker that starts late finds no work; the work items, not the threads, fix every result. */
 int nm_parallel_dyn(int nt, nm_task_fn task, void *arg);
 
+/* nm_parallel for work split evenly across the team (equal static shares, or dynamic units between
+ * barriers): the pool judges from the caller's waits whether a worker's core was taken by another
+ * thread, and then runs the next calls on their caller alone for a while (nm_pool_judge). */
+int nm_parallel_judged(int nt, nm_task_fn task, void *arg);
+
 /* fn(arg, i0, i1, tid) on nt contiguous ranges [n * tid / nt, n * (tid + 1) / nt) (empty ones skipped). */
 void nm_parallel_for(int nt, int64_t n, nm_range_fn fn, void *arg);
 
@@ -64,6 +69,11 @@ void nm_set_spin_us(int us);
 
 /* Workers currently alive in the pool (they are created on first need and live until exit). */
 int nm_pool_workers(void);
+
+/* How many times so far the pool ran calls on their caller alone for a while because team calls in a
+ * row waited for a worker that could not run (its core taken by another library's or process's
+ * thread; see nm_pool_judge in nm_threads.c). */
+int64_t nm_pool_backoffs(void);
 
 /* Legacy OpenMP shim for C code that still uses pragmas (prefer nm_parallel: libgomp's idle
  * workers spin for a long time after each region and slow other libraries in the process). */

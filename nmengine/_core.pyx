@@ -85,6 +85,7 @@ cdef extern from "nm_threads.h":
     int nm_spin_us()
     void nm_set_spin_us(int us)
     int nm_pool_workers()
+    int64_t nm_pool_backoffs()
 
 cdef extern from "nm_scale.h":
     int NM_BC_NONE
@@ -214,6 +215,12 @@ def set_spin_us(int us) -> None:
 def pool_workers() -> int:
     """Worker threads alive in the pool (created on first need)."""
     return nm_pool_workers()
+
+
+def pool_backoffs() -> int:
+    """Times so far the pool ran calls single-threaded for a few milliseconds because team calls in a
+    row waited on a worker whose core another thread held."""
+    return nm_pool_backoffs()
 
 
 def get_blocking(int kernel) -> dict:

@@ -215,11 +215,13 @@ def kernel_info() -> dict[str, Any]:
 
     Returns ``{"kernel": "avx512" | "avx2" | "scalar", "cpu_avx2_fma": bool, "cpu_avx512": bool,
     "mr", "nr", "mc", "kc", "nc", "num_threads", "usable_cpus", "threads": str, "spin_us": int,
-    "openmp": bool}``: register tile ``mr x nr``, cache blocks ``mc/kc/nc``; ``num_threads`` the
+    "openmp": bool, "pool_backoffs": int}``: register tile ``mr x nr``, cache blocks ``mc/kc/nc``; ``num_threads`` the
     threads a call uses, ``usable_cpus`` what the affinity mask and the cgroup CPU quota allow;
     ``threads`` the threading backend ("pool": the core's own pthread pool, "serial" without one);
     ``spin_us`` how long an idle pool thread spins before it sleeps (``NMENGINE_SPIN_US``, default
-    50 us); ``openmp`` whether the GEMM uses OpenMP (no longer: the pool replaced it).
+    50 us); ``openmp`` whether the GEMM uses OpenMP (no longer: the pool replaced it);
+    ``pool_backoffs`` how many times so far calls ran single-threaded for a few milliseconds because
+    2-thread calls in a row waited on a worker whose core another thread held (README, "Threads").
 
     The pool's idle threads sleep after ``spin_us``, so nmengine does not slow numpy/OpenBLAS, ONNX
     Runtime or PyTorch calls made between its own (no ``OMP_WAIT_POLICY`` needed; README, "Threads").
@@ -237,6 +239,7 @@ def kernel_info() -> dict[str, Any]:
     info["threads"] = "pool" if core.has_threads() else "serial"
     info["spin_us"] = int(core.spin_us())
     info["openmp"] = bool(core.has_openmp())
+    info["pool_backoffs"] = int(core.pool_backoffs())
     return info
 
 

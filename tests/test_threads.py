@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -208,6 +209,7 @@ def test_pool_workers_keep_off_the_callers_cpu(threads):
 
         def pinned_call(cpu=cpu):
             os.sched_setaffinity(0, {cpu})  # this thread only
+            time.sleep(0.1)  # past any single-threaded period an earlier test's busy CPUs started
             nm.gemm(a, b)
 
         t = threading.Thread(target=pinned_call)
@@ -237,3 +239,63 @@ def test_pool_steering_can_be_turned_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     masks = ast.literal_eval(out.stdout.strip())
     assert masks and all(set(m) == allowed for m in masks), masks
+
+
+_STARVED_WORKER = """
+import os, subprocess, sys, threading, time
+import numpy as np
+import nmengine as nm
+from nmengine import kernels
+
+cpus = sorted(os.sched_getaffinity(0))
+a_cpu, b_cpu = cpus[0], cpus[1]
+rng = np.random.default_rng(5)
+A = rng.standard_normal((784, 1152), dtype=np.float32)
+B = rng.standard_normal((1152, 128), dtype=np.float32)
+kernels.set_num_threads(1)
+ref = nm.gemm(A, B)
+kernels.set_num_threads(2)
+out = {}
+
+
+def caller():
+    os.sched_setaffinity(0, {a_cpu})  # this thread only: the workers are steered to the other CPUs
+    nm.gemm(A, B)  # starts the worker
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().strip() == "nm-pool":
+                os.setpriority(os.PRIO_PROCESS, int(tid), 19)  # it loses its core to the hog below
+    hog = subprocess.Popen([sys.executable, "-c", (
+        f"import os, time; os.sched_setaffinity(0, {{{b_cpu}}}); t = time.time()\\n"
+        "while time.time() - t < 20: pass")])
+    try:
+        time.sleep(0.3)
+        before = kernels.kernel_info()["pool_backoffs"]
+        t0 = time.perf_counter()
+        outs = [nm.gemm(A, B) for _ in range(30)]
+        out["seconds"] = time.perf_counter() - t0
+        out["backoffs"] = kernels.kernel_info()["pool_backoffs"] - before
+        out["same"] = all(np.array_equal(o, ref) for o in outs)
+    finally:
+        hog.kill()
+
+
+t = threading.Thread(target=caller)
+t.start()
+t.join()
+print(out["backoffs"], out["same"], round(out["seconds"], 3))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or not hasattr(os, "setpriority"), reason="Linux only")
+def test_a_starved_worker_makes_calls_run_alone():
+    """A worker whose only CPU another process holds is detected (the caller waited most of the call)
+    and the following calls run on the caller alone for a while, with the same bits."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs in the affinity mask")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", _STARVED_WORKER], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    backoffs, same, _seconds = run.stdout.split()
+    assert same == "True"
+    assert int(backoffs) >= 1
