@@ -27,7 +27,8 @@ its own checks of the framing come first (they name the problem precisely), then
 ``safe_open`` reads the same file (anything it refuses, a panic included, is a BundleError too).
 Nothing in a file is executed: no pickle, no eval.  With ``mmap=True`` (the default) the tensors are
 read-only views of a memory map of the file, kept alive by the arrays themselves; with ``mmap=False``
-they are the library's own copies (``safe_open(...).get_tensor``).
+the data section is read into memory in one read and the tensors are views of that buffer.  The
+tensors' checksums are computed on up to 4 threads (hashlib releases the GIL).
 
 :func:`save` writes to a temporary file next to the target, fsyncs it and renames it into place, so
 readers (and a crash) only ever see the old file or the complete new one.
@@ -38,6 +39,7 @@ one contract (docs/bundle.md) that reads best in one place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import json
@@ -668,22 +670,18 @@ def _check_program_doc(doc: Any, entries: Mapping[str, _Entry], fail: Callable[[
                 raise fail(f"PWL table {t['key']!r}: {part} must be a 1-D F32 tensor, got {e.code} {list(e.shape)}")
 
 
-def _library_read(parsed: _Parsed, *, copies: bool) -> dict[str, np.ndarray]:
+def _library_check(parsed: _Parsed) -> None:
     """Open the validated file with the safetensors library (``safe_open``): it must accept the framing
-    and see the same metadata and tensor index as :func:`_read_header`.  With ``copies`` returns the
-    library's own copy of every tensor, else ``{}``.  Whatever the library raises -- a Rust panic
-    included, which is not an ``Exception`` -- becomes a :class:`BundleError`."""
+    and see the same metadata and tensor index as :func:`_read_header`.  Whatever the library raises --
+    a Rust panic included, which is not an ``Exception`` -- becomes a :class:`BundleError`."""
 
     def fail(msg: str) -> BundleError:
         return BundleError(f"{parsed.path}: {msg}")
 
-    out: dict[str, np.ndarray] = {}
     try:
         with safetensors.safe_open(os.fspath(parsed.path), framework="np") as sf:
             meta = sf.metadata() or {}
             names = set(sf.keys())
-            if copies:
-                out = {name: sf.get_tensor(name) for name in sorted(names & set(parsed.entries))}
     except Exception as e:
         raise fail(f"the safetensors library refuses the file: {e}") from None
     except BaseException as e:  # pyo3's PanicException derives from BaseException
@@ -692,14 +690,6 @@ def _library_read(parsed: _Parsed, *, copies: bool) -> dict[str, np.ndarray]:
         raise fail(f"the safetensors library failed on the file: {e}") from None
     if meta != parsed.raw_meta or names != set(parsed.entries):
         raise fail("the safetensors library reads another header than nmengine did (did the file change?)")
-    for name, arr in out.items():
-        ent = parsed.entries[name]
-        if arr.dtype.newbyteorder("=") != ent.dtype.newbyteorder("=") or arr.shape != ent.shape:
-            raise fail(f"tensor {name!r}: the safetensors library reads {arr.dtype} {list(arr.shape)}")
-        arr = arr.astype(ent.dtype.newbyteorder("="), copy=False)
-        arr.setflags(write=False)
-        out[name] = arr
-    return out
 
 
 def _map_data(f: Any, parsed: _Parsed) -> np.ndarray:
@@ -715,6 +705,44 @@ def _map_data(f: Any, parsed: _Parsed) -> np.ndarray:
         out = np.frombuffer(mm, dtype=np.uint8, count=size, offset=parsed.data_start)
     out.setflags(write=False)
     return out
+
+
+def _read_data(f: Any, parsed: _Parsed) -> np.ndarray:
+    """The data section read into memory (one read into a 64-byte aligned buffer), read-only."""
+    size = parsed.file_size - parsed.data_start
+    raw = np.empty(size + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + size]
+    f.seek(parsed.data_start)
+    got = 0
+    view = out.data  # the buffer as a writable memoryview
+    while got < size:
+        n = f.readinto(view[got:])
+        if not n:
+            raise BundleError(f"{parsed.path}: file changed size while being loaded")
+        got += n
+    out.setflags(write=False)
+    return out
+
+
+def _check_sums(data: np.ndarray, parsed: _Parsed) -> None:
+    """Every tensor's SHA-256 against the header's, on up to 4 threads for large bundles; the first
+    mismatch in file order is reported."""
+
+    def bad(name: str) -> bool:
+        e = parsed.entries[name]
+        return _sha256(data[e.begin : e.end]) != parsed.checksums[name]
+
+    names = list(parsed.entries)
+    workers = min(4, os.cpu_count() or 1, len(names))
+    if workers > 1 and data.size >= 8 << 20:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nm-bundle") as ex:
+            verdicts = list(ex.map(bad, names))
+    else:
+        verdicts = [bad(n) for n in names]
+    for name, wrong in zip(names, verdicts):
+        if wrong:
+            raise BundleError(f"{parsed.path}: checksum mismatch for tensor {name!r}: the data is corrupt")
 
 
 def _tensor(data: np.ndarray, e: _Entry) -> np.ndarray:
@@ -733,25 +761,21 @@ def load(path: str | os.PathLike[str], *, mmap: bool = True) -> Program:
     Validates the whole file before any tensor is used (see the module docstring and ``docs/bundle.md``)
     and raises :class:`BundleError` naming the problem.  With ``mmap=True`` the constants and tables are
     read-only views of a memory map of the file (pages load on demand; the map lives as long as the
-    arrays); with ``mmap=False`` they are read into memory once (the safetensors library's copies).  A
+    arrays); with ``mmap=False`` they are read into memory once (views of one buffer).  A
     missing path raises :class:`FileNotFoundError`, a directory :class:`IsADirectoryError`.
     """
     path, f, file_size = _open_checked(path)
     with f:
         parsed = _read_header(path, f, file_size)
-        data = _map_data(f, parsed) if mmap else None
-    copies = _library_read(parsed, copies=not mmap)
+        data = _map_data(f, parsed) if mmap else _read_data(f, parsed)
+    _library_check(parsed)
+    _check_sums(data, parsed)
 
     def fail(msg: str) -> BundleError:
         return BundleError(f"{path}: {msg}")
 
     def tensor(name: str) -> np.ndarray:
-        return _tensor(data, parsed.entries[name]) if data is not None else copies[name]
-
-    for name, e in parsed.entries.items():
-        raw = data[e.begin : e.end] if data is not None else _raw_bytes(copies[name])
-        if _sha256(raw) != parsed.checksums[name]:
-            raise fail(f"checksum mismatch for tensor {name!r}: the data is corrupt")
+        return _tensor(data, parsed.entries[name])
 
     doc = parsed.program
     constants = {c: tensor(c) for c in doc["constants"]}
@@ -791,7 +815,7 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     path, f, file_size = _open_checked(path)
     with f:
         p = _read_header(path, f, file_size)
-    _library_read(p, copies=False)
+    _library_check(p)
     doc = p.program
     by_kind: dict[str, int] = {}
     for op in doc["ops"]:
