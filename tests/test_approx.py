@@ -42,6 +42,7 @@ REF = {
     "sqrt": np.sqrt,
     "square": lambda x: x * x,
     "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
 }
 REQUIRED = set(REF)
 GRID = 200_001
@@ -87,7 +88,7 @@ def test_reference_matches_scipy(name):
     np.testing.assert_allclose(func.f(x), REF[name](x), rtol=1e-12, atol=0 if func.relative else 1e-14)
 
 
-@pytest.mark.parametrize("name", sorted(REQUIRED - {"relu"}))
+@pytest.mark.parametrize("name", sorted(REQUIRED - {"relu", "relu6"}))
 def test_derivative_matches_finite_differences(name):
     func = get_function(name)
     x = np.geomspace(1e-3, 1e3, 301) if func.relative else np.linspace(-9.0, 9.0, 301) + 1e-3
@@ -113,6 +114,7 @@ def test_relu_derivative_is_step():
         ("erf", -1.0, 1.0),
         ("exp", 0.0, np.inf),
         ("relu", 0.0, np.inf),
+        ("relu6", 0.0, 6.0),
     ],
 )
 def test_reference_limits_and_nan(name, at_minus_inf, at_plus_inf):
@@ -281,6 +283,18 @@ def test_relu_is_exact_with_two_segments():
     x32 = x.astype(np.float32)
     np.testing.assert_array_equal(table(x32), np.maximum(x32, 0))
     assert fit("relu", segments=32).n_segments == 2
+
+
+def test_relu6_is_exact_with_three_segments():
+    """ONNX Clip(0, 6) (MobileNet's ReLU6) becomes this table: bit for bit np.clip in float32."""
+    table = fit("relu6")
+    assert table.n_segments == 3 and fit("relu6", segments=32).n_segments == 3
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(3, 8, 10_000), [0.0, -0.0, 6.0, np.nextafter(6.0, 7.0), np.inf, -np.inf]])
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(table(x32), np.clip(x32, np.float32(0), np.float32(6)))
+    d = get_function("relu6").df(np.array([-1.0, 0.5, 5.5, 7.0]))
+    np.testing.assert_array_equal(d, [0.0, 1.0, 1.0, 0.0])
 
 
 @pytest.mark.parametrize("name, bound, rel", [("gelu", 1e-3, False), ("exp", 1e-4, False), ("reciprocal", 1e-3, True)])

@@ -126,6 +126,30 @@ def test_activations(nodes, inits):
     check(_act_model(nodes, inits), {"x": x})
 
 
+def test_relu6_fuses_into_the_conv_epilogue():
+    """Conv -> Clip(0, 6): one GEMM whose epilogue is the exact 3-segment relu6 table, no extra passes;
+    against ONNX Runtime within float rounding, and matrixized == exact bit for bit after the conv."""
+    import nmengine as nm
+    from tests.onnx_graphs import ort_run
+
+    w = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+    ]
+    d = _act_model(nodes, [init("w", w), init("lo", np.float32(0)), init("hi", np.float32(6))])
+    x = _x(2, 4, 5, 5) * 3
+    prog = nm.onnx.load(d, calibration={"x": x})
+    assert [op.kind for op in prog.ops if op.kind not in ("reshape", "im2col")] == ["gemm_batched"]
+    (table,) = prog.tables.values()
+    assert table.name == "relu6" and table.n_segments == 3
+    y = prog.run({"x": x})
+    ref = ort_run(d, {"x": x})[0]
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert y.min() == 0.0 and y.max() == 6.0  # the data reaches both bounds
+    np.testing.assert_array_equal(y, prog.run({"x": x}, mode="exact"))
+
+
 def test_exact_pwl_activations_are_exact_in_matrixized_mode():
     """Clip, LeakyRelu, HardSwish are relu compositions: matrixized == exact up to float rounding."""
     nodes = [

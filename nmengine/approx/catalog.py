@@ -324,6 +324,14 @@ def _relu_d(x: Array) -> Array:
     return np.where(np.isnan(x), np.nan, (x > 0).astype(np.float64))
 
 
+def _relu6(x: Array) -> Array:
+    return np.minimum(np.maximum(x, 0.0), 6.0)  # NaN propagates
+
+
+def _relu6_d(x: Array) -> Array:
+    return np.where(np.isnan(x), np.nan, ((x > 0) & (x < 6)).astype(np.float64))
+
+
 _POS = (1e-37, 1e37)  # positive float32 range where 1/x, 1/sqrt(x), sqrt(x) stay finite and normal
 
 
@@ -465,6 +473,17 @@ def _entries() -> dict[str, Function]:
             right=ident,
             exact=((-1.0, 0.0, 1.0), (0.0, 1.0), (0.0, 0.0)),
             description="max(x, 0) (exact with 2 segments)",
+        ),
+        Function(
+            "relu6",
+            _quiet(_relu6),
+            _quiet(_relu6_d),
+            -1.0,
+            7.0,
+            left=zero,
+            right=Tail.line(0.0, 6.0),
+            exact=((-1.0, 0.0, 6.0, 7.0), (0.0, 1.0, 0.0), (0.0, 0.0, 6.0)),
+            description="min(max(x, 0), 6) (exact with 3 segments: ONNX Clip(0, 6), MobileNet's ReLU6)",
         ),
     ]
     return {e.name: e for e in entries}

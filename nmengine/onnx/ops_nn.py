@@ -19,7 +19,7 @@ from ..compile.lower import softmax_rows
 from ..spec import Layer
 from .context import Ctx, Unsupported, Val, const, rule, tensor
 from .dims import Sym, dprod, is_static
-from .ops_math import attrs, relu_of, scale
+from .ops_math import attrs, relu_of, scale, unary_pwl
 
 __all__: list[str] = []
 
@@ -363,7 +363,8 @@ def _layernorm(cx: Ctx, node: Any, ins: list) -> list[Val]:
 # Piecewise-linear activations: exact relu compositions
 # ---------------------------------------------------------------------------------------------
 def clip(cx: Ctx, x: Val, lo: float | None, hi: float | None, out: str) -> Val:
-    """clip(x, lo, hi) = lo + relu((x - lo) - relu(x - hi)); one side only: relu / x - relu(x - hi)."""
+    """clip(x, lo, hi) = lo + relu((x - lo) - relu(x - hi)); one side only: relu / x - relu(x - hi);
+    ReLU6 (lo 0, hi 6): the catalog's exact ``relu6`` table, one epilogue instead of two passes."""
     if hi is None:
         if lo is None:
             return scale(cx, x, "clip (no bounds)", out=out)
@@ -371,6 +372,8 @@ def clip(cx: Ctx, x: Val, lo: float | None, hi: float | None, out: str) -> Val:
             return relu_of(cx, x, "relu", out=out)
         y = relu_of(cx, x, "relu(x - lo)", beta=-lo)
         return scale(cx, y, "+ lo", out=out, beta=lo)
+    if lo == 0.0 and hi == 6.0:  # ReLU6: one exact 3-segment table, which fuses into the producing GEMM
+        return unary_pwl(cx, x, "relu6", "relu6 (exact 3-segment table)", out=out)
     t = relu_of(cx, x, "relu(x - hi)", beta=-hi)
     if lo is None:
         return scale(cx, x, "x - relu(x - hi)", out=out, res=t, res_beta=-1.0)
@@ -388,7 +391,12 @@ def _scalar(v: Val | None, what: str) -> float | None:
     return float(np.asarray(v.array, np.float64).reshape(()))
 
 
-@rule("Clip", how="exact PWL: lo + relu((x - lo) - relu(x - hi)) (ReLU6 = relu(x - relu(x - 6)))")
+@rule(
+    "Clip",
+    how="exact PWL: ReLU6 (0, 6) as the exact 3-segment table relu6 in the producing GEMM's epilogue; "
+    "other bounds lo + relu((x - lo) - relu(x - hi))",
+    tables="relu6 (exact)",
+)
 def _clip(cx: Ctx, node: Any, ins: list) -> list[Val]:
     at = attrs(node)
     if cx.opset < 11:
