@@ -454,22 +454,22 @@ def _layernorm_rows(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
     )
 
 
-def _pack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
+def _move_rows(ctx: StepContext, op: Op, bufs, unpack: bool) -> Optional[Step]:
+    """pack ([B, T, ...] -> the real tokens' rows) or unpack (back, padding zeroed) in one core call."""
     x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
     if not x.flags.c_contiguous:
         return None
     flat = mask.reshape(-1)
-    width = x.itemsize * int(np.prod(x.shape[2:], dtype=np.int64))
-    return ctx.core.move_rows, (x, out, flat, None, flat.size, width, False, ctx.threads)
+    width = x.itemsize * int(np.prod(x.shape[1 if unpack else 2 :], dtype=np.int64))
+    return ctx.core.move_rows, (x, out, flat, None, flat.size, width, unpack, ctx.threads)
+
+
+def _pack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
+    return _move_rows(ctx, op, bufs, unpack=False)
 
 
 def _unpack(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
-    x, out, mask = bufs[op.args["x"]], bufs[op.out], bufs[ctx.masks[op.args["mask"]]]
-    if not x.flags.c_contiguous:
-        return None
-    flat = mask.reshape(-1)
-    width = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64))
-    return ctx.core.move_rows, (x, out, flat, None, flat.size, width, True, ctx.threads)
+    return _move_rows(ctx, op, bufs, unpack=True)
 
 
 def _positions(ctx: StepContext, op: Op, bufs) -> Optional[Step]:
