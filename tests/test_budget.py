@@ -198,7 +198,7 @@ def test_inspect_plot_without_budget_is_an_error(mlp, tmp_path, capsys):
 def test_cli_segments_argument():
     import argparse
 
-    from nmengine.cli.segments import segments_arg, segments_options
+    from nmengine.cli.compile_options import segments_arg, segments_options
 
     assert segments_arg("auto") == "auto" and segments_arg("16") == 16
     with pytest.raises(argparse.ArgumentTypeError):

@@ -14,7 +14,7 @@ from ..hf.bert import INPUT_NAMES
 from ..hf.config import default_model_dir
 from ..hf.embedder import SentenceEmbedder
 from ..hf.load import DEFAULT_SEGMENTS, export, load_bert
-from .segments import add_segments_args, segments_options
+from .compile_options import add_precision_arg, add_segments_args, segments_options
 
 __all__ = ["add_embed_parser", "run_embed", "add_export_parser", "run_export", "add_hf_report_parser", "run_hf_report"]
 
@@ -40,12 +40,7 @@ def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("npy", "jsonl"), default="npy", help="output format (default npy)")
     p.add_argument("--batch-size", type=int, default=32)
     add_segments_args(p, DEFAULT_SEGMENTS)
-    p.add_argument(
-        "--precision",
-        choices=("float32", "int8"),
-        default=None,
-        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
-    )
+    add_precision_arg(p, None)
     p.add_argument("--input", "-i", default="-", help="input file (default stdin)")
     p.add_argument("--output", "-o", default="-", help="output file (default stdout)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise beyond the model's pipeline")
@@ -116,12 +111,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="Hugging Face BERT / sentence-transformers directory")
     p.add_argument("--output", "-o", required=True, help="bundle to write (.nmb)")
     add_segments_args(p, DEFAULT_SEGMENTS)
-    p.add_argument(
-        "--precision",
-        choices=("float32", "int8"),
-        default=None,
-        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
-    )
+    add_precision_arg(p, None)
     p.add_argument("--no-cache", action="store_true", help="compile even when a cached program exists")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     p.set_defaults(func=run_export)
@@ -152,12 +142,7 @@ def add_hf_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--config", default=None, help="accelerator configuration for the cost model (default: its default)")
     p.add_argument("--segments", type=int, default=None, help=f"PWL segments (default {DEFAULT_SEGMENTS})")
-    p.add_argument(
-        "--precision",
-        choices=("float32", "int8"),
-        default=None,
-        help="GEMM precision of the linear layers (default float32; int8: docs/int8.md)",
-    )
+    add_precision_arg(p, None)
     p.set_defaults(func=run_hf_report)
     return p
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx import import_summary, load  # ImportError without the onnx extra: nmengine.cli reports it
-from .segments import add_segments_args, segments_options
+from .compile_options import add_precision_arg, add_segments_args, segments_options
 
 __all__ = ["add_parser"]
 
@@ -111,12 +111,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_segments_args(p, 32)
     p.add_argument("--method", default="optimized", help="PWL fitting method (see nmengine approx)")
-    p.add_argument(
-        "--precision",
-        choices=("float32", "int8"),
-        default="float32",
-        help="GEMM precision of the linear layers and convolutions (default float32; int8: docs/int8.md)",
-    )
+    add_precision_arg(p)
     p.add_argument("--exact", action="store_true", help="skip calibration (for exact-mode use)")
     p.set_defaults(func=_import)
     p = sub.add_parser("run", help="run a bundle on named arrays from an .npz")

@@ -44,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     options = {"act": args.act} if args.act else None
-    from .segments import segments_options
+    from .compile_options import segments_options
 
     sizes = segments_options(args)
     result = run_flow(
@@ -99,7 +99,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="activation (default: relu for the CNN, gelu for the ViT)",
     )
-    from .segments import add_segments_args
+    from .compile_options import add_precision_arg, add_segments_args
 
     add_segments_args(p, 16)
     p.add_argument(
@@ -115,12 +115,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="with --learn-tables: start from tables refitted to the calibration inputs (default) or the compiled ones",
     )
     p.add_argument("--method", choices=("optimized", "uniform"), default="optimized")
-    p.add_argument(
-        "--precision",
-        choices=("float32", "int8"),
-        default="float32",
-        help="GEMM precision of the linear layers and convolutions in the exported program (docs/int8.md)",
-    )
+    add_precision_arg(p)
     p.add_argument("--out", default="model.nmb", help="bundle to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

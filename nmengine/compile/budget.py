@@ -30,7 +30,7 @@ bytes vs fidelity) and in each table's ``meta["budget"]``; :mod:`.budget_report`
 
 Why one module of this length (~670 lines): the target, the evaluator, the candidate tables and the
 greedy/bisection plan are the four parts of one algorithm and share its state; the report and the
-command-line options live apart (:mod:`.budget_report`, :mod:`nmengine.cli.segments`).
+command-line options live apart (:mod:`.budget_report`, :mod:`nmengine.cli.compile_options`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``--segments N|auto`` and ``--target SPEC``: the options every compiling command shares (train, the
-Hugging Face commands, import)."""
+"""The options every compiling command shares (train, the Hugging Face commands, import):
+``--segments N|auto``, ``--target SPEC`` and ``--precision float32|int8``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..compile.budget import parse_target
 
-__all__ = ["segments_arg", "add_segments_args", "segments_options"]
+__all__ = ["segments_arg", "add_segments_args", "segments_options", "add_precision_arg"]
 
 
 def segments_arg(value: str) -> int | str:
@@ -54,3 +54,13 @@ def segments_options(args: argparse.Namespace) -> dict[str, Any]:
         parse_target(target, labels=np.zeros(1, dtype=np.int64))  # fail early on a malformed --target
         opts["target"] = target
     return opts
+
+
+def add_precision_arg(parser: argparse.ArgumentParser, default: str | None = "float32") -> None:
+    """Add ``--precision float32|int8`` (``default`` None: the command keeps what its model has)."""
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        default=default,
+        help="GEMM precision of the linear layers and convolutions (default float32; int8: docs/int8.md)",
+    )
