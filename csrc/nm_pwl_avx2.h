@@ -160,7 +160,7 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v_eval(const nm_pwl_v *v, __m256 x)
 typedef struct nm_pwl_v8 {
     __m256 lo, hi, scale, nlos, xmin, xmax;
     const nm_pwl_reg *r;
-    int steps, floor8, clamp_lo, clamp_hi;
+    int steps, floor8, clamp;
 } nm_pwl_v8;
 
 NM_AVX2 NM_INLINE void nm_pwl_v8_init(nm_pwl_v8 *v, const nm_pwl *p, const nm_pwl_reg *r)
@@ -174,13 +174,16 @@ NM_AVX2 NM_INLINE void nm_pwl_v8_init(nm_pwl_v8 *v, const nm_pwl *p, const nm_pw
     v->xmax = _mm256_set1_ps(p->xmax);
     v->steps = r->steps8;
     v->floor8 = r->floor8;
-    v->clamp_lo = !(p->xmin == -INFINITY); /* max(-inf, x) == x, NaN included */
-    v->clamp_hi = !(p->xmax == INFINITY);
+    /* max(-inf, x) == x and min(inf, x) == x, NaN included: one flag for both clamps */
+    v->clamp = !(p->xmin == -INFINITY) || !(p->xmax == INFINITY);
 }
 
-/* nm_pwl_v8 on x with `steps` and `fl` (v->floor8) compile-time constants after inlining (the loop
- * unrolls).  With fl the key is floor(v) mod 8 (vpermps reads the index's low 3 bits). */
-NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int steps, int fl)
+/* nm_pwl_v8 on x with `steps`, `fl` (v->floor8) and `cl` (v->clamp) compile-time constants after
+ * inlining (the loop unrolls, and no per-vector test of the clamp flag is left in the loop: gcc
+ * re-evaluated a run-time flag there with a vmovd + vucomiss + branch per clamp and vector, two of
+ * them on the shuffle port the lookups need).  With fl the key is floor(v) mod 8 (vpermps reads the
+ * index's low 3 bits). */
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int steps, int fl, int cl)
 {
     const nm_pwl_reg *r = v->r;
     __m256 xk = _mm256_max_ps(x, v->lo); /* NaN -> lo */
@@ -199,50 +202,61 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int ste
         c = _mm256_xor_ps(c, _mm256_and_ps(m, dc));
     }
     __m256 xc = x;
-    if (v->clamp_lo) xc = _mm256_max_ps(v->xmin, xc); /* xmin > x ? xmin : x  (NaN propagates) */
-    if (v->clamp_hi) xc = _mm256_min_ps(v->xmax, xc);
+    if (cl) {
+        xc = _mm256_max_ps(v->xmin, xc); /* xmin > x ? xmin : x  (NaN propagates) */
+        xc = _mm256_min_ps(v->xmax, xc);
+    }
     return _mm256_add_ps(_mm256_mul_ps(s, xc), c);
 }
 
-/* y[i * ldy + j] = pwl(x[i * 16 + j]) for a rows x 16 block (x aligned), steps and key form
- * unrolled per case. */
-#define NM_V8_BLOCK(ST, FL)                                                               \
+/* y[i * ldy + j] = pwl(x[i * 16 + j]) for a rows x 16 block (x aligned), steps, key form and
+ * clamp unrolled per case. */
+#define NM_V8_BLOCK(ST, FL, CL)                                                           \
     for (int i = 0; i < rows; i++) {                                                     \
-        const __m256 a0 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i), ST, FL);       \
-        const __m256 a1 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i + 8), ST, FL);   \
+        const __m256 a0 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i), ST, FL, CL);   \
+        const __m256 a1 = nm_pwl_v8_eval_st(v, _mm256_load_ps(x + 16 * i + 8), ST, FL, CL); \
         _mm256_storeu_ps(y + i * ldy, a0);                                                \
         _mm256_storeu_ps(y + i * ldy + 8, a1);                                            \
+    }
+/* floor keys are chosen only when they save a step: 1..4 steps (tables of <= 32 segments) */
+#define NM_V8_FLOOR(CL)                                    \
+    switch (v->steps) {                                    \
+    case 0: NM_V8_BLOCK(0, 1, CL); break;                  \
+    case 1: NM_V8_BLOCK(1, 1, CL); break;                  \
+    case 2: NM_V8_BLOCK(2, 1, CL); break;                  \
+    case 3: NM_V8_BLOCK(3, 1, CL); break;                  \
+    default: NM_V8_BLOCK(v->steps, 1, CL); break;          \
+    }
+#if NM_PWL_R8_MAX_STEPS > 4
+#define NM_V8_TRUNC_MORE(CL)                               \
+    case 5: NM_V8_BLOCK(5, 0, CL); break;                  \
+    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS, 0, CL); break;
+#else
+#define NM_V8_TRUNC_MORE(CL) default: NM_V8_BLOCK(4, 0, CL); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
+#endif
+#define NM_V8_TRUNC(CL)                                    \
+    switch (v->steps) {                                    \
+    case 0: NM_V8_BLOCK(0, 0, CL); break;                  \
+    case 1: NM_V8_BLOCK(1, 0, CL); break;                  \
+    case 2: NM_V8_BLOCK(2, 0, CL); break;                  \
+    case 3: NM_V8_BLOCK(3, 0, CL); break;                  \
+    case 4: NM_V8_BLOCK(4, 0, CL); break;                  \
+    NM_V8_TRUNC_MORE(CL)                                   \
     }
 NM_AVX2 NM_INLINE void nm_pwl_v8_block16(const nm_pwl_v8 *v, const float *x, int rows, float *y, ptrdiff_t ldy)
 {
     if (v->floor8) {
-        /* floor keys are chosen only when they save a step: 1..4 steps (tables of <= 32 segments) */
-        switch (v->steps) {
-        case 0: NM_V8_BLOCK(0, 1); break;
-        case 1: NM_V8_BLOCK(1, 1); break;
-        case 2: NM_V8_BLOCK(2, 1); break;
-        case 3: NM_V8_BLOCK(3, 1); break;
-        default: NM_V8_BLOCK(v->steps, 1); break;
-        }
+        if (v->clamp) NM_V8_FLOOR(1) else NM_V8_FLOOR(0)
         return;
     }
-    switch (v->steps) {
-    case 0: NM_V8_BLOCK(0, 0); break;
-    case 1: NM_V8_BLOCK(1, 0); break;
-    case 2: NM_V8_BLOCK(2, 0); break;
-    case 3: NM_V8_BLOCK(3, 0); break;
-    case 4: NM_V8_BLOCK(4, 0); break;
-#if NM_PWL_R8_MAX_STEPS > 4
-    case 5: NM_V8_BLOCK(5, 0); break;
-    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS, 0); break;
-#else
-    default: NM_V8_BLOCK(4, 0); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
-#endif
-    }
+    if (v->clamp) NM_V8_TRUNC(1) else NM_V8_TRUNC(0)
 }
+#undef NM_V8_FLOOR
+#undef NM_V8_TRUNC
+#undef NM_V8_TRUNC_MORE
 #undef NM_V8_BLOCK
 
-NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps, v->floor8); }
+NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps, v->floor8, v->clamp); }
 
 NM_AVX2 NM_INLINE __m256 nm_relu_v(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
 

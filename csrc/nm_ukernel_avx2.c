@@ -112,11 +112,13 @@ NM_AVX2 __attribute__((noinline)) static void nm_avx2_finish_full(float *buf, fl
     if (t->act == NM_ACT_PWL && t->reg && t->reg->ok8) {
         /* register-form table: the combined tile back into the buffer (row i is read before it
          * is written), then one pass evaluates and stores it */
-        nm_tile_ctx tn = *t;
-        tn.act = NM_ACT_NONE;
-        for (int i = 0; i < NM_AVX2_MR; i++)
-            finish_row(i, _mm256_load_ps(buf + 16 * i), _mm256_load_ps(buf + 16 * i + 8), buf, NM_AVX2_NR, &tn, &e,
-                       c, rsc);
+        if (t->load_c || t->bias_col || t->bias_row || t->res) { /* else buf holds x already */
+            nm_tile_ctx tn = *t;
+            tn.act = NM_ACT_NONE;
+            for (int i = 0; i < NM_AVX2_MR; i++)
+                finish_row(i, _mm256_load_ps(buf + 16 * i), _mm256_load_ps(buf + 16 * i + 8), buf, NM_AVX2_NR, &tn,
+                           &e, c, rsc);
+        }
         nm_pwl_v8 v;
         nm_pwl_v8_init(&v, t->pwl, t->reg);
         nm_pwl_v8_block16(&v, buf, NM_AVX2_MR, c, rsc);
