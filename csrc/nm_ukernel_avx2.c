@@ -145,7 +145,10 @@ NM_AVX2 NM_INLINE void nm_ukr_avx2_body(int64_t kc, const float *a, ptrdiff_t ar
     const int fast = (m == NM_AVX2_MR && n == NM_AVX2_NR && csc == 1 &&
                       (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
     if (fast) {
-        for (int i = 0; i < NM_AVX2_MR; i++) _mm_prefetch((const char *)(c + i * rsc), _MM_HINT_T0);
+        for (int i = 0; i < NM_AVX2_MR; i++) {
+            _mm_prefetch((const char *)(c + i * rsc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * rsc + NM_AVX2_NR - 1), _MM_HINT_T0);
+        }
     }
 
     int64_t p = 0;

@@ -158,6 +158,18 @@ NM_AVX512 static void nm_avx512_kloop(int64_t kc, const float *a, const float *b
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "cc", "memory");
 }
 
+/* Prefetch a full tile's rows of C (read after the K loop: the earlier K blocks' sums, a residual
+ * in place) into L1 before the K loop, every cache line of each row: a row of 32 floats spans 3
+ * lines when C is not 64-byte aligned (numpy's large arrays are 16-byte aligned). */
+NM_AVX512 NM_INLINE void nm_avx512_prefetch_c(const float *c, ptrdiff_t rsc)
+{
+    for (int i = 0; i < NM_AVX512_MR; i++) {
+        _mm_prefetch((const char *)(c + i * rsc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * rsc + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * rsc + NM_AVX512_NR - 1), _MM_HINT_T0);
+    }
+}
+
 NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *c, ptrdiff_t rsc,
                              ptrdiff_t csc, int m, int n, const nm_tile_ctx *t)
 {
@@ -166,6 +178,7 @@ NM_AVX512 void nm_ukr_avx512(int64_t kc, const float *a, const float *b, float *
     /* The accumulators go through an L1 buffer (28 stores + 28 loads per tile, under 1% of the
      * tile's FMAs at KC = 384): the epilogue's registers never compete with the FMA loop's. */
     _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+    if (fast && t->load_c) nm_avx512_prefetch_c(c, rsc);
 #if defined(__GNUC__) || defined(__clang__)
     nm_avx512_kloop(kc, a, b, buf);
 #else
@@ -230,6 +243,7 @@ NM_AVX512 void nm_ukr_avx512_direct(int64_t kc, const float *a, ptrdiff_t lda, c
 {
     const int fast = (n == NM_AVX512_NR && csc == 1 && (!t->last || !t->res || t->res_cs == 0 || t->res_cs == 1));
     _Alignas(64) float buf[NM_AVX512_MR * NM_AVX512_NR];
+    if (fast && t->load_c) nm_avx512_prefetch_c(c, rsc);
     nm_avx512_kloop_direct(kc, a, lda, b, buf);
     if (fast) nm_avx512_tile_out(buf, NM_AVX512_MR, c, rsc, t);
     else finish_edge(buf, NM_AVX512_MR, n, c, rsc, csc, t);
