@@ -11,8 +11,9 @@ Both libraries run on one thread (nm.set_num_threads(1), threadpoolctl for OpenB
 ``time.thread_time`` around one call, so time spent descheduled by other processes is not counted.
 Prints, per #12 shape (M x K x N), the best GFLOP/s of 5 x N runs and numpy time / nmengine time;
 with --pwl, the fused 16- and 32-segment tables (tanh, uniform breakpoints on [-4, 4], as in
-bench/test_bench_gemm.py), the 34-segment GELU fit and relu against the plain product (best of 7
-rounds of 3 calls, peers alternating); with --smallm, M in {1, 8, 25, 64, 4096} x K 384 -> N 1536 with
+bench/test_bench_gemm.py), the 34-segment GELU fit and relu against the plain product: the best of
+--rounds rounds of 3 calls each, peers alternating, and in brackets the median over the rounds of
+each round's ratio (the steadier figure on a shared machine); with --smallm, M in {1, 8, 25, 64, 4096} x K 384 -> N 1536 with
 B pre-packed (kernels.pack_b) against numpy at the same shapes.
 """
 
@@ -49,7 +50,7 @@ def _tanh_table(segments: int):
     return PWLTable(x, s, y[:-1] - s * x[:-1])
 
 
-def pwl_overhead() -> None:
+def pwl_overhead(rounds: int = 15) -> None:
     from nmengine.approx.fit import fit
 
     eps = {"plain": None, "pwl16": _tanh_table(16), "pwl32": _tanh_table(32), "gelu34": fit("gelu", segments=32)}
@@ -60,14 +61,21 @@ def pwl_overhead() -> None:
         b = rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K))
         out = np.empty((M, N), np.float32)
         best = {k: float("inf") for k in eps}
-        for _ in range(7):
-            for k, e in eps.items():
-                best[k] = min(best[k], _best(lambda e=e: nm.gemm(a, b, epilogue=e, out=out), 3))
+        ratios: dict[str, list[float]] = {k: [] for k in eps}
+        for _ in range(rounds):
+            r = {k: _best(lambda e=e: nm.gemm(a, b, epilogue=e, out=out), 3) for k, e in eps.items()}
+            for k in eps:
+                best[k] = min(best[k], r[k])
+                ratios[k].append(r[k] / r["plain"])
         plain = nm.gemm(a, b)
         for k in ("pwl16", "pwl32", "gelu34"):
             assert np.array_equal(nm.gemm(a, b, epilogue=eps[k]), eps[k](plain)), k
         p = best["plain"]
-        parts = " ".join(f"{k} {100 * (v / p - 1):+.1f}%" for k, v in best.items() if k != "plain")
+        parts = " ".join(
+            f"{k} {100 * (v / p - 1):+.1f}% ({100 * (float(np.median(ratios[k])) - 1):+.1f}%)"
+            for k, v in best.items()
+            if k != "plain"
+        )
         print(f"{M}x{K}x{N}: plain {p * 1e3:.2f} ms  {parts}")
 
 
@@ -114,6 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="auto")
     ap.add_argument("--pwl", action="store_true", help="PWL epilogue overhead instead of sgemm vs numpy")
+    ap.add_argument("--rounds", type=int, default=15, help="--pwl: rounds of 3 calls per variant (default 15)")
     ap.add_argument("--smallm", action="store_true", help="small M with pre-packed B instead")
     ap.add_argument("--smallm-threads", action="store_true", help="small M, nmengine alone, 1 vs 2 threads, wall time")
     args = ap.parse_args()
@@ -121,7 +130,7 @@ def main() -> None:
     with threadpool_limits(1), kernels.use_kernel(args.kernel):
         print(nm.kernel_info())
         if args.pwl:
-            pwl_overhead()
+            pwl_overhead(args.rounds)
             return
         if args.smallm:
             small_m()
