@@ -56,6 +56,7 @@ void nm_pwl_rows_build(const nm_pwl *p, float *rows)
 /* ---- register-table form (nm_epilogue.h, nm_pwl_reg) ---------------------------------------- */
 
 #include <math.h>
+#include <stdlib.h>
 
 static float nm_reg_keyf(const nm_pwl_reg *r, float x)
 {
@@ -262,6 +263,30 @@ static void nm_pwl_r8_build(const nm_pwl *p, nm_pwl_reg *r)
         }
     }
     if (best >= 0 && best <= NM_PWL_R8_MAX_STEPS) nm_r8_grid(p, r, blo, bhi, bsc, bnl, bfl, 1);
+}
+
+void nm_pwl_reg_of(const nm_pwl *p, nm_pwl_reg *r)
+{
+    if (p->reg) memcpy(r, p->reg, sizeof *r);
+    else nm_pwl_reg_build(p, r);
+}
+
+nm_pwl_reg *nm_pwl_reg_new(const nm_pwl *p)
+{
+    /* malloc'ed with room to align to 64 bytes; the raw pointer sits just below the struct */
+    const size_t align = 64;
+    void *raw = malloc(sizeof(nm_pwl_reg) + align + sizeof(void *));
+    if (!raw) return NULL;
+    const uintptr_t at = ((uintptr_t)raw + sizeof(void *) + align - 1) & ~(uintptr_t)(align - 1);
+    nm_pwl_reg *r = (nm_pwl_reg *)at;
+    ((void **)r)[-1] = raw;
+    nm_pwl_reg_build(p, r);
+    return r;
+}
+
+void nm_pwl_reg_free(nm_pwl_reg *r)
+{
+    if (r) free(((void **)r)[-1]);
 }
 
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r)

@@ -85,6 +85,12 @@ typedef struct nm_pwl_reg {
     int floor8; /* key = cvtt(floor(v)) mod 8 instead of cvtt(v) (v > -1): see nm_pwl_r8_build */
 } nm_pwl_reg;
 void nm_pwl_reg_build(const nm_pwl *p, nm_pwl_reg *r);
+/* *r = the register forms of p: a copy of p->reg when the table carries them, else built. */
+void nm_pwl_reg_of(const nm_pwl *p, nm_pwl_reg *r);
+/* A heap copy of p's register forms (64-byte aligned) for nm_pwl.reg, or NULL when out of memory;
+ * nm_pwl_reg_free releases it (NULL is a no-op). */
+nm_pwl_reg *nm_pwl_reg_new(const nm_pwl *p);
+void nm_pwl_reg_free(nm_pwl_reg *r);
 
 /* Epilogue state of one output tile; pointers are already offset to the tile's (i0, j0). */
 typedef struct nm_tile_ctx {

@@ -533,14 +533,14 @@ static int nm_sgemm_impl(int64_t P1, int64_t P2, int64_t M, int64_t N, int64_t K
     /* the AVX-512 epilogue reads the table from registers when it fits, else the rows/gathers */
     nm_pwl_reg reg;
     if (act == NM_ACT_PWL && kres == NM_KERNEL_AVX512) {
-        nm_pwl_reg_build(base.pwl, &reg);
+        nm_pwl_reg_of(base.pwl, &reg);
         if (reg.ok) {
             base.reg = &reg;
             rsz = 0;
         }
     } else if (act == NM_ACT_PWL && kres == NM_KERNEL_AVX2) {
         /* full tiles read the 8-bin register form; edge tiles keep the rows (same bits) */
-        nm_pwl_reg_build(base.pwl, &reg);
+        nm_pwl_reg_of(base.pwl, &reg);
         if (reg.ok8) base.reg = &reg;
     }
 #endif

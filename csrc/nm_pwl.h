@@ -12,6 +12,8 @@
 #define NM_PWL_KEY_LINEAR 0 /* key = floor(clamp((x - origin) * scale, 0, nhint - 1)) */
 #define NM_PWL_KEY_LOG2 1   /* key = clamp((bits(x) >> shift) - base, 0, nhint - 1)   */
 
+struct nm_pwl_reg; /* the kernels' register forms of a table (nm_epilogue.h) */
+
 typedef struct nm_pwl {
     int32_t n;        /* segments (>= 1) */
     int32_t key_mode; /* NM_PWL_KEY_* */
@@ -27,6 +29,9 @@ typedef struct nm_pwl {
     const float *edges;      /* [n] interior breakpoints b[1..n-1], then NaN */
     const float *slopes;     /* [n] */
     const float *intercepts; /* [n] */
+    /* The table's register forms built once (nm_pwl_reg_new), or NULL: every call that needs them
+     * builds them (a grid search over the breakpoints, ~10 us). */
+    const struct nm_pwl_reg *reg;
 } nm_pwl;
 
 #endif

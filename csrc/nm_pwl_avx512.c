@@ -37,7 +37,7 @@ NM_AVX512 void nm_act_avx512(int act, const nm_pwl *pwl, const float *rows, cons
 {
     if (act == NM_ACT_PWL && n >= 1024) {
         nm_pwl_reg reg;
-        nm_pwl_reg_build(pwl, &reg);
+        nm_pwl_reg_of(pwl, &reg);
         nm_act_avx512_reg(act, pwl, &reg, rows, x, y, n);
     } else {
         nm_act_avx512_reg(act, pwl, NULL, rows, x, y, n);

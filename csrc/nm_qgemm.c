@@ -528,7 +528,7 @@ int nm_qgemm(const nm_qgemm_args *x, int nthreads, int qkernel)
     p.simd = NM_X86 && kres != NM_QKERNEL_SCALAR;
     p.z512 = NM_X86 && (kres == NM_QKERNEL_AMX || kres == NM_QKERNEL_AVX512VNNI);
 #if NM_X86
-    if (p.z512 && act == NM_ACT_PWL) nm_pwl_reg_build(x->ep->pwl, &p.reg);
+    if (p.z512 && act == NM_ACT_PWL) nm_pwl_reg_of(x->ep->pwl, &p.reg);
 #endif
 
     int nt = nthreads < 1 ? 1 : (nthreads > NM_MAX_THREADS ? NM_MAX_THREADS : nthreads);

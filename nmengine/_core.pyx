@@ -20,6 +20,7 @@ import numpy as np
 cnp.import_array()
 
 cdef extern from "nm_pwl.h":
+    cdef struct nm_pwl_reg
     ctypedef struct nm_pwl:
         int32_t n
         int32_t key_mode
@@ -35,6 +36,11 @@ cdef extern from "nm_pwl.h":
         const float *edges
         const float *slopes
         const float *intercepts
+        const nm_pwl_reg *reg
+
+cdef extern from "nm_epilogue.h":
+    nm_pwl_reg *nm_pwl_reg_new(const nm_pwl *p) nogil
+    void nm_pwl_reg_free(nm_pwl_reg *r) nogil
 
 cdef extern from "nm_cpu.h":
     double nm_cpu_measure_ghz() nogil
@@ -267,19 +273,34 @@ cdef tuple _fill_pwl(nm_pwl *p, object table):
     p.edges = <const float *>cnp.PyArray_DATA(edges)
     p.slopes = <const float *>cnp.PyArray_DATA(slopes)
     p.intercepts = <const float *>cnp.PyArray_DATA(icpt)
+    p.reg = NULL  # built per call; PreparedTable builds it once
     return (hint, edges, slopes, icpt)
 
 
 cdef class PreparedTable:
     """A PWLTable's C descriptor, built once (the runtime keeps one per op instead of rebuilding it
-    on every call).  Holds its own contiguous copies of the table arrays; read-only."""
+    on every call), with the kernels' register forms of the table (the grid search behind them
+    cost ~10 us per GEMM call when it ran per call).  Holds its own contiguous copies of the table
+    arrays; read-only."""
     cdef nm_pwl p
     cdef tuple keep
     cdef readonly object table
 
+    def __cinit__(self):
+        self.p.reg = NULL
+
     def __init__(self, object table):
+        nm_pwl_reg_free(<nm_pwl_reg *>self.p.reg)  # __init__ called again: drop the old forms
+        self.p.reg = NULL
         self.keep = _fill_pwl(&self.p, table)
         self.table = table
+        self.p.reg = nm_pwl_reg_new(&self.p)
+        if self.p.reg == NULL:
+            raise MemoryError("PreparedTable: out of memory for the register forms")
+
+    def __dealloc__(self):
+        nm_pwl_reg_free(<nm_pwl_reg *>self.p.reg)
+        self.p.reg = NULL
 
 
 cdef const nm_pwl *_pwl_of(object table, nm_pwl *tmp, list keep) except NULL:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import nmengine as nm
+from nmengine import kernels
 from nmengine.pwl import PWLTable
 
 
@@ -86,6 +87,9 @@ def test_full_tiles_bit_exact(kernel, name):
     zero = np.zeros((5, N), np.float32)
     fused = nm.gemm(a, zero, residual=x, epilogue=table)
     assert np.array_equal(fused, table(np.float32(0) + x), equal_nan=True), name
+    # a prepared table carries register forms built once; they must read the same as per-call ones
+    prepared = nm.gemm(a, zero, residual=x, epilogue=kernels.prepare_table(table))
+    assert np.array_equal(prepared, table(np.float32(0) + x), equal_nan=True), name
     # a real product: fused == table(plain)
     b = (rng.standard_normal((5, N)) * max(1.0, float(np.abs(table.breakpoints).max()) / 2)).astype(np.float32)
     plain = nm.gemm(a, b)
