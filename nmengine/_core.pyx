@@ -281,7 +281,8 @@ cdef class PreparedTable:
     """A PWLTable's C descriptor, built once (the runtime keeps one per op instead of rebuilding it
     on every call), with the kernels' register forms of the table (the grid search behind them
     cost ~10 us per GEMM call when it ran per call).  Holds its own contiguous copies of the table
-    arrays; read-only."""
+    arrays; read-only.  ``keep_table=False`` does not hold the PWLTable itself (``table`` is then None):
+    for caches keyed by the table's lifetime."""
     cdef nm_pwl p
     cdef tuple keep
     cdef readonly object table
@@ -289,11 +290,11 @@ cdef class PreparedTable:
     def __cinit__(self):
         self.p.reg = NULL
 
-    def __init__(self, object table):
+    def __init__(self, object table, bint keep_table=True):
         nm_pwl_reg_free(<nm_pwl_reg *>self.p.reg)  # __init__ called again: drop the old forms
         self.p.reg = NULL
         self.keep = _fill_pwl(&self.p, table)
-        self.table = table
+        self.table = table if keep_table else None
         self.p.reg = nm_pwl_reg_new(&self.p)
         if self.p.reg == NULL:
             raise MemoryError("PreparedTable: out of memory for the register forms")

@@ -47,6 +47,7 @@ import contextlib
 import contextvars
 import os
 import threading
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
@@ -272,11 +273,47 @@ def as_vector(name: str, x: Any, n: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _act(epilogue: Epilogue) -> tuple[int, Optional[PWLTable]]:
+# PWLTable -> its C descriptor (PreparedTable: the arrays in C form and the kernels' register forms,
+# ~30 us to build), kept while the table lives and reused while every field the descriptor is built
+# from is still the same object (the arrays are read-only, so a changed table has new objects).
+# id(table) -> (weak reference, the fields, prepared).
+_PREPARED: dict[int, tuple[Any, tuple[Any, ...], Any]] = {}
+_PREPARED_LOCK = threading.RLock()
+_TABLE_FIELDS = ("hint", "edges", "slopes", "intercepts", "key_mode", "nhint", "steps", "shift", "base",
+                 "origin", "scale", "xmin", "xmax")  # fmt: skip
+
+
+def _prepared_table(table: PWLTable) -> Any:
+    """The cached C descriptor of ``table`` (built on first use, rebuilt if the table was changed)."""
+    key = id(table)
+    hit = _PREPARED.get(key)  # one dict read: atomic under the GIL
+    if hit is not None and hit[0]() is table:
+        for f, v in zip(_TABLE_FIELDS, hit[1]):
+            if getattr(table, f) is not v:
+                break
+        else:
+            return hit[2]
+    prepared = compiled_core().PreparedTable(table, keep_table=False)  # the entry must not keep it alive
+    cache, lock = _PREPARED, _PREPARED_LOCK  # the callback may run while the module is torn down
+
+    def _forget(ref: Any, key: int = key) -> None:
+        with lock:
+            entry = cache.get(key)
+            if entry is not None and entry[0] is ref:
+                del cache[key]
+
+    with _PREPARED_LOCK:
+        _PREPARED[key] = (weakref.ref(table, _forget), tuple(getattr(table, f) for f in _TABLE_FIELDS), prepared)
+    return prepared
+
+
+def _act(epilogue: Epilogue) -> tuple[int, Any]:
     core = compiled_core()
     if epilogue is None:
         return core.ACT_NONE, None
-    if isinstance(epilogue, PWLTable) or isinstance(epilogue, core.PreparedTable):
+    if isinstance(epilogue, PWLTable):
+        return core.ACT_PWL, _prepared_table(epilogue)
+    if isinstance(epilogue, core.PreparedTable):
         return core.ACT_PWL, epilogue
     if isinstance(epilogue, str):
         key = epilogue.strip().lower()
@@ -516,6 +553,8 @@ def pwl_apply(table: PWLTable, x: Any, *, out: Optional[np.ndarray] = None) -> n
     kernel = kernel_code()
     if X.size == 0:
         return Y
+    if isinstance(table, PWLTable):
+        table = _prepared_table(table)
     same = Y is X or (Y.__array_interface__["data"][0] == X.__array_interface__["data"][0] and Y.strides == X.strides)
     if not same and np.may_share_memory(X, Y):
         # partial overlap: evaluate from a private copy
@@ -590,7 +629,9 @@ def pack_b(b: Any, kernel: Optional[str] = None, *, copy: bool = True) -> Packed
 
 
 def prepare_table(table: PWLTable) -> Any:
-    """The C descriptor of a PWLTable, built once; accepted wherever the core takes a table."""
+    """The C descriptor of a PWLTable (its arrays in C form and the kernels' register forms), built
+    once; accepted wherever the core takes a table.  The functions of this module already keep one
+    per live table (rebuilt if the table's fields are replaced), so this is for holding it explicitly."""
     if not isinstance(table, PWLTable):
         raise TypeError(f"prepare_table expects a PWLTable, got {type(table).__name__}")
     return compiled_core().PreparedTable(table)

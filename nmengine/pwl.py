@@ -109,6 +109,7 @@ class PWLTable:
         "edges",
         "xmin",
         "xmax",
+        "__weakref__",  # kernels caches a table's C descriptor while the table lives
     )
 
     def __init__(
