@@ -6,6 +6,7 @@
     PYTHONPATH=. python bench/gemm_cputime.py --pwl [--kernel avx2]      # PWL epilogue overhead
     PYTHONPATH=. python bench/gemm_cputime.py --smallm [--kernel avx2]   # M 1..64, pre-packed B
     PYTHONPATH=. python bench/gemm_cputime.py --smallm-threads            # the same, 1 vs 2 threads, wall
+    PYTHONPATH=. python bench/gemm_cputime.py --pwl-calls [--kernel avx2] # per-call cost of a PWL epilogue
 
 Both libraries run on one thread (nm.set_num_threads(1), threadpoolctl for OpenBLAS); each timing is
 ``time.thread_time`` around one call, so time spent descheduled by other processes is not counted.
@@ -14,7 +15,9 @@ with --pwl, the fused 16- and 32-segment tables (tanh, uniform breakpoints on [-
 bench/test_bench_gemm.py), the 34-segment GELU fit and relu against the plain product: the best of
 --rounds rounds of 3 calls each, peers alternating, and in brackets the median over the rounds of
 each round's ratio (the steadier figure on a shared machine); with --smallm, M in {1, 8, 25, 64, 4096} x K 384 -> N 1536 with
-B pre-packed (kernels.pack_b) against numpy at the same shapes.
+B pre-packed (kernels.pack_b) against numpy at the same shapes; with --pwl-calls, what a fused PWL
+epilogue adds to one call where the product is small (1 x 384 -> 1536, pre-packed B): the table
+passed as a PWLTable and as a prepared table (kernels.prepare_table), best of 9 x 200 calls each.
 """
 
 from __future__ import annotations
@@ -79,6 +82,33 @@ def pwl_overhead(rounds: int = 15) -> None:
         print(f"{M}x{K}x{N}: plain {p * 1e3:.2f} ms  {parts}")
 
 
+def pwl_calls() -> None:
+    from nmengine.approx.fit import fit
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((1, 384), dtype=np.float32)
+    b = kernels.pack_b(rng.standard_normal((384, 1536), dtype=np.float32) / np.float32(20))
+    out = np.empty((1, 1536), np.float32)
+    t32, gelu = _tanh_table(32), fit("gelu", segments=32)
+    variants = {
+        "plain": None,
+        "tanh32": t32,
+        "tanh32 prepared": kernels.prepare_table(t32),
+        "gelu34": gelu,
+        "gelu34 prepared": kernels.prepare_table(gelu),
+    }
+    best = {k: float("inf") for k in variants}
+    for _ in range(9):
+        for k, e in variants.items():
+            t = time.thread_time()
+            for _ in range(200):
+                nm.gemm(a, b, epilogue=e, out=out)
+            best[k] = min(best[k], (time.thread_time() - t) / 200)
+    p = best["plain"]
+    print("1 x 384 -> 1536, pre-packed B: plain %.1f us; " % (p * 1e6) + "; ".join(
+        f"{k} +{(v - p) * 1e6:.1f} us" for k, v in best.items() if k != "plain"))  # fmt: skip
+
+
 def small_m() -> None:
     K, N = 384, 1536
     rng = np.random.default_rng(3)
@@ -124,6 +154,7 @@ def main() -> None:
     ap.add_argument("--pwl", action="store_true", help="PWL epilogue overhead instead of sgemm vs numpy")
     ap.add_argument("--rounds", type=int, default=15, help="--pwl: rounds of 3 calls per variant (default 15)")
     ap.add_argument("--smallm", action="store_true", help="small M with pre-packed B instead")
+    ap.add_argument("--pwl-calls", action="store_true", help="per-call cost of a PWL epilogue on a small product")
     ap.add_argument("--smallm-threads", action="store_true", help="small M, nmengine alone, 1 vs 2 threads, wall time")
     args = ap.parse_args()
     nm.set_num_threads(1)
@@ -134,6 +165,9 @@ def main() -> None:
             return
         if args.smallm:
             small_m()
+            return
+        if args.pwl_calls:
+            pwl_calls()
             return
         if args.smallm_threads:
             small_m_threads()
