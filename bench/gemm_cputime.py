@@ -66,7 +66,7 @@ def pwl_overhead(rounds: int = 15) -> None:
         best = {k: float("inf") for k in eps}
         ratios: dict[str, list[float]] = {k: [] for k in eps}
         for _ in range(rounds):
-            r = {k: _best(lambda e=e: nm.gemm(a, b, epilogue=e, out=out), 3) for k, e in eps.items()}
+            r = {k: _best(lambda e=e, a=a, b=b, out=out: nm.gemm(a, b, epilogue=e, out=out), 3) for k, e in eps.items()}
             for k in eps:
                 best[k] = min(best[k], r[k])
                 ratios[k].append(r[k] / r["plain"])
@@ -118,8 +118,8 @@ def small_m() -> None:
         a = rng.standard_normal((M, K), dtype=np.float32)
         o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
         reps = 100 if M <= 64 else 5
-        tn = min(_best(lambda: np.matmul(a, b, out=o1), reps) for _ in range(5))
-        tm = min(_best(lambda: nm.gemm(a, packed, out=o2), reps) for _ in range(5))
+        tn = min(_best(lambda a=a, o1=o1: np.matmul(a, b, out=o1), reps) for _ in range(5))
+        tm = min(_best(lambda a=a, o2=o2: nm.gemm(a, packed, out=o2), reps) for _ in range(5))
         assert np.array_equal(o2, nm.gemm(a, b))
         gf = 2.0 * M * N * K / 1e9
         print(f"M={M}: numpy {gf / tn:6.1f} GFLOP/s  nmengine packed {gf / tm:6.1f} GFLOP/s  ratio {tn / tm:.3f}")
@@ -178,8 +178,8 @@ def main() -> None:
             b = rng.standard_normal((K, N), dtype=np.float32)
             out = np.empty((M, N), np.float32)
             reps = max(5, min(20, int(1e9 / (2 * M * N * K))))
-            tn = min(_best(lambda: np.matmul(a, b, out=out), reps) for _ in range(5))
-            tm = min(_best(lambda: nm.gemm(a, b, out=out), reps) for _ in range(5))
+            tn = min(_best(lambda a=a, b=b, out=out: np.matmul(a, b, out=out), reps) for _ in range(5))
+            tm = min(_best(lambda a=a, b=b, out=out: nm.gemm(a, b, out=out), reps) for _ in range(5))
             gf = 2.0 * M * N * K / 1e9
             print(f"{M}x{K}x{N}: numpy {gf / tn:6.1f} GFLOP/s  nmengine {gf / tm:6.1f} GFLOP/s  ratio {tn / tm:.3f}")
 

@@ -38,7 +38,7 @@ def digits() -> None:
         inp = {"x": raw[f"{name}/b1|x"]}
         po, pn = old.load(f"{ref}/{name}.nmb"), nm.load(f"{ref}/{name}.nmb")
         sess = nm.Session(pn)
-        fo, fn = (lambda: po.run(inp)), (lambda: sess.run(inp))
+        fo, fn = (lambda po=po, inp=inp: po.run(inp)), (lambda sess=sess, inp=inp: sess.run(inp))
         assert np.asarray(fo()).tobytes() == np.asarray(fn()).tobytes()
         to, tn = [], []
         for _ in range(200):
@@ -70,11 +70,10 @@ def minilm() -> None:
     )
     one = corpus.sentences(64)[40]
     for scen, b in inputs.items():
-        n = b["input_ids"].shape[0]
         eng = {
-            "nm-session": lambda: sess.run(b),
-            "nm-before": lambda: prog_old.run(b),
-            "ort": lambda: osess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
+            "nm-session": lambda b=b: sess.run(b),
+            "nm-before": lambda b=b: prog_old.run(b),
+            "ort": lambda b=b: osess.run(None, {k: b[k] for k in hf.INPUT_NAMES})[0],
         }
         if scen == "batch1":
             eng["nm-encode"] = lambda: emb.encode(one)

@@ -13,7 +13,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after the importorskip guards)
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64

@@ -133,10 +133,10 @@ def forward(spec: ModelSpec, inputs: dict) -> dict:
             h = p["heads"]
             hd = d // h
 
-            def proj(k):
-                return (x @ W[f"{k}_weight"].T + W[f"{k}_bias"]).reshape(n, t, h, hd).transpose(0, 2, 1, 3)
-
-            q, k, v = proj("q"), proj("k"), proj("v")
+            q, k, v = (
+                (x @ W[f"{name}_weight"].T + W[f"{name}_bias"]).reshape(n, t, h, hd).transpose(0, 2, 1, 3)
+                for name in ("q", "k", "v")
+            )
             s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
             if len(xs) > 1:
                 s = np.where(xs[1][:, None, None, :] > 0, s, -np.inf)

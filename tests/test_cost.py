@@ -181,7 +181,7 @@ def test_resnet18_macs(resnet18_report):
 
 def test_bert_base_macs(bert_base_report):
     r = bert_base_report
-    t, heads, d, ff, layers = 128, 12, 768, 3072, 12
+    t, heads, ff, layers = 128, 12, 3072, 12
     lin_attn = sum(
         o["macs"] for o in r.ops if o["role"] in ("linear", "matmul") and not o["layer"].startswith("embeddings")
     )
