@@ -218,42 +218,33 @@ NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval_st(const nm_pwl_v8 *v, __m256 x, int ste
         _mm256_storeu_ps(y + i * ldy, a0);                                                \
         _mm256_storeu_ps(y + i * ldy + 8, a1);                                            \
     }
-/* floor keys are chosen only when they save a step: 1..4 steps (tables of <= 32 segments) */
-#define NM_V8_FLOOR(CL)                                    \
-    switch (v->steps) {                                    \
-    case 0: NM_V8_BLOCK(0, 1, CL); break;                  \
-    case 1: NM_V8_BLOCK(1, 1, CL); break;                  \
-    case 2: NM_V8_BLOCK(2, 1, CL); break;                  \
-    case 3: NM_V8_BLOCK(3, 1, CL); break;                  \
-    default: NM_V8_BLOCK(v->steps, 1, CL); break;          \
-    }
+/* every steps count of the register form (floor keys, chosen only when they save a step, have 1..4) */
 #if NM_PWL_R8_MAX_STEPS > 4
-#define NM_V8_TRUNC_MORE(CL)                               \
-    case 5: NM_V8_BLOCK(5, 0, CL); break;                  \
-    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS, 0, CL); break;
+#define NM_V8_MORE(FL, CL)                                 \
+    case 5: NM_V8_BLOCK(5, FL, CL); break;                 \
+    default: NM_V8_BLOCK(NM_PWL_R8_MAX_STEPS, FL, CL); break;
 #else
-#define NM_V8_TRUNC_MORE(CL) default: NM_V8_BLOCK(4, 0, CL); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
+#define NM_V8_MORE(FL, CL) default: NM_V8_BLOCK(4, FL, CL); break; /* steps8 <= NM_PWL_R8_MAX_STEPS */
 #endif
-#define NM_V8_TRUNC(CL)                                    \
+#define NM_V8_STEPS(FL, CL)                                \
     switch (v->steps) {                                    \
-    case 0: NM_V8_BLOCK(0, 0, CL); break;                  \
-    case 1: NM_V8_BLOCK(1, 0, CL); break;                  \
-    case 2: NM_V8_BLOCK(2, 0, CL); break;                  \
-    case 3: NM_V8_BLOCK(3, 0, CL); break;                  \
-    case 4: NM_V8_BLOCK(4, 0, CL); break;                  \
-    NM_V8_TRUNC_MORE(CL)                                   \
+    case 0: NM_V8_BLOCK(0, FL, CL); break;                 \
+    case 1: NM_V8_BLOCK(1, FL, CL); break;                 \
+    case 2: NM_V8_BLOCK(2, FL, CL); break;                 \
+    case 3: NM_V8_BLOCK(3, FL, CL); break;                 \
+    case 4: NM_V8_BLOCK(4, FL, CL); break;                 \
+    NM_V8_MORE(FL, CL)                                     \
     }
 NM_AVX2 NM_INLINE void nm_pwl_v8_block16(const nm_pwl_v8 *v, const float *x, int rows, float *y, ptrdiff_t ldy)
 {
     if (v->floor8) {
-        if (v->clamp) NM_V8_FLOOR(1) else NM_V8_FLOOR(0)
-        return;
+        if (v->clamp) NM_V8_STEPS(1, 1) else NM_V8_STEPS(1, 0)
+    } else {
+        if (v->clamp) NM_V8_STEPS(0, 1) else NM_V8_STEPS(0, 0)
     }
-    if (v->clamp) NM_V8_TRUNC(1) else NM_V8_TRUNC(0)
 }
-#undef NM_V8_FLOOR
-#undef NM_V8_TRUNC
-#undef NM_V8_TRUNC_MORE
+#undef NM_V8_STEPS
+#undef NM_V8_MORE
 #undef NM_V8_BLOCK
 
 NM_AVX2 NM_INLINE __m256 nm_pwl_v8_eval(const nm_pwl_v8 *v, __m256 x) { return nm_pwl_v8_eval_st(v, x, v->steps, v->floor8, v->clamp); }
