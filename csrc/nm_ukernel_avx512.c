@@ -158,9 +158,9 @@ NM_AVX512 static void nm_avx512_kloop(int64_t kc, const float *a, const float *b
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "cc", "memory");
 }
 
-/* Prefetch a full tile's rows of C (read after the K loop: the earlier K blocks' sums, a residual
- * in place) into L1 before the K loop, every cache line of each row: a row of 32 floats spans 3
- * lines when C is not 64-byte aligned (numpy's large arrays are 16-byte aligned). */
+/* Prefetch a full tile's rows of C (the earlier K blocks' sums, read after the K loop) into L1
+ * before the K loop, every cache line of each row: a row of 32 floats spans 3 lines when C is not
+ * 64-byte aligned (numpy's large arrays are 16-byte aligned). */
 NM_AVX512 NM_INLINE void nm_avx512_prefetch_c(const float *c, ptrdiff_t rsc)
 {
     for (int i = 0; i < NM_AVX512_MR; i++) {
