@@ -67,7 +67,7 @@ static int run_step(const nm_step *s, int nthreads, int kernel)
     case NM_STEP_TOKENS:
         return nm_tokens(&s->u.tok);
     case NM_STEP_DEPTHWISE:
-        return nm_depthwise(&s->u.dw, nthreads);
+        return nm_depthwise(&s->u.dw, nthreads, kernel);
     case NM_STEP_CONV_NHWC:
         return nm_conv_nhwc(&s->u.conv, nthreads, kernel);
     case NM_STEP_MAXPOOL_NHWC:

@@ -75,13 +75,15 @@ int nm_windows_mt(const nm_windows_args *a, int nthreads);
  *   out[img, ch, p] = epilogue(sum_k w[ch*kk + k] * col[img, ch, k, p])   (p = oy*wo + ox)
  * each term one multiply and one add in ascending k (padding terms skipped: they add +0), then the
  * epilogue of nm_gemm.h with (i, j) = (0, p) and the residual's batch strides (res_ps1, res_ps2) per
- * (img, ch).  Planes (img, ch) are split over the pool's threads; the result does not depend on them. */
+ * (img, ch).  Planes (img, ch) are split over the pool's threads; the result does not depend on them,
+ * nor on kernel, which picks the activation's vector code (the same bits on every path) and, on the
+ * SIMD paths, loops compiled for AVX2 (the same operations in the same order). */
 typedef struct nm_depthwise_args {
     nm_windows_args win;   /* x, out (= the GEMM's C, [n, c, ho*wo] contiguous), geometry; layout 0 */
     const float *w;        /* [c, kh*kw] contiguous */
     nm_epilogue ep;
 } nm_depthwise_args;
-int nm_depthwise(const nm_depthwise_args *a, int nthreads);
+int nm_depthwise(const nm_depthwise_args *a, int nthreads, int kernel);
 
 /* Max pooling of NHWC x straight from the image: what nm_windows (layout 3) followed by
  * nm_pairwise_max over each window computes, without the windows: a->out is y[n, ho, wo, c] and

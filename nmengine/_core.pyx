@@ -693,7 +693,7 @@ cdef extern from "nm_plan.h":
         const float *w
         nm_epilogue ep
 
-    int nm_depthwise(const nm_depthwise_args *a, int nthreads) nogil
+    int nm_depthwise(const nm_depthwise_args *a, int nthreads, int kernel) nogil
 
     ctypedef struct nm_conv_args:
         nm_windows_args win
@@ -894,7 +894,8 @@ def depthwise(cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh, int64_t
               int nthreads, int kernel) -> None:
     """Depthwise conv of NCHW x with w [C, kh*kw] into out [N, C, Ho*Wo] (nm_depthwise): what im2col +
     sgemm_batched (P1 = N, P2 = C, M = 1) computes, with that GEMM's epilogue (res 4-D [N, C, 1, Ho*Wo],
-    any strides).  kernel is accepted for the step signature (the loop is portable C)."""
+    any strides).  kernel picks the activation's vector code (same bits on every path) and, on the
+    SIMD paths, the AVX2-compiled loops."""
     cdef nm_depthwise_args d
     cdef nm_pwl pwl
     cdef list keep = []
@@ -902,7 +903,7 @@ def depthwise(cnp.ndarray x, cnp.ndarray w, cnp.ndarray out, int64_t kh, int64_t
     _fill_depthwise(&d, x, w, out, kh, kw, sh, sw, ph, pw)
     d.ep = _epilogue(bias_col, bias_row, res, act, table, &pwl, keep, True)
     with nogil:
-        rc = nm_depthwise(&d, nthreads)
+        rc = nm_depthwise(&d, nthreads, kernel)
     del keep
     _check(rc)
 

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from nmengine import _core as core
+from nmengine import kernels
+
+from .helpers import kernel_ok
 
 
 def _reference(
@@ -99,12 +102,14 @@ def _depthwise_reference(x, w, kh, kw, sh, sw, ph, pw, bias, relu):
 
 def test_depthwise_matches_reference():
     """core.depthwise (direct depthwise conv with the GEMM epilogue) against float64, random shapes,
-    strides, pads, bias and activation, 1 and 2 threads (same bits for both)."""
+    strides, pads, bias and activation, on every kernel path the CPU has (the blocked AVX2 loops and
+    the portable ones) with 1 and 2 threads: the same bits for all of them."""
+    codes = [code for code, name in kernels.KERNEL_NAMES.items() if kernel_ok(name)]
     rng = np.random.default_rng(11)
     done = 0
-    while done < 30:
+    while done < 40:
         n, c = int(rng.integers(1, 3)), int(rng.integers(1, 9))
-        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 44))
         kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
         sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         ph, pw = int(rng.integers(0, 3)), int(rng.integers(0, 3))
@@ -119,7 +124,7 @@ def test_depthwise_matches_reference():
         res = None if bias is None else np.broadcast_to(bias.reshape(1, c, 1, 1), (n, c, 1, ho * wo))
         ref = _depthwise_reference(x, wt, kh, kw, sh, sw, ph, pw, bias, relu)
         outs = []
-        for nt in (1, 2):
+        for nt, code in [(nt, code) for nt in (1, 2) for code in codes]:
             out = np.full((n, c, 1, ho * wo), np.nan, np.float32)
             core.depthwise(
                 x,
@@ -137,12 +142,13 @@ def test_depthwise_matches_reference():
                 core.ACT_RELU if relu else core.ACT_NONE,
                 None,
                 nt,
-                0,
+                code,
             )
             outs.append(out)
             scale = np.abs(ref).max() + 1e-30
             assert np.abs(out.reshape(ref.shape) - ref).max() / scale <= 1e-5
-        np.testing.assert_array_equal(outs[0], outs[1])
+        for other in outs[1:]:
+            np.testing.assert_array_equal(outs[0], other)
 
 
 def test_depthwise_rejects_bad_sizes():
