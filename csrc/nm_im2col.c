@@ -248,7 +248,7 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
     } while (0)
 
 /* planes [p0, p1): the convolution, then the GEMM epilogue x (+ bias_col[p]) (+ bias_row[0]) (+ res); act */
-#define NM_DW_PLANES_BODY(INTERIOR)                                                                    \
+#define NM_DW_PLANES_BODY(INTERIOR, ROW_FAST)                                                          \
     const dw_ctx *c = (const dw_ctx *)arg;                                                             \
     const nm_depthwise_args *d = c->d;                                                                 \
     const nm_windows_args *a = &d->win;                                                                \
@@ -270,6 +270,7 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
                 wr[ni] = wk + i * kw;                                                                  \
                 ni++;                                                                                  \
             }                                                                                          \
+            if (ROW_FAST) continue;                                                                    \
             for (int64_t ox = 0; ox < c->in_lo; ox++) o[ox] = dw_point(c, rp, wr, ni, kw, sw, ox);     \
             const int64_t ox0 = c->in_lo, ox1 = c->in_hi;                                              \
             if (sw == 1) INTERIOR(1);                                                                  \
@@ -297,7 +298,7 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
 static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
 {
     (void)tid;
-    NM_DW_PLANES_BODY(NM_DW_INTERIOR)
+    NM_DW_PLANES_BODY(NM_DW_INTERIOR, 0)
 }
 
 #if NM_X86
@@ -335,10 +336,49 @@ static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
         }                                                                                    \
     } while (0)
 
+/* A stride-1 row entirely in 8-output blocks: interior blocks as NM_DW_INTERIOR_AVX2, blocks with
+ * border or tail columns load only the lanes whose tap is inside the row (vmaskmovps) and add the
+ * product masked to +0 elsewhere.  acc + (+0) is acc (the sum starts at +0 and never becomes -0), so
+ * each lane gets the same bits as skipping the tap. */
+NM_AVX2 static int dw_row1_avx2(const dw_ctx *c, const float *const *rp, const float *const *wr, int ni,
+                                int64_t kw, int64_t wo, float *o)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t ox = 0; ox < wo; ox += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        if (ox >= c->in_lo && ox + 8 <= c->in_hi) {
+            for (int t = 0; t < ni; t++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const __m256 p = _mm256_mul_ps(_mm256_set1_ps(wr[t][j]), _mm256_loadu_ps(rp[t] + ox + j));
+                    acc = _mm256_add_ps(acc, p);
+                }
+        } else {
+            /* per tap column j, the lanes q with ox + q in [lo_j, min(hi_j, wo)); taps in (i, j) order */
+            __m256i m[NM_DW_MAXK];
+            for (int64_t j = 0; j < kw; j++) {
+                int64_t lo = c->lo[j] - ox, hi = (c->hi[j] < wo ? c->hi[j] : wo) - ox;
+                lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
+                hi = hi < 0 ? 0 : hi > 8 ? 8 : hi;
+                m[j] = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)lo - 1)),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), lane));
+            }
+            for (int t = 0; t < ni; t++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const __m256 v = _mm256_maskload_ps(rp[t] + ox + j, m[j]);
+                    const __m256 p = _mm256_and_ps(_mm256_mul_ps(_mm256_set1_ps(wr[t][j]), v), _mm256_castsi256_ps(m[j]));
+                    acc = _mm256_add_ps(acc, p);
+                }
+        }
+        if (ox + 8 <= wo) _mm256_storeu_ps(o + ox, acc);
+        else _mm256_maskstore_ps(o + ox, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(wo - ox)), lane), acc);
+    }
+    return 1;
+}
+
 NM_AVX2 static void depthwise_planes_avx2(void *arg, int64_t p0, int64_t p1, int tid)
 {
     (void)tid;
-    NM_DW_PLANES_BODY(NM_DW_INTERIOR_AVX2)
+    NM_DW_PLANES_BODY(NM_DW_INTERIOR_AVX2, sw == 1 && dw_row1_avx2(c, rp, wr, ni, kw, a->wo, o))
 }
 #undef NM_DW_INTERIOR_AVX2
 #endif
