@@ -292,8 +292,10 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
         } else if (res) {                                                                              \
             for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];                    \
         }                                                                                              \
-        if (ep->act != NM_ACT_NONE) c->act(ep->act, ep->pwl, NULL, out, out, hw);                      \
-    }
+    }                                                                                                  \
+    /* the activation is elementwise: once over the range's planes (contiguous), not per plane */      \
+    if (ep->act != NM_ACT_NONE && p1 > p0)                                                             \
+        c->act(ep->act, ep->pwl, NULL, a->out + p0 * hw, a->out + p0 * hw, (p1 - p0) * hw);
 
 static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
 {
@@ -429,8 +431,9 @@ static void depthwise_planes_plain(void *arg, int64_t p0, int64_t p1, int tid)
         } else if (res) {
             for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];
         }
-        if (ep->act != NM_ACT_NONE) c->act(ep->act, ep->pwl, NULL, out, out, hw);
     }
+    if (ep->act != NM_ACT_NONE && p1 > p0)
+        c->act(ep->act, ep->pwl, NULL, a->out + p0 * hw, a->out + p0 * hw, (p1 - p0) * hw);
 }
 
 int nm_depthwise(const nm_depthwise_args *d, int nthreads, int kernel)
