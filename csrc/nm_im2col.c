@@ -342,8 +342,8 @@ static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
  * border or tail columns load only the lanes whose tap is inside the row (vmaskmovps) and add the
  * product masked to +0 elsewhere.  acc + (+0) is acc (the sum starts at +0 and never becomes -0), so
  * each lane gets the same bits as skipping the tap. */
-NM_AVX2 static int dw_row1_avx2(const dw_ctx *c, const float *const *rp, const float *const *wr, int ni,
-                                int64_t kw, int64_t wo, float *o)
+NM_AVX2 NM_INLINE int dw_row1_avx2_k(const dw_ctx *c, const float *const *rp, const float *const *wr, int ni,
+                                     int64_t kw, int64_t wo, float *o)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t ox = 0; ox < wo; ox += 8) {
@@ -375,6 +375,14 @@ NM_AVX2 static int dw_row1_avx2(const dw_ctx *c, const float *const *rp, const f
         else _mm256_maskstore_ps(o + ox, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(wo - ox)), lane), acc);
     }
     return 1;
+}
+
+/* kw a compile-time 3 (the common 3 x 3 depthwise kernel: the tap loops unroll) or run-time */
+NM_AVX2 static int dw_row1_avx2(const dw_ctx *c, const float *const *rp, const float *const *wr, int ni,
+                                int64_t kw, int64_t wo, float *o)
+{
+    if (kw == 3) return dw_row1_avx2_k(c, rp, wr, ni, 3, wo, o);
+    return dw_row1_avx2_k(c, rp, wr, ni, kw, wo, o);
 }
 
 NM_AVX2 static void depthwise_planes_avx2(void *arg, int64_t p0, int64_t p1, int tid)
