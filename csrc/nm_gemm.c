@@ -1,4 +1,6 @@
 /* The GEMM driver: five-loop blocking, threads, batches, and the standalone PWL unit.
+ * (Over 500 lines: the loops, the four thread modes and the pre-packed-B entry points share one
+ * problem description, nm_prob, and its buffers, which a split would have to export.)
  *
  *   for jc in N step NC                     B block columns (shared by the team)
  *     for pc in K step kcb                  kcb = ceil(K / ceil(K / KC)): equal K blocks

@@ -1,4 +1,6 @@
 /* The int8 GEMM driver: CPU dispatch, B packing, activation quantization, threads, tile epilogue.
+ * (Over 500 lines: quantization, packing and the tile loop share one problem description and its
+ * buffers, which a split would have to export.)
  *
  *   quantize A rows (per row and K group, or static scales) into a row-major byte buffer
  *   (q + 128 for the VNNI kernels, q otherwise), rows padded to the tile height, K to 4;
