@@ -44,6 +44,44 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
     return acc;
 }
 
+/* interior outputs [ox, ox1) left over after the 8-output blocks, one at a time */
+#define NM_DW_TAIL(SW)                                                                       \
+    for (; ox < ox1; ox++) {                                                                 \
+        float acc = 0.0f;                                                                    \
+        for (int t = 0; t < ni; t++)                                                         \
+            for (int64_t j = 0; j < kw; j++) {                                               \
+                const float p = wr[t][j] * rp[t][ox * (SW) + j];                             \
+                acc = acc + p;                                                               \
+            }                                                                                \
+        o[ox] = acc;                                                                         \
+    }
+
+/* the GEMM epilogue's additions on one plane (img, ch): x (+ bias_col[p]) (+ bias_row[0]) (+ res) */
+static inline void dw_adds(const nm_epilogue *ep, float *out, int64_t hw, int64_t img, int64_t ch)
+{
+    const float *res = ep->res ? ep->res + img * ep->res_ps1 + ch * ep->res_ps2 : NULL;
+    if (ep->bias_col)
+        for (int64_t p = 0; p < hw; p++) out[p] = out[p] + ep->bias_col[p];
+    if (ep->bias_row) {
+        const float b = ep->bias_row[0];
+        for (int64_t p = 0; p < hw; p++) out[p] = out[p] + b;
+    }
+    if (res && ep->res_cs == 0) {
+        const float r = res[0];
+        for (int64_t p = 0; p < hw; p++) out[p] = out[p] + r;
+    } else if (res) {
+        for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];
+    }
+}
+
+/* the activation, elementwise: once over planes [p0, p1) (contiguous), not per plane */
+static inline void dw_act(const dw_ctx *c, int64_t p0, int64_t p1, int64_t hw)
+{
+    const nm_epilogue *ep = &c->d->ep;
+    float *y = c->d->win.out + p0 * hw;
+    if (ep->act != NM_ACT_NONE && p1 > p0) c->act(ep->act, ep->pwl, NULL, y, y, (p1 - p0) * hw);
+}
+
 /* interior outputs [ox0, ox1) of one row, 8 at a time, stride SW (a constant where inlined) */
 #define NM_DW_INTERIOR(SW)                                                                   \
     do {                                                                                     \
@@ -61,15 +99,7 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
                 }                                                                            \
             for (int q = 0; q < 8; q++) o[ox + q] = acc[q];                                  \
         }                                                                                    \
-        for (; ox < ox1; ox++) {                                                             \
-            float acc = 0.0f;                                                                \
-            for (int t = 0; t < ni; t++)                                                     \
-                for (int64_t j = 0; j < kw; j++) {                                           \
-                    const float p = wr[t][j] * rp[t][ox * (SW) + j];                         \
-                    acc = acc + p;                                                           \
-                }                                                                            \
-            o[ox] = acc;                                                                     \
-        }                                                                                    \
+        NM_DW_TAIL(SW);                                                                      \
     } while (0)
 
 /* planes [p0, p1): the convolution, then the GEMM epilogue x (+ bias_col[p]) (+ bias_row[0]) (+ res); act */
@@ -104,23 +134,9 @@ static inline float dw_point(const dw_ctx *c, const float *const *rp, const floa
             for (int64_t ox = c->in_hi > c->in_lo ? c->in_hi : c->in_lo; ox < a->wo; ox++)              \
                 o[ox] = dw_point(c, rp, wr, ni, kw, sw, ox);                                           \
         }                                                                                              \
-        const float *res = ep->res ? ep->res + img * ep->res_ps1 + ch * ep->res_ps2 : NULL;            \
-        if (ep->bias_col)                                                                              \
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + ep->bias_col[p];                        \
-        if (ep->bias_row) {                                                                            \
-            const float b = ep->bias_row[0];                                                           \
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + b;                                      \
-        }                                                                                              \
-        if (res && ep->res_cs == 0) {                                                                  \
-            const float r = res[0];                                                                    \
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + r;                                      \
-        } else if (res) {                                                                              \
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];                    \
-        }                                                                                              \
+        dw_adds(ep, out, hw, img, ch);                                                                 \
     }                                                                                                  \
-    /* the activation is elementwise: once over the range's planes (contiguous), not per plane */      \
-    if (ep->act != NM_ACT_NONE && p1 > p0)                                                             \
-        c->act(ep->act, ep->pwl, NULL, a->out + p0 * hw, a->out + p0 * hw, (p1 - p0) * hw);
+    dw_act(c, p0, p1, hw);
 
 static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
 {
@@ -152,15 +168,7 @@ static void depthwise_planes(void *arg, int64_t p0, int64_t p1, int tid)
                 }                                                                            \
             _mm256_storeu_ps(o + ox, acc);                                                   \
         }                                                                                    \
-        for (; ox < ox1; ox++) {                                                             \
-            float acc = 0.0f;                                                                \
-            for (int t = 0; t < ni; t++)                                                     \
-                for (int64_t j = 0; j < kw; j++) {                                           \
-                    const float p = wr[t][j] * rp[t][ox * (SW) + j];                         \
-                    acc = acc + p;                                                           \
-                }                                                                            \
-            o[ox] = acc;                                                                     \
-        }                                                                                    \
+        NM_DW_TAIL(SW);                                                                      \
     } while (0)
 
 /* A stride-1 row entirely in 8-output blocks: interior blocks as NM_DW_INTERIOR_AVX2, blocks with
@@ -219,6 +227,7 @@ NM_AVX2 static void depthwise_planes_avx2(void *arg, int64_t p0, int64_t p1, int
 #endif
 #undef NM_DW_PLANES_BODY
 #undef NM_DW_INTERIOR
+#undef NM_DW_TAIL
 
 /* kernels wider or taller than NM_DW_MAXK: acc[lo..hi) += w * s[ox * sw] per tap, the same terms */
 static void depthwise_planes_plain(void *arg, int64_t p0, int64_t p1, int tid)
@@ -227,7 +236,6 @@ static void depthwise_planes_plain(void *arg, int64_t p0, int64_t p1, int tid)
     const dw_ctx *c = (const dw_ctx *)arg;
     const nm_depthwise_args *d = c->d;
     const nm_windows_args *a = &d->win;
-    const nm_epilogue *ep = &d->ep;
     const int64_t kk = a->kh * a->kw, hw = a->ho * a->wo;
     for (int64_t plane = p0; plane < p1; plane++) {
         const int64_t img = plane / a->c, ch = plane % a->c;
@@ -251,22 +259,9 @@ static void depthwise_planes_plain(void *arg, int64_t p0, int64_t p1, int tid)
                 }
             }
         }
-        const float *res = ep->res ? ep->res + img * ep->res_ps1 + ch * ep->res_ps2 : NULL;
-        if (ep->bias_col)
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + ep->bias_col[p];
-        if (ep->bias_row) {
-            const float b = ep->bias_row[0];
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + b;
-        }
-        if (res && ep->res_cs == 0) {
-            const float r = res[0];
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + r;
-        } else if (res) {
-            for (int64_t p = 0; p < hw; p++) out[p] = out[p] + res[p * ep->res_cs];
-        }
+        dw_adds(&d->ep, out, hw, img, ch);
     }
-    if (ep->act != NM_ACT_NONE && p1 > p0)
-        c->act(ep->act, ep->pwl, NULL, a->out + p0 * hw, a->out + p0 * hw, (p1 - p0) * hw);
+    dw_act(c, p0, p1, hw);
 }
 
 int nm_depthwise(const nm_depthwise_args *d, int nthreads, int kernel)
